@@ -1,0 +1,36 @@
+# `make studio` starts the studio; `make test` runs the tests. Both set themselves up.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PYTHON ?= python3
+
+.PHONY: install studio test lint browser-deps clean
+
+install: $(STAMP)
+
+# CPU torch comes from the machine's local wheel (a plain `torch` would pull a multi-GB CUDA build).
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[train,serve,dev,default-model]'
+	@touch $(STAMP)
+
+studio: install
+	$(VENV)/bin/lorastudio serve
+
+lint: install
+	$(VENV)/bin/ruff check lorastudio tests bench
+
+# pytest exits 5 when it collects nothing; that is not a failure of the code.
+test: install browser-deps lint
+	$(VENV)/bin/python -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+# Browser tests drive Debian's Chromium (Playwright never downloads a browser here).
+browser-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium missing: browser tests will be skipped (sudo apt-get install chromium)"; fi; }
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

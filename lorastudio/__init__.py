@@ -1,0 +1,2 @@
+"""LoRA Studio."""
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+import sys
+
+from lorastudio.cli import main
+
+sys.exit(main())
