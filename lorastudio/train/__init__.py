@@ -1,0 +1,1 @@
+"""Training: config, recommender, packing, the trainer loop."""

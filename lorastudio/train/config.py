@@ -1,0 +1,181 @@
+"""`TrainConfig`: every setting of one fine-tune, validated, saved as YAML beside the adapter."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+Task = Literal["qa", "copywriting", "consulting"]
+TASKS: tuple[str, ...] = ("qa", "copywriting", "consulting")
+
+
+class ConfigError(ValueError):
+    """A setting is unknown or out of range; the message names it and says what is allowed."""
+
+
+_FLOAT_FIELDS = {"lora_dropout", "learning_rate", "warmup_ratio", "weight_decay", "num_epochs",
+                 "neftune_alpha", "val_fraction", "price_per_hour"}
+_INT_FIELDS = {"lora_r", "lora_alpha", "max_steps", "batch_tokens", "gradient_accumulation", "max_length",
+               "seed", "eval_every", "save_every", "early_stopping_patience", "augment_paraphrases",
+               "replay_rows", "gpus"}
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """YAML reads `1e-3` as a string and users type `16.0`; accept both where a number is meant."""
+    if value is None or isinstance(value, bool):
+        return value
+    try:
+        if key in _FLOAT_FIELDS:
+            return float(value)
+        if key in _INT_FIELDS:
+            number = float(value)
+            if number != int(number):
+                raise ConfigError(f"{key}={value!r} is invalid: must be a whole number")
+            return int(number)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}={value!r} is invalid: must be a number") from None
+    return value
+
+
+@dataclass
+class TrainConfig:
+    # --- what to train on -------------------------------------------------------------------
+    data: str = ""
+    """Training file (any format of lorastudio.data)."""
+    base: str = "default"
+    """Model id (`default`, `tiny-random`), a local HF directory, a .gguf file or a hub id."""
+    output_dir: str = "runs/latest"
+    validation_data: str | None = None
+    """Optional validation file; otherwise a seeded split of the training data (if big enough)."""
+    task: Task = "qa"
+    system_prompt: str | None = None
+    """Used for rows that bring no system message of their own."""
+
+    # --- LoRA ---------------------------------------------------------------------------------
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    target_modules: list[str] | str = "all-linear"
+
+    # --- optimisation -------------------------------------------------------------------------
+    learning_rate: float = 5e-4
+    lr_scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    num_epochs: float = 4.0
+    max_steps: int | None = None
+    """Overrides num_epochs when set."""
+    batch_tokens: int = 4096
+    """Real (unpadded) tokens packed into one micro-batch."""
+    gradient_accumulation: int = 1
+    max_length: int = 1024
+    """Longest conversation in tokens; longer ones are reported and skipped, never cut silently."""
+    neftune_alpha: float | None = None
+    seed: int = 0
+
+    # --- validation, checkpoints, early stopping ------------------------------------------------
+    val_fraction: float = 0.1
+    eval_every: int = 0
+    """Steps between validation passes; 0 = once per epoch."""
+    save_every: int = 0
+    """Steps between checkpoints; 0 = once per epoch."""
+    early_stopping_patience: int | None = None
+    """Stop after this many validation passes without improvement and keep the best checkpoint."""
+
+    # --- data augmentation and forgetting guard --------------------------------------------------
+    augment_paraphrases: int = 0
+    """Paraphrases of each training question written by the base model itself (0 = off)."""
+    replay_rows: int = 0
+    """Rows of the base model's own answers to built-in general prompts mixed in (0 = off)."""
+
+    # --- hardware -----------------------------------------------------------------------------
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    gradient_checkpointing: bool | Literal["auto"] = "auto"
+    gpus: int = 1
+    price_per_hour: float = 0.0
+    """Price of the device per hour, for the cost shown during training (CPU: 0)."""
+
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Free-form notes carried into the saved config (e.g. the recommender's reasons)."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ------------------------------------------------------------------------------------------
+    def validate(self) -> None:
+        def need(ok: bool, name: str, what: str) -> None:
+            if not ok:
+                raise ConfigError(f"{name}={getattr(self, name)!r} is invalid: {what}")
+
+        need(self.task in TASKS, "task", f"choose one of {', '.join(TASKS)}")
+        need(self.lora_r >= 1, "lora_r", "must be ≥ 1 (typical: 8–64)")
+        need(self.lora_alpha > 0, "lora_alpha", "must be > 0 (typical: 2 × lora_r)")
+        need(0.0 <= self.lora_dropout < 1.0, "lora_dropout", "must be in [0, 1)")
+        need(0.0 < self.learning_rate < 1.0, "learning_rate", "must be in (0, 1) (typical: 1e-4–1e-3)")
+        need(self.lr_scheduler in ("linear", "cosine", "constant"), "lr_scheduler", "linear, cosine or constant")
+        need(0.0 <= self.warmup_ratio < 1.0, "warmup_ratio", "must be in [0, 1)")
+        need(self.num_epochs > 0, "num_epochs", "must be > 0")
+        need(self.max_steps is None or self.max_steps >= 1, "max_steps", "must be ≥ 1 or unset")
+        need(self.batch_tokens >= 16, "batch_tokens", "must be ≥ 16")
+        need(self.gradient_accumulation >= 1, "gradient_accumulation", "must be ≥ 1")
+        need(self.max_length >= 16, "max_length", "must be ≥ 16 tokens")
+        need(self.batch_tokens >= self.max_length, "batch_tokens", "must be ≥ max_length so any row fits")
+        need(0.0 <= self.val_fraction < 0.5, "val_fraction", "must be in [0, 0.5)")
+        need(self.eval_every >= 0, "eval_every", "must be ≥ 0")
+        need(self.save_every >= 0, "save_every", "must be ≥ 0")
+        need(self.augment_paraphrases >= 0, "augment_paraphrases", "must be ≥ 0")
+        need(self.replay_rows >= 0, "replay_rows", "must be ≥ 0")
+        need(self.device in ("auto", "cpu", "cuda"), "device", "auto, cpu or cuda")
+        need(self.dtype in ("auto", "bf16", "fp16", "fp32"), "dtype", "auto, bf16, fp16 or fp32")
+        need(self.gpus >= 1, "gpus", "must be ≥ 1")
+        need(self.price_per_hour >= 0, "price_per_hour", "must be ≥ 0")
+        need(
+            isinstance(self.target_modules, list) or self.target_modules == "all-linear",
+            "target_modules",
+            'a list of module names or "all-linear"',
+        )
+
+    # ------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        for key in values:
+            if key not in known:
+                close = difflib.get_close_matches(key, sorted(known), n=1)
+                hint = f" — did you mean {close[0]!r}?" if close else ""
+                raise ConfigError(f"unknown setting {key!r}{hint}")
+        return cls(**{key: _coerce(key, value) for key, value in values.items()})
+
+    def to_yaml(self, path: str | Path) -> None:
+        path = Path(path)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(yaml.safe_dump(self.to_dict(), allow_unicode=True, sort_keys=False), encoding="utf-8")
+        tmp.replace(path)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> TrainConfig:
+        values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: expected a mapping of settings, got {type(values).__name__}")
+        return cls.from_dict(values)
+
+    def with_overrides(self, overrides: list[str] | dict[str, Any]) -> TrainConfig:
+        """Apply `key=value` strings (values parsed as YAML scalars) or a dict; returns a new config."""
+        if isinstance(overrides, dict):
+            updates = dict(overrides)
+        else:
+            updates = {}
+            for item in overrides:
+                key, sep, raw = item.partition("=")
+                if not sep or not key.strip():
+                    raise ConfigError(f"override {item!r} must look like key=value")
+                updates[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+        return TrainConfig.from_dict({**self.to_dict(), **updates})
