@@ -36,7 +36,12 @@ class Conversation:
 
 @dataclass
 class ValidationIssue:
-    """One problem with one row (or with the whole file when ``row`` is None)."""
+    """One problem with one row (or with the whole file when ``row`` is None).
+
+    ``message``/``hint`` are English (the stable JSON/API text); ``code`` + ``params`` let a UI or
+    the terminal re-render them in another language through ``lorastudio.i18n``. Severity "error"
+    means the row is rejected (not in ``report.conversations``); "warning" means it is kept.
+    """
 
     row: int | None
     severity: Severity
@@ -44,9 +49,21 @@ class ValidationIssue:
     field: str | None
     message: str
     hint: str
+    code: str = ""
+    params: dict = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        # Exactly PRODUCT.md's issue object: code/params are an internal rendering aid.
+        return {"row": self.row, "severity": self.severity, "kind": self.kind, "field": self.field,
+                "message": self.message, "hint": self.hint}
+
+    def localized(self, lang: str) -> tuple[str, str]:
+        """(message, hint) in ``lang`` ("en"/"zh"); falls back to the stored English text."""
+        if not self.code:
+            return self.message, self.hint
+        from lorastudio.i18n import t
+
+        return t(self.code, lang, **self.params), t(self.code + ".hint", lang, **self.params)
 
 
 @dataclass
@@ -55,9 +72,18 @@ class DatasetIssue:
     kind: str
     message: str
     hint: str
+    code: str = ""
+    params: dict = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {"severity": self.severity, "kind": self.kind, "message": self.message, "hint": self.hint}
+
+    def localized(self, lang: str) -> tuple[str, str]:
+        if not self.code:
+            return self.message, self.hint
+        from lorastudio.i18n import t
+
+        return t(self.code, lang, **self.params), t(self.code + ".hint", lang, **self.params)
 
 
 @dataclass
@@ -65,3 +91,32 @@ class RejectedRow:
     row: int
     raw: object  # what the reader saw: a dict of fields, a list of cells, or a text line
     reasons: list[ValidationIssue] = field(default_factory=list)
+
+
+class DataError(Exception):
+    """The file cannot be used at all (unreadable, empty, no recognisable columns …).
+
+    ``kind`` is a stable machine name (``unreadable``, ``empty_file``, ``unknown_columns`` …);
+    ``str(error)`` is one English line; ``localized(lang)`` renders it in another language.
+    """
+
+    def __init__(self, message: str, kind: str = "unreadable", *, code: str = "", params: dict | None = None):
+        super().__init__(message)
+        self.message = message
+        self.kind = kind
+        self.code = code or kind
+        self.params = params or {}
+
+    @classmethod
+    def of(cls, code: str, kind: str | None = None, **params: object) -> DataError:
+        from lorastudio.i18n import t
+
+        return cls(t(code, "en", **params), kind or code.split(".")[0], code=code, params=params)
+
+    def localized(self, lang: str) -> str:
+        from lorastudio.i18n import MESSAGES, t
+
+        return t(self.code, lang, **self.params) if self.code in MESSAGES else self.message
+
+    def to_dict(self) -> dict:
+        return {"error": self.message, "kind": self.kind}

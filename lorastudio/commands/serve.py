@@ -1,0 +1,57 @@
+"""`lorastudio serve`: the web studio at /, the OpenAI-compatible API under /v1."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = "Start the studio: web UI at /, OpenAI-compatible API under /v1, training queue."
+ORDER = 60
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1; anything else "
+                        "needs --api-key)")
+    parser.add_argument("--port", type=int, default=None, help="port (default 8000)")
+    parser.add_argument("--data-dir", default=None, help="where files, jobs and the database live (default "
+                        "$LORASTUDIO_DATA_DIR or ~/.local/share/lorastudio)")
+    parser.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 and /studio "
+                        "(or set LORASTUDIO_API_KEY, which keeps the key out of the process list)")
+    parser.add_argument("--max-upload-mb", type=int, default=None, help="largest accepted upload (default 512)")
+    parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+
+
+def run(args: argparse.Namespace) -> int:
+    from lorastudio.serve.settings import Settings, SettingsError
+
+    try:
+        settings = Settings.from_env(
+            host=args.host, port=args.port, data_dir=args.data_dir, api_key=args.api_key,
+            max_upload_bytes=args.max_upload_mb * 1024 * 1024 if args.max_upload_mb else None,
+        )
+        settings.check_bind()
+    except SettingsError as exc:
+        print(f"lorastudio serve: {exc}", file=sys.stderr)
+        return 2
+    try:
+        import uvicorn
+
+        from lorastudio.serve.app import create_app
+    except ImportError as exc:
+        print(f"lorastudio serve: the server needs the 'serve' extra ({exc.name} is missing): "
+              "pip install 'lorastudio[serve]'", file=sys.stderr)
+        return 2
+    import logging
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(settings)
+    auth = "API key required" if settings.api_key else "no API key (loopback only)"
+    print(f"LoRA Studio on http://{settings.host}:{settings.port}/  (API: /v1, docs: /docs, {auth}, "
+          f"data: {settings.data_dir})", file=sys.stderr, flush=True)
+    try:
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level)
+    except OSError as exc:
+        print(f"lorastudio serve: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,212 @@
+"""`lorastudio train DATA --base MODEL --output DIR`: LoRA fine-tune with recommended settings.
+
+Settings, later ones winning: TrainConfig defaults → the recommender (data, task, model, hardware)
+→ `--config FILE.yaml` → flags (`--epochs`, `--lr`, …) → `--set key=value`. With `--resume` the
+interrupted run's own `train_config.yaml` is the starting point instead.
+Exit codes: 0 done, 2 unusable input, 130 interrupted (checkpoint saved), 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Any
+
+HELP = "Fine-tune a base model with LoRA on a Q&A file (progress bar, checkpoints, --resume)."
+ORDER = 20
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("data", metavar="DATA", help="training file (JSONL, JSON, CSV, TSV, TXT, XLSX)")
+    parser.add_argument("--base", default=None, help="model: default, tiny-random, a model directory, a .gguf "
+                                                     "file or a hub id (default: default)")
+    parser.add_argument("--output", "-o", default=None, help="output directory (default: runs/<data name>)")
+    parser.add_argument("--task", choices=("qa", "copywriting", "consulting"), default=None,
+                        help="what the model is for; shapes the recommended settings (default: qa)")
+    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output")
+    parser.add_argument("--config", metavar="FILE", help="YAML file of settings (as in a run's train_config.yaml)")
+    parser.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[],
+                        help="override one setting, e.g. --set lora_r=32 (repeatable)")
+    parser.add_argument("--epochs", type=float, help="passes over the data (num_epochs)")
+    parser.add_argument("--lr", type=float, help="learning rate")
+    parser.add_argument("--lora-r", type=int, help="LoRA rank")
+    parser.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+    parser.add_argument("--validation", metavar="FILE", help="validation file (default: a split of DATA)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where to train (default: auto)")
+    parser.add_argument("--no-recommend", action="store_true",
+                        help="start from TrainConfig's defaults instead of the recommender's settings")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress output (events.jsonl is still written)")
+
+
+def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    pairs = {"num_epochs": args.epochs, "learning_rate": args.lr, "lora_r": args.lora_r,
+             "max_steps": args.max_steps, "validation_data": args.validation, "device": args.device,
+             "base": args.base, "task": args.task}
+    out = {k: v for k, v in pairs.items() if v is not None}
+    if args.lora_r is not None and "lora_alpha" not in " ".join(args.overrides):
+        out["lora_alpha"] = 2 * args.lora_r  # keep the alpha/r scale the defaults assume
+    return out
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"lorastudio train: {message}", file=sys.stderr)
+    return code
+
+
+def _recommended(data: str, base: str, task: str, quiet: bool) -> dict[str, Any]:
+    """The recommender's settings for this file (printed with their reasons), or {} if unavailable."""
+    try:
+        from lorastudio.train.recommend import recommend
+    except ImportError:
+        return {}
+    from lorastudio.data import validate
+
+    report = validate(data)
+    rec = recommend(report.conversations, base=base, task=task)
+    settings = dict(rec.settings)
+    # Augmentation/replay live in optional modules; without them the run still trains, and says so.
+    for key, module, func in (("augment_paraphrases", "augment", "augment_conversations"),
+                              ("replay_rows", "replay", "replay_conversations")):
+        if settings.get(key) and not _available(f"lorastudio.train.{module}", func):
+            print(f"note: {key}={settings[key]} recommended, but lorastudio.train.{module} is not available "
+                  "here; training without it", file=sys.stderr)
+            settings[key] = 0
+    if not quiet:
+        print("Recommended settings:", file=sys.stderr)
+        for key, value in settings.items():
+            reason = rec.reasons.get(key, "")
+            print(f"  {key} = {value}" + (f"  — {reason}" if reason else ""), file=sys.stderr)
+        estimate = rec.estimate or {}
+        if estimate.get("seconds"):
+            print(f"  estimate: about {_duration(estimate['seconds'])} on {estimate.get('device', '?')}"
+                  + (f", cost {estimate['cost']} {estimate.get('currency', '')}" if estimate.get("cost") else ""),
+                  file=sys.stderr)
+        for warning in getattr(rec, "warnings", []) or []:
+            print(f"  note: {warning}", file=sys.stderr)
+    return settings
+
+
+def _available(module: str, attribute: str) -> bool:
+    import importlib
+
+    try:
+        return hasattr(importlib.import_module(module), attribute)
+    except ImportError:
+        return False
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
+
+
+class _Progress:
+    """A one-line progress bar on a TTY; on a pipe, stage lines and a metrics line every ~5 %."""
+
+    def __init__(self, stream=sys.stderr):
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.last_percent = -100.0
+        self.bar_open = False
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        kind = event["type"]
+        if kind == "metrics":
+            self._metrics(event)
+            return
+        self._end_bar()
+        if kind == "stage":
+            print(f"[{event['stage']}] {event['message']}", file=self.stream, flush=True)
+        elif kind == "eval":
+            print(f"  validation loss at step {event['step']}: {event['valid_loss']:.4f}", file=self.stream)
+        elif kind == "checkpoint":
+            print(f"  checkpoint: {event['path']}", file=self.stream)
+        elif kind == "resumed":
+            print(f"  resumed from {event['path']} (step {event['step']})", file=self.stream)
+        elif kind == "error":
+            print(f"  error: {event['message']}", file=self.stream)
+
+    def _metrics(self, e: dict[str, Any]) -> None:
+        loss = "—" if e.get("loss") is None else f"{e['loss']:.4f}"
+        text = (f"step {e['step']}/{e['total_steps']} · loss {loss} · lr {e['lr']:.2e} · "
+                f"{e['tokens_per_s']:.0f} tok/s · ETA {_duration(e['eta_s'])}")
+        if self.tty:
+            width = 24
+            filled = int(width * e["percent"] / 100)
+            print(f"\r[train] {e['percent']:5.1f}% {'█' * filled}{'·' * (width - filled)} {text}\x1b[K",
+                  end="", file=self.stream, flush=True)
+            self.bar_open = True
+        elif e["percent"] - self.last_percent >= 5 or e["step"] == e["total_steps"]:
+            self.last_percent = e["percent"]
+            print(f"[train] {e['percent']:.0f}% {text}", file=self.stream, flush=True)
+
+    def _end_bar(self) -> None:
+        if self.bar_open:
+            print(file=self.stream)
+            self.bar_open = False
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from lorastudio.data import DataError
+    from lorastudio.models import ModelError
+    from lorastudio.train import ConfigError, DataUnusable, TrainConfig, TrainingInterrupted, train
+
+    if not Path(args.data).is_file():
+        return _fail(f"{args.data}: no such file")
+    output = args.output or str(Path("runs") / Path(args.data).stem)
+    started = time.time()
+    try:
+        if args.resume:
+            saved = Path(output) / "train_config.yaml"
+            if not saved.is_file():
+                return _fail(f"--resume: {saved} not found; was {output} written by `lorastudio train`?")
+            cfg = TrainConfig.from_yaml(saved)
+        else:
+            cfg = TrainConfig()
+            if not args.no_recommend and not args.config:
+                cfg = cfg.with_overrides(_recommended(args.data, args.base or cfg.base, args.task or cfg.task,
+                                                      args.quiet))
+            if args.config:
+                cfg = cfg.with_overrides(TrainConfig.from_yaml(args.config).to_dict())
+        cfg = cfg.with_overrides({"data": args.data, "output_dir": output, **_flag_overrides(args)})
+        cfg = cfg.with_overrides(args.overrides)
+    except (ConfigError, DataError) as error:
+        return _fail(str(error))
+    except (OSError, ValueError) as error:
+        return _fail(f"{type(error).__name__}: {error}")
+
+    progress = None if args.quiet else _Progress()
+    try:
+        result = train(cfg, on_event=progress, resume=args.resume)
+    except TrainingInterrupted as stop:
+        if progress:
+            progress._end_bar()
+        print(f"interrupted at step {stop.step}; checkpoint saved to {stop.checkpoint}\n"
+              f"continue with: lorastudio train {args.data} --output {output} --resume", file=sys.stderr)
+        return 130
+    except (DataUnusable, DataError, ConfigError, ModelError) as error:
+        return _fail(str(error))
+    except KeyboardInterrupt:
+        return _fail("stopped immediately (second Ctrl-C); resume from the last checkpoint with --resume", 130)
+    except Exception as error:  # the full story is in events.jsonl; the terminal gets one line
+        if os.environ.get("LORASTUDIO_DEBUG"):
+            raise
+        return _fail(f"{type(error).__name__}: {error} (set LORASTUDIO_DEBUG=1 for the traceback)", 1)
+    metrics = result.metrics
+    valid = metrics.get("valid_loss")
+    print(f"done in {_duration(time.time() - started)}: {result.steps} steps, train loss "
+          f"{metrics.get('first_train_loss') or 0:.4f} → {metrics.get('train_loss') or 0:.4f}"
+          + (f", validation loss {valid:.4f}" if valid is not None else "")
+          + f"\nadapter: {result.adapter_dir}\n"
+          f"try it:  lorastudio compare --base {cfg.base} --adapter {result.adapter_dir}", file=sys.stderr)
+    return 0

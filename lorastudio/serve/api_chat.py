@@ -1,0 +1,160 @@
+"""`/v1/chat/completions` and `/v1/models`: base models and tuned adapters behind one API."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from lorastudio.serve.engines import base_model_ids, model_not_found
+from lorastudio.serve.errors import APIError
+from lorastudio.serve.objects import list_object, model_object
+
+router = APIRouter(prefix="/v1", tags=["chat"])
+
+MAX_NEW_TOKENS = 4096
+_DONE = object()
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # OpenAI clients send many optional fields
+
+    model: str
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    n: int = Field(1, ge=1)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+
+
+def _sampling(body: ChatRequest) -> dict[str, Any]:
+    if body.n != 1:
+        raise APIError(400, "Only n=1 is supported: one answer per request.", param="n", code="invalid_value")
+    if body.stop:
+        raise APIError(400, "'stop' sequences are not supported; the model stops at its end-of-turn token "
+                       "or at max_tokens.", param="stop", code="unsupported_parameter")
+    max_tokens = body.max_completion_tokens or body.max_tokens or 256
+    return {"max_new_tokens": min(max_tokens, MAX_NEW_TOKENS), "temperature": body.temperature or 0.0,
+            "top_p": body.top_p if body.top_p is not None else 1.0, "seed": body.seed}
+
+
+def _check_messages(messages: list[dict[str, Any]]) -> None:
+    from lorastudio.inference import PromptError, normalize_messages
+
+    try:
+        normalize_messages(messages)
+    except PromptError as exc:
+        raise APIError(400, f"Invalid 'messages': {exc}.", param="messages", code="invalid_value") from None
+
+
+def _engine_error(exc: Exception) -> APIError:
+    from lorastudio.inference import AdapterError, PromptError
+
+    if isinstance(exc, PromptError):
+        return APIError(400, f"Invalid 'messages': {exc}.", param="messages", code="invalid_value")
+    if isinstance(exc, AdapterError):
+        return APIError(409, f"The fine-tuned model's adapter cannot be loaded: {exc}", param="model",
+                        code="adapter_unavailable")
+    raise exc
+
+
+@router.post("/chat/completions", summary="Chat with a base model or a fine-tuned model (stream=true: SSE)")
+async def chat_completions(request: Request, body: ChatRequest) -> Any:
+    pool = request.app.state.engines
+    base, adapter = pool.resolve(body.model)
+    sampling = _sampling(body)
+    _check_messages(body.messages)
+    engine = await run_in_threadpool(pool.get, base)
+    completion_id = f"chatcmpl-{secrets.token_hex(12)}"
+    created = int(time.time())
+    if not body.stream:
+        try:
+            result = await run_in_threadpool(engine.complete, body.messages, adapter, **sampling)
+        except Exception as exc:
+            raise _engine_error(exc) from None
+        return {
+            "id": completion_id, "object": "chat.completion", "created": created, "model": body.model,
+            "system_fingerprint": None,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text, "refusal": None},
+                         "logprobs": None, "finish_reason": result.finish_reason}],
+            "usage": {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
+                      "total_tokens": result.prompt_tokens + result.completion_tokens},
+        }
+    stats: dict[str, Any] = {}
+    pieces = engine.stream(body.messages, adapter, **sampling, stats=stats)
+    try:
+        # The first piece is produced here so that a bad prompt is still a proper HTTP error.
+        first = await run_in_threadpool(next, pieces, _DONE)
+    except Exception as exc:
+        raise _engine_error(exc) from None
+    include_usage = bool((body.stream_options or {}).get("include_usage"))
+
+    def chunk(delta: dict, finish: str | None = None) -> str:
+        payload = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": body.model,
+                   "system_fingerprint": None,
+                   "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+        return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+    def events() -> Iterator[str]:
+        # A sync generator: Starlette iterates it in a worker thread, so the event loop stays free.
+        yield chunk({"role": "assistant", "content": ""})
+        try:
+            if first is not _DONE:
+                yield chunk({"content": first})
+                for piece in pieces:
+                    yield chunk({"content": piece})
+        except Exception as exc:  # mid-stream: the status line is sent, report in-band
+            err = {"error": {"message": f"generation failed: {exc}", "type": "server_error", "param": None,
+                             "code": "generation_failed"}}
+            yield f"data: {json.dumps(err)}\n\n"
+            yield "data: [DONE]\n\n"
+            return
+        finally:
+            close = getattr(pieces, "close", None)
+            if close:
+                close()
+        yield chunk({}, stats.get("finish_reason", "stop"))
+        if include_usage and "prompt_tokens" in stats:
+            usage = {"prompt_tokens": stats["prompt_tokens"], "completion_tokens": stats["completion_tokens"],
+                     "total_tokens": stats["prompt_tokens"] + stats["completion_tokens"]}
+            payload = {"id": completion_id, "object": "chat.completion.chunk", "created": created,
+                       "model": body.model, "choices": [], "usage": usage}
+            yield f"data: {json.dumps(payload)}\n\n"
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _all_models(request: Request) -> list[dict]:
+    started = request.app.state.started_at
+    data = [model_object(mid, started, "lorastudio", kind="base") for mid in base_model_ids()]
+    for row in request.app.state.store.list_models():
+        data.append(model_object(row["id"], row["created_at"], "user", kind="fine-tuned", root=row["base"],
+                                 parent=row["base"], fine_tuning_job_id=row["job_id"]))
+    return data
+
+
+@router.get("/models", summary="Base models and fine-tuned models")
+def list_models(request: Request) -> dict:
+    return list_object(_all_models(request))
+
+
+@router.get("/models/{model_id:path}", summary="One model")
+def get_model(request: Request, model_id: str) -> dict:
+    for model in _all_models(request):
+        if model["id"] == model_id:
+            return model
+    raise model_not_found(model_id)

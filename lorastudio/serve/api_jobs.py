@@ -1,0 +1,152 @@
+"""`/v1/fine_tuning/jobs`: create, list, inspect, cancel; events and checkpoints."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from lorastudio.serve.api_files import get_file_or_404
+from lorastudio.serve.engines import base_model_ids, model_not_found
+from lorastudio.serve.errors import APIError
+from lorastudio.serve.objects import checkpoint_object, event_object, job_object, list_object
+from lorastudio.serve.store import TERMINAL_STATUSES, new_id, now
+from lorastudio.serve.worker import OPENAI_HYPERPARAMETERS, RESERVED_FIELDS
+
+router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # integrations etc. are accepted and ignored
+
+    model: str = Field(description="A base id from GET /v1/models, e.g. 'default' or 'tiny-random'.")
+    training_file: str
+    validation_file: str | None = None
+    suffix: str | None = Field(None, max_length=64)
+    hyperparameters: dict[str, Any] | None = Field(
+        None, description="n_epochs, batch_size, learning_rate_multiplier ('auto' or a number) plus any "
+        "TrainConfig field, e.g. task, lora_r, max_steps.")
+    seed: int | None = None
+    metadata: dict[str, str] | None = None
+    method: dict[str, Any] | None = None
+
+
+def check_hyperparameters(hp: dict[str, Any]) -> dict[str, Any]:
+    """Reject what can never work now (400 with the exact parameter), before a job exists."""
+    from lorastudio.train.config import TASKS, ConfigError, TrainConfig
+
+    known = set(TrainConfig.__dataclass_fields__)
+    out: dict[str, Any] = {}
+    for key, value in hp.items():
+        param = f"hyperparameters.{key}"
+        if key in OPENAI_HYPERPARAMETERS:
+            if value == "auto" or value is None:
+                out[key] = "auto"
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise APIError(400, f"{key} must be 'auto' or a positive number, got {value!r}.", param=param,
+                               code="invalid_value")
+            if key == "batch_size" and not float(value).is_integer():
+                raise APIError(400, f"batch_size must be a whole number, got {value!r}.", param=param,
+                               code="invalid_value")
+            out[key] = value
+        elif key == "task":
+            if value not in (*TASKS, "auto"):
+                raise APIError(400, f"task must be one of {', '.join(TASKS)}, got {value!r}.", param=param,
+                               code="invalid_value")
+            out[key] = value
+        elif key in RESERVED_FIELDS or key not in known:
+            why = "is set by the job itself" if key in RESERVED_FIELDS else "is not a training setting"
+            raise APIError(400, f"Hyperparameter '{key}' {why}. Use n_epochs, batch_size, "
+                           "learning_rate_multiplier or a TrainConfig field such as lora_r, max_steps, "
+                           "max_length, save_every.", param=param, code="invalid_value")
+        else:
+            if value == "auto":
+                continue  # let the recommender decide
+            try:
+                TrainConfig.from_dict({key: value})
+            except ConfigError as exc:
+                if str(exc).startswith(f"{key}="):  # only this value's own fault, not a combination
+                    raise APIError(400, str(exc), param=param, code="invalid_value") from None
+            out[key] = value
+    return out
+
+
+def get_job_or_404(request: Request, job_id: str) -> dict:
+    job = request.app.state.store.get_job(job_id)
+    if job is None:
+        raise APIError(404, f"No such fine-tuning job: '{job_id}'.", param="fine_tuning_job_id",
+                       code="job_not_found")
+    return job
+
+
+@router.post("", summary="Create a fine-tuning job")
+def create_job(request: Request, body: JobCreate) -> dict:
+    store = request.app.state.store
+    settings = request.app.state.settings
+    if body.model not in base_model_ids():
+        raise model_not_found(body.model)
+    get_file_or_404(request, body.training_file, "training_file")
+    if body.validation_file:
+        get_file_or_404(request, body.validation_file, "validation_file")
+    if body.suffix is not None and not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", body.suffix):
+        raise APIError(400, "suffix may only contain letters, digits, '-' and '_' (at most 64).", param="suffix",
+                       code="invalid_value")
+    hp = dict(body.hyperparameters or {})
+    # Newer SDKs send hyperparameters under method.supervised; accept both.
+    if body.method and isinstance(body.method.get("supervised"), dict):
+        hp = {**(body.method["supervised"].get("hyperparameters") or {}), **hp}
+    hp = check_hyperparameters(hp)
+    job_id = new_id("ftjob")
+    job_dir = settings.jobs_dir / job_id
+    job_dir.mkdir(parents=True, exist_ok=True)
+    job = store.add_job(id=job_id, model=body.model, training_file=body.training_file,
+                        validation_file=body.validation_file, suffix=body.suffix, hyperparameters=hp,
+                        status="validating_files", seed=body.seed, metadata=body.metadata, job_dir=str(job_dir))
+    request.app.state.worker_event(job_id, "Validating training file")
+    request.app.state.wake_worker()
+    return job_object(job)
+
+
+@router.get("", summary="List fine-tuning jobs, newest first")
+def list_jobs(request: Request, after: str | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 20) -> dict:
+    rows = request.app.state.store.list_jobs(after=after, limit=limit + 1)
+    return list_object([job_object(r) for r in rows[:limit]], len(rows) > limit)
+
+
+@router.get("/{job_id}", summary="One fine-tuning job")
+def get_job(request: Request, job_id: str) -> dict:
+    return job_object(get_job_or_404(request, job_id))
+
+
+@router.post("/{job_id}/cancel", summary="Cancel a job; a running trainer is stopped within seconds")
+def cancel_job(request: Request, job_id: str) -> dict:
+    store = request.app.state.store
+    job = get_job_or_404(request, job_id)
+    if job["status"] in TERMINAL_STATUSES:
+        raise APIError(409, f"Job {job_id} has already {job['status']}; only unfinished jobs can be cancelled.",
+                       param="fine_tuning_job_id", code="job_not_cancellable")
+    # The status flips now; the worker sees it and stops the trainer (SIGTERM, then SIGKILL).
+    if store.update_job(job_id, only_if_status=("validating_files", "queued", "running"), status="cancelled",
+                        finished_at=now(), estimated_finish=None):
+        request.app.state.worker_event(job_id, "Job cancelled by request.")
+        request.app.state.wake_worker()
+    return job_object(store.get_job(job_id))
+
+
+@router.get("/{job_id}/events", summary="A job's events, newest first")
+def list_events(request: Request, job_id: str, after: str | None = None,
+                limit: Annotated[int, Query(ge=1, le=10000)] = 20) -> dict:
+    get_job_or_404(request, job_id)
+    rows, more = request.app.state.store.list_events(job_id, after=after, limit=limit)
+    return list_object([event_object(r) for r in rows], more)
+
+
+@router.get("/{job_id}/checkpoints", summary="A job's checkpoints, newest first")
+def list_checkpoints(request: Request, job_id: str, after: str | None = None,
+                     limit: Annotated[int, Query(ge=1, le=1000)] = 10) -> dict:
+    get_job_or_404(request, job_id)
+    rows, more = request.app.state.store.list_checkpoints(job_id, after=after, limit=limit)
+    return list_object([checkpoint_object(r) for r in rows], more)

@@ -1,0 +1,151 @@
+"""The app factory: `create_app(settings)` wires store, worker, chat engines, routes and the web UI.
+
+Tests build apps with their own settings (a temp data dir, a fake trainer command, a fake chat
+engine); `lorastudio serve` builds one from the command line and the environment.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from lorastudio import __version__
+from lorastudio.serve.errors import APIError, error_body, install_error_handlers
+from lorastudio.serve.settings import Settings
+from lorastudio.serve.store import SQLiteStore
+
+log = logging.getLogger("lorastudio.serve")
+
+PROTECTED_PREFIXES = ("/v1", "/studio")
+_FALLBACK_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>LoRA Studio</title></head>
+<body><h1>LoRA Studio</h1><p>The web UI is not installed in this build. The API is at
+<a href="/docs">/docs</a> (OpenAI-compatible under <code>/v1</code>).</p></body></html>"""
+
+
+async def _send_json_error(send: Send, status: int, message: str, param: str | None, code: str,
+                           headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    import json
+
+    body = json.dumps(error_body(status, message, param, code)).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *(headers or [])]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class GuardMiddleware:
+    """API-key check and upload size limit, before any body is read.
+
+    Pure ASGI (not BaseHTTPMiddleware) so that streamed responses and the request body pass through
+    untouched. The key is compared in constant time and never logged.
+    """
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope.get("path", "")
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        key = self.settings.api_key
+        if key and path.startswith(PROTECTED_PREFIXES):
+            auth = headers.get("authorization", "")
+            scheme, _, token = auth.partition(" ")
+            if not auth:
+                await _send_json_error(send, 401, "Missing API key: send 'Authorization: Bearer <key>' (the key "
+                                       "the server was started with).", None, "missing_api_key",
+                                       [(b"www-authenticate", b"Bearer")])
+                return
+            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
+                await _send_json_error(send, 401, "Incorrect API key provided.", None, "invalid_api_key",
+                                       [(b"www-authenticate", b"Bearer")])
+                return
+        if scope.get("method") == "POST" and path.rstrip("/") == "/v1/files":
+            limit = self.settings.max_upload_bytes
+            # Multipart adds headers and boundaries around the file; allow for them.
+            allowed = limit + 64 * 1024
+            length = headers.get("content-length")
+            if length is not None and length.isdigit() and int(length) > allowed:
+                await _send_json_error(send, 413, f"The upload ({int(length)} bytes) is larger than this server's "
+                                       f"limit of {limit} bytes. Split the file, or start the server with a larger "
+                                       "LORASTUDIO_MAX_UPLOAD_MB.", "file", "file_too_large")
+                return
+            received = 0
+
+            async def counting_receive() -> Message:
+                nonlocal received
+                message = await receive()
+                if message["type"] == "http.request":
+                    received += len(message.get("body", b""))
+                    if received > allowed:  # chunked uploads without Content-Length
+                        raise APIError(413, f"The upload is larger than this server's limit of {limit} bytes.",
+                                       param="file", code="file_too_large")
+                return message
+
+            await self.app(scope, counting_receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    from lorastudio.serve.engines import EnginePool
+    from lorastudio.serve.worker import JobWorker
+
+    settings = settings or Settings.from_env()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.files_dir.mkdir(parents=True, exist_ok=True)
+    settings.jobs_dir.mkdir(parents=True, exist_ok=True)
+    store = SQLiteStore(settings.db_path)
+    worker = JobWorker(store, settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if settings.start_worker:
+            worker.start()
+        try:
+            yield
+        finally:
+            if settings.start_worker:
+                worker.stop()
+            store.close()
+
+    app = FastAPI(title="LoRA Studio", version=__version__, lifespan=lifespan,
+                  description="OpenAI-compatible fine-tuning and chat under /v1; studio endpoints under /studio.")
+    app.state.settings = settings
+    app.state.store = store
+    app.state.worker = worker
+    app.state.engines = EnginePool(store, settings.max_adapters, settings.engine_factory)
+    app.state.started_at = int(time.time())
+    app.state.wake_worker = worker.wake
+    app.state.worker_event = worker.message_event
+    install_error_handlers(app)
+    app.add_middleware(GuardMiddleware, settings=settings)
+
+    from lorastudio.serve import api_chat, api_files, api_jobs, api_studio
+
+    for module in (api_files, api_jobs, api_chat, api_studio):
+        app.include_router(module.router)
+
+    @app.get("/health", tags=["meta"], summary="Liveness and what is loaded")
+    def health() -> dict:
+        return {"status": "ok", "version": __version__, "loaded_models": app.state.engines.loaded()}
+
+    web_dir = settings.web_dir or Path(__file__).resolve().parent.parent / "web"
+    if (web_dir / "index.html").is_file():
+        app.mount("/", StaticFiles(directory=str(web_dir), html=True), name="web")
+    else:
+        @app.get("/", include_in_schema=False)
+        def fallback_page() -> HTMLResponse:
+            return HTMLResponse(_FALLBACK_PAGE)
+    return app

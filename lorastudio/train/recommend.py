@@ -1,0 +1,389 @@
+"""`recommend()`: every training setting chosen from the data, the task, the model and the hardware.
+
+Pure function (no torch at import time): the web UI calls it on every change of the form, the CLI
+calls it before `train(cfg)`. Each setting comes with a one-line reason the UI shows next to it, and
+the whole plan with a time/cost estimate. The numbers behind the defaults are in docs/QUALITY.md
+(a sweep on the real default model: bench/quality/sweep.py).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+TASKS = ("qa", "copywriting", "consulting")
+
+# Throughput of LoRA all-linear training on the 0.5B default model, real (unpadded) tokens/s,
+# measured (docs/QUALITY.md, ../shared/docs/EXPERIMENTS.md). Other sizes scale by 0.5B / size.
+CPU_TOKENS_PER_S_05B_2CORES_BF16 = 100.0
+CPU_TOKENS_PER_S_05B_2CORES_FP32 = 40.0
+GPU_TOKENS_PER_S_05B = 20_000.0
+# Greedy generation for augmentation/replay, batched, tokens/s of the whole batch on 2 CPU cores.
+CPU_GEN_TOKENS_PER_S_05B = 40.0
+GPU_GEN_TOKENS_PER_S_05B = 2_000.0
+
+# On a CPU the default run must stay within this wall-time budget (PRODUCT: "≤ 15 minutes on a
+# laptop-class 2-core machine"): epochs and augmentation shrink to fit it.
+CPU_BUDGET_S = 12 * 60
+
+# Template overhead per conversation (role markers, the system prompt the trainer renders).
+TEMPLATE_TOKENS_PER_ROW = 12
+
+# Known families: name fragment → (parameters in billions, supports chat template).
+_KNOWN_SIZES = {
+    "default": 0.5,
+    "tiny-random": 0.001,
+}
+
+
+@dataclass
+class Hardware:
+    """What the run will train on. `device` is "cpu" or "cuda"."""
+
+    device: str = "cpu"
+    cpu_cores: int = 2
+    bf16: bool = True
+    gpu_memory_gb: float = 0.0
+    gpu_name: str = ""
+    gpus: int = 1
+
+    @classmethod
+    def from_any(cls, value: Hardware | Mapping[str, Any] | str | None) -> Hardware:
+        if value is None:
+            return detect_hardware()
+        if isinstance(value, Hardware):
+            return value
+        if isinstance(value, str):
+            return cls(device="cuda" if value in ("cuda", "gpu") else "cpu")
+        known = {k: v for k, v in value.items() if k in cls.__dataclass_fields__}
+        if known.get("device") == "gpu":
+            known["device"] = "cuda"
+        if "device" not in known:
+            known["device"] = "cuda" if float(known.get("gpu_memory_gb") or 0) > 0 else "cpu"
+        return cls(**known)
+
+    @property
+    def label(self) -> str:
+        if self.device == "cuda":
+            name = self.gpu_name or "GPU"
+            return f"{self.gpus}× {name} ({self.gpu_memory_gb:.0f} GB)" if self.gpus > 1 else \
+                f"{name} ({self.gpu_memory_gb:.0f} GB)"
+        return f"CPU, {self.cpu_cores} cores{', bf16' if self.bf16 else ''}"
+
+
+def detect_hardware() -> Hardware:
+    """The machine this process runs on. Imports torch lazily (only when asked)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        import torch
+    except ImportError:  # no torch: the estimate is still useful
+        return Hardware(device="cpu", cpu_cores=cores, bf16=False)
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        return Hardware(device="cuda", cpu_cores=cores, bf16=torch.cuda.is_bf16_supported(),
+                        gpu_memory_gb=props.total_memory / 2**30, gpu_name=props.name,
+                        gpus=torch.cuda.device_count())
+    bf16 = False
+    try:  # avx512_bf16 / amx: bf16 matmuls are ~2.5× faster than fp32 on such CPUs
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = f.read()
+        bf16 = "avx512_bf16" in flags or "amx_bf16" in flags
+    except OSError:
+        pass
+    return Hardware(device="cpu", cpu_cores=cores, bf16=bf16)
+
+
+@dataclass
+class DataStats:
+    """What the recommender needs to know about the training data."""
+
+    rows: int
+    mean_tokens: float
+    """Mean tokens of one rendered conversation (characters converted when no tokenizer is given)."""
+    max_tokens: int
+    mean_answer_tokens: float = 0.0
+    turns: float = 1.0
+    has_system: bool = False
+
+    @classmethod
+    def from_any(cls, value: Any, tokenizer: Any = None) -> DataStats:
+        if isinstance(value, DataStats):
+            return value
+        if isinstance(value, int):
+            return cls(rows=value, mean_tokens=80.0, max_tokens=200, mean_answer_tokens=40.0)
+        if isinstance(value, Mapping):
+            rows = int(value.get("rows") or value.get("rows_ok") or value.get("count") or 0)
+            mean = float(value.get("mean_tokens") or approx_tokens("x" * int(value.get("mean_chars", 240))))
+            return cls(rows=rows, mean_tokens=mean,
+                       max_tokens=int(value.get("max_tokens") or mean * 3),
+                       mean_answer_tokens=float(value.get("mean_answer_tokens") or mean / 2),
+                       turns=float(value.get("turns") or 1.0), has_system=bool(value.get("has_system")))
+        return cls.from_conversations(list(value), tokenizer)
+
+    @classmethod
+    def from_conversations(cls, conversations: Iterable[Any], tokenizer: Any = None) -> DataStats:
+        def count(text: str) -> int:
+            if tokenizer is not None:
+                return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+            return approx_tokens(text)
+
+        lengths, answers, turns = [], [], []
+        has_system = False
+        for conv in conversations:
+            messages = _messages_of(conv)
+            total = TEMPLATE_TOKENS_PER_ROW
+            answer = 0
+            for role, content in messages:
+                n = count(content) + 5
+                total += n
+                if role == "assistant":
+                    answer += n
+                if role == "system":
+                    has_system = True
+            lengths.append(total)
+            answers.append(answer)
+            turns.append(max(1, sum(1 for role, _ in messages if role == "assistant")))
+        if not lengths:
+            return cls(rows=0, mean_tokens=0.0, max_tokens=0)
+        return cls(rows=len(lengths), mean_tokens=sum(lengths) / len(lengths), max_tokens=max(lengths),
+                   mean_answer_tokens=sum(answers) / len(answers), turns=sum(turns) / len(turns),
+                   has_system=has_system)
+
+
+def _messages_of(conv: Any) -> list[tuple[str, str]]:
+    """(role, content) pairs from a Conversation, an OpenAI-style dict or an instruction/response dict."""
+    messages = getattr(conv, "messages", None)
+    if messages is None and isinstance(conv, Mapping):
+        messages = conv.get("messages")
+        if messages is None:
+            question = next((conv[k] for k in ("instruction", "question", "prompt", "input") if k in conv), "")
+            answer = next((conv[k] for k in ("response", "answer", "completion", "output") if k in conv), "")
+            return [("user", str(question)), ("assistant", str(answer))]
+    out = []
+    for m in messages or []:
+        if isinstance(m, Mapping):
+            out.append((str(m.get("role", "")), str(m.get("content", ""))))
+        else:
+            out.append((m.role, m.content))
+    return out
+
+
+_CJK = re.compile(r"[\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uff00-\uffef]")
+
+
+def approx_tokens(text: str) -> int:
+    """Token count without a tokenizer: Qwen-style BPE gives ≈ 0.7 tokens per CJK character and
+    ≈ 1 token per 3.6 other characters (measured on the demo data with the default tokenizer)."""
+    cjk = len(_CJK.findall(text))
+    return max(1, round(cjk * 0.7 + (len(text) - cjk) / 3.6))
+
+
+def model_size_b(base: str) -> float:
+    """Parameters in billions, from the catalog id or a size in the name (`Qwen2.5-1.5B`, `7b`)."""
+    name = os.path.basename(str(base).rstrip("/")).lower()
+    if name in _KNOWN_SIZES:
+        return _KNOWN_SIZES[name]
+    match = re.search(r"(\d+(?:\.\d+)?)\s*([bm])(?![a-z])", name)
+    if match:
+        number = float(match.group(1))
+        return number / 1000 if match.group(2) == "m" else number
+    return 0.5
+
+
+@dataclass
+class Recommendation:
+    settings: dict[str, Any]
+    reasons: dict[str, str]
+    estimate: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"settings": dict(self.settings), "reasons": dict(self.reasons),
+                "estimate": dict(self.estimate), "warnings": list(self.warnings)}
+
+
+def recommend(rows_or_stats: Any, base: str = "default", task: str = "qa", hardware: Any = None,
+              price_per_hour: float | None = None, *, tokenizer: Any = None,
+              currency: str = "USD") -> Recommendation:
+    """Choose every TrainConfig setting for this data, task, base model and hardware.
+
+    `rows_or_stats`: a list of Conversation (or dict rows), a `DataStats`, a dict of stats
+    (`rows`, `mean_tokens`, `max_tokens`, …) or just a row count.
+    `hardware`: a `Hardware`, a dict (`device`, `cpu_cores`, `bf16`, `gpu_memory_gb`, …), "cpu"/"cuda",
+    or None to look at this machine.
+    """
+    if task not in TASKS:
+        raise ValueError(f"task={task!r} is invalid: choose one of {', '.join(TASKS)}")
+    stats = DataStats.from_any(rows_or_stats, tokenizer)
+    hw = Hardware.from_any(hardware)
+    size = model_size_b(base)
+    on_gpu = hw.device == "cuda"
+    s: dict[str, Any] = {"task": task}
+    r: dict[str, str] = {}
+    warnings: list[str] = []
+    rows = max(stats.rows, 0)
+
+    # --- LoRA shape -----------------------------------------------------------------------------
+    s["target_modules"] = "all-linear"
+    r["target_modules"] = ("all linear layers: attention-only LoRA barely learns new facts "
+                           "(5/40 vs 21/40 reworded facts in our sweep)")
+    rank = 16 if size <= 3 else 32 if size <= 14 else 64
+    if rows >= 5000:
+        rank *= 2
+    s["lora_r"] = rank
+    r["lora_r"] = (f"rank {rank}: enough capacity for {rows} rows on a {size:g}B model "
+                   "without the slow-down of bigger adapters")
+    s["lora_alpha"] = 2 * rank
+    r["lora_alpha"] = "alpha = 2 × rank: the usual scale, keeps the learning rate meaningful across ranks"
+    s["lora_dropout"] = 0.0
+    r["lora_dropout"] = "no dropout: augmentation and replay regularise better on small data and cost nothing"
+
+    # --- learning rate and schedule ------------------------------------------------------------
+    lr = 5e-4 if size <= 1 else 3e-4 if size <= 4 else 2e-4 if size <= 14 else 1e-4
+    if rows >= 5000:
+        lr *= 0.5
+    s["learning_rate"] = lr
+    r["learning_rate"] = (f"{lr:g}: fast enough to learn facts in a few epochs on a {size:g}B model; "
+                          "1e-3 forgot more general knowledge in our sweep")
+    s["lr_scheduler"] = "linear"
+    r["lr_scheduler"] = "linear decay: ends at a low rate so the last epoch polishes instead of overshooting"
+    s["warmup_ratio"] = 0.05
+    r["warmup_ratio"] = "5 % warm-up: avoids a destructive first step on a freshly initialised adapter"
+    s["weight_decay"] = 0.0
+    r["weight_decay"] = "no weight decay: LoRA starts at zero and trains briefly; decay only slows learning"
+
+    # --- augmentation and replay (what makes facts stick without forgetting) ------------------
+    facts_task = task in ("qa", "consulting")
+    s["augment_paraphrases"] = (2 if rows <= 500 else 1) if facts_task and rows <= 2000 else 0
+    replay = int(min(200, max(32, round(0.3 * rows)))) if rows else 0
+    s["replay_rows"] = replay
+    r["replay_rows"] = (f"{replay} general questions answered by the base model itself mixed in: "
+                        "keeps what the base model knew (the strongest guard against forgetting we measured)")
+
+    # --- length and batching --------------------------------------------------------------------
+    max_len = 256
+    while max_len < min(stats.max_tokens * 1.25, 8192):
+        max_len *= 2
+    s["max_length"] = max_len
+    r["max_length"] = (f"{max_len} tokens: longest row is about {stats.max_tokens}, "
+                       "longer rows are reported and skipped, never cut silently")
+    if on_gpu:
+        per_gb = 2048 if size <= 1 else 1024 if size <= 4 else 256
+        batch_tokens = int(min(16384, max(max_len, per_gb * max(1, hw.gpu_memory_gb) // 8)))
+    else:
+        batch_tokens = max(max_len, 1024)
+    # Small data needs enough optimiser steps: keep ≥ ~8 steps per epoch.
+    epoch_tokens = rows * stats.mean_tokens
+    while batch_tokens > max_len and epoch_tokens / batch_tokens < 8:
+        batch_tokens //= 2
+    batch_tokens = max(batch_tokens, max_len)
+    s["batch_tokens"] = batch_tokens
+    r["batch_tokens"] = (f"{batch_tokens} real tokens per step (packed, no padding): "
+                         f"about {max(1, round(epoch_tokens * 1.0 / batch_tokens))} steps per epoch of the raw data")
+    s["gradient_accumulation"] = 1
+    r["gradient_accumulation"] = "1: the packed batch is already large enough for stable steps"
+
+    # --- epochs and early stopping -----------------------------------------------------------
+    if rows < 300:
+        epochs = 4.0
+    elif rows < 1000:
+        epochs = 3.0
+    elif rows < 5000:
+        epochs = 2.0
+    else:
+        epochs = 1.0
+    if task == "copywriting":
+        epochs = max(1.0, epochs - 1)
+    s["num_epochs"] = epochs
+    s["val_fraction"] = 0.1 if rows >= 200 else 0.0
+    s["early_stopping_patience"] = 2 if rows >= 200 else None
+    if rows >= 200:
+        r["val_fraction"] = "10 % held out (whole facts, reworded) to choose the best checkpoint"
+        r["early_stopping_patience"] = "stop after 2 evaluations without improvement, keep the best checkpoint"
+    else:
+        r["val_fraction"] = (f"no held-out split: with {rows} rows every row is a fact the model must learn; "
+                             "the schedule is fixed instead")
+        r["early_stopping_patience"] = "off: too few rows for a validation loss that means anything"
+    s["neftune_alpha"] = None
+    r["neftune_alpha"] = "off: noisy embeddings did not help fact recall in our sweep"
+
+    # --- precision and memory -------------------------------------------------------------------
+    s["dtype"] = "bf16" if hw.bf16 else ("fp16" if on_gpu else "fp32")
+    r["dtype"] = ("bf16: half the memory, 2–3× faster, stable for LoRA" if hw.bf16 else
+                  "fp16 (this GPU has no bf16)" if on_gpu else "fp32: this CPU has no fast bf16")
+    weights_gb = size * (2 if s["dtype"] != "fp32" else 4)
+    need_ckpt = on_gpu and hw.gpu_memory_gb and weights_gb * 3 > hw.gpu_memory_gb
+    s["gradient_checkpointing"] = bool(need_ckpt)
+    r["gradient_checkpointing"] = ("on: the model barely fits this GPU's memory" if need_ckpt else
+                                   "off: memory is sufficient, and it costs ~30 % speed")
+    s["device"] = "cuda" if on_gpu else "cpu"
+    r["device"] = f"train on {hw.label}"
+    price = float(price_per_hour) if price_per_hour is not None else 0.0
+    s["price_per_hour"] = price
+    r["price_per_hour"] = (f"{price:g} {currency}/hour, used for the cost shown while training" if price
+                           else "no price given: cost shown as 0")
+
+    # --- time/cost estimate, and fitting the CPU budget ----------------------------------------
+    estimate = _estimate(s, stats, hw, size, price, currency)
+    if not on_gpu and estimate["seconds"] > CPU_BUDGET_S and rows:
+        # Too slow for a laptop: shrink the passes first, then the augmentation.
+        while estimate["seconds"] > CPU_BUDGET_S and s["num_epochs"] > 2:
+            s["num_epochs"] = float(s["num_epochs"] - 1)
+            estimate = _estimate(s, stats, hw, size, price, currency)
+        while estimate["seconds"] > CPU_BUDGET_S and s["augment_paraphrases"] > 0:
+            s["augment_paraphrases"] -= 1
+            estimate = _estimate(s, stats, hw, size, price, currency)
+        if estimate["seconds"] > CPU_BUDGET_S:
+            warnings.append(f"about {estimate['seconds'] / 60:.0f} minutes on this CPU; "
+                            "a GPU or a smaller model is faster")
+    fitted = not on_gpu and (s["num_epochs"] < epochs)
+    r["num_epochs"] = (f"{s['num_epochs']:g} epochs over data + paraphrases + replay: enough passes for "
+                       f"{rows} rows to be recalled, few enough not to overwrite the base model"
+                       + (" (fewer, to fit a CPU run)" if fitted else ""))
+    augment = s["augment_paraphrases"]
+    if augment:
+        r["augment_paraphrases"] = (f"{augment} reworded version(s) of each question: the model learns the "
+                                    "fact, not the wording, so customers' own phrasings hit it")
+    else:
+        r["augment_paraphrases"] = ("off: copywriting learns a style, not facts asked in many ways"
+                                    if not facts_task else
+                                    f"off: {rows} rows already phrase things many ways" if rows > 2000 else
+                                    "off: to fit the time budget of this CPU")
+    if rows < 100:
+        warnings.append(f"only {rows} usable rows: the model will learn little; 500–1000 are advised")
+    return Recommendation(settings=s, reasons=r, estimate=estimate, warnings=warnings)
+
+
+def _estimate(s: Mapping[str, Any], stats: DataStats, hw: Hardware, size: float, price: float,
+              currency: str) -> dict[str, Any]:
+    """Seconds and tokens of the whole run: generation of paraphrases/replay, then training."""
+    rows = stats.rows
+    scale = 0.5 / max(size, 0.05)
+    if hw.device == "cuda":
+        train_tps = GPU_TOKENS_PER_S_05B * scale * max(1, hw.gpus)
+        gen_tps = GPU_GEN_TOKENS_PER_S_05B * scale
+    else:
+        per_core = (CPU_TOKENS_PER_S_05B_2CORES_BF16 if hw.bf16 else CPU_TOKENS_PER_S_05B_2CORES_FP32) / 2
+        train_tps = per_core * max(1, hw.cpu_cores) * scale
+        gen_tps = CPU_GEN_TOKENS_PER_S_05B / 2 * max(1, hw.cpu_cores) * scale
+    question_tokens = max(4.0, stats.mean_tokens - stats.mean_answer_tokens - TEMPLATE_TOKENS_PER_ROW)
+    paraphrase_rows = rows * int(s.get("augment_paraphrases") or 0)
+    replay = int(s.get("replay_rows") or 0)
+    # Paraphrases: one prompt per question asking for n rewordings (~1.3 × question tokens each).
+    gen_tokens = (rows * question_tokens * 1.3 * int(s.get("augment_paraphrases") or 0)) if paraphrase_rows else 0
+    # Replay answers are cached per base model after the first run; count them once.
+    gen_tokens += replay * 60 if replay else 0
+    per_epoch = (rows + paraphrase_rows) * stats.mean_tokens + replay * 80
+    tokens = int(per_epoch * float(s.get("num_epochs") or 1))
+    seconds = tokens / train_tps + gen_tokens / gen_tps + (20 if hw.device == "cuda" else 45)
+    cost = round(seconds / 3600 * price, 4)
+    return {"seconds": int(math.ceil(seconds)), "tokens": tokens, "device": hw.label,
+            "cost": cost, "currency": currency}
+
+
+__all__ = ["DataStats", "Hardware", "Recommendation", "approx_tokens", "detect_hardware",
+           "model_size_b", "recommend"]

@@ -1,0 +1,166 @@
+"""Shared helpers of the browser tests: Debian's Chromium through Playwright, screenshots, and the
+page checks every step runs (nothing untranslated, nothing wider than the screen).
+
+Playwright never downloads a browser here; the tests drive /usr/bin/chromium (`make browser-deps`)
+and skip with a clear reason when it is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+WEB = REPO / "lorastudio" / "web"
+SCREENSHOTS = REPO / "screenshots"
+CHROMIUM = os.environ.get("LORASTUDIO_CHROMIUM") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync",
+]
+LAPTOP = {"width": 1366, "height": 768}
+PHONE = {"width": 390, "height": 844}
+LOCALES = {"en": "en-US", "zh": "zh-CN"}
+
+# Words that stay as they are in both languages: product, format and model names, units.
+ALLOWED_LATIN = [
+    "LoRA Studio", "LoRA", "Qwen2.5-Coder-0.5B-Instruct", "tiny-random", "Hugging Face", "llama.cpp", "Ollama",
+    "GGUF", "Excel", "JSONL", "JSON", "CSV", "TSV", "TXT", "xlsx", "jsonl", "json", "csv", "tsv", "txt", "zip",
+    "token", "tokens", "alpha", "dropout", "epoch", "instruction", "response", "system", "user", "assistant",
+    "UTF", "CPU", "GPU", "API", "bf16", "fp16", "fp32", "lorastudio serve", "English", "cores", "Python", "openai",
+    "curl",
+]
+
+
+def require_chromium() -> str:
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"Chromium not found at {CHROMIUM}: install it with `make browser-deps` "
+                    "(apt-get install chromium) to run the browser tests")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        pytest.skip("playwright (Python) is not installed: pip install -e '.[dev]'")
+    return CHROMIUM
+
+
+def launch(playwright):
+    return playwright.chromium.launch(executable_path=require_chromium(), headless=True, args=CHROMIUM_ARGS)
+
+
+def shot(page, name: str) -> Path:
+    """Full-page screenshot into screenshots/ (gitignored)."""
+    SCREENSHOTS.mkdir(exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def shot_sections(page, name: str, sections=("step-data", "step-settings", "step-train", "step-compare",
+                                              "step-use")) -> list[Path]:
+    """One screenshot per card: a phone-width full page is too tall to look at in one piece."""
+    SCREENSHOTS.mkdir(exist_ok=True)
+    paths = []
+    for section in sections:
+        path = SCREENSHOTS / f"{name}--{section}.png"
+        page.locator(f"#{section}").screenshot(path=str(path))
+        paths.append(path)
+    return paths
+
+
+_UNTRANSLATED_JS = r"""
+([lang, allowed, extra]) => {
+  const bad = [];
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  while (walker.nextNode()) {
+    const n = walker.currentNode;
+    const el = n.parentElement;
+    if (!el || el.closest('[hidden], script, style, option, code, pre, .data, [translate="no"], #lang-toggle')) continue;
+    if (el.closest('details:not([open])') && !el.closest('summary')) continue;
+    const box = el.getBoundingClientRect();
+    if (box.width === 0 && box.height === 0) continue;           // not rendered (closed <details>, …)
+    let text = n.textContent.trim();
+    if (!text) continue;
+    for (const w of [...extra, ...allowed].sort((a, b) => b.length - a.length)) text = text.split(w).join(' ');
+    if (lang === 'zh' ? /[A-Za-z]{3,}/.test(text) : /[\u3400-\u9fff]/.test(text)) bad.push(n.textContent.trim());
+  }
+  return bad;
+}
+"""
+
+
+def untranslated(page, lang: str, extra: list[str] | None = None) -> list[str]:
+    """Visible UI text in the wrong language (data such as file names, answers and ids excluded)."""
+    return page.evaluate(_UNTRANSLATED_JS, [lang, ALLOWED_LATIN, extra or []])
+
+
+_OVERFLOW_JS = r"""
+() => {
+  const doc = document.documentElement;
+  const problems = [];
+  if (doc.scrollWidth > doc.clientWidth + 1) problems.push(`page scrolls sideways: ${doc.scrollWidth} > ${doc.clientWidth}`);
+  const vw = doc.clientWidth;
+  for (const el of document.querySelectorAll('body *')) {
+    if (el.closest('[hidden], .table-wrap, pre, .sr-only, .skip, svg')) continue;
+    if (el.closest('details:not([open])') && !el.closest('summary')) continue;
+    const r = el.getBoundingClientRect();
+    if (r.width === 0 || r.height === 0) continue;
+    if (r.right > vw + 1 || r.left < -1) problems.push(`${el.tagName.toLowerCase()}#${el.id || ''}.${el.className || ''} sticks out (${Math.round(r.left)}..${Math.round(r.right)} of ${vw})`);
+  }
+  return problems.slice(0, 10);
+}
+"""
+
+
+def overflow(page) -> list[str]:
+    """Elements wider than the viewport, or a page that scrolls sideways."""
+    return page.evaluate(_OVERFLOW_JS)
+
+
+_OVERLAP_JS = r"""
+(selectors) => {
+  // Pairs of interactive/visible blocks inside one card whose boxes cross each other.
+  const boxes = [];
+  for (const sel of selectors) for (const el of document.querySelectorAll(sel)) {
+    if (el.closest('[hidden]') || (el.closest('details:not([open])') && !el.closest('summary'))) continue;
+    const r = el.getBoundingClientRect();
+    if (r.width && r.height) boxes.push([sel + (el.id ? '#' + el.id : ''), r, el]);
+  }
+  const hits = [];
+  for (let i = 0; i < boxes.length; i++) for (let j = i + 1; j < boxes.length; j++) {
+    const [a, ra, ea] = boxes[i], [b, rb, eb] = boxes[j];
+    if (ea.contains(eb) || eb.contains(ea)) continue;
+    const x = Math.min(ra.right, rb.right) - Math.max(ra.left, rb.left);
+    const y = Math.min(ra.bottom, rb.bottom) - Math.max(ra.top, rb.top);
+    if (x > 2 && y > 2) hits.push(`${a} overlaps ${b}`);
+  }
+  return hits.slice(0, 10);
+}
+"""
+
+OVERLAP_SELECTORS = [".btn", "select", "input[type=text]", ".summary", ".stats > div", ".badge", "h2", "h3",
+                     ".setting", ".estimate", "progress", ".answer", ".job-open"]
+
+
+def overlaps(page) -> list[str]:
+    return page.evaluate(_OVERLAP_JS, OVERLAP_SELECTORS)
+
+
+def check_layout(page, extra: list[str] | None = None) -> None:
+    """What every screenshot step asserts: right language, no sideways scroll, no overlapping blocks."""
+    lang = "zh" if page.evaluate("document.documentElement.lang").startswith("zh") else "en"
+    problems = {"untranslated": untranslated(page, lang, extra), "overflow": overflow(page),
+                "overlaps": overlaps(page)}
+    assert problems == {"untranslated": [], "overflow": [], "overlaps": []}, problems
+
+
+def i18n_keys(lang: str) -> dict:
+    import json
+
+    return json.loads((WEB / "i18n" / f"{lang}.json").read_text(encoding="utf-8"))
+
+
+def placeholders(text: str) -> set[str]:
+    return set(re.findall(r"\{(\w+)\}", text))

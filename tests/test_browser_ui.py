@@ -1,0 +1,278 @@
+"""The studio page against a scripted API (Playwright routes), in both languages and at both widths.
+
+Fast and deterministic: every state the page can be in (issues table, recommendation, live job, failed
+job, compare, downloads) is rendered from answers shaped exactly like the service's
+(docs/ARCHITECTURE.md "Service ↔ web UI"), then checked for untranslated text, sideways scrolling and
+overlapping blocks. test_browser_flow.py walks the same page against the real server.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import threading
+from urllib.parse import urlparse
+
+import pytest
+from browser_support import (
+    LAPTOP, LOCALES, PHONE, WEB, check_layout, i18n_keys, launch, require_chromium, shot, shot_sections,
+)
+
+pytestmark = pytest.mark.browser
+
+BROKEN_ROWS = [  # row, kind, field, severity (the shared yunzhan_broken.csv's 12 problem rows)
+    (4, "empty_response", "response", "error"), (7, "empty_instruction", "instruction", "error"),
+    (11, "empty_response", "response", "error"), (14, "duplicate", None, "error"),
+    (17, "mojibake", "response", "error"), (20, "too_long", "response", "error"),
+    (23, "extra_columns", None, "error"), (26, "empty_response", "response", "error"),
+    (29, "mojibake", "instruction", "error"), (29, "mojibake", "response", "error"),
+    (32, "duplicate", None, "error"), (35, "empty_response", "response", "error"),
+    (40, "malformed_row", None, "error"),
+]
+
+
+def broken_report() -> dict:
+    issues = [{"row": r, "severity": s, "kind": k, "field": f, "message": f"{k.replace('_', ' ')} in row {r}",
+               "hint": "server hint"} for r, k, f, s in BROKEN_ROWS]
+    return {"file": "yunzhan_broken.csv", "format": "csv", "schema": "instruction_response", "encoding": "utf-8",
+            "rows_total": 40, "rows_ok": 28, "rows_rejected": 12, "issues": issues,
+            "dataset_issues": [{"severity": "warning", "kind": "few_rows", "message": "Only 28 usable rows.",
+                                "hint": "500–1000 are advised."}]}
+
+
+RECOMMENDATION = {
+    "settings": {"task": "qa", "target_modules": "all-linear", "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.0,
+                 "learning_rate": 0.0005, "lr_scheduler": "linear", "warmup_ratio": 0.05, "weight_decay": 0.0,
+                 "augment_paraphrases": 2, "replay_rows": 32, "max_length": 256, "batch_tokens": 512,
+                 "gradient_accumulation": 1, "num_epochs": 4.0, "val_fraction": 0.0, "early_stopping_patience": None,
+                 "neftune_alpha": None, "dtype": "fp32", "gradient_checkpointing": False, "device": "cpu",
+                 "price_per_hour": 0.0},
+    "reasons": {"lora_r": "rank 16: enough capacity for 28 rows on a 0.5B model",
+                "learning_rate": "0.0005: fast enough to learn facts in a few epochs on a 0.5B model",
+                "num_epochs": "4 epochs over data + paraphrases + replay", "max_length": "256 tokens: longest row",
+                "batch_tokens": "512 real tokens per step", "augment_paraphrases": "2 reworded versions",
+                "replay_rows": "32 general questions", "val_fraction": "no held-out split with 28 rows",
+                "device": "train on CPU, 2 cores", "dtype": "fp32: this CPU has no fast bf16"},
+    "estimate": {"seconds": 754, "tokens": 123456, "device": "CPU, 2 cores", "cost": 0.0, "currency": "USD"},
+    "warnings": ["only 28 usable rows: the model will learn little; 500–1000 are advised"],
+}
+
+MODELS = [
+    {"id": "default", "name": "Qwen2.5-Coder-0.5B-Instruct (embedded)", "params": "0.49B", "disk_gb": 1.3,
+     "min_memory_gb": 4, "description": "Included and offline.", "offline": True, "smoke_test": False},
+    {"id": "tiny-random", "name": "tiny-random (smoke test)", "params": "0.01B", "disk_gb": 0.04,
+     "min_memory_gb": 1, "description": "Smoke-test model. Learns nothing.", "offline": True, "smoke_test": True},
+]
+
+
+class FakeStudio:
+    """Answers /v1 and /studio like the service would, from a script of job outcomes."""
+
+    def __init__(self, outcome: str = "succeeded"):
+        self.outcome = outcome
+        self.jobs: dict[str, dict] = {}
+        self.created: list[dict] = []
+
+    def job_events(self, job: dict) -> list[dict]:
+        events = [{"type": "stage", "stage": "train", "message": "Training"}]
+        total = 6
+        steps = total if job["status"] == "succeeded" else 3
+        for step in range(1, steps + 1):
+            events.append({"type": "metrics", "step": step, "total_steps": total, "epoch": step / total,
+                           "percent": 100 * step / total, "eta_s": 5 * (total - step), "tokens_per_s": 812.5,
+                           "loss": 3.2 / step + 0.4, "lr": 5e-4, "elapsed_s": step, "cost": 0.0})
+        return events
+
+    def handle(self, route, request) -> None:
+        url = urlparse(request.url)
+        path, method = url.path, request.method
+
+        def ok(obj, status=200):
+            route.fulfill(status=status, content_type="application/json", body=json.dumps(obj, ensure_ascii=False))
+
+        if path == "/studio/models":
+            return ok({"data": MODELS})
+        if path == "/v1/files" and method == "POST":
+            return ok({"id": "file-broken", "object": "file", "bytes": 100, "filename": "yunzhan_broken.csv",
+                       "purpose": "fine-tune", "created_at": 1})
+        if path == "/v1/files/file-broken":
+            return ok({"id": "file-broken", "object": "file", "filename": "yunzhan_broken.csv"})
+        if path == "/studio/files/file-broken/report":
+            return ok(broken_report())
+        if path == "/studio/recommend":
+            return ok(RECOMMENDATION)
+        if path == "/v1/fine_tuning/jobs" and method == "POST":
+            body = json.loads(request.post_data)
+            self.created.append(body)
+            job_id = f"ftjob-{len(self.jobs) + 1}"
+            failed = self.outcome == "failed"
+            job = {"id": job_id, "object": "fine_tuning.job", "model": body["model"], "created_at": 1764318000,
+                   "status": "failed" if failed else "succeeded", "training_file": body["training_file"],
+                   "fine_tuned_model": None if failed else f"ft:{body['model']}:studio:{job_id}",
+                   "error": {"code": "training_failed", "param": None,
+                             "message": "The trainer ran out of memory at step 3 (needs 4 GB)."} if failed else None,
+                   "hyperparameters": body.get("hyperparameters", {})}
+            self.jobs[job_id] = job
+            return ok({**job, "status": "queued", "fine_tuned_model": None, "error": None})
+        if path == "/v1/fine_tuning/jobs":
+            return ok({"object": "list", "data": list(reversed(self.jobs.values())), "has_more": False})
+        parts = path.strip("/").split("/")
+        if path.startswith("/v1/fine_tuning/jobs/") and parts[3] in self.jobs:
+            return ok(self.jobs[parts[3]])
+        if path.startswith("/studio/jobs/") and parts[2] in self.jobs:
+            job = self.jobs[parts[2]]
+            if parts[3] == "metrics":
+                return ok({"data": [e for e in self.job_events(job) if e["type"] == "metrics"]})
+            if parts[3] == "stream":
+                lines = ["retry: 60000\n\n"]
+                for i, e in enumerate(self.job_events(job), 1):
+                    lines.append(f"id: {i}\ndata: {json.dumps(e)}\n\n")
+                lines.append("data: " + json.dumps({"type": "status", "status": job["status"],
+                                                    "fine_tuned_model": job["fine_tuned_model"],
+                                                    "error": job["error"]}) + "\n\n")
+                return route.fulfill(status=200, headers={"content-type": "text/event-stream"}, body="".join(lines))
+        if path == "/studio/compare":
+            body = json.loads(request.post_data)
+            return ok({"base_answer": "I am not sure.", "tuned_answer": f"48 小时 ({body['question']})"})
+        return ok({"error": {"message": f"fake API has no {method} {path}", "type": "invalid_request_error"}}, 404)
+
+
+@pytest.fixture(scope="module")
+def static_server():
+    require_chromium()
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    handler = functools.partial(Quiet, directory=str(WEB))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    require_chromium()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = launch(p)
+        yield b
+        b.close()
+
+
+def open_page(browser, base, lang, fake, viewport=LAPTOP):
+    context = browser.new_context(locale=LOCALES[lang], viewport=viewport, accept_downloads=True)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.route("**/v1/**", fake.handle)
+    page.route("**/studio/**", fake.handle)
+    page.goto(base + "/")
+    page.wait_for_selector("body[data-ready=true]")
+    return context, page, errors
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_every_state_renders_translated_and_fits(browser, static_server, lang, tmp_path):
+    from playwright.sync_api import expect
+
+    fake = FakeStudio()
+    context, page, errors = open_page(browser, static_server, lang, fake)
+    expect(page.locator("html")).to_have_attribute("lang", "zh-CN" if lang == "zh" else "en")
+    expect(page.get_by_test_id("start-training")).to_be_disabled()
+    expect(page.get_by_test_id("base-model-select")).to_have_value("default")
+    check_layout(page)
+    shot(page, f"mock-{lang}-1-empty-laptop")
+
+    data = tmp_path / "yunzhan_broken.csv"
+    data.write_text("instruction,response\n", encoding="utf-8")
+    page.get_by_test_id("upload-input").set_input_files(str(data))
+    expect(page.get_by_test_id("validation-issue")).to_have_count(12)  # row 29's two issues share one row
+    expect(page.get_by_test_id("validation-summary")).to_contain_text("28")
+    row29 = page.locator("[data-testid=validation-issue][data-row='29']")
+    expect(row29).to_contain_text("文字乱码" if lang == "zh" else "Garbled text")
+    expect(page.locator("#download-rejected")).to_have_attribute("href", "/studio/files/file-broken/rejected")
+    expect(page.get_by_test_id("recommended-settings")).to_be_visible()
+    expect(page.get_by_test_id("cost-estimate")).to_contain_text("12")  # about 12 min
+    check_layout(page, ["yunzhan_broken.csv"])
+    shot(page, f"mock-{lang}-2-report-laptop")
+
+    page.locator("#advanced summary").click()
+    page.locator("#adv-max_steps").fill("6")
+    page.locator("#adv-max_steps").press("Tab")
+    expect(page.locator(".setting.changed")).to_have_count(1)
+    check_layout(page)
+    shot(page, f"mock-{lang}-3-settings-laptop")
+
+    page.get_by_test_id("start-training").click()
+    expect(page.get_by_test_id("job-status")).to_have_attribute("data-status", "succeeded")
+    assert fake.created[0]["hyperparameters"] == {"task": "qa", "max_steps": 6}
+    assert fake.created[0]["model"] == "default" and fake.created[0]["training_file"] == "file-broken"
+    expect(page.get_by_test_id("job-progress")).to_have_attribute("aria-valuenow", "100")
+    expect(page.get_by_test_id("loss-chart")).to_have_attribute("data-points", "6")
+    assert page.locator("#loss-chart path.line.train").count() == 1
+    assert "ftjob-1" in page.url
+    page.get_by_test_id("compare-input").fill("工单多久升级？")
+    page.get_by_test_id("compare-send").click()
+    expect(page.get_by_test_id("compare-tuned-output")).to_contain_text("48 小时")
+    expect(page.get_by_test_id("compare-base-output")).to_have_text("I am not sure.")
+    expect(page.get_by_test_id("download-adapter")).to_have_attribute("href", "/studio/jobs/ftjob-1/download/adapter")
+    expect(page.locator("#snippet-code")).to_contain_text("ft:default:studio:ftjob-1")
+    check_layout(page)
+    shot(page, f"mock-{lang}-4-trained-laptop")
+
+    page.set_viewport_size(PHONE)
+    page.wait_for_timeout(300)  # the chart redraws after a resize
+    check_layout(page, ["yunzhan_broken.csv"])
+    shot(page, f"mock-{lang}-5-trained-phone")
+    shot_sections(page, f"mock-{lang}-5-trained-phone")
+    assert errors == []
+    context.close()
+
+
+def test_failed_job_says_why_in_both_languages(browser, static_server, tmp_path):
+    from playwright.sync_api import expect
+
+    fake = FakeStudio(outcome="failed")
+    context, page, errors = open_page(browser, static_server, "zh", fake, viewport=PHONE)
+    data = tmp_path / "yunzhan_broken.csv"
+    data.write_text("instruction,response\n", encoding="utf-8")
+    page.get_by_test_id("upload-input").set_input_files(str(data))
+    expect(page.get_by_test_id("recommended-settings")).to_be_visible()
+    page.get_by_test_id("start-training").click()
+    expect(page.get_by_test_id("job-status")).to_have_text("失败")
+    expect(page.locator("#job-error")).to_contain_text("训练失败：The trainer ran out of memory")
+    expect(page.locator("#compare-body")).to_be_hidden()
+    expect(page.get_by_test_id("job-progress")).to_have_attribute("aria-valuenow", "50")
+    check_layout(page, ["yunzhan_broken.csv"])
+    shot(page, "mock-zh-6-failed-phone")
+    shot_sections(page, "mock-zh-6-failed-phone", ["step-train"])
+    page.get_by_test_id("lang-toggle").click()
+    expect(page.locator("#job-error")).to_contain_text("Training failed: The trainer ran out of memory")
+    expect(page.get_by_test_id("job-status")).to_have_text("failed")
+    check_layout(page, ["yunzhan_broken.csv"])
+    assert errors == []
+    context.close()
+
+
+def test_language_toggle_translates_everything_and_persists(browser, static_server):
+    from playwright.sync_api import expect
+
+    context, page, errors = open_page(browser, static_server, "en", FakeStudio())
+    zh, en = i18n_keys("zh"), i18n_keys("en")
+    page.get_by_test_id("lang-toggle").click()
+    expect(page.locator("html")).to_have_attribute("lang", "zh-CN")
+    texts = page.eval_on_selector_all("[data-i18n]", "els => els.map(e => [e.dataset.i18n, e.textContent])")
+    assert texts and all(text == zh[key] for key, text in texts)
+    page.reload()
+    page.wait_for_selector("body[data-ready=true]")
+    expect(page.get_by_test_id("lang-toggle")).to_have_text(zh["lang.switch"])
+    page.get_by_test_id("lang-toggle").click()
+    texts = page.eval_on_selector_all("[data-i18n]", "els => els.map(e => [e.dataset.i18n, e.textContent])")
+    assert all(text == en[key] for key, text in texts)
+    assert errors == []
+    context.close()

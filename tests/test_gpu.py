@@ -1,0 +1,201 @@
+"""CPU-runnable checks of the CUDA fast path's pieces (lorastudio.train.gpu / distributed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from lorastudio.train.gpu import GIB, ModelShape, autofit
+
+QWEN_7B = ModelShape.from_config(type("C", (), dict(
+    hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+    num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False))())
+QWEN_1_5B = ModelShape.from_config(type("C", (), dict(
+    hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+    num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True))())
+
+
+# --- autofit ------------------------------------------------------------------------------------
+def test_shapes_match_the_published_parameter_counts():
+    assert abs(QWEN_7B.n_params - 7.615e9) / 7.615e9 < 0.01
+    assert abs(QWEN_1_5B.n_params - 1.544e9) / 1.544e9 < 0.01
+    # MFU counts the LM head but not the embedding lookup
+    assert abs(QWEN_7B.flops_params - 7.07e9) / 7.07e9 < 0.01
+    assert QWEN_1_5B.flops_params == QWEN_1_5B.n_params
+    assert QWEN_7B.lora_params(16) == 28 * 16 * (2 * 7168 + 2 * 4096 + 3 * 22528)
+
+
+@pytest.mark.parametrize("gib", [80, 139])
+def test_big_card_runs_7b_without_checkpointing(gib):
+    plan = autofit(QWEN_7B, pack_tokens=16384, free_bytes=gib * GIB)
+    assert not plan.gradient_checkpointing
+    assert plan.micro_batch_tokens >= 8192
+    assert plan.estimated_peak_bytes <= gib * GIB
+    assert "no gradient checkpointing" in plan.reason
+
+
+def test_7b_fits_a_24gb_card_with_checkpointing():
+    plan = autofit(QWEN_7B, pack_tokens=16384, free_bytes=23 * 10**9)
+    assert plan.gradient_checkpointing and not plan.quantize_4bit
+    assert 1024 <= plan.micro_batch_tokens < 16384
+    assert plan.estimated_peak_bytes <= 22 * 10**9
+    assert plan.gradient_accumulation * plan.micro_batch_tokens >= 16384
+    assert "checkpointing on" in plan.reason
+
+
+def test_small_pack_is_kept_and_never_exceeded():
+    plan = autofit(QWEN_1_5B, pack_tokens=2048, free_bytes=80 * GIB)
+    assert plan.micro_batch_tokens == 2048 and plan.gradient_accumulation == 1
+    assert not plan.gradient_checkpointing
+
+
+def test_too_small_card_needs_qlora_or_says_why():
+    with pytest.raises(MemoryError, match="bitsandbytes"):
+        autofit(QWEN_7B, pack_tokens=4096, free_bytes=12 * GIB)
+    plan = autofit(QWEN_7B, pack_tokens=4096, free_bytes=12 * GIB, bitsandbytes_available=True)
+    assert plan.quantize_4bit and "QLoRA" in plan.reason
+
+
+def test_pack_shorter_than_max_length_is_refused():
+    with pytest.raises(ValueError):
+        autofit(QWEN_1_5B, pack_tokens=512, max_length=1024, free_bytes=80 * GIB)
+
+
+# --- chunked linear + cross-entropy ---------------------------------------------------------------
+torch = pytest.importorskip("torch")
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64])
+def test_chunked_ce_equals_full_ce_in_loss_and_grads(chunk):
+    from lorastudio.train.gpu import chunked_linear_cross_entropy
+
+    gen = torch.Generator().manual_seed(chunk)
+    h = torch.randn(37, 16, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(101, 16, generator=gen, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, 101, (37,), generator=gen)
+    ref = torch.nn.functional.cross_entropy(h @ w.t(), t, reduction="sum")
+    ref_gh, ref_gw = torch.autograd.grad(ref * 0.5, (h, w))
+    out = chunked_linear_cross_entropy(h, w, t, chunk=chunk)
+    gh, gw = torch.autograd.grad(out * 0.5, (h, w))
+    torch.testing.assert_close(out, ref.float(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(gh, ref_gh, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(gw, ref_gw, rtol=1e-5, atol=1e-5)
+
+
+def test_chunked_ce_frozen_weight_bf16():
+    from lorastudio.train.gpu import chunked_linear_cross_entropy
+
+    gen = torch.Generator().manual_seed(0)
+    h32 = torch.randn(50, 32, generator=gen)
+    w = torch.randn(300, 32, generator=gen).to(torch.bfloat16)
+    t = torch.randint(0, 300, (50,), generator=gen)
+    h = h32.to(torch.bfloat16).requires_grad_()
+    out = chunked_linear_cross_entropy(h, w, t, chunk=16, reduction="mean")
+    (gh,) = torch.autograd.grad(out, (h,))
+    href = h.detach().float().requires_grad_()
+    ref = torch.nn.functional.cross_entropy(href @ w.float().t(), t)
+    (ref_gh,) = torch.autograd.grad(ref, (href,))
+    assert abs(out.item() - ref.item()) / ref.item() < 1e-2
+    cos = torch.nn.functional.cosine_similarity(gh.float().flatten(), ref_gh.flatten(), dim=0)
+    assert cos > 0.999
+
+
+# --- packed batches and the fused LoRA linear ---------------------------------------------------
+def test_cuda_batch_shifts_targets_inside_each_example():
+    from lorastudio.train.gpu import cuda_batch
+
+    ids = torch.tensor([10, 11, 12, 13, 20, 21, 22])
+    pos = torch.tensor([0, 1, 2, 3, 0, 1, 2])
+    lab = torch.tensor([-100, -100, 12, 13, -100, 21, 22])
+    b = cuda_batch(ids, pos, lab, device="cpu")
+    assert b["cu_seq_lens"].tolist() == [0, 4, 7]
+    assert b["max_length"] == 4
+    # position 1 predicts 12, 2 predicts 13, 3 (end of example 1) nothing, 4 predicts 21, 5 predicts 22
+    assert b["target_index"].tolist() == [1, 2, 4, 5]
+    assert b["target_ids"].tolist() == [12, 13, 21, 22]
+
+
+def _tiny_peft_model(r=4, dtype=None):
+    transformers = pytest.importorskip("transformers")
+    peft = pytest.importorskip("peft")
+    cfg = transformers.Qwen2Config(hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, vocab_size=211,
+                                   max_position_embeddings=256, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    model = transformers.Qwen2ForCausalLM(cfg)
+    model.config._attn_implementation = "sdpa"
+    model = peft.get_peft_model(model, peft.LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0,
+                                                       target_modules="all-linear"))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:  # non-zero B so the low-rank path is exercised
+            torch.nn.init.normal_(p, std=0.02)
+    return model
+
+
+def test_fused_lora_linear_matches_peft_forward_and_grads():
+    from lorastudio.train.gpu import fuse_lora_linears
+
+    model = _tiny_peft_model()
+    x = torch.randn(2, 9, 64)
+    layer = model.base_model.model.model.layers[0].mlp.up_proj
+    ref = layer(x)
+    ref.square().sum().backward()
+    ref_grads = {n: p.grad.clone() for n, p in layer.named_parameters() if p.grad is not None}
+    layer.zero_grad()
+    assert fuse_lora_linears(model) == 14
+    out = layer(x)
+    out.square().sum().backward()
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    for n, p in layer.named_parameters():
+        if n in ref_grads:
+            torch.testing.assert_close(p.grad, ref_grads[n], rtol=1e-4, atol=1e-5)
+
+
+def test_packed_loss_equals_unpadded_reference_on_cpu():
+    from lorastudio.train.gpu import cuda_batch, enable_fast_path, packed_lm_loss
+
+    model = _tiny_peft_model()
+    gen = torch.Generator().manual_seed(1)
+    docs = [torch.randint(0, 211, (n,), generator=gen) for n in (5, 12, 3, 9)]
+    prompt = [2, 4, 1, 3]
+    # reference: each example alone, HF loss convention (labels shifted inside the model)
+    total, count = 0.0, 0
+    for d, p in zip(docs, prompt, strict=True):
+        labels = d.clone()
+        labels[:p] = -100
+        logits = model(input_ids=d[None]).logits.float()[0]
+        tgt = labels[1:]
+        keep = tgt != -100
+        total += torch.nn.functional.cross_entropy(logits[:-1][keep], tgt[keep], reduction="sum")
+        count += int(keep.sum())
+    ref = total / count
+    ids = torch.cat(docs)
+    pos = torch.cat([torch.arange(len(d)) for d in docs])
+    lab = torch.cat([torch.where(torch.arange(len(d)) < p, -100, d) for d, p in zip(docs, prompt, strict=True)])
+    fp = enable_fast_path(model, attention="sdpa", compile=False)
+    assert fp.fused_lora == 14 and fp.elementwise["rms_norm"] == 5
+    loss = packed_lm_loss(model, cuda_batch(ids, pos, lab, device="cpu"))
+    torch.testing.assert_close(loss, ref, rtol=1e-4, atol=1e-4)
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+# --- distributed launch -------------------------------------------------------------------------
+def test_torchrun_command_relaunches_the_same_training():
+    from lorastudio.train.distributed import torchrun_command
+
+    cmd = torchrun_command(["train", "data.jsonl", "--base", "default", "--gpus", "2", "--output", "o"], 2,
+                           python="/usr/bin/python3", port=29512)
+    assert cmd[:3] == ["/usr/bin/python3", "-m", "torch.distributed.run"]
+    assert "--nproc_per_node=2" in cmd and "--master_port=29512" in cmd
+    tail = cmd[cmd.index("lorastudio"):]
+    assert tail == ["lorastudio", "train", "data.jsonl", "--base", "default", "--output", "o"]
+    assert "--gpus" not in cmd
+
+
+def test_strategy_by_model_size():
+    from lorastudio.train.distributed import choose_strategy
+
+    assert choose_strategy(QWEN_7B, gpu_bytes=80 * GIB) == "ddp"
+    assert choose_strategy(QWEN_7B, gpu_bytes=16 * GIB) == "fsdp"
+    assert choose_strategy(QWEN_1_5B, gpu_bytes=24 * 10**9) == "ddp"

@@ -1,0 +1,424 @@
+"""The studio service in-process (TestClient) with a fake trainer subprocess and a fake chat engine.
+
+The same flows run against the real trainer and a live server in test_serve_e2e.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import zipfile
+from io import BytesIO
+from pathlib import Path
+
+import pytest
+
+fastapi = pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from lorastudio.serve import Settings, create_app  # noqa: E402
+from tests.serve_fakes import FakeEngine, fake_trainer_command  # noqa: E402
+
+SEED_ROWS = [{"instruction": f"工单 {i} 超时多久升级？", "response": f"超过 {i + 2} 小时升级到二线。"} for i in range(12)]
+
+
+def seed_jsonl(rows=SEED_ROWS) -> bytes:
+    return "\n".join(json.dumps(r, ensure_ascii=False) for r in rows).encode() + b"\n"
+
+
+def make_settings(tmp_path: Path, **kw) -> Settings:
+    values = dict(data_dir=tmp_path / "data", trainer_command=fake_trainer_command(tmp_path),
+                  engine_factory=FakeEngine, poll_interval_s=0.05, cancel_grace_s=2.0,
+                  web_dir=tmp_path / "no-web")
+    values.update(kw)
+    return Settings(**values)
+
+
+@pytest.fixture
+def client(tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_STEPS", "6")
+    monkeypatch.setenv("FAKE_STEP_S", "0.02")
+    with TestClient(create_app(make_settings(tmp_path))) as c:
+        yield c
+
+
+def upload(c: TestClient, content: bytes = None, name: str = "seed.jsonl", **kw):
+    return c.post("/v1/files", files={"file": (name, content if content is not None else seed_jsonl())},
+                  data={"purpose": "fine-tune"}, **kw)
+
+
+def wait_status(c: TestClient, job_id: str, statuses: tuple[str, ...], timeout: float = 30.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = c.get(f"/v1/fine_tuning/jobs/{job_id}").json()
+        if job["status"] in statuses:
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} stuck in {job['status']}: {job}")
+
+
+def assert_openai_error(resp, status: int, code: str | None = None, param: str | None = None) -> dict:
+    assert resp.status_code == status, resp.text
+    body = resp.json()
+    assert set(body) == {"error"}, body
+    assert set(body["error"]) == {"message", "type", "param", "code"}, body
+    assert body["error"]["message"]
+    assert "Traceback" not in body["error"]["message"]
+    if code is not None:
+        assert body["error"]["code"] == code, body
+    if param is not None:
+        assert body["error"]["param"] == param, body
+    return body["error"]
+
+
+# --- files -------------------------------------------------------------------------------------
+def test_upload_list_get_content_delete(client):
+    resp = upload(client)
+    assert resp.status_code == 200, resp.text
+    f = resp.json()
+    assert f["object"] == "file" and f["filename"] == "seed.jsonl" and f["bytes"] == len(seed_jsonl())
+    assert f["purpose"] == "fine-tune" and f["id"].startswith("file-")
+    assert [x["id"] for x in client.get("/v1/files").json()["data"]] == [f["id"]]
+    assert client.get(f"/v1/files/{f['id']}").json()["filename"] == "seed.jsonl"
+    assert client.get(f"/v1/files/{f['id']}/content").content == seed_jsonl()
+    assert client.delete(f"/v1/files/{f['id']}").json() == {"id": f["id"], "object": "file", "deleted": True}
+    assert_openai_error(client.get(f"/v1/files/{f['id']}"), 404, "file_not_found")
+    assert list((client.app.state.settings.files_dir).iterdir()) == []
+
+
+def test_filenames_are_labels_never_paths(client, tmp_path):
+    for evil in ("../../etc/passwd", "..\\..\\windows\\win.ini", "/etc/passwd", "..", "a\x00b.jsonl"):
+        resp = upload(client, name=evil)
+        assert resp.status_code == 200, (evil, resp.text)
+        record = client.app.state.store.get_file(resp.json()["id"])
+        stored = Path(record["path"]).resolve()
+        assert stored.parent == client.app.state.settings.files_dir.resolve()
+        assert stored.name.startswith(resp.json()["id"])
+        assert "/" not in resp.json()["filename"] and "\\" not in resp.json()["filename"]
+        assert "\x00" not in resp.json()["filename"]
+    assert not (tmp_path / "etc").exists()
+    assert upload(client, name="../../etc/passwd").json()["filename"] == "passwd"
+
+
+def test_upload_size_limit(tmp_path):
+    with TestClient(create_app(make_settings(tmp_path, max_upload_bytes=1000))) as c:
+        err = assert_openai_error(upload(c, b"x" * 200_000), 413, "file_too_large", "file")
+        assert "limit" in err["message"]
+        # Between the byte limit and the multipart allowance: caught while copying.
+        assert_openai_error(upload(c, b'{"instruction":"a","response":"b"}\n' * 100), 413, "file_too_large")
+        assert upload(c, b'{"instruction":"a","response":"b"}\n').status_code == 200
+        assert list(c.app.state.settings.files_dir.glob("*.part")) == []
+
+
+def test_bad_requests_are_openai_shaped(client):
+    assert_openai_error(client.post("/v1/files", data={"purpose": "fine-tune"}), 400, "missing_required_parameter",
+                        "file")
+    assert_openai_error(upload(client, b""), 400, "empty_file")
+    assert_openai_error(client.post("/v1/fine_tuning/jobs", content=b"{not json",
+                                    headers={"content-type": "application/json"}), 400, "invalid_json")
+    assert_openai_error(client.post("/v1/fine_tuning/jobs", json=[1, 2]), 400)
+    assert_openai_error(client.post("/v1/fine_tuning/jobs", json={"model": "tiny-random"}), 400,
+                        "missing_required_parameter", "training_file")
+    assert_openai_error(client.post("/v1/fine_tuning/jobs", json={"model": "tiny-random", "training_file": "file-nope"}),
+                        404, "file_not_found", "training_file")
+    fid = upload(client).json()["id"]
+    assert_openai_error(client.post("/v1/fine_tuning/jobs", json={"model": "gpt-17", "training_file": fid}), 404,
+                        "model_not_found", "model")
+    assert_openai_error(client.post("/v1/fine_tuning/jobs", json={"model": "tiny-random", "training_file": fid,
+                                                                  "hyperparameters": {"n_epochs": -1}}),
+                        400, "invalid_value", "hyperparameters.n_epochs")
+    assert_openai_error(client.post("/v1/fine_tuning/jobs", json={"model": "tiny-random", "training_file": fid,
+                                                                  "hyperparameters": {"lora_rank": 8}}),
+                        400, "invalid_value", "hyperparameters.lora_rank")
+    assert_openai_error(client.post("/v1/fine_tuning/jobs", json={"model": "tiny-random", "training_file": fid,
+                                                                  "hyperparameters": {"output_dir": "/etc"}}),
+                        400, "invalid_value", "hyperparameters.output_dir")
+    assert_openai_error(client.post("/v1/fine_tuning/jobs", json={"model": "tiny-random", "training_file": fid,
+                                                                  "suffix": "../x"}), 400, "invalid_value", "suffix")
+    assert_openai_error(client.get("/v1/fine_tuning/jobs/ftjob-nope"), 404, "job_not_found")
+    assert_openai_error(client.get("/v1/nothing-here"), 404, "unknown_url")
+    assert_openai_error(client.delete("/v1/models"), 405)
+    assert_openai_error(client.post("/v1/chat/completions", json={"model": "nope", "messages": [
+        {"role": "user", "content": "hi"}]}), 404, "model_not_found", "model")
+    assert_openai_error(client.post("/v1/chat/completions", json={"model": "tiny-random", "messages": [
+        {"role": "robot", "content": "hi"}]}), 400, "invalid_value", "messages")
+    assert_openai_error(client.post("/v1/chat/completions", json={"model": "tiny-random", "messages": []}), 400)
+    assert_openai_error(client.get("/studio/jobs/ftjob-nope/metrics"), 404, "job_not_found")
+
+
+def test_internal_errors_hide_the_traceback(tmp_path):
+    app = create_app(make_settings(tmp_path))
+
+    @app.get("/v1/boom")
+    def boom():
+        raise RuntimeError("secret internals /home/user")
+
+    with TestClient(app, raise_server_exceptions=False) as c:
+        resp = c.get("/v1/boom")
+        assert resp.status_code == 500
+        assert "secret" not in resp.text and "Traceback" not in resp.text
+        assert resp.json()["error"]["type"] == "server_error"
+
+
+def test_api_key_required_when_configured(tmp_path):
+    with TestClient(create_app(make_settings(tmp_path, api_key="s3cret-key"))) as c:
+        assert_openai_error(c.get("/v1/models"), 401, "missing_api_key")
+        assert_openai_error(c.get("/v1/models", headers={"Authorization": "Bearer wrong"}), 401, "invalid_api_key")
+        assert_openai_error(c.get("/studio/models", headers={"Authorization": "Basic s3cret-key"}), 401)
+        assert_openai_error(upload(c), 401)
+        assert c.get("/v1/models", headers={"Authorization": "Bearer s3cret-key"}).status_code == 200
+        assert c.get("/health").status_code == 200  # liveness stays open
+        assert "s3cret-key" not in repr(c.app.state.settings)
+
+
+def test_refuses_public_bind_without_key():
+    from lorastudio.serve import SettingsError
+
+    Settings(host="127.0.0.1").check_bind()
+    Settings(host="0.0.0.0", api_key="k").check_bind()
+    with pytest.raises(SettingsError, match="API key"):
+        Settings(host="0.0.0.0").check_bind()
+
+
+# --- jobs --------------------------------------------------------------------------------------
+def test_job_runs_to_success_with_events_checkpoints_and_chat(client):
+    fid = upload(client).json()["id"]
+    resp = client.post("/v1/fine_tuning/jobs", json={"model": "tiny-random", "training_file": fid, "suffix": "support",
+                                                     "hyperparameters": {"n_epochs": 2, "lora_r": 4}})
+    assert resp.status_code == 200, resp.text
+    job = resp.json()
+    assert job["object"] == "fine_tuning.job" and job["status"] == "validating_files"
+    job = wait_status(client, job["id"], ("succeeded", "failed", "cancelled"))
+    assert job["status"] == "succeeded", job
+    assert job["fine_tuned_model"] == f"ft:tiny-random:support:{job['id']}"
+    assert job["trained_tokens"] == 1234 and job["finished_at"] and job["error"] is None
+    assert job["hyperparameters"]["n_epochs"] == 2 and job["hyperparameters"]["lora_r"] == 4
+
+    job_dir = Path(client.app.state.store.get_job(job["id"])["job_dir"])
+    cfg = __import__("yaml").safe_load((job_dir / "job.yaml").read_text())
+    assert cfg["num_epochs"] == 2 and cfg["lora_r"] == 4 and cfg["base"] == "tiny-random"
+
+    events = client.get(f"/v1/fine_tuning/jobs/{job['id']}/events", params={"limit": 100}).json()
+    assert events["has_more"] is False
+    stamps = [e["created_at"] for e in events["data"]]
+    assert stamps == sorted(stamps, reverse=True)  # newest first
+    metrics = [e for e in events["data"] if e["type"] == "metrics"]
+    assert len(metrics) == 6
+    assert {"step", "train_loss", "tokens_per_s", "eta_s"} <= set(metrics[0]["data"])
+    assert metrics[0]["data"]["step"] == 6  # newest first
+    assert any("successfully completed" in e["message"] for e in events["data"])
+    # paging
+    page1 = client.get(f"/v1/fine_tuning/jobs/{job['id']}/events", params={"limit": 3}).json()
+    page2 = client.get(f"/v1/fine_tuning/jobs/{job['id']}/events",
+                       params={"limit": 3, "after": page1["data"][-1]["id"]}).json()
+    assert page1["has_more"] and [e["id"] for e in page1["data"] + page2["data"]] == \
+        [e["id"] for e in events["data"][:6]]
+
+    ckpts = client.get(f"/v1/fine_tuning/jobs/{job['id']}/checkpoints").json()["data"]
+    assert [c["step_number"] for c in ckpts] == [6, 4, 2]
+    assert ckpts[0]["object"] == "fine_tuning.job.checkpoint"
+    assert ckpts[0]["fine_tuned_model_checkpoint"] == f"{job['fine_tuned_model']}:ckpt-step-6"
+    assert ckpts[0]["metrics"]["train_loss"] == pytest.approx(1 / 6)
+
+    models = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
+    assert {"default", "tiny-random", job["fine_tuned_model"]} <= set(models)
+    assert client.get(f"/v1/models/{job['fine_tuned_model']}").json()["owned_by"] == "user"
+
+    chat = client.post("/v1/chat/completions", json={"model": job["fine_tuned_model"], "messages": [
+        {"role": "user", "content": "hello"}]}).json()
+    assert chat["object"] == "chat.completion"
+    assert chat["choices"][0]["message"]["content"] == f"tiny-random|{job_dir.name}: hello"
+    assert chat["usage"]["total_tokens"] > 0
+    base = client.post("/v1/chat/completions", json={"model": "tiny-random", "messages": [
+        {"role": "user", "content": "hello"}]}).json()
+    assert base["choices"][0]["message"]["content"] == "tiny-random|base: hello"
+    ck = client.post("/v1/chat/completions", json={"model": ckpts[1]["fine_tuned_model_checkpoint"], "messages": [
+        {"role": "user", "content": "hi"}]}).json()
+    assert ck["choices"][0]["message"]["content"] == "tiny-random|step-00000004: hi"
+    assert FakeEngine.loads.count("tiny-random") >= 1
+
+    with client.stream("POST", "/v1/chat/completions", json={
+            "model": job["fine_tuned_model"], "stream": True, "stream_options": {"include_usage": True},
+            "messages": [{"role": "user", "content": "stream me"}]}) as resp:
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        lines = [ln for ln in resp.iter_lines() if ln.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]"
+    chunks = [json.loads(ln[6:]) for ln in lines[:-1]]
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert text.strip() == f"tiny-random|{job_dir.name}: stream me"
+    assert chunks[-2]["choices"][0]["finish_reason"] == "stop" and chunks[-1]["usage"]["total_tokens"] > 0
+
+    # studio endpoints on a finished job
+    metrics = client.get(f"/studio/jobs/{job['id']}/metrics").json()["data"]
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5, 6] and metrics[0]["type"] == "metrics"
+    with client.stream("GET", f"/studio/jobs/{job['id']}/stream") as resp:
+        sse = [json.loads(ln[6:]) for ln in resp.iter_lines() if ln.startswith("data: ")]
+    assert sum(e["type"] == "metrics" for e in sse) == 6
+    assert any(e.get("type") == "status" and e["status"] == "succeeded" for e in sse)
+    cmp = client.post("/studio/compare", json={"fine_tuned_model": job["fine_tuned_model"], "question": "q?"}).json()
+    assert cmp["base_answer"] == "tiny-random|base: q?" and cmp["tuned_answer"] == f"tiny-random|{job_dir.name}: q?"
+    dl = client.get(f"/studio/jobs/{job['id']}/download/adapter")
+    assert dl.status_code == 200 and dl.headers["content-type"] == "application/zip"
+    names = zipfile.ZipFile(BytesIO(dl.content)).namelist()
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= set(names) and "train.log" not in names
+    assert_openai_error(client.get(f"/studio/jobs/{job['id']}/download/weights"), 404, "unknown_download")
+    assert_openai_error(client.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel"), 409, "job_not_cancellable")
+
+
+def test_cancel_running_job_stops_the_trainer(client, monkeypatch):
+    monkeypatch.setenv("FAKE_STEPS", "1000")
+    monkeypatch.setenv("FAKE_STEP_S", "0.05")
+    fid = upload(client).json()["id"]
+    job = client.post("/v1/fine_tuning/jobs", json={"model": "tiny-random", "training_file": fid}).json()
+    wait_status(client, job["id"], ("running",))
+    deadline = time.monotonic() + 20
+    while not client.get(f"/studio/jobs/{job['id']}/metrics").json()["data"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    pid = client.app.state.store.get_job(job["id"])["pid"]
+    t0 = time.monotonic()
+    resp = client.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel")
+    assert resp.json()["status"] == "cancelled"
+    while time.monotonic() - t0 < 10:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("trainer still alive 10 s after cancel")
+    # The device is free again: the next job runs.
+    monkeypatch.setenv("FAKE_STEPS", "2")
+    job2 = client.post("/v1/fine_tuning/jobs", json={"model": "tiny-random", "training_file": fid}).json()
+    assert wait_status(client, job2["id"], ("succeeded", "failed"))["status"] == "succeeded"
+    assert client.get(f"/v1/fine_tuning/jobs/{job['id']}").json()["status"] == "cancelled"
+    msgs = [e["message"] for e in client.get(f"/v1/fine_tuning/jobs/{job['id']}/events").json()["data"]]
+    assert any("cancelled" in m for m in msgs) and any("device is free" in m for m in msgs)
+
+
+def test_cancel_kills_a_trainer_that_ignores_sigterm(client, monkeypatch):
+    monkeypatch.setenv("FAKE_STEPS", "1000")
+    monkeypatch.setenv("FAKE_IGNORE_TERM", "1")
+    fid = upload(client).json()["id"]
+    job = client.post("/v1/fine_tuning/jobs", json={"model": "tiny-random", "training_file": fid}).json()
+    wait_status(client, job["id"], ("running",))
+    pid = client.app.state.store.get_job(job["id"])["pid"]
+    client.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel")
+    deadline = time.monotonic() + 15  # grace 2 s in these settings, then SIGKILL
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    raise AssertionError("trainer survived SIGKILL escalation")
+
+
+def test_queued_jobs_wait_their_turn(client, monkeypatch):
+    monkeypatch.setenv("FAKE_STEPS", "4")
+    fid = upload(client).json()["id"]
+    ids = [client.post("/v1/fine_tuning/jobs", json={"model": "tiny-random", "training_file": fid}).json()["id"]
+           for _ in range(3)]
+    seen_running: set[int] = set()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        statuses = [client.get(f"/v1/fine_tuning/jobs/{i}").json()["status"] for i in ids]
+        seen_running.add(statuses.count("running"))
+        if all(s == "succeeded" for s in statuses):
+            break
+        time.sleep(0.02)
+    assert all(s == "succeeded" for s in statuses), statuses
+    assert max(seen_running) == 1  # one device, one trainer at a time
+    listed = client.get("/v1/fine_tuning/jobs", params={"limit": 2}).json()
+    assert [j["id"] for j in listed["data"]] == ids[::-1][:2] and listed["has_more"]
+
+
+def test_trainer_failures_become_job_errors(client, monkeypatch):
+    fid = upload(client).json()["id"]
+    monkeypatch.setenv("FAKE_MODE", "crash")
+    job = client.post("/v1/fine_tuning/jobs", json={"model": "tiny-random", "training_file": fid}).json()
+    job = wait_status(client, job["id"], ("succeeded", "failed"))
+    assert job["status"] == "failed" and job["error"]["code"] == "training_failed"
+    assert "out of memory" in job["error"]["message"]
+    monkeypatch.setenv("FAKE_MODE", "unusable")
+    job = client.post("/v1/fine_tuning/jobs", json={"model": "tiny-random", "training_file": fid}).json()
+    job = wait_status(client, job["id"], ("succeeded", "failed"))
+    assert job["error"]["param"] == "training_file" and "no usable rows" in job["error"]["message"]
+
+
+def test_file_without_usable_rows_fails_validation_with_reasons(client):
+    bad = b'{"instruction": "   ", "response": "x"}\n{"instruction": "q", "response": ""}\n'
+    fid = upload(client, bad, name="bad.jsonl").json()["id"]
+    job = client.post("/v1/fine_tuning/jobs", json={"model": "tiny-random", "training_file": fid}).json()
+    job = wait_status(client, job["id"], ("failed", "queued", "running", "succeeded"))
+    assert job["status"] == "failed"
+    assert job["error"]["param"] == "training_file"
+    assert "empty_instruction" in job["error"]["message"] and "empty_response" in job["error"]["message"]
+    report = client.get(f"/studio/files/{fid}/report").json()
+    assert report["rows_ok"] == 0 and report["file"] == "bad.jsonl"
+    rejected = client.get(f"/studio/files/{fid}/rejected")
+    assert rejected.status_code == 200 and rejected.headers["content-type"].startswith("text/csv")
+    assert "empty_response" in rejected.text
+
+
+def test_studio_report_recommend_models(client):
+    fid = upload(client).json()["id"]
+    report = client.get(f"/studio/files/{fid}/report").json()
+    assert report["rows_ok"] == 12 and report["file"] == "seed.jsonl"
+    rec = client.post("/studio/recommend", json={"training_file": fid, "model": "tiny-random", "task": "qa"}).json()
+    assert {"settings", "reasons", "estimate"} <= set(rec) and rec["settings"]["lora_r"] >= 1
+    ids = [m["id"] for m in client.get("/studio/models").json()["data"]]
+    assert ids[0] == "default" and "tiny-random" in ids
+    assert_openai_error(client.post("/studio/recommend", json={"training_file": fid, "task": "poetry"}), 400,
+                        param="task")
+
+
+def test_fallback_page_and_docs(client):
+    assert "LoRA Studio" in client.get("/").text
+    assert client.get("/docs").status_code == 200
+    spec = client.get("/openapi.json").json()
+    assert "/v1/fine_tuning/jobs" in spec["paths"] and "/v1/chat/completions" in spec["paths"]
+
+
+def test_serves_the_web_ui_when_present(tmp_path):
+    web = tmp_path / "web"
+    web.mkdir()
+    (web / "index.html").write_text("<html>studio page</html>")
+    with TestClient(create_app(make_settings(tmp_path, web_dir=web))) as c:
+        assert "studio page" in c.get("/").text
+        assert_openai_error(c.get("/v1/nothing"), 404)
+
+
+# --- crash safety ------------------------------------------------------------------------------
+def test_running_job_resumes_after_a_crash(tmp_path, monkeypatch):
+    """A job left `running` (server SIGKILLed) is re-queued and resumed with --resume on restart."""
+    monkeypatch.setenv("FAKE_STEPS", "1000")
+    monkeypatch.setenv("FAKE_STEP_S", "0.02")
+    settings = make_settings(tmp_path)
+    with TestClient(create_app(settings)) as c:
+        fid = upload(c).json()["id"]
+        job = c.post("/v1/fine_tuning/jobs", json={"model": "tiny-random", "training_file": fid}).json()
+        wait_status(c, job["id"], ("running",))
+        deadline = time.monotonic() + 20
+        while not c.get(f"/v1/fine_tuning/jobs/{job['id']}/checkpoints").json()["data"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        # Simulate the crash: the worker vanishes without a word (no graceful stop).
+        c.app.state.worker._stop.set()
+        c.app.state.worker._thread.join()
+        c.app.state.worker._running.clear()
+        c.app.state.settings.start_worker = False  # lifespan exit must not stop anything
+    assert settings.start_worker is False
+    monkeypatch.setenv("FAKE_STEPS", "30")
+    with TestClient(create_app(make_settings(tmp_path))) as c:
+        done = wait_status(c, job["id"], ("succeeded", "failed"), timeout=60)
+        assert done["status"] == "succeeded", done
+        events = c.get(f"/v1/fine_tuning/jobs/{job['id']}/events", params={"limit": 1000}).json()["data"]
+        messages = [e["message"] for e in events]
+        assert any("server restarted" in m and "resume" in m for m in messages), messages
+        assert any(m.startswith("Training resumed from the checkpoint") for m in messages)
+        argv = (Path(c.app.state.store.get_job(job["id"])["job_dir"]) / "argv.log").read_text().splitlines()
+        assert "--resume" not in json.loads(argv[0]) and "--resume" in json.loads(argv[-1])
+        assert c.get(f"/v1/files/{fid}").status_code == 200

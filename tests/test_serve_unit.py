@@ -1,0 +1,144 @@
+"""Pure pieces of the service: the store, event translation, the events.jsonl tail, settings."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lorastudio.serve.settings import Settings, SettingsError
+from lorastudio.serve.store import SQLiteStore
+from lorastudio.serve.worker import JobWorker, fine_tuned_model_name, latest_checkpoint, translate_event
+
+
+def test_core_packages_never_import_fastapi():
+    code = ("import sys, lorastudio.data, lorastudio.train, lorastudio.train.config, lorastudio.models, "
+            "lorastudio.serve.settings; "
+            "bad = [m for m in ('fastapi', 'starlette', 'uvicorn') if m in sys.modules]; print(bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_serve_command_help_is_cheap():
+    code = ("import sys; from lorastudio.cli import build_parser; build_parser(); "
+            "print([m for m in ('fastapi', 'torch', 'uvicorn') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_serve_refuses_public_bind_without_key(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "lorastudio", "serve", "--host", "0.0.0.0", "--data-dir",
+                          str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "without an API key" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_settings_from_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("LORASTUDIO_DATA_DIR", str(tmp_path / "d"))
+    monkeypatch.setenv("LORASTUDIO_MAX_UPLOAD_MB", "3")
+    monkeypatch.setenv("LORASTUDIO_API_KEY", "zq-secret-77")
+    s = Settings.from_env(port=9000)
+    assert s.data_dir == tmp_path / "d" and s.max_upload_bytes == 3 * 1024 * 1024 and s.port == 9000
+    assert s.api_key == "zq-secret-77" and "zq-secret-77" not in repr(s)
+    monkeypatch.setenv("LORASTUDIO_PORT", "eighty")
+    with pytest.raises(SettingsError, match="LORASTUDIO_PORT"):
+        Settings.from_env()
+
+
+def _job(store: SQLiteStore, tmp_path: Path, job_id: str = "ftjob-1", **kw) -> dict:
+    values = dict(id=job_id, model="tiny-random", training_file="file-1", hyperparameters={}, status="running",
+                  job_dir=str(tmp_path / job_id))
+    values.update(kw)
+    Path(values["job_dir"]).mkdir(parents=True, exist_ok=True)
+    return store.add_job(**values)
+
+
+def test_store_uses_wal_and_pages_newest_first(tmp_path):
+    store = SQLiteStore(tmp_path / "db.sqlite3")
+    assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    _job(store, tmp_path)
+    ids = [store.add_event("ftjob-1", level="info", type="message", message=f"m{i}", data=None,
+                           raw={"type": "message", "message": f"m{i}"})["id"] for i in range(5)]
+    page, more = store.list_events("ftjob-1", limit=2)
+    assert [e["id"] for e in page] == ids[::-1][:2] and more
+    page, more = store.list_events("ftjob-1", after=page[-1]["id"], limit=10)
+    assert [e["id"] for e in page] == ids[::-1][2:] and not more
+    assert store.update_job("ftjob-1", only_if_status=("queued",), status="failed") is False
+    assert store.get_job("ftjob-1")["status"] == "running"
+    # Records survive a reopen (what a restart sees).
+    store.close()
+    again = SQLiteStore(tmp_path / "db.sqlite3")
+    assert len(again.events_since("ftjob-1", 0)) == 5 and again.get_job("ftjob-1")["hyperparameters"] == {}
+
+
+def test_checkpoints_are_recorded_once_per_step(tmp_path):
+    store = SQLiteStore(tmp_path / "db.sqlite3")
+    _job(store, tmp_path)
+    first = store.add_checkpoint(job_id="ftjob-1", step_number=2, path="p", metrics={}, fine_tuned_model_checkpoint="x")
+    assert first is not None
+    assert store.add_checkpoint(job_id="ftjob-1", step_number=2, path="p", metrics={},
+                                fine_tuned_model_checkpoint="x") is None
+
+
+@pytest.mark.parametrize("raw,kind,needle", [
+    ({"type": "metrics", "step": 3, "total_steps": 10, "loss": 1.23456, "eta_s": 5, "tokens_per_s": 99.0},
+     "metrics", "Step 3/10: training loss=1.2346"),
+    ({"type": "eval", "step": 3, "valid_loss": 0.5}, "metrics", "validation loss=0.5000"),
+    ({"type": "stage", "stage": "tokenize", "message": "Tokenizing 12 rows"}, "message", "Tokenizing 12 rows"),
+    ({"type": "checkpoint", "step": 4, "path": "x"}, "message", "Checkpoint saved at step 4"),
+    ({"type": "resumed", "step": 4, "path": "x"}, "message", "resumed from the checkpoint at step 4"),
+    ({"type": "error", "message": "boom"}, "message", "boom"),
+    ({"type": "something-new", "x": 1}, "message", "something-new"),
+])
+def test_translate_event(raw, kind, needle):
+    level, typ, message, data = translate_event(raw)
+    assert typ == kind and needle in message
+    if raw["type"] == "metrics":
+        assert data["train_loss"] == raw["loss"] and data["tokens_per_s"] == 99.0 and data["eta_s"] == 5
+    if raw["type"] == "error":
+        assert level == "error"
+
+
+def test_tail_reads_only_complete_lines_and_survives_garbage(tmp_path):
+    store = SQLiteStore(tmp_path / "db.sqlite3")
+    job = _job(store, tmp_path)
+    worker = JobWorker(store, Settings(data_dir=tmp_path / "data"))
+    events = Path(job["job_dir"]) / "events.jsonl"
+    line1 = json.dumps({"type": "metrics", "step": 1, "total_steps": 2, "loss": 2.0, "time": 1}) + "\n"
+    events.write_text(line1 + "not json\n" + '{"type": "metrics", "step": 2')  # last line half-written
+    worker._pump(job["id"])
+    rows = store.events_since(job["id"], 0)
+    assert [r["type"] for r in rows] == ["metrics", "message"] and rows[1]["level"] == "warn"
+    with events.open("a") as fh:
+        fh.write(', "total_steps": 2, "loss": 1.0, "time": 2}\n')
+    worker._pump(job["id"])
+    worker._pump(job["id"])  # idempotent: nothing new, nothing twice
+    rows = store.events_since(job["id"], 0)
+    assert [r["data"]["step"] for r in rows if r["type"] == "metrics"] == [1, 2]
+    assert store.get_job(job["id"])["events_offset"] == events.stat().st_size
+
+
+def test_checkpoint_event_becomes_checkpoint_object(tmp_path):
+    store = SQLiteStore(tmp_path / "db.sqlite3")
+    job = _job(store, tmp_path, suffix="sup")
+    worker = JobWorker(store, Settings(data_dir=tmp_path / "data"))
+    (Path(job["job_dir"]) / "events.jsonl").write_text(
+        json.dumps({"type": "checkpoint", "step": 50, "path": "/x/step-00000050", "train_loss": 0.7,
+                    "valid_loss": 0.9, "time": 5}) + "\n")
+    worker._pump(job["id"])
+    (ckpt,), _ = store.list_checkpoints(job["id"])
+    assert ckpt["step_number"] == 50 and ckpt["metrics"]["valid_loss"] == 0.9
+    assert ckpt["fine_tuned_model_checkpoint"] == "ft:tiny-random:sup:ftjob-1:ckpt-step-50"
+
+
+def test_helpers(tmp_path):
+    assert fine_tuned_model_name({"id": "ftjob-9", "model": "/models/my-base", "suffix": None}) == \
+        "ft:my-base:lorastudio:ftjob-9"
+    for step in (5, 50, 10):
+        (tmp_path / "checkpoints" / f"step-{step:08d}").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "step-junk").mkdir()
+    assert latest_checkpoint(tmp_path)[0] == 50
+    assert latest_checkpoint(tmp_path / "none") is None
