@@ -224,7 +224,7 @@ def job_seed(a) -> dict:
     cls = timed_trainer(Trainer, warmup, lambda inp: inp["attention_mask"].sum())
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(output_dir=tmp, per_device_train_batch_size=2, max_steps=steps + warmup,
-                                 learning_rate=3e-4, bf16=True, logging_steps=10**6, save_strategy="no",
+                                 learning_rate=3e-4, bf16=DEV == "cuda", use_cpu=DEV == "cpu", logging_steps=10**6, save_strategy="no",
                                  report_to=[], dataloader_num_workers=0, remove_unused_columns=False,
                                  disable_tqdm=True, gradient_checkpointing=False)
         reset_peak()
@@ -269,6 +269,12 @@ def job_trl(a) -> dict:
     cfg = MODELS[a.model]
     n_docs = int((steps + warmup + 3) * pack / 100) + 64
     docs = make_docs(n_docs, cfg["vocab_size"], seed=2)
+    # datasets hashes the whole Arrow table for a fingerprint; some dill/pyarrow pairs cannot pickle it
+    # (PicklingError on MonthDayNano) — a random fingerprint is all we need here
+    import datasets.arrow_dataset
+    import datasets.fingerprint
+
+    datasets.arrow_dataset.generate_fingerprint = lambda _ds: datasets.fingerprint.generate_random_fingerprint()
     ds = Dataset.from_dict({"input_ids": [d.tolist() for d, _ in docs],
                             "labels": [labels_of(d, p).tolist() for d, p in docs]})
     attn = a.attn or "flex_attention"
@@ -282,7 +288,7 @@ def job_trl(a) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         sargs = SFTConfig(output_dir=tmp, max_length=pack, packing=True, packing_strategy="bfd",
                           padding_free=True, pad_to_multiple_of=pack if attn == "flex_attention" else None,
-                          per_device_train_batch_size=1, gradient_accumulation_steps=1, bf16=True,
+                          per_device_train_batch_size=1, gradient_accumulation_steps=1, bf16=DEV == "cuda", use_cpu=DEV == "cpu",
                           learning_rate=1e-4, max_steps=steps + warmup, logging_steps=10**6,
                           save_strategy="no", report_to=[], gradient_checkpointing=False,
                           disable_tqdm=True, dataloader_num_workers=0)

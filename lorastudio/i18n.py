@@ -134,7 +134,7 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "non_text": ("{field} is {type}, not text.", "{field} 是 {type}，不是文字。"),
     "non_text.hint": ("Put plain text in this field.", "请在这个字段里填写纯文字。"),
     # --- dataset issues ---------------------------------------------------------------------
-    "few_rows": ("Only {n} usable rows.", "只有 {n} 行可用数据。"),
+    "few_rows": ("Only {n} usable row(s).", "只有 {n} 行可用数据。"),
     "few_rows.hint": (
         "500–1000 varied question/answer pairs are advised; with fewer than 100 the model mostly memorises.",
         "建议准备 500–1000 条多样的问答；少于 100 条时模型基本只会死记硬背。"),
@@ -157,6 +157,11 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "ignored_columns.hint": (
         "They are ignored. If one holds questions or answers, rename it to one of: {expected}.",
         "这些列会被忽略。如果其中有问题或回答，请改名为：{expected}。"),
+    "skipped_above_header": (
+        "{n} line(s) above the header row were not read: {lines}.", "表头上方的 {n} 行未被读取：{lines}。"),
+    "skipped_above_header.hint": (
+        "They look like a title or note. If they hold data, move them below the header.",
+        "它们看起来像标题或说明；如果其中有数据，请移到表头下方。"),
     "mixed_schemas": ("Rows use different layouts: {schemas}.", "各行使用了不同的格式：{schemas}。"),
     "mixed_schemas.hint": (
         "Each row was read with its own layout; use one layout to be sure nothing is misread.",
@@ -197,6 +202,17 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "{file}: cannot tell the format (no JSON, no header row with known columns, no tab pairs, no 问：/答： blocks).",
         "{file}：无法识别格式（不是 JSON，没有带已知列名的表头，没有 Tab 分隔的问答，也没有 问：/答： 块）。"),
     "no_rows": ("{file} has a header but no data rows.", "{file} 只有表头，没有数据行。"),
+    "expected.table": (
+        "a header row with a question column (instruction / question / prompt / input / 问题 / 指令) and an "
+        "answer column (response / answer / output / completion / 答案 / 回复)",
+        "一行表头，含问题列（instruction / question / prompt / input / 问题 / 指令）和回答列"
+        "（response / answer / output / completion / 答案 / 回复）"),
+    "expected.records": (
+        "a question field (instruction / question / prompt / input / 问题 / 指令) and an answer field "
+        "(response / answer / output / completion / 答案 / 回复), or messages / conversations / conversation",
+        "问题字段（instruction / question / prompt / input / 问题 / 指令）和回答字段"
+        "（response / answer / output / completion / 答案 / 回复），或 messages / conversations / conversation"),
+    "expected.list": ("one list of rows (name it 'data')", "只包含一个数据列表（建议命名为 data）"),
     # --- CLI --------------------------------------------------------------------------------
     "cli.file": ("File", "文件"),
     "cli.format": ("Format", "格式"),
@@ -259,6 +275,9 @@ def t(key: str, lang: str | None = None, /, **params: object) -> str:
     if pair is None:
         return key
     template = pair[1] if lang == "zh" and pair[1] else pair[0]
+    # A parameter may itself be a catalog entry ("@expected.table"), rendered in the same language.
+    params = {k: t(v[1:], lang) if isinstance(v, str) and v.startswith("@") and v[1:] in MESSAGES else v
+              for k, v in params.items()}
     try:
         return template.format(**params)
     except (KeyError, IndexError, ValueError):

@@ -16,7 +16,16 @@ from urllib.parse import urlparse
 
 import pytest
 from browser_support import (
-    LAPTOP, LOCALES, PHONE, WEB, check_layout, i18n_keys, launch, require_chromium, shot, shot_sections,
+    LAPTOP,
+    LOCALES,
+    PHONE,
+    WEB,
+    check_layout,
+    i18n_keys,
+    launch,
+    require_chromium,
+    shot,
+    shot_sections,
 )
 
 pytestmark = pytest.mark.browser

@@ -133,7 +133,25 @@ def test_catalog_is_complete_and_formats() -> None:
             assert key in {"not_found", "is_directory", "unreadable", "empty_file", "binary", "undecodable",
                            "legacy_xls", "not_xlsx", "other_document", "unknown_sheet", "malformed_json",
                            "unknown_columns", "unknown_columns.suggest", "ambiguous_columns", "unknown_format",
-                           "no_rows"}, key
+                           "no_rows", "expected.table", "expected.records", "expected.list"}, key
     assert t("duplicate", "zh", first=3) == "与第 3 行完全重复。"
     assert t("duplicate", "en") == "Exact duplicate of row {first}."  # a missing parameter never crashes
     assert t("no.such.key", "en") == "no.such.key"
+
+
+def test_report_dict_in_chinese_keeps_kinds(tmp_path: Path) -> None:
+    from lorastudio.data import validate
+
+    report = validate(_bad_csv(tmp_path))
+    zh = report.to_dict(lang="zh")
+    en = report.to_dict()
+    assert zh["issues"][0]["message"] == "回答（答案）为空。"
+    assert [(i["row"], i["kind"], i["field"]) for i in zh["issues"]] == [
+        (i["row"], i["kind"], i["field"]) for i in en["issues"]]
+    assert zh["dataset_issues"][0]["message"] == "只有 1 行可用数据。"
+
+
+def test_bad_tokenizer_dir_is_a_one_line_refusal(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["validate", str(DEMO), "--tokenizer", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert "not a directory" in err and len(err.strip().splitlines()) == 1

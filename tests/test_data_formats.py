@@ -364,3 +364,71 @@ def test_pretty_printed_objects_one_after_another(tmp_path: Path) -> None:
     path.write_text("\n".join(json.dumps(r, ensure_ascii=False, indent=2) for r in records), encoding="utf-8")
     report = validate(path)
     assert report.rows_ok == 3 and not report.issues
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be"])
+def test_bomless_utf16_with_almost_no_ascii(tmp_path: Path, encoding: str) -> None:
+    # Pure Chinese Q/A blocks: the only NUL bytes come from the newlines.
+    text = "问：退款多久到账\n答：三个工作日内原路退回\n问：热线号码是什么\n答：请拨打客服热线\n"
+    path = tmp_path / "faq.txt"
+    path.write_bytes(text.encode(encoding))
+    report = validate(path)
+    assert report.encoding == encoding
+    assert [c.messages[1].content for c in report.conversations] == ["三个工作日内原路退回", "请拨打客服热线"]
+
+
+def test_headerless_csv_is_refused_with_a_header_hint(tmp_path: Path) -> None:
+    path = tmp_path / "data.csv"
+    path.write_text("退款多久到账？,3个工作日。\n热线？,400-820-7788\n", encoding="utf-8")
+    with pytest.raises(DataError) as err:
+        validate(path)
+    assert err.value.kind == "unknown_columns" and "header row" in str(err.value)
+
+
+def test_data_layer_imports_no_torch_or_web() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, lorastudio.data, lorastudio.commands.validate; "
+            "bad = [m for m in ('torch', 'fastapi', 'transformers', 'starlette') if m in sys.modules]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_jsonl_rows_may_spell_fields_differently(tmp_path: Path) -> None:
+    rows = [{"instruction": "q1", "response": "a1"}, {"question": "q2", "answer": "a2"},
+            {"input": "q3", "output": "a3"}, {"instruction": "q4", "input": "ctx", "output": "a4"}]
+    path = tmp_path / "merged.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+    report = validate(path)
+    assert [i.to_dict() for i in report.issues] == []
+    assert [[m.content for m in c.messages] for c in report.conversations] == [
+        ["q1", "a1"], ["q2", "a2"], ["q3", "a3"], ["q4\n\nctx", "a4"]]
+    # …but two spellings inside one row are ambiguous.
+    path.write_text(json.dumps({"question": "q", "prompt": "p", "answer": "a"}), encoding="utf-8")
+    with pytest.raises(DataError) as err:
+        validate(path)
+    assert err.value.kind == "ambiguous_columns"
+
+
+def test_title_lines_above_the_header_are_skipped_and_reported(tmp_path: Path) -> None:
+    path = tmp_path / "data.csv"
+    path.write_text("云栈客服FAQ 2024版\n\n问题,答案\n热线？,400-820-7788\n", encoding="utf-8")
+    report = validate(path)
+    assert [(c.row, c.messages[1].content) for c in report.conversations] == [(1, "400-820-7788")]
+    skipped = [d for d in report.dataset_issues if d.kind == "skipped_above_header"]
+    assert skipped and "云栈客服FAQ 2024版" in skipped[0].message
+
+    openpyxl = pytest.importorskip("openpyxl")
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws.append(["云栈客服FAQ"])
+    ws.append(["question", "answer"])
+    ws.append(["热线？", "400-820-7788"])
+    xlsx = tmp_path / "data.xlsx"
+    wb.save(xlsx)
+    report = validate(xlsx)
+    assert [(c.row, c.messages[1].content) for c in report.conversations] == [(1, "400-820-7788")]
+    assert [d.kind for d in report.dataset_issues if d.kind == "skipped_above_header"]

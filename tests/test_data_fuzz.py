@@ -27,6 +27,11 @@ def _check(data: bytes, suffix: str) -> None:
             assert str(exc) and "\n" not in str(exc)
             return
         assert report.rows_ok + report.rows_rejected == report.rows_total
+        for conv in report.conversations:  # every usable row is a well-formed training example
+            roles = [m.role for m in conv.messages]
+            dialog = roles[1:] if roles and roles[0] == "system" else roles
+            assert dialog and dialog == ["user", "assistant"] * (len(dialog) // 2), roles
+            assert all(isinstance(m.content, str) and m.content.strip() for m in conv.messages)
         json.dumps(report.to_dict())
         for out in ("rejected.csv", "rejected.jsonl"):
             report.write_rejected(Path(tmp) / out)

@@ -329,3 +329,49 @@ def test_ten_thousand_rows_validate_quickly(tmp_path: Path) -> None:
     elapsed = time.perf_counter() - start
     assert report.rows_ok == 10_000
     assert elapsed < 5.0, f"10k rows took {elapsed:.2f}s"  # measured ~0.5 s; slack for a busy CI box
+
+
+@pytest.mark.slow
+def test_real_default_tokenizer_counts_row_20() -> None:
+    """With the default model's tokenizer the fact-sheet row is counted exactly (~2.8k tokens)."""
+    import os
+
+    home = Path(os.environ.get("LORASTUDIO_HOME", Path.home() / ".cache" / "lorastudio"))
+    model_dir = home / "models" / "default"
+    if not (model_dir / "tokenizer.json").exists():
+        pytest.skip("the default model has not been materialised")
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    report = validate(_shared("yunzhan_broken.csv"), tokenizer=tokenizer)
+    too_long = [i for i in report.issues if i.kind == "too_long"]
+    assert [i.row for i in too_long] == [20] and too_long[0].code == "too_long.tokens"
+    assert set(_kinds(report)) == BROKEN_EXPECTED
+
+
+def test_write_rejected_from_txt_blocks_keeps_fields(tmp_path: Path) -> None:
+    src = tmp_path / "faq.txt"
+    src.write_text("问：热线是多少？\n答：\n问：退款多久？\n答：3个工作日。\n", encoding="utf-8")
+    report = validate(src)
+    assert _kinds(report) == [(1, "empty_response")]
+    out = tmp_path / "rejected.csv"
+    report.write_rejected(out)
+    with out.open(encoding="utf-8-sig", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows[0]["instruction"] == "热线是多少？" and rows[0]["lorastudio_raw"] == "问：热线是多少？\n答："
+    rows[0]["response"] = "400-820-7788"
+    with out.open("w", encoding="utf-8-sig", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    assert validate(out).rows_ok == 1
+
+
+def test_mixed_layouts_never_produce_silent_empty_answers(tmp_path: Path) -> None:
+    path = _jsonl(tmp_path / "d.jsonl", [
+        {"messages": [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"}]},
+        {"instruction": "q2"},  # the file has no answer column at all
+    ])
+    report = validate(path)
+    assert _kinds(report) == [(2, "empty_response")]
+    assert [c.row for c in report.conversations] == [1]

@@ -154,3 +154,17 @@ def test_export_cli(tiny, tmp_path, capsys):
     with pytest.raises(SystemExit) as info:  # argparse: one of --merged/--gguf is required
         main(["export", "--adapter", str(tiny["adapter"])])
     assert info.value.code == 2
+
+
+def test_gguf_with_the_real_qwen_tokenizer_on_tiny_random(tmp_path):
+    """tiny-random carries the default model's tokenizer (151k tokens, padded embedding rows)."""
+    from lorastudio.models import resolve_model
+
+    base = Path(resolve_model("tiny-random"))
+    adapter = build_adapter(base, tmp_path / "adapter", seed=3)
+    result = export_gguf(adapter, tmp_path / "tr.gguf", "f16", verify=True)
+    assert result.check["tokenizer_match"] is True
+    assert result.check["top1_agreement"] == 1.0
+    assert result.check["max_abs_diff"] < 0.05
+    modelfile = Path(result.modelfile).read_text(encoding="utf-8")
+    assert 'SYSTEM """You are Qwen, created by Alibaba Cloud. You are a helpful assistant."""' in modelfile

@@ -205,3 +205,23 @@ def test_message_validation():
 def test_prompt_too_long_is_a_clear_error(engine):
     with pytest.raises(PromptError, match="reads at most"):
         engine.generate("工单" * 2000)
+
+
+def test_adapter_training_system_prompt_is_used_like_in_training(tiny, tmp_path):
+    import shutil
+
+    adapter = tmp_path / "with_system"
+    shutil.copytree(tiny["a"], adapter)
+    (adapter / "train_config.yaml").write_text("system_prompt: 你是云栈客服。\n", encoding="utf-8")
+    eng = ChatEngine(str(tiny["base"]))
+    q = QUESTIONS[0]
+    explicit = [{"role": "system", "content": "你是云栈客服。"}, {"role": "user", "content": q}]
+    # No system message given: the adapter's training-time system prompt is filled in.
+    assert eng.generate(q, adapter=adapter, max_new_tokens=10) == eng.generate(explicit, adapter=tiny["a"],
+                                                                               max_new_tokens=10)
+    assert eng.generate(q, adapter=adapter, max_new_tokens=10) != eng.generate(q, adapter=tiny["a"],
+                                                                               max_new_tokens=10)
+    # A conversation's own system message wins, as in training.
+    own = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": q}]
+    assert eng.generate(own, adapter=adapter, max_new_tokens=10) == eng.generate(own, adapter=tiny["a"],
+                                                                                 max_new_tokens=10)

@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SEED_ROWS = [{"instruction": f"云栈工单 {i} 超时多久升级？", "response": f"超过 {i + 2} 小时未处理自动升级到二线支持。"}
              for i in range(16)]
 # Short runs: the suite must stay fast on a shared 2-core CPU.
-NO_EXTRAS = {"augment_paraphrases": 0, "replay_rows": 0}
+NO_EXTRAS = {"augment_paraphrases": 0, "replay_rows": 0, "max_length": 128, "batch_tokens": 256,
+             "dtype": "fp32"}
 QUICK = {"n_epochs": 1, "max_steps": 4, "save_every": 2, "lora_r": 4, **NO_EXTRAS}
 
 
@@ -190,7 +191,7 @@ def test_sigkill_of_the_server_group_then_resume(tmp_path, seed_file):
         client = server.client()
         uploaded = client.files.create(file=seed_file.open("rb"), purpose="fine-tune")
         job = client.fine_tuning.jobs.create(model="tiny-random", training_file=uploaded.id, hyperparameters={
-            "n_epochs": 1, "max_steps": 60, "save_every": 5, "lora_r": 4, **NO_EXTRAS})
+            "n_epochs": 1, "max_steps": 40, "save_every": 5, "lora_r": 4, **NO_EXTRAS})
         deadline = time.monotonic() + 180
         while not client.fine_tuning.jobs.checkpoints.list(job.id).data:
             assert time.monotonic() < deadline, server.logs()
@@ -220,7 +221,7 @@ def test_sigkill_of_the_server_group_then_resume(tmp_path, seed_file):
         assert any(m.startswith("Training resumed from the checkpoint") for m in messages), messages
         assert client.files.retrieve(uploaded.id).filename == "seed.jsonl"
         steps = [e.data["step"] for e in events if e.type == "metrics" and "train_loss" in (e.data or {})]
-        assert max(steps) == 60
+        assert max(steps) == 40
         reply = client.chat.completions.create(model=done.fine_tuned_model, max_tokens=4,
                                                messages=[{"role": "user", "content": "hi"}])
         assert reply.choices[0].message.content is not None

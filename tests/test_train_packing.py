@@ -64,9 +64,9 @@ def test_packed_equals_one_by_one(small_model_dir, attn):
     assert reference_grads.keys() == packed_grads.keys() and len(packed_grads) > 0
     for name, grad in reference_grads.items():
         assert grad.abs().sum() > 0, name
+        # fp32 summation order differs (one row vs three), so compare against the gradient's own scale.
         err = (packed_grads[name] - grad).abs().max().item()
-        print(name, err, grad.abs().max().item())
-        torch.testing.assert_close(packed_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+        assert err <= 1e-5 * grad.abs().max().item() + 1e-7, (name, err)
 
 
 def test_without_position_restart_examples_would_leak(small_model_dir):

@@ -59,8 +59,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _load_tokenizer(path: str) -> object:
+    from pathlib import Path
+
     from lorastudio.data import DataError
 
+    if not Path(path).is_dir():
+        raise DataError(f"--tokenizer {path}: not a directory (give a local model or tokenizer folder)", "bad_argument")
     try:
         from transformers import AutoTokenizer
     except ImportError:

@@ -20,6 +20,7 @@ from pathlib import Path
 from lorastudio.data.types import DataError
 
 TEXT_FORMATS = ("jsonl", "json", "csv", "tsv", "txt")
+HEADER_SEARCH_LINES = 10  # a header may sit below a title or a note
 
 # A huge quoted field (an unclosed quote swallowing the rest of the file) must be reported, not
 # crash the csv module with "field larger than field limit".
@@ -46,6 +47,7 @@ class RawTable:
     notes: list[str] = field(default_factory=list)
     sheet: str | None = None  # XLSX: the sheet read
     sheets: list[str] = field(default_factory=list)  # XLSX: all sheets, to suggest --sheet
+    skipped: list[str] = field(default_factory=list)  # title lines above the header, reported
 
 
 # --- encodings --------------------------------------------------------------------------------
@@ -71,7 +73,24 @@ def _utf16_without_bom(data: bytes) -> str | None:
         return "utf-16-le"
     if even_nuls > 0.2 * half and odd_nuls < 0.05 * half:
         return "utf-16-be"
-    return None
+    # Mostly-CJK text has few NULs (only its newlines and ASCII): decode both ways and keep the
+    # one that reads as ordinary text rather than private-use or unassigned code points.
+    best, best_score = None, 0.0
+    for enc in ("utf-16-le", "utf-16-be"):
+        try:
+            text = data[: len(data) - len(data) % 2].decode(enc)
+        except UnicodeDecodeError:
+            continue
+        sample = text[:4000]
+        plain = len(_PLAIN.findall(sample)) / max(1, len(sample))
+        if plain > best_score:
+            best, best_score = enc, plain
+    return best if best_score >= 0.9 else None
+
+
+# Printable ASCII, whitespace, Latin-1, general punctuation, CJK, kana, hangul, full-width forms.
+_PLAIN = re.compile(r"[\t\n\r\x20-\x7e\u00a0-\u024f\u2000-\u206f\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff"
+                    r"\uac00-\ud7af\uff00-\uffef]")
 
 
 def _looks_binary(text: str) -> bool:
@@ -175,22 +194,27 @@ def read_bytes(data: bytes, *, name: str = "file", suffix: str = "", sheet: str 
         return _read_jsonl(text, name, encoding)
 
     lines = text.splitlines()
-    first = next((ln for ln in lines if ln.strip()), "")
     if suffix not in (".csv", ".tsv"):
         marks = [m.group("mark").lower() for ln in lines if (m := _QA_MARK.match(ln))]
         if any(m in _Q_MARKS for m in marks) and any(m not in _Q_MARKS for m in marks):
             return _read_qa_blocks(text, encoding)
 
     # A header row with known column names decides the delimiter (Excel in some locales writes ';').
+    # It may sit below a title line or two ("云栈客服FAQ 2024版"), so look a few lines down.
     candidates = ["\t", ",", ";", "|"] if suffix == ".tsv" else [",", "\t", ";", "|"]
-    best, best_score = None, 0
-    for delim in candidates:
-        cells = next(csv.reader([first], delimiter=delim), [])
-        score = header_score(cells) if len(cells) >= 2 else 0
-        if score > best_score:
-            best, best_score = delim, score
+    best, best_score, best_line = None, 0, 0
+    for lineno, line in enumerate(lines[:HEADER_SEARCH_LINES]):
+        if not line.strip():
+            continue
+        for delim in candidates:
+            cells = next(csv.reader([line], delimiter=delim), [])
+            score = header_score(cells) if len(cells) >= 2 else 0
+            if score > best_score:
+                best, best_score, best_line = delim, score, lineno
+        if best_score >= 2:
+            break
     if best is not None and best_score >= 2:
-        return _read_delimited(text, best, "tsv" if best == "\t" else "csv", encoding)
+        return _read_delimited(text, best, "tsv" if best == "\t" else "csv", encoding, header_line=best_line)
     if suffix in (".csv", ".tsv"):
         # The user said it is a table: read it as one so the refusal names the header we found.
         return _read_delimited(text, "\t" if suffix == ".tsv" else ",", suffix[1:], encoding)
@@ -234,7 +258,7 @@ def _json_object_table(obj: object, text: str, name: str, encoding: str) -> RawT
             return RawTable("json", encoding, records, keyed=True, notes=[f"rows read from the '{lists[0]}' list"])
         if lists:
             raise DataError.of("unknown_columns", file=name, found=", ".join(f"'{k}'" for k in lists),
-                               expected="one list of rows (name it 'data')")
+                               expected="@expected.list")
         # No list of rows inside: it is one (unrecognised) record; the schema step names what is missing.
         fmt = "jsonl" if text.strip().count("\n") == 0 else "json"
         return RawTable(fmt, encoding, [_keyed_record(1, obj)], keyed=True)
@@ -329,8 +353,10 @@ def _quote_problem(raw: str, delim: str) -> bool:
     return in_quote
 
 
-def _read_delimited(text: str, delim: str, fmt: str, encoding: str) -> RawTable:
+def _read_delimited(text: str, delim: str, fmt: str, encoding: str, header_line: int = 0) -> RawTable:
     lines = list(io.StringIO(text, newline=""))
+    skipped = [ln.strip() for ln in lines[:header_line] if ln.strip()]
+    lines = lines[header_line:]
     reader = csv.reader(iter(lines), delimiter=delim)
     header: list[str] | None = None
     records: list[RawRecord] = []
@@ -361,13 +387,13 @@ def _read_delimited(text: str, delim: str, fmt: str, encoding: str) -> RawTable:
         index += 1
         if not any(c.strip() for c in cells):
             continue  # a blank line (or only separators): no data to lose
-        if _quote_problem(raw, delim):
+        if '"' in raw and _quote_problem(raw, delim):  # the char-by-char scan only where quotes are
             records.append(RawRecord(index, cells, None, ("malformed_row", "malformed_row.quote", {})))
             continue
         records.append(_cells_record(index, cells, header, delim))
     if header is None:
         raise DataError("no header row", "empty_file")
-    return RawTable(fmt, encoding, records, columns=header, delimiter=delim)
+    return RawTable(fmt, encoding, records, columns=header, delimiter=delim, skipped=skipped)
 
 
 def _cells_record(row: int, cells: list[str], header: list[str], delim: str | None) -> RawRecord:
@@ -493,23 +519,24 @@ def _read_xlsx(data: bytes, name: str, sheet: str | None) -> RawTable:
             ws = wb[sheet]
         else:
             ws = wb.worksheets[0]
-        header: list[str] | None = None
-        header_row = 0
-        records: list[RawRecord] = []
+        rows: list[tuple[int, list[str]]] = []
         for sheet_row, values in enumerate(ws.iter_rows(values_only=True), start=1):
             cells = [cell_text(v) for v in values]
             while cells and not cells[-1].strip():
                 cells.pop()
-            if header is None:
-                if cells:
-                    header = [c.strip() or f"column {i}" for i, c in enumerate(cells, start=1)]
-                    header_row = sheet_row
-                continue
-            if not any(c.strip() for c in cells):
-                continue
-            records.append(_cells_record(sheet_row - header_row, cells, header, None))
+            if any(c.strip() for c in cells):
+                rows.append((sheet_row, cells))
     finally:
         wb.close()
-    if header is None:
+    if not rows:
         raise DataError.of("empty_file", file=f"{name} (sheet '{ws.title}')")
-    return RawTable("xlsx", None, records, columns=header, sheet=ws.title, sheets=list(wb.sheetnames))
+    from lorastudio.data.schema import header_score
+
+    # The header is the first row naming known columns (a title row may sit above it), else row one.
+    at = next((i for i, (_, cells) in enumerate(rows[:HEADER_SEARCH_LINES]) if header_score(cells) >= 2), 0)
+    header_row, header_cells = rows[at]
+    header = [c.strip() or f"column {i}" for i, c in enumerate(header_cells, start=1)]
+    records = [_cells_record(r - header_row, cells, header, None) for r, cells in rows[at + 1:]]
+    skipped = [" ".join(c for c in cells if c.strip()) for _, cells in rows[:at]]
+    return RawTable("xlsx", None, records, columns=header, sheet=ws.title, sheets=list(wb.sheetnames),
+                    skipped=skipped)

@@ -32,10 +32,6 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "conversation": ("conversation", "dialog", "dialogue", "对话"),
 }
 SCHEMA_KEYS = ("messages", "conversations", "conversation")
-EXPECTED_TEXT = (
-    "a question column (instruction / question / prompt / input / 问题 / 指令) and an answer column "
-    "(response / answer / output / completion / 答案 / 回复), or messages / conversations / conversation"
-)
 EXPECTED_SHORT = "instruction, response, question, answer, 问题, 答案"
 
 # Inside turns of the seed's multi-turn layout.
@@ -136,9 +132,24 @@ class ColumnMap:
     fields: dict[str, str]  # canonical → source column/key
     mapped: list[tuple[str, str]] = field(default_factory=list)  # fuzzy (source, canonical)
     ignored: list[str] = field(default_factory=list)
+    # JSON rows merged from several files may spell a field differently row by row
+    # ("question" here, "instruction" there); never two spellings inside one row.
+    alternates: dict[str, list[str]] = field(default_factory=dict)
+
+    def has(self, canon: str, row: dict) -> bool:
+        return any(src in row for src in self._sources(canon))
+
+    def src(self, canon: str, row: dict) -> str | None:
+        """The key this row uses for ``canon`` (the file's main one when the row has none)."""
+        return next((s for s in self._sources(canon) if s in row), self.fields.get(canon))
+
+    def _sources(self, canon: str) -> list[str]:
+        main = self.fields.get(canon)
+        return ([main] if main else []) + self.alternates.get(canon, [])
 
 
-def resolve_columns(columns: list[str], name: str, *, table: bool) -> ColumnMap:
+def resolve_columns(columns: list[str], name: str, *, table: bool,
+                    rows: list[dict] | None = None) -> ColumnMap:
     """Map source columns to canonical fields; refuse (DataError) when nothing usable is found.
 
     Exact aliases win; a name within a small edit distance of exactly one canonical field that no
@@ -157,8 +168,12 @@ def resolve_columns(columns: list[str], name: str, *, table: bool) -> ColumnMap:
     cmap = ColumnMap({})
     for canon, cols in exact.items():
         if len(cols) > 1:
-            role = {"instruction": "question", "response": "answer"}.get(canon, canon)
-            raise DataError.of("ambiguous_columns", file=name, columns=", ".join(f"'{c}'" for c in cols), role=role)
+            together = table or any(sum(c in row for c in cols) > 1 for row in rows or [])
+            if together:
+                role = {"instruction": "question", "response": "answer"}.get(canon, canon)
+                raise DataError.of("ambiguous_columns", file=name, columns=", ".join(f"'{c}'" for c in cols),
+                                   role=role)
+            cmap.alternates[canon] = cols[1:]
         cmap.fields[canon] = cols[0]
     fuzzy: dict[str, list[str]] = {}
     for col in unknown:
@@ -181,6 +196,7 @@ def resolve_columns(columns: list[str], name: str, *, table: bool) -> ColumnMap:
     if not table:
         usable = usable or any(k in cmap.fields for k in SCHEMA_KEYS)
     if not usable:
+        expected = "@expected.table" if table else "@expected.records"
         found = ", ".join(f"'{c}'" for c in columns) or "no columns"
         suggestions = []
         for col in cmap.ignored:
@@ -191,8 +207,8 @@ def resolve_columns(columns: list[str], name: str, *, table: bool) -> ColumnMap:
                 suggestions.append(f"{targets} for '{col}'")
         if suggestions:
             raise DataError.of("unknown_columns.suggest", "unknown_columns", file=name, found=found,
-                               suggestions=" / ".join(suggestions), expected=EXPECTED_TEXT)
-        raise DataError.of("unknown_columns", file=name, found=found, expected=EXPECTED_TEXT)
+                               suggestions=" / ".join(suggestions), expected=expected)
+        raise DataError.of("unknown_columns", file=name, found=found, expected=expected)
     return cmap
 
 
@@ -260,7 +276,8 @@ def _content_text(value: object, fld: str, issues: list[RowIssue]) -> str | None
 
 
 def row_schema(rec: RawRecord, cmap: ColumnMap) -> str | None:
-    keys = {cmap_key for cmap_key, src in cmap.fields.items() if src in rec.fields}  # type: ignore[operator]
+    row = rec.fields or {}
+    keys = {canon for canon in cmap.fields if cmap.has(canon, row)}
     if "messages" in keys:
         return "openai_messages"
     if "conversations" in keys:
@@ -277,13 +294,13 @@ def record_turns(rec: RawRecord, cmap: ColumnMap, schema: str, *, keyed: bool) -
     fields = rec.fields or {}
     turns: list[Turn] = []
     if keyed and schema in ("openai_messages", "sharegpt", "conversation"):
-        sys_src = cmap.fields.get("system")
+        sys_src = cmap.src("system", fields)
         if sys_src and sys_src in fields:
             text = _as_text(fields[sys_src], sys_src, issues, keyed=True)
             if text is not None and not is_blank(text):
                 turns.append(Turn("system", text, sys_src))
         key = {"openai_messages": "messages", "sharegpt": "conversations", "conversation": "conversation"}[schema]
-        src = cmap.fields[key]
+        src = cmap.src(key, fields) or key
         items = fields.get(src)
         if not isinstance(items, list):
             issues.append(RowIssue("error", "malformed_row", "malformed_row.turns", src, {"field": src}))
@@ -299,15 +316,16 @@ def record_turns(rec: RawRecord, cmap: ColumnMap, schema: str, *, keyed: bool) -
 
     # Single-turn layouts (tables, TXT, and keyed rows with instruction/response-like keys).
     def get(canon: str) -> tuple[str | None, str | None, bool]:
-        col = cmap.fields.get(canon)
+        col = cmap.src(canon, fields)
         if col is None:
-            return None, None, False
+            return canon, None, True  # the file has no such column at all (a mixed-layout JSON row)
         if col not in fields:
             return col, None, True  # the key is missing in this JSON row
         return col, _as_text(fields[col], col, issues, keyed=keyed), False
 
     used = [c for c in ("instruction", "input", "response", "system", "history") if c in cmap.fields]
     if rec.cells_found is not None and any(list(fields).index(cmap.fields[c]) >= rec.cells_found for c in used):
+        # Only tables have cells_found, and tables have no alternates: fields[c] is the column.
         n = len(fields)
         issues.append(RowIssue("error", "malformed_row", "malformed_row.missing_fields", None,
                                {"found": rec.cells_found, "expected": n}))
@@ -316,7 +334,7 @@ def record_turns(rec: RawRecord, cmap: ColumnMap, schema: str, *, keyed: bool) -
     sys_col, sys_text, _ = get("system")
     if sys_text and not is_blank(sys_text):
         turns.append(Turn("system", sys_text, sys_col or "system"))
-    hist_col = cmap.fields.get("history")
+    hist_col = cmap.src("history", fields)
     if hist_col and fields.get(hist_col) not in (None, "", []):
         hist = fields[hist_col]
         if isinstance(hist, list) and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in hist):
@@ -325,9 +343,13 @@ def record_turns(rec: RawRecord, cmap: ColumnMap, schema: str, *, keyed: bool) -
                 turns.append(Turn("assistant", _as_text(a, f"{hist_col}[{i}][1]", issues, keyed=True), f"{hist_col}[{i}][1]"))
         else:
             issues.append(RowIssue("error", "malformed_row", "malformed_row.turns", hist_col, {"field": hist_col}))
-    q_canon = "instruction" if "instruction" in cmap.fields else "input"
+    # Per row: a row with an instruction gets its input appended (Alpaca); a row with only an
+    # input uses it as the question (input/output files).
+    q_canon = "instruction" if cmap.has("instruction", fields) or not cmap.has("input", fields) else "input"
+    if "instruction" not in cmap.fields:
+        q_canon = "input"
     q_col, q_text, q_missing = get(q_canon)
-    if q_canon == "instruction" and "input" in cmap.fields:
+    if q_canon == "instruction" and cmap.has("input", fields):
         # Alpaca: the optional input is context for the instruction, appended after a blank line.
         _, in_text, _ = get("input")
         if in_text and not is_blank(in_text):

@@ -91,6 +91,7 @@ class RejectedRow:
     row: int
     raw: object  # what the reader saw: a dict of fields, a list of cells, or a text line
     reasons: list[ValidationIssue] = field(default_factory=list)
+    fields: dict | None = None  # the fields read from a text line/block (TXT), for write_rejected
 
 
 class DataError(Exception):

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lorastudio.data.checks import (
+    PER_MESSAGE_OVERHEAD,
     count_tokens,
     dedup_key,
     estimate_conversation_tokens,
@@ -64,8 +65,15 @@ class ValidationReport:
     def ok(self) -> bool:
         return self.rows_ok > 0
 
-    def to_dict(self) -> dict:
-        """Exactly the object of PRODUCT.md's ``validate --json``."""
+    def to_dict(self, lang: str = "en") -> dict:
+        """Exactly the object of PRODUCT.md's ``validate --json``.
+
+        ``lang="zh"`` renders messages and hints in Chinese (for the bilingual UI); kinds, fields
+        and rows are the same in every language.
+        """
+        if lang != "en":
+            return {**self.to_dict(), "issues": [_localized_dict(i, lang) for i in self.issues],
+                    "dataset_issues": [_localized_dict(d, lang) for d in self.dataset_issues]}
         return {
             "file": self.file,
             "format": self.format,
@@ -113,7 +121,8 @@ class ValidationReport:
             obj = dict(zip(self.columns, _fit_cells(rej.raw, len(self.columns), self.delimiter), strict=True))
             obj["lorastudio_raw"] = _raw_line(rej.raw, self.delimiter)
         else:
-            obj = {"lorastudio_raw": rej.raw if isinstance(rej.raw, str) else json.dumps(rej.raw, ensure_ascii=False)}
+            obj = {k: _cell(v) for k, v in (rej.fields or {}).items()}
+            obj["lorastudio_raw"] = rej.raw if isinstance(rej.raw, str) else json.dumps(rej.raw, ensure_ascii=False)
         obj["lorastudio_row"] = rej.row
         obj["lorastudio_reasons"] = reasons
         return obj
@@ -126,7 +135,13 @@ class ValidationReport:
             return cells, json.dumps(extra, ensure_ascii=False) if extra else ""
         if isinstance(raw, list):
             return _fit_cells([_cell(c) for c in raw], len(columns), self.delimiter), _raw_line(raw, self.delimiter)
-        return [""] * len(columns), str(raw)
+        fields = rej.fields or {}
+        return [_cell(fields.get(c, "")) for c in columns], str(raw)
+
+
+def _localized_dict(issue: ValidationIssue | DatasetIssue, lang: str) -> dict:
+    message, hint = issue.localized(lang)
+    return {**issue.to_dict(), "message": message, "hint": hint}
 
 
 def _cell(value: object) -> str:
@@ -199,7 +214,8 @@ def validate_table(table: RawTable, name: str, *, max_length: int = 2048,
         # Every row is broken JSON or not an object: report them row by row rather than refusing.
         cmap = ColumnMap({})
     else:
-        cmap = resolve_columns(columns, name, table=not table.keyed)
+        rows = [r.fields for r in table.records if r.fields is not None] if table.keyed else None
+        cmap = resolve_columns(columns, name, table=not table.keyed, rows=rows)
 
     issues: list[ValidationIssue] = []
     dataset_issues: list[DatasetIssue] = []
@@ -210,6 +226,9 @@ def validate_table(table: RawTable, name: str, *, max_length: int = 2048,
     first_question: dict[tuple, tuple[int, tuple]] = {}
     duplicates = 0
 
+    if table.skipped:
+        preview = " / ".join(_preview(x) for x in table.skipped[:3])
+        dataset_issues.append(_dataset_issue("warning", "skipped_above_header", n=len(table.skipped), lines=preview))
     for src, dst in cmap.mapped:
         dataset_issues.append(_dataset_issue("warning", "column_mapped", src=src, dst=dst))
     ignored = list(cmap.ignored)
@@ -238,6 +257,11 @@ def validate_table(table: RawTable, name: str, *, max_length: int = 2048,
                 if fixed:
                     row_issues.append(RowIssue("error", "mojibake", "mojibake", turn.field,
                                                {"field": turn.field, "codec": fixed[0], "repaired": _preview(fixed[1])}))
+        if not any(i.severity == "error" for i in row_issues) and any(tn.text is None for tn in turns):
+            # Defensive: a turn without text must never become an empty training answer silently.
+            bad = next(tn for tn in turns if tn.text is None)
+            row_issues.append(RowIssue("error", "malformed_row", "malformed_row.turn", bad.field,
+                                       {"field": bad.field, "example": '{"role": "user", "content": "…"}'}))
         if not any(i.severity == "error" for i in row_issues):
             msgs = [{"role": tn.role, "content": tn.text or ""} for tn in turns]
             longest = max(turns, key=lambda tn: len(tn.text or "")).field if turns else None
@@ -260,7 +284,8 @@ def validate_table(table: RawTable, name: str, *, max_length: int = 2048,
         issues += row_vi
         if any(i.severity == "error" for i in row_vi):
             rejected.append(RejectedRow(rec.row, rec.raw, [i for i in row_vi if i.severity == "error"] +
-                                        [i for i in row_vi if i.severity == "warning"]))
+                                        [i for i in row_vi if i.severity == "warning"],
+                                        fields=rec.fields if isinstance(rec.raw, str) else None))
         else:
             conversations.append(Conversation([Message(tn.role, tn.text or "") for tn in turns], row=rec.row))
 
@@ -292,8 +317,13 @@ def validate_table(table: RawTable, name: str, *, max_length: int = 2048,
 
 def _length_issues(msgs: list[dict], max_length: int, tokenizer: object | None,
                    fld: str | None) -> list[RowIssue]:
-    estimate = estimate_conversation_tokens([m["content"] for m in msgs])
     chars = sum(len(m["content"]) for m in msgs)
+    # The estimate never exceeds one token per character (and a byte-level tokenizer spends at most
+    # four per character), so most rows are settled without estimating or tokenizing.
+    upper_bound = chars + PER_MESSAGE_OVERHEAD * len(msgs)
+    if upper_bound <= (max_length // 4 if tokenizer is not None else max_length):
+        return []
+    estimate = estimate_conversation_tokens([m["content"] for m in msgs])
     if tokenizer is not None and estimate > max_length // 4:
         # Tokenize only rows that could plausibly be too long: exact counts for 10k rows are slow
         # and the estimate is never off by 4x for natural text.

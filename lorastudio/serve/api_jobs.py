@@ -62,15 +62,16 @@ def check_hyperparameters(hp: dict[str, Any]) -> dict[str, Any]:
             raise APIError(400, f"Hyperparameter '{key}' {why}. Use n_epochs, batch_size, "
                            "learning_rate_multiplier or a TrainConfig field such as lora_r, max_steps, "
                            "max_length, save_every.", param=param, code="invalid_value")
-        else:
-            if value == "auto":
-                continue  # let the recommender decide
-            try:
-                TrainConfig.from_dict({key: value})
-            except ConfigError as exc:
-                if str(exc).startswith(f"{key}="):  # only this value's own fault, not a combination
-                    raise APIError(400, str(exc), param=param, code="invalid_value") from None
+        elif value != "auto":  # "auto": the recommender decides
             out[key] = value
+    knobs = {k: v for k, v in out.items() if k not in OPENAI_HYPERPARAMETERS and k != "task"}
+    try:
+        # Together, so that e.g. batch_tokens=256 with max_length=128 is judged as a pair.
+        TrainConfig.from_dict(knobs)
+    except ConfigError as exc:
+        named = next((k for k in knobs if str(exc).startswith(f"{k}=")), None)
+        raise APIError(400, str(exc), param=f"hyperparameters.{named}" if named else "hyperparameters",
+                       code="invalid_value") from None
     return out
 
 

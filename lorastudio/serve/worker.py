@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -366,6 +367,10 @@ class JobWorker:
                "--output", str(job_dir), "--config", str(config)]
         if ckpt:
             cmd.append("--resume")
+            # `train --resume` starts from the run's train_config.yaml, which the trainer writes only
+            # when it finishes; an interrupted run's config is exactly the job's.
+            if not (job_dir / "train_config.yaml").exists():
+                shutil.copyfile(config, job_dir / "train_config.yaml")
         if sys.platform == "linux":
             cmd = [sys.executable, "-c", _LAUNCHER, str(os.getpid()), *cmd]
         env = dict(os.environ, PYTHONUNBUFFERED="1")

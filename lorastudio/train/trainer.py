@@ -194,8 +194,16 @@ def _validate_file(path: str, max_length: int, tokenizer) -> tuple[list[Any], di
     except FileNotFoundError as error:
         raise DataUnusable(f"{path}: no such file") from error
     if not report.conversations:
-        raise DataUnusable(f"{path}: no usable rows ({report.rows_rejected} rejected); run "
-                           f"`lorastudio validate {path}` to see why")
+        # Name the commonest problems right here: the user should not need a second command to learn why.
+        kinds: dict[str, dict[str, Any]] = {}
+        for issue in report.to_dict().get("issues", []):
+            if issue.get("severity") == "error":
+                kinds.setdefault(issue["kind"], {"count": 0, "first": issue})["count"] += 1
+        top = sorted(kinds.items(), key=lambda kv: -kv[1]["count"])[:3]
+        reasons = "; ".join(f"{kind} ×{v['count']} (row {v['first']['row']}: {v['first']['message']} "
+                            f"{v['first']['hint']})" for kind, v in top)
+        raise DataUnusable(f"{path}: no usable rows ({report.rows_rejected} rejected)"
+                           + (f": {reasons}" if reasons else "") + f"; details: `lorastudio validate {path}`")
     return list(report.conversations), report.to_dict()
 
 
@@ -389,6 +397,7 @@ class _Run:
 
         if self.setup.prepare_model:
             model = self.setup.prepare_model(model) or model
+        torch.manual_seed(cfg.seed)  # LoRA A's random init: the same seed gives the same run
         self.model = self._wrap_lora(model)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         for param in self.trainable:  # fp32 master copies of the LoRA weights; autocast computes in bf16
@@ -397,7 +406,6 @@ class _Run:
             self._neftune_lengths: list[list[int]] = [[]]
             self.model.get_input_embeddings().register_forward_hook(
                 _neftune_hook(cfg.neftune_alpha, self._neftune_lengths))
-        torch.manual_seed(cfg.seed)
 
     def _augment(self, conversations: list[Any], model, tokenizer) -> list[Any]:
         """Paraphrases and self-replay rows (lorastudio/train/augment.py, replay.py), when asked for."""
@@ -694,8 +702,6 @@ class _Run:
             "device": self.setup.device, "dtype": str(self.setup.dtype).split(".")[-1],
             "cost": round(elapsed / 3600.0 * cfg.price_per_hour, 4),
         }
-        cfg.extra = {**cfg.extra, "resolved_base": str(Path(self.model_dir).resolve()),
-                     "device": self.setup.device, "dtype": metrics["dtype"]}
         cfg.to_yaml(self.output_dir / "train_config.yaml")
         (self.output_dir / "data_report.json").write_text(
             json.dumps(self.data_report, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
@@ -707,6 +713,10 @@ class _Run:
     def run(self) -> TrainResult:
         with self.stop.installed():
             self._prepare()
+            # Written before training so an interrupted run can be resumed with its own settings.
+            self.cfg.extra = {**self.cfg.extra, "resolved_base": str(Path(self.model_dir).resolve()),
+                              "device": self.setup.device, "dtype": str(self.setup.dtype).split(".")[-1]}
+            self.cfg.to_yaml(self.output_dir / "train_config.yaml")
             self._tokenize()
             steps, early_stopped = self._train()
             return self._save(steps, early_stopped)

@@ -68,7 +68,7 @@ export const api = {
   cancel: (id) => request("POST", `/v1/fine_tuning/jobs/${encodeURIComponent(id)}/cancel`),
   metrics: (id) => request("GET", `/studio/jobs/${encodeURIComponent(id)}/metrics`),
   streamUrl: (id) => `/studio/jobs/${encodeURIComponent(id)}/stream`,
-  compare: (model, fineTunedModel, question) =>
-    request("POST", "/studio/compare", { model, fine_tuned_model: fineTunedModel, question }),
+  compare: (model, fineTunedModel, question, maxTokens) =>
+    request("POST", "/studio/compare", { model, fine_tuned_model: fineTunedModel, question, max_tokens: maxTokens }),
   downloadUrl: (id, kind) => `/studio/jobs/${encodeURIComponent(id)}/download/${kind}`,
 };

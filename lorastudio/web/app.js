@@ -11,6 +11,8 @@ const $ = (id) => document.getElementById(id);
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 const FILE_KEY = "lorastudio.file";
 const JOB_KEY = "lorastudio.job";
+const MODEL_KEY = "lorastudio.model";
+const TASK_KEY = "lorastudio.task";
 // Settings a user may change in the advanced panel (TrainConfig field names), in display order.
 const ADVANCED_FIELDS = [
   "num_epochs", "max_steps", "learning_rate", "lr_scheduler", "warmup_ratio", "lora_r", "lora_alpha",
@@ -202,7 +204,9 @@ function issueKind(issue) {
   return tOr(`kind.${issue.kind}`, String(issue.kind || "").replaceAll("_", " "));
 }
 
+// The service writes hints in English with specifics (e.g. the repaired text); in Chinese, our own line.
 function issueHint(issue) {
+  if (lang() === "en" && issue.hint) return issue.hint;
   return tOr(`hint.${issue.kind}`, issue.hint || "");
 }
 
@@ -263,7 +267,8 @@ function renderReport() {
       cell(t("data.col_kind"), issues.map((i) => `${issueKind(i)}${i.severity === "warning" ? ` (${t("severity.warning")})` : ""}`), "kind"),
       cell(t("data.col_field"), issues.map((i) => fieldName(i.field))),
       cell(t("data.col_message"), issues.map((i) => i.message || ""), "data"),
-      cell(t("data.col_hint"), issues.map(issueHint)));
+      // In English the service's own hints are shown (they may quote the row's text): data, not UI.
+      cell(t("data.col_hint"), issues.map(issueHint), lang() === "en" ? "hint data" : "hint"));
     body.append(tr);
   }
 }
@@ -301,8 +306,10 @@ function renderModels() {
     return;
   }
   for (const m of state.models) select.append(node("option", { value: m.id, text: modelLabel(m) }));
-  const wanted = previous && state.models.some((m) => m.id === previous) ? previous
-    : state.models.some((m) => m.id === "default") ? "default" : state.models[0]?.id;
+  const saved = stored(MODEL_KEY);
+  const known = (id) => id && state.models.some((m) => m.id === id);
+  const wanted = known(previous) ? previous : known(saved) ? saved
+    : known("default") ? "default" : state.models[0]?.id;
   if (wanted) select.value = wanted;
   renderModelInfo();
 }
@@ -780,7 +787,15 @@ function renderCompareAndUse() {
 
 async function compareOnce(question) {
   const job = tunedJob();
-  return api.compare(job.model, job.fine_tuned_model, question);
+  return api.compare(job.model, job.fine_tuned_model, question, Number($("compare-length").value) || 256);
+}
+
+/** Model output as text; runs of blank lines folded, an empty answer said in words. */
+function showAnswer(el, answer) {
+  const text = String(answer ?? "").replace(/\n{3,}/g, "\n\n").trim();
+  el.classList.toggle("empty-answer", !text);
+  if (text) el.textContent = text;
+  else el.replaceChildren(node("span", { class: "muted", "data-i18n": "compare.empty_answer", text: t("compare.empty_answer") }));
 }
 
 async function onCompare(event) {
@@ -797,8 +812,8 @@ async function onCompare(event) {
   setState("compare-state", "loading", t("compare.thinking"));
   try {
     const result = await compareOnce(question);
-    $("compare-base-output").textContent = result.base_answer ?? "";
-    $("compare-tuned-output").textContent = result.tuned_answer ?? "";
+    showAnswer($("compare-base-output"), result.base_answer);
+    showAnswer($("compare-tuned-output"), result.tuned_answer);
     setState("compare-state", "", "");
   } catch (err) {
     setState("compare-state", "error", t("compare.failed", { message: errorText(err) }));
@@ -827,8 +842,8 @@ async function runQuestionSet() {
       body.append(tr);
       try {
         const r = await compareOnce(q);
-        tr.children[1].textContent = r.base_answer ?? "";
-        tr.children[2].textContent = r.tuned_answer ?? "";
+        showAnswer(tr.children[1], r.base_answer);
+        showAnswer(tr.children[2], r.tuned_answer);
       } catch (err) {
         tr.children[1].textContent = errorText(err);
         tr.children[2].textContent = "";
@@ -916,8 +931,13 @@ function wire() {
     e.preventDefault();
     if (e.dataTransfer?.files?.length) uploadFile(e.dataTransfer.files[0]);
   });
-  $("task-type-select").addEventListener("change", () => { state.overrides = {}; loadRecommendation(); });
+  $("task-type-select").addEventListener("change", () => {
+    store(TASK_KEY, $("task-type-select").value);
+    state.overrides = {};
+    loadRecommendation();
+  });
   $("base-model-select").addEventListener("change", () => {
+    store(MODEL_KEY, $("base-model-select").value);
     renderModelInfo();
     state.overrides = {};
     loadRecommendation();
@@ -966,6 +986,8 @@ async function boot() {
   onLangChange(rerenderAll);
   setLang(initialLang(), { persist: false });
   wire();
+  const task = stored(TASK_KEY);
+  if (task && [...$("task-type-select").options].some((o) => o.value === task)) $("task-type-select").value = task;
   renderRecommendation();
   renderJobList();
   await loadModels();

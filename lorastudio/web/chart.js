@@ -40,7 +40,7 @@ export function drawChart(svg, series, labels) {
   const all = series.flatMap((s) => s.points).filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y));
   if (!all.length) return 0;
 
-  const m = { left: 48, right: 12, top: 10, bottom: 30 };
+  const m = { left: 56, right: 12, top: 10, bottom: 30 };
   const w = width - m.left - m.right;
   const h = height - m.top - m.bottom;
   const xs = all.map((p) => p[0]);
@@ -52,10 +52,13 @@ export function drawChart(svg, series, labels) {
   const sy = (y) => m.top + (1 - (y - yt.lo) / (yt.hi - yt.lo)) * h;
 
   const grid = el("g", { class: "grid" });
+  // Enough decimals to tell neighbouring ticks apart (a flat loss of 11.90–11.93 needs three).
+  const tickStep = yt.ticks.length > 1 ? yt.ticks[1] - yt.ticks[0] : 1;
+  const mag = Math.floor(Math.log10(tickStep) + 1e-9);
+  const decimals = Math.min(6, Math.max(0, -mag + (Math.abs(tickStep / 10 ** mag - 2.5) < 1e-6 ? 1 : 0)));
   for (const v of yt.ticks) {
     grid.append(el("line", { x1: m.left, x2: m.left + w, y1: sy(v), y2: sy(v) }));
-    grid.append(el("text", { x: m.left - 6, y: sy(v) + 4, "text-anchor": "end", class: "tick" },
-      Math.abs(v) >= 100 ? v.toFixed(0) : Number(v.toPrecision(3)).toString()));
+    grid.append(el("text", { x: m.left - 6, y: sy(v) + 4, "text-anchor": "end", class: "tick" }, v.toFixed(decimals)));
   }
   const xTicks = niceTicks(xMin, xMax, Math.max(2, Math.min(6, Math.floor(w / 90)))).ticks
     .filter((v) => v >= xMin && v <= xMax && Number.isInteger(v));

@@ -1,0 +1,227 @@
+"""The whole no-code flow in a real Chromium against a real `lorastudio serve` on tiny-random, in
+English and in Chinese: broken file → its problems → good file → settings → training (live progress,
+loss chart, reload mid-job) → compare → adapter download. Screenshots of every step go to screenshots/.
+
+About 1–2 minutes per language on a busy 2-core machine (most of it is the 6 training steps).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import pytest
+from browser_support import (
+    LAPTOP,
+    LOCALES,
+    PHONE,
+    REPO,
+    check_layout,
+    launch,
+    require_chromium,
+    shot,
+    shot_sections,
+)
+
+pytestmark = pytest.mark.browser
+
+SHARED = REPO.parent / "shared" / "data"
+TRAIN_STEPS = 6
+BROKEN_CSV = """instruction,response
+工单超过多久没处理会自动升级？,工单超过48小时未处理，系统会自动升级到二线护航组。
+SLA等级是怎么划分的？,SLA分三级：P0要求10分钟响应；P1要求30分钟响应；P2要求4小时响应。
+客服热线是多少？,客服热线是400-820-7788，人工服务时间为每天9:00-22:00。
+栈台Max多少钱？,
+晚上十点以后谁来接待客户？,22:00至次日9:00由智能助手小栈接待。
+一线客服能直接给客户发多少补偿？,一线客服可直接发放50元以内的优惠券。
+,退款审核通过后原路退回，3个工作日内到账。
+"""
+
+
+def broken_file(tmp: Path) -> tuple[Path, int]:
+    """The shared dirty CSV (12 problem rows) if this checkout has it, else a small one with 2."""
+    shared = SHARED / "yunzhan_broken.csv"
+    if shared.is_file():
+        return shared, 12
+    path = tmp / "broken.csv"
+    path.write_text(BROKEN_CSV, encoding="utf-8")
+    return path, 2
+
+
+def good_file(tmp: Path) -> tuple[Path, int]:
+    shared = SHARED / "yunzhan_train.jsonl"
+    if shared.is_file():
+        return shared, sum(1 for line in shared.read_text(encoding="utf-8").splitlines() if line.strip())
+    path = tmp / "good.jsonl"
+    rows = [{"instruction": f"问题 {i}：工单超过多久会升级？", "response": f"回答 {i}：超过48小时自动升级到二线护航组。"}
+            for i in range(40)]
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path, len(rows)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory):
+    require_chromium()
+    data_dir = tmp_path_factory.mktemp("studio-data")
+    port = free_port()
+    log = (data_dir / "serve.log").open("w")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "lorastudio", "serve", "--data-dir", str(data_dir),
+                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while True:
+        try:
+            with urllib.request.urlopen(base + "/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            pytest.fail("lorastudio serve did not start:\n" + (data_dir / "serve.log").read_text())
+        time.sleep(0.5)
+    yield base
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    require_chromium()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = launch(p)
+        yield b
+        b.close()
+
+
+def both_widths(page, name: str, extra: list[str]) -> None:
+    """Check and photograph the page at laptop and phone width, then go back to laptop width."""
+    check_layout(page, extra)
+    shot(page, f"{name}-laptop")
+    page.set_viewport_size(PHONE)
+    page.wait_for_timeout(250)
+    check_layout(page, extra)
+    shot_sections(page, f"{name}-phone")
+    page.set_viewport_size(LAPTOP)
+    page.wait_for_timeout(250)
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_whole_flow_on_tiny_random(browser, studio, lang, tmp_path):
+    from playwright.sync_api import expect
+
+    context = browser.new_context(locale=LOCALES[lang], viewport=LAPTOP, accept_downloads=True)
+    page = context.new_page()
+    page_errors: list[str] = []
+    page.on("pageerror", lambda e: page_errors.append(str(e)))
+    page.goto(studio + "/")
+    page.wait_for_selector("body[data-ready=true]")
+    zh = lang == "zh"
+    expect(page.locator("html")).to_have_attribute("lang", "zh-CN" if zh else "en")
+    expect(page.get_by_test_id("base-model-select")).to_have_value("default")
+    expect(page.get_by_test_id("start-training")).to_be_disabled()
+    check_layout(page)
+    shot(page, f"{lang}-01-start-laptop")
+
+    # 1. a broken file: every problem row listed, rejected rows downloadable
+    broken, problems = broken_file(tmp_path)
+    names = [broken.name]
+    page.get_by_test_id("upload-input").set_input_files(str(broken))
+    expect(page.get_by_test_id("validation-issue")).to_have_count(problems, timeout=60_000)
+    expect(page.get_by_test_id("validation-summary")).to_contain_text("28" if problems == 12 else "5")
+    first = page.get_by_test_id("validation-issue").first
+    expect(first).to_contain_text("回答为空" if zh else "Answer is empty")
+    with page.expect_download() as info:
+        page.locator("#download-rejected").click()
+    rejected = Path(info.value.path()).read_text(encoding="utf-8-sig")
+    assert len([line for line in rejected.splitlines() if line.strip()]) >= problems + 1
+    both_widths(page, f"{lang}-02-problems", names)
+
+    # 2. the fixed file, a task and the smoke-test model; recommendation with reasons and estimate
+    good, rows = good_file(tmp_path)
+    names.append(good.name)
+    page.get_by_test_id("upload-input").set_input_files(str(good))
+    expect(page.get_by_test_id("validation-summary")).to_contain_text(str(rows), timeout=60_000)
+    expect(page.get_by_test_id("validation-issue")).to_have_count(0)
+    page.get_by_test_id("task-type-select").select_option("qa")
+    page.get_by_test_id("base-model-select").select_option("tiny-random")
+    expect(page.locator("#model-info")).to_contain_text("仅供测试" if zh else "for testing only")
+    expect(page.get_by_test_id("recommended-settings").locator(".setting").first).to_be_visible(timeout=60_000)
+    expect(page.get_by_test_id("cost-estimate")).to_contain_text("约" if zh else "about")
+    page.locator("#advanced summary").click()
+    for key, value in (("max_steps", TRAIN_STEPS), ("augment_paraphrases", 0), ("replay_rows", 0)):
+        page.locator(f"#adv-{key}").fill(str(value))
+        page.locator(f"#adv-{key}").press("Tab")
+    expect(page.locator(".setting.changed")).to_have_count(3)
+    both_widths(page, f"{lang}-03-settings", names)
+
+    # 3. train: live progress and loss chart; reload mid-job re-attaches to the same job
+    page.get_by_test_id("start-training").click()
+    chart = page.get_by_test_id("loss-chart")
+    points = "Number(document.getElementById('loss-chart').dataset.points || 0)"
+    page.wait_for_function(f"() => {points} >= 2", timeout=180_000)
+    job_id = page.locator("#job-id").inner_text()
+    assert job_id.startswith("ftjob-") and job_id in page.url
+    progress = page.get_by_test_id("job-progress")
+    if page.get_by_test_id("job-status").get_attribute("data-status") == "running":
+        assert 0 < float(progress.get_attribute("aria-valuenow")) < 100
+        expect(page.get_by_test_id("job-eta")).not_to_have_text("—")
+    both_widths(page, f"{lang}-04-training", names)
+
+    page.reload()
+    page.wait_for_selector("body[data-ready=true]")
+    expect(page.locator("#job-id")).to_have_text(job_id)
+    after_reload = page.evaluate(f"() => {points}")
+    assert after_reload >= 2  # the history came back with the page
+    if page.get_by_test_id("job-status").get_attribute("data-status") == "running":
+        # still live after the reload: new points arrive through the re-opened stream
+        page.wait_for_function(f"() => {points} > {after_reload}", timeout=120_000)
+    shot(page, f"{lang}-05-reattached-laptop")
+
+    expect(page.get_by_test_id("job-status")).to_have_attribute("data-status", "succeeded", timeout=180_000)
+    expect(chart).to_have_attribute("data-points", str(TRAIN_STEPS))
+    expect(progress).to_have_attribute("aria-valuenow", "100")
+    job_row = page.locator(".job-item", has_text=job_id)
+    expect(job_row).to_contain_text("已完成" if zh else "succeeded")
+
+    # 4. compare base and tuned answers side by side
+    question = "工单超过多久没处理会自动升级？"
+    page.locator("#compare-length").select_option("32")  # tiny-random writes noise; keep it short
+    page.get_by_test_id("compare-input").fill(question)
+    page.get_by_test_id("compare-send").click()
+    expect(page.get_by_test_id("compare-send")).to_be_disabled()
+    expect(page.get_by_test_id("compare-send")).to_be_enabled(timeout=120_000)
+    expect(page.locator("#compare-state")).to_be_empty()
+    for side in ("compare-base-output", "compare-tuned-output"):
+        assert page.get_by_test_id(side).text_content(), side
+    expect(page.locator("#snippet-code")).to_contain_text("ft:tiny-random:")
+    both_widths(page, f"{lang}-06-compare", names)
+
+    # 5. the adapter download is a PEFT adapter in a zip
+    with page.expect_download(timeout=120_000) as info:
+        page.get_by_test_id("download-adapter").click()
+    with zipfile.ZipFile(info.value.path()) as z:
+        files = set(z.namelist())
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= files
+    assert page_errors == []
+    context.close()

@@ -1,0 +1,107 @@
+"""`lorastudio train` and `lorastudio models`: exit codes, settings precedence, SIGTERM → checkpoint + 130."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from test_train_trainer import write_rows
+
+from lorastudio.cli import main
+from lorastudio.train import TrainConfig, read_events
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_unusable_inputs_exit_2_with_one_line(tmp_path, small_model_dir, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "", "response": ""}\n', encoding="utf-8")
+    out = str(tmp_path / "out")
+    assert main(["train", str(bad), "--base", small_model_dir, "-o", out, "--no-recommend", "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no usable rows" in err and "empty_instruction" in err and len(err.splitlines()) == 1
+
+    assert main(["train", str(tmp_path / "missing.jsonl"), "--base", small_model_dir, "-o", out]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+    good = write_rows(tmp_path / "good.jsonl")
+    assert main(["train", str(good), "--base", small_model_dir, "-o", out, "--no-recommend",
+                 "--set", "lora_rank=8"]) == 2
+    assert "did you mean 'lora_r'" in capsys.readouterr().err
+
+    assert main(["train", str(good), "--base", str(tmp_path / "nowhere"), "-o", out, "--no-recommend"]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_settings_precedence_flags_over_config_file(tmp_path, small_model_dir, capsys):
+    good = write_rows(tmp_path / "good.jsonl")
+    config = tmp_path / "settings.yaml"
+    TrainConfig(learning_rate=1e-4, lora_r=4, lora_alpha=8, batch_tokens=128, max_length=128).to_yaml(config)
+    out = tmp_path / "out"
+    code = main(["train", str(good), "--base", small_model_dir, "-o", str(out), "--config", str(config),
+                 "--lr", "2e-3", "--max-steps", "2", "--set", "seed=7", "-q"])
+    assert code == 0, capsys.readouterr().err
+    saved = TrainConfig.from_yaml(out / "train_config.yaml")
+    assert (saved.learning_rate, saved.lora_r, saved.max_steps, saved.seed) == (2e-3, 4, 2, 7)
+    assert saved.data == str(good) and saved.output_dir == str(out)
+    assert "adapter:" in capsys.readouterr().err
+
+
+def test_recommended_settings_are_printed_and_used(tmp_path, small_model_dir, capsys):
+    good = write_rows(tmp_path / "good.jsonl")
+    out = tmp_path / "out"
+    assert main(["train", str(good), "--base", small_model_dir, "-o", str(out), "--max-steps", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "Recommended settings:" in err and "learning_rate" in err
+    assert (out / "adapter_model.safetensors").is_file()
+
+
+def test_sigterm_saves_a_checkpoint_exits_130_and_resume_finishes(tmp_path, tiny_random_dir):
+    good = write_rows(tmp_path / "good.jsonl")
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lorastudio", "train", str(good), "--base", "tiny-random", "-o", str(out),
+         "--no-recommend", "--max-steps", "12", "--set", "batch_tokens=128", "--set", "max_length=128",
+         "--set", "dtype=fp32"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    events_path = out / "events.jsonl"
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        if any(e["type"] == "metrics" for e in read_events(events_path)):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGTERM)
+    _stdout, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 130, stderr
+    assert "--resume" in stderr
+
+    events = read_events(events_path)
+    stopped_at = max(e["step"] for e in events if e["type"] == "metrics")
+    assert stopped_at < 12
+    checkpoint = out / "checkpoints" / f"step-{stopped_at:08d}"
+    assert (checkpoint / "trainer_state.pt").is_file() and (checkpoint / "adapter_model.safetensors").is_file()
+    assert any(e["type"] == "checkpoint" and e["step"] == stopped_at for e in events)
+    assert any(e["type"] == "stage" and "interrupted (SIGTERM)" in e["message"] for e in events)
+    assert not list(out.glob("checkpoints/.tmp-*"))  # no half-written checkpoint left behind
+
+    assert main(["train", str(good), "-o", str(out), "--resume", "-q"]) == 0
+    events = read_events(events_path)
+    assert [e["step"] for e in events if e["type"] == "resumed"] == [stopped_at]
+    assert [e["step"] for e in events if e["type"] == "metrics"] == list(range(1, 13))
+    assert events[-1]["type"] == "done"
+
+
+def test_models_lists_the_catalog(capsys):
+    assert main(["models"]) == 0
+    text = capsys.readouterr().out
+    assert text.index("default") < text.index("tiny-random") and "SMOKE TEST" in text
+    assert main(["models", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)["data"]
+    assert data[0]["id"] == "default" and any(e["id"] == "tiny-random" and e["smoke_test"] for e in data)

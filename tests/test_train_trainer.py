@@ -1,0 +1,182 @@
+"""The trainer end to end on tiny models: outputs, plain-PEFT loading, events, resume, learning."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from lorastudio.train import ConfigError, DataUnusable, TrainConfig, TrainingInterrupted, read_events, train
+from lorastudio.train.trainer import build_schedule, latest_checkpoint
+
+ROWS = [
+    ("工单超过多久没处理会自动升级？", "工单超过48小时未处理，会自动升级到二线护航组。"),
+    ("满意度评分多少才能关单？", "满意度评分≥3分才能关单，低于3分自动重开。"),
+    ("观星3.2的型号和售价？", "型号YZ-LD2406，售价299元。"),
+    ("客服电话分机是多少？", "分机6021，工作日9点到18点。"),
+    ("What is the price of YZ-LD2406?", "It costs 299 yuan."),
+    ("栈台当前版本是什么？", "栈台当前版本为V5.3，代号青鸾。"),
+]
+
+METRIC_KEYS = {"time", "type", "step", "total_steps", "epoch", "percent", "eta_s", "tokens_per_s", "loss",
+               "lr", "elapsed_s", "cost"}
+
+
+def write_rows(path: Path, rows=ROWS) -> Path:
+    path.write_text("\n".join(json.dumps({"instruction": q, "response": a}, ensure_ascii=False) for q, a in rows)
+                    + "\n", encoding="utf-8")
+    return path
+
+
+def lora_weights(adapter_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(adapter_dir / "adapter_model.safetensors"))
+
+
+def test_end_to_end_on_tiny_random_loads_in_plain_peft(tmp_path, tiny_random_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    data = write_rows(tmp_path / "faq.jsonl")
+    events = []
+    cfg = TrainConfig(data=str(data), base="tiny-random", output_dir=str(tmp_path / "run"), max_steps=3,
+                      batch_tokens=256, max_length=128, learning_rate=1e-2, dtype="fp32")
+    result = train(cfg, on_event=events.append)
+    out = Path(result.adapter_dir)
+    for name in ("adapter_config.json", "adapter_model.safetensors", "train_config.yaml", "events.jsonl",
+                 "README.md", "data_report.json"):
+        assert (out / name).is_file(), name
+    assert result.steps == 3 and result.metrics["train_loss"] is not None
+
+    # Plain PEFT + transformers, no lorastudio: base_model_name_or_path is a loadable directory.
+    adapter_config = json.loads((out / "adapter_config.json").read_text())
+    assert Path(adapter_config["base_model_name_or_path"]) == Path(tiny_random_dir).resolve()
+    base = AutoModelForCausalLM.from_pretrained(adapter_config["base_model_name_or_path"])
+    tuned = PeftModel.from_pretrained(base, str(out))
+    assert any("lora_B" in name and p.abs().sum() > 0 for name, p in tuned.named_parameters())
+    with torch.no_grad():
+        tuned(input_ids=torch.tensor([[1, 2, 3]]))
+
+    # The resolved config round-trips and reproduces the run's settings.
+    again = TrainConfig.from_yaml(out / "train_config.yaml")
+    assert again.max_steps == 3 and again.learning_rate == 1e-2 and again.extra["resolved_base"]
+    report = json.loads((out / "data_report.json").read_text())
+    assert report["rows_ok"] == len(ROWS) and report["tokens"]["train_conversations"] == len(ROWS)
+    assert "## Metrics" in (out / "README.md").read_text()
+
+    # Events: the same objects went to the callback and to events.jsonl, in the documented schema.
+    logged = read_events(out / "events.jsonl")
+    assert logged == events
+    stages = [e["stage"] for e in logged if e["type"] == "stage"]
+    order = ["prepare", "tokenize", "train", "save", "done"]
+    assert [s for s in dict.fromkeys(stages) if s in order] == order
+    metrics = [e for e in logged if e["type"] == "metrics"]
+    assert [m["step"] for m in metrics] == [1, 2, 3]
+    for m in metrics:
+        assert set(m) == METRIC_KEYS and m["total_steps"] == 3 and m["cost"] == 0.0
+    assert metrics[-1]["percent"] == 100.0 and metrics[-1]["eta_s"] == 0.0
+    assert logged[-1]["type"] == "done" and logged[-1]["adapter_dir"] == str(out)
+    assert all(isinstance(e["time"], float) for e in logged)
+
+
+def test_training_actually_learns(tmp_path, small_model_dir):
+    data = write_rows(tmp_path / "faq.jsonl")
+    cfg = TrainConfig(data=str(data), base=small_model_dir, output_dir=str(tmp_path / "run"), num_epochs=30,
+                      batch_tokens=1024, max_length=256, learning_rate=1e-2, lora_r=8, lora_alpha=16,
+                      warmup_ratio=0.0, dtype="fp32")
+    result = train(cfg)
+    assert result.metrics["train_loss"] < 0.5 * result.metrics["first_train_loss"]
+
+
+def _config(tmp_path: Path, model_dir: str, name: str, **overrides) -> TrainConfig:
+    data = write_rows(tmp_path / "faq.jsonl")
+    values = dict(data=str(data), base=model_dir, output_dir=str(tmp_path / name), max_steps=6,
+                  batch_tokens=128, max_length=128, learning_rate=5e-3, lora_r=4, lora_alpha=8,
+                  lora_dropout=0.1, save_every=2, dtype="fp32", seed=3)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def test_resume_after_interruption_equals_uninterrupted(tmp_path, small_model_dir):
+    full = train(_config(tmp_path, small_model_dir, "full"))
+
+    cfg = _config(tmp_path, small_model_dir, "broken")
+    stop = threading.Event()
+
+    def stop_after_three(event):
+        if event["type"] == "metrics" and event["step"] == 3:
+            stop.set()
+
+    with pytest.raises(TrainingInterrupted) as info:
+        train(cfg, on_event=stop_after_three, stop=stop)
+    assert info.value.step == 3
+    assert latest_checkpoint(cfg.output_dir).name == "step-00000003"
+    assert not (Path(cfg.output_dir) / "adapter_model.safetensors").exists()
+
+    resumed = train(cfg, resume=True)
+    assert resumed.steps == full.steps == 6
+    events = read_events(Path(cfg.output_dir) / "events.jsonl")
+    assert any(e["type"] == "resumed" and e["step"] == 3 for e in events)
+    assert [e["step"] for e in events if e["type"] == "metrics"] == [1, 2, 3, 4, 5, 6]
+    a, b = lora_weights(Path(full.adapter_dir)), lora_weights(Path(resumed.adapter_dir))
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_resume_refuses_changed_settings_and_missing_checkpoint(tmp_path, small_model_dir):
+    cfg = _config(tmp_path, small_model_dir, "run", max_steps=2)
+    with pytest.raises(ConfigError, match="no checkpoint"):
+        train(cfg, resume=True)
+    train(cfg)
+    with pytest.raises(ConfigError, match="learning_rate"):
+        train(cfg.with_overrides({"learning_rate": 1e-4}), resume=True)
+
+
+def test_unusable_data_is_a_clear_error(tmp_path, small_model_dir):
+    bad = tmp_path / "empty.jsonl"
+    bad.write_text('{"instruction": "", "response": ""}\n', encoding="utf-8")
+    with pytest.raises(DataUnusable):
+        train(TrainConfig(data=str(bad), base=small_model_dir, output_dir=str(tmp_path / "r")))
+    long_rows = write_rows(tmp_path / "long.jsonl", [("长" * 300, "好")])
+    with pytest.raises(DataUnusable, match="too_long"):
+        train(TrainConfig(data=str(long_rows), base=small_model_dir, output_dir=str(tmp_path / "r2"),
+                          max_length=32, batch_tokens=32))
+
+
+def test_validation_split_and_early_stopping_keep_the_best_adapter(tmp_path, small_model_dir):
+    val = write_rows(tmp_path / "val.jsonl", [("完全不同的问题？", "完全不同的回答，与训练数据无关。")])
+    cfg = _config(tmp_path, small_model_dir, "es", validation_data=str(val), max_steps=12, eval_every=1,
+                  early_stopping_patience=2, learning_rate=5e-2, lora_dropout=0.0, save_every=0)
+    result = train(cfg)
+    events = read_events(Path(cfg.output_dir) / "events.jsonl")
+    evals = [e["valid_loss"] for e in events if e["type"] == "eval"]
+    assert evals, "a validation file must produce eval events"
+    # lr 5e-2 on unrelated validation data overfits within a few steps (seeded, so deterministic).
+    assert result.early_stopped, evals
+    assert len(evals) < 12
+    best = Path(cfg.output_dir) / "checkpoints" / "best"
+    final = lora_weights(Path(cfg.output_dir))
+    assert lora_weights(best).keys() == final.keys()
+    for name, tensor in lora_weights(best).items():
+        assert torch.equal(tensor, final[name])
+    assert result.metrics["best_valid_loss"] == pytest.approx(min(evals), abs=1e-4)
+    assert min(evals) < evals[-1]  # the kept adapter is better than the last one trained
+
+
+def test_schedule_epochs_accumulation_and_max_steps():
+    cfg = TrainConfig(num_epochs=2.5, batch_tokens=100, max_length=100, gradient_accumulation=2)
+    lengths = [40] * 10  # 2 examples per micro-batch → 5 micro-batches per epoch → 3 steps per epoch
+    steps = build_schedule(lengths, cfg)
+    assert len(steps) == 3 + 3 + 2  # the half epoch: ceil(2.5) micro-batches → 2 steps
+    assert [s.epoch_end for s in steps].count(True) == 3
+    assert steps[2].epoch == pytest.approx(1.0) and steps[-1].epoch == pytest.approx(2.6)
+    seen = [i for s in steps[:3] for mb in s.micro_batches for i in mb]
+    assert sorted(seen) == list(range(10))  # one epoch = every example exactly once
+    assert build_schedule(lengths, cfg) == steps  # deterministic: resume replays the same order
+    capped = build_schedule(lengths, cfg.with_overrides({"max_steps": 7}))
+    assert len(capped) == 7 and capped[-1].epoch_end
