@@ -7,7 +7,7 @@ print(report.table())            # before vs after: must-contain, key recall, ex
 report.to_dict()                 # what `lorastudio eval --json` prints
 ```
 
-A question file is JSONL, a JSON array, CSV or TSV (or TXT: one question per line) with a `question` column and optionally
+A question file is JSONL, a JSON array, CSV, TSV, XLSX (or TXT: one question per line) with a `question` column and optionally
 `expected` (a reference answer) and `must_contain` (key strings that a correct answer states; a
 list, or one string separated by `|`). Chinese and English column names are accepted (see
 `_ALIASES`).
@@ -281,6 +281,23 @@ def _question_from(obj: Any, row: int, src: str) -> EvalQuestion:
                         system=system if isinstance(system, str) and system.strip() else None)
 
 
+def _read_xlsx(path: Path) -> list[tuple[int, Any]]:
+    """Excel question sheets through the data layer's reader (first sheet with a header row)."""
+    from lorastudio.data import DataError
+    from lorastudio.data.readers import read_table
+
+    try:
+        table = read_table(path)
+    except DataError as exc:
+        raise EvalFileError(str(exc)) from None
+    items = []
+    for rec in table.records:
+        if rec.problem is not None or rec.fields is None:
+            raise EvalFileError(f"{path}, row {rec.row}: the row cannot be read ({rec.problem[0] if rec.problem else '?'})")
+        items.append((rec.row, {k: ("" if v is None else str(v)) for k, v in rec.fields.items()}))
+    return items
+
+
 def _read_text(path: Path) -> str:
     raw = path.read_bytes()
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
@@ -303,10 +320,12 @@ def load_questions(path: str | os.PathLike) -> list[EvalQuestion]:
     p = Path(path)
     if not p.is_file():
         raise EvalFileError(f"question file {str(p)!r} does not exist")
-    text = _read_text(p)
     suffix = p.suffix.lower()
     items: list[tuple[int, Any]] = []
-    if suffix == ".txt":  # one question per line, nothing to check
+    text = "" if suffix == ".xlsx" else _read_text(p)
+    if suffix == ".xlsx":
+        items = _read_xlsx(p)
+    elif suffix == ".txt":  # one question per line, nothing to check
         items = [(i, {"question": line}) for i, line in enumerate(text.splitlines(), start=1) if line.strip()]
     elif suffix in (".csv", ".tsv"):
         delim = "\t" if suffix == ".tsv" else ","

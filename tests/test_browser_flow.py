@@ -1,6 +1,7 @@
 """The whole no-code flow in a real Chromium against a real `lorastudio serve` on tiny-random, in
 English and in Chinese: broken file → its problems → good file → settings → training (live progress,
-loss chart, reload mid-job) → compare → adapter download. Screenshots of every step go to screenshots/.
+loss chart, reload mid-job; in the Chinese run also a server restart mid-job) → compare → adapter
+download. Screenshots of every step go to screenshots/.
 
 About 1–2 minutes per language on a busy 2-core machine (most of it is the 6 training steps).
 """
@@ -33,7 +34,7 @@ from browser_support import (
 pytestmark = pytest.mark.browser
 
 SHARED = REPO.parent / "shared" / "data"
-TRAIN_STEPS = 6
+TRAIN_STEPS = 5
 BROKEN_CSV = """instruction,response
 工单超过多久没处理会自动升级？,工单超过48小时未处理，系统会自动升级到二线护航组。
 SLA等级是怎么划分的？,SLA分三级：P0要求10分钟响应；P1要求30分钟响应；P2要求4小时响应。
@@ -72,35 +73,57 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class Studio:
+    """`python -m lorastudio serve` in a subprocess on a fixed port and data dir; restartable."""
+
+    def __init__(self, data_dir: Path):
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+        self.log_path = data_dir / "serve.log"
+
+    def start(self) -> None:
+        log = self.log_path.open("a")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "lorastudio", "serve", "--data-dir", str(self.data_dir), "--port", str(self.port)],
+            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, cwd=REPO)
+        log.close()
+        deadline = time.time() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(self.base + "/health", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.time() > deadline:
+                self.stop()
+                pytest.fail("lorastudio serve did not start:\n" + self.log_path.read_text())
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        """SIGTERM: the service checkpoints running trainers and re-queues their jobs."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory):
     require_chromium()
-    data_dir = tmp_path_factory.mktemp("studio-data")
-    port = free_port()
-    log = (data_dir / "serve.log").open("w")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "lorastudio", "serve", "--data-dir", str(data_dir),
-                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while True:
-        try:
-            with urllib.request.urlopen(base + "/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            pytest.fail("lorastudio serve did not start:\n" + (data_dir / "serve.log").read_text())
-        time.sleep(0.5)
-    yield base
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    server = Studio(tmp_path_factory.mktemp("studio-data"))
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +157,7 @@ def test_whole_flow_on_tiny_random(browser, studio, lang, tmp_path):
     page = context.new_page()
     page_errors: list[str] = []
     page.on("pageerror", lambda e: page_errors.append(str(e)))
-    page.goto(studio + "/")
+    page.goto(studio.base + "/")
     page.wait_for_selector("body[data-ready=true]")
     zh = lang == "zh"
     expect(page.locator("html")).to_have_attribute("lang", "zh-CN" if zh else "en")
@@ -197,6 +220,14 @@ def test_whole_flow_on_tiny_random(browser, studio, lang, tmp_path):
         # still live after the reload: new points arrive through the re-opened stream
         page.wait_for_function(f"() => {points} > {after_reload}", timeout=120_000)
     shot(page, f"{lang}-05-reattached-laptop")
+
+    if zh and page.get_by_test_id("job-status").get_attribute("data-status") == "running":
+        # restart the server mid-job: the page keeps its chart, reconnects, and the job resumes
+        before_restart = page.evaluate(f"() => {points}")
+        studio.restart()
+        expect(page.locator("#job-id")).to_have_text(job_id)
+        assert page.evaluate(f"() => {points}") >= before_restart
+        shot(page, f"{lang}-05b-after-server-restart-laptop")
 
     expect(page.get_by_test_id("job-status")).to_have_attribute("data-status", "succeeded", timeout=180_000)
     expect(chart).to_have_attribute("data-points", str(TRAIN_STEPS))

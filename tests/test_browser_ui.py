@@ -41,10 +41,12 @@ BROKEN_ROWS = [  # row, kind, field, severity (the shared yunzhan_broken.csv's 1
 ]
 
 
-def broken_report() -> dict:
+def broken_report(lang: str | None = None) -> dict:
+    """The report as the service sends it; with `lang`, localised the way the UI asks for (Accept-Language)."""
+    hint = "服务器提示：请修改这一行。" if lang == "zh" else "server hint"
     issues = [{"row": r, "severity": s, "kind": k, "field": f, "message": f"{k.replace('_', ' ')} in row {r}",
-               "hint": "server hint"} for r, k, f, s in BROKEN_ROWS]
-    return {"file": "yunzhan_broken.csv", "format": "csv", "schema": "instruction_response", "encoding": "utf-8",
+               "hint": hint} for r, k, f, s in BROKEN_ROWS]
+    return {**({"lang": lang} if lang else {}),"file": "yunzhan_broken.csv", "format": "csv", "schema": "instruction_response", "encoding": "utf-8",
             "rows_total": 40, "rows_ok": 28, "rows_rejected": 12, "issues": issues,
             "dataset_issues": [{"severity": "warning", "kind": "few_rows", "message": "Only 28 usable rows.",
                                 "hint": "500–1000 are advised."}]}
@@ -78,8 +80,9 @@ MODELS = [
 class FakeStudio:
     """Answers /v1 and /studio like the service would, from a script of job outcomes."""
 
-    def __init__(self, outcome: str = "succeeded"):
+    def __init__(self, outcome: str = "succeeded", localised_reports: bool = False):
         self.outcome = outcome
+        self.localised_reports = localised_reports
         self.jobs: dict[str, dict] = {}
         self.created: list[dict] = []
 
@@ -108,7 +111,8 @@ class FakeStudio:
         if path == "/v1/files/file-broken":
             return ok({"id": "file-broken", "object": "file", "filename": "yunzhan_broken.csv"})
         if path == "/studio/files/file-broken/report":
-            return ok(broken_report())
+            lang = (request.headers.get("accept-language") or "en")[:2]
+            return ok(broken_report(lang if self.localised_reports else None))
         if path == "/studio/recommend":
             return ok(RECOMMENDATION)
         if path == "/v1/fine_tuning/jobs" and method == "POST":
@@ -229,7 +233,13 @@ def test_every_state_renders_translated_and_fits(browser, static_server, lang, t
     page.get_by_test_id("compare-send").click()
     expect(page.get_by_test_id("compare-tuned-output")).to_contain_text("48 小时")
     expect(page.get_by_test_id("compare-base-output")).to_have_text("I am not sure.")
+    page.locator("#question-set summary").click()
+    page.locator("#question-set-input").fill("退款多久到账？\n\n栈台Max多少钱？")
+    page.locator("#question-set-run").click()
+    expect(page.locator("#question-set-body tr")).to_have_count(2)
+    expect(page.locator("#question-set-body tr").nth(1)).to_contain_text("48 小时 (栈台Max多少钱？)")
     expect(page.get_by_test_id("download-adapter")).to_have_attribute("href", "/studio/jobs/ftjob-1/download/adapter")
+
     expect(page.locator("#snippet-code")).to_contain_text("ft:default:studio:ftjob-1")
     check_layout(page)
     shot(page, f"mock-{lang}-4-trained-laptop")
@@ -283,5 +293,21 @@ def test_language_toggle_translates_everything_and_persists(browser, static_serv
     page.get_by_test_id("lang-toggle").click()
     texts = page.eval_on_selector_all("[data-i18n]", "els => els.map(e => [e.dataset.i18n, e.textContent])")
     assert all(text == en[key] for key, text in texts)
+    assert errors == []
+    context.close()
+
+
+def test_a_localised_report_is_used_and_asked_again_on_language_switch(browser, static_server, tmp_path):
+    from playwright.sync_api import expect
+
+    context, page, errors = open_page(browser, static_server, "en", FakeStudio(localised_reports=True))
+    data = tmp_path / "yunzhan_broken.csv"
+    data.write_text("instruction,response\n", encoding="utf-8")
+    page.get_by_test_id("upload-input").set_input_files(str(data))
+    hint = page.locator("[data-testid=validation-issue][data-row='4'] td.hint")
+    expect(hint).to_have_text("server hint")
+    page.get_by_test_id("lang-toggle").click()
+    expect(hint).to_have_text("服务器提示：请修改这一行。")
+    check_layout(page, ["yunzhan_broken.csv"])
     assert errors == []
     context.close()

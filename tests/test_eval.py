@@ -158,3 +158,17 @@ def test_eval_cli_errors_exit_2(tiny, tmp_path, capsys):
     assert main(["eval", "--base", str(tiny["base"]), "--adapter", str(tmp_path / "gone"),
                  "--questions", str(qf)]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_load_questions_xlsx(tmp_path):
+    import openpyxl
+
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws.append(["问题", "必须包含", "参考答案"])
+    ws.append(["工单多久升级？", "48小时|护航组", "48小时后升级到护航组"])
+    ws.append(["价格？", None, None])
+    wb.save(tmp_path / "q.xlsx")
+    qs = load_questions(tmp_path / "q.xlsx")
+    assert [(q.question, q.must_contain, q.expected, q.row) for q in qs] == [
+        ("工单多久升级？", ["48小时", "护航组"], "48小时后升级到护航组", 1), ("价格？", [], None, 2)]

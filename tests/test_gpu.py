@@ -114,6 +114,19 @@ def test_cuda_batch_shifts_targets_inside_each_example():
     assert b["target_ids"].tolist() == [12, 13, 21, 22]
 
 
+def test_batch_from_device_matches_cuda_batch():
+    from lorastudio.train.gpu import batch_from_device, cuda_batch
+
+    ids = torch.tensor([[10, 11, 12, 13, 20, 21, 22]])
+    pos = torch.tensor([[0, 1, 2, 3, 0, 1, 2]])
+    lab = torch.tensor([[-100, -100, 12, 13, -100, 21, 22]])
+    a = cuda_batch(ids, pos, lab, device="cpu")
+    b = batch_from_device({"input_ids": ids, "position_ids": pos, "labels": lab, "lengths": [4, 3]})
+    for key in ("cu_seq_lens", "target_index", "target_ids"):
+        assert a[key].tolist() == b[key].tolist(), key
+    assert a["max_length"] == b["max_length"] and a["num_targets"] == b["num_targets"] == 4
+
+
 def _tiny_peft_model(r=4, dtype=None):
     transformers = pytest.importorskip("transformers")
     peft = pytest.importorskip("peft")

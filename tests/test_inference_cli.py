@@ -119,3 +119,12 @@ def test_side_by_side_aligns_wide_characters():
     lines = table.splitlines()
     bar = [display_width(line.split("│")[0]) for line in lines if "│" in line]
     assert len(set(bar)) == 1  # the column separator is at the same display column on every line
+
+
+def test_generate_unknown_base_exits_2(tmp_path, capsys):
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"question": "a"}\n')
+    code = main(["generate", "--base", str(tmp_path / "no-such-model"), "--input", str(src),
+                 "--output", str(tmp_path / "o.jsonl")])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot load base model" in err and "no-such-model" in err and "Traceback" not in err

@@ -111,6 +111,25 @@ def test_upload_size_limit(tmp_path):
         assert list(c.app.state.settings.files_dir.glob("*.part")) == []
 
 
+def test_chunked_upload_over_the_limit_is_cut_off(tmp_path):
+    """No Content-Length (chunked): the limit is enforced while the body streams in."""
+    boundary = "xyzBOUNDARY"
+
+    def body():
+        yield (f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nfine-tune\r\n'
+               f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.jsonl"\r\n'
+               "Content-Type: application/octet-stream\r\n\r\n").encode()
+        for _ in range(200):
+            yield b"x" * 1000
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    with TestClient(create_app(make_settings(tmp_path, max_upload_bytes=1000))) as c:
+        resp = c.post("/v1/files", content=body(), headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+        assert resp.request.headers.get("transfer-encoding") == "chunked"
+        assert_openai_error(resp, 413, "file_too_large", "file")
+        assert list(c.app.state.settings.files_dir.iterdir()) == []
+
+
 def test_bad_requests_are_openai_shaped(client):
     assert_openai_error(client.post("/v1/files", data={"purpose": "fine-tune"}), 400, "missing_required_parameter",
                         "file")
@@ -366,7 +385,13 @@ def test_file_without_usable_rows_fails_validation_with_reasons(client):
 def test_studio_report_recommend_models(client):
     fid = upload(client).json()["id"]
     report = client.get(f"/studio/files/{fid}/report").json()
-    assert report["rows_ok"] == 12 and report["file"] == "seed.jsonl"
+    assert report["rows_ok"] == 12 and report["file"] == "seed.jsonl" and report["lang"] == "en"
+    bad = upload(client, b'{"instruction": "q", "response": ""}\n{"instruction": "q2", "response": "a"}\n').json()
+    en = client.get(f"/studio/files/{bad['id']}/report", headers={"Accept-Language": "en-US,en"}).json()
+    zh = client.get(f"/studio/files/{bad['id']}/report", headers={"Accept-Language": "zh-CN,zh;q=0.9"}).json()
+    assert en["lang"] == "en" and zh["lang"] == "zh"
+    assert [i["kind"] for i in en["issues"]] == [i["kind"] for i in zh["issues"]]
+    assert en["issues"][0]["hint"] != zh["issues"][0]["hint"]
     rec = client.post("/studio/recommend", json={"training_file": fid, "model": "tiny-random", "task": "qa"}).json()
     assert {"settings", "reasons", "estimate"} <= set(rec) and rec["settings"]["lora_r"] >= 1
     ids = [m["id"] for m in client.get("/studio/models").json()["data"]]
@@ -422,3 +447,98 @@ def test_running_job_resumes_after_a_crash(tmp_path, monkeypatch):
         argv = (Path(c.app.state.store.get_job(job["id"])["job_dir"]) / "argv.log").read_text().splitlines()
         assert "--resume" not in json.loads(argv[0]) and "--resume" in json.loads(argv[-1])
         assert c.get(f"/v1/files/{fid}").status_code == 200
+
+
+def test_graceful_shutdown_requeues_and_the_next_start_resumes(tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_STEPS", "1000")
+    monkeypatch.setenv("FAKE_STEP_S", "0.02")
+    with TestClient(create_app(make_settings(tmp_path))) as c:
+        fid = upload(c).json()["id"]
+        job = c.post("/v1/fine_tuning/jobs", json={"model": "tiny-random", "training_file": fid}).json()
+        wait_status(c, job["id"], ("running",))
+        deadline = time.monotonic() + 20
+        while not c.get(f"/v1/fine_tuning/jobs/{job['id']}/checkpoints").json()["data"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        pid = c.app.state.store.get_job(job["id"])["pid"]
+    # Leaving the client ran the lifespan shutdown: the trainer got SIGTERM and checkpointed.
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    monkeypatch.setenv("FAKE_STEPS", "20")
+    with TestClient(create_app(make_settings(tmp_path))) as c:
+        assert wait_status(c, job["id"], ("succeeded", "failed"))["status"] == "succeeded"
+        messages = [e["message"] for e in c.get(f"/v1/fine_tuning/jobs/{job['id']}/events",
+                                                  params={"limit": 1000}).json()["data"]]
+        assert any("shutting down" in m for m in messages)
+        assert any(m.startswith("Resuming training from the checkpoint") for m in messages)
+
+
+def test_sse_stream_follows_a_running_job(client, monkeypatch):
+    monkeypatch.setenv("FAKE_STEPS", "8")
+    monkeypatch.setenv("FAKE_STEP_S", "0.1")
+    fid = upload(client).json()["id"]
+    job = client.post("/v1/fine_tuning/jobs", json={"model": "tiny-random", "training_file": fid}).json()
+    seen = []
+    with client.stream("GET", f"/studio/jobs/{job['id']}/stream") as resp:
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        for line in resp.iter_lines():
+            if line.startswith("data: "):
+                seen.append(json.loads(line[6:]))
+    statuses = [e["status"] for e in seen if e["type"] == "status"]
+    # The first status is whatever the job had when the stream opened; running lasts ~0.8 s.
+    assert statuses[-1] == "succeeded" and "running" in statuses, statuses
+    assert [e["step"] for e in seen if e["type"] == "metrics"] == list(range(1, 9))
+    assert any(e["type"] == "checkpoint" for e in seen)
+    # A reconnect with Last-Event-ID gets only what came after.
+    last_seq = client.app.state.store.events_since(job["id"], 0)[-2]["seq"]
+    with client.stream("GET", f"/studio/jobs/{job['id']}/stream", headers={"Last-Event-ID": str(last_seq)}) as resp:
+        tail = [json.loads(ln[6:]) for ln in resp.iter_lines() if ln.startswith("data: ")]
+    assert len([e for e in tail if e["type"] != "status"]) == 1, tail
+
+
+def test_a_file_in_use_cannot_be_deleted(client, monkeypatch):
+    monkeypatch.setenv("FAKE_STEPS", "1000")
+    fid = upload(client).json()["id"]
+    job = client.post("/v1/fine_tuning/jobs", json={"model": "tiny-random", "training_file": fid}).json()
+    assert_openai_error(client.delete(f"/v1/files/{fid}"), 409, "file_in_use", "file_id")
+    client.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel")
+    assert client.delete(f"/v1/files/{fid}").json()["deleted"] is True
+
+
+def test_cancel_a_queued_job_never_starts_it(client, monkeypatch):
+    monkeypatch.setenv("FAKE_STEPS", "1000")
+    fid = upload(client).json()["id"]
+    first = client.post("/v1/fine_tuning/jobs", json={"model": "tiny-random", "training_file": fid}).json()
+    second = client.post("/v1/fine_tuning/jobs", json={"model": "tiny-random", "training_file": fid}).json()
+    wait_status(client, first["id"], ("running",))
+    wait_status(client, second["id"], ("queued",))
+    assert client.post(f"/v1/fine_tuning/jobs/{second['id']}/cancel").json()["status"] == "cancelled"
+    client.post(f"/v1/fine_tuning/jobs/{first['id']}/cancel")
+    time.sleep(1.0)
+    job_dir = Path(client.app.state.store.get_job(second["id"])["job_dir"])
+    assert not (job_dir / "argv.log").exists()  # the trainer never ran for it
+    assert client.get(f"/v1/fine_tuning/jobs/{second['id']}").json()["status"] == "cancelled"
+
+
+class _SlowEngine(FakeEngine):
+    def complete(self, *args, **kw):
+        time.sleep(2.0)
+        return super().complete(*args, **kw)
+
+
+def test_generation_does_not_block_the_server(tmp_path):
+    import threading
+
+    with TestClient(create_app(make_settings(tmp_path, engine_factory=_SlowEngine))) as c:
+        c.post("/v1/chat/completions", json={"model": "tiny-random", "messages": [{"role": "user", "content": "warm"}]})
+        result = {}
+        worker = threading.Thread(target=lambda: result.setdefault("r", c.post("/v1/chat/completions", json={
+            "model": "tiny-random", "messages": [{"role": "user", "content": "slow"}]})))
+        worker.start()
+        time.sleep(0.3)  # the slow request is now generating
+        t0 = time.monotonic()
+        assert c.get("/health").status_code == 200
+        assert c.get("/v1/models").status_code == 200
+        assert time.monotonic() - t0 < 1.0
+        worker.join()
+        assert result["r"].json()["choices"][0]["message"]["content"] == "tiny-random|base: slow"

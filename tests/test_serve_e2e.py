@@ -156,6 +156,9 @@ def test_openai_sdk_full_flow(tmp_path, seed_file):
         gguf = httpx.get(f"{server.url}/studio/jobs/{job.id}/download/gguf", timeout=300)
         assert gguf.status_code == 200, gguf.text
         assert gguf.content[:4] == b"GGUF"
+        merged = httpx.get(f"{server.url}/studio/jobs/{job.id}/download/merged", timeout=300)
+        assert merged.status_code == 200, merged.text
+        assert "config.json" in zipfile.ZipFile(io.BytesIO(merged.content)).namelist()
         compare = httpx.post(f"{server.url}/studio/compare", timeout=120, json={
             "fine_tuned_model": job.fine_tuned_model, "question": "云栈工单超时多久升级？", "max_tokens": 8}).json()
         assert compare["tuned_answer"] == reply.choices[0].message.content
@@ -191,7 +194,7 @@ def test_sigkill_of_the_server_group_then_resume(tmp_path, seed_file):
         client = server.client()
         uploaded = client.files.create(file=seed_file.open("rb"), purpose="fine-tune")
         job = client.fine_tuning.jobs.create(model="tiny-random", training_file=uploaded.id, hyperparameters={
-            "n_epochs": 1, "max_steps": 40, "save_every": 5, "lora_r": 4, **NO_EXTRAS})
+            "n_epochs": 1, "max_steps": 16, "save_every": 3, "lora_r": 4, **NO_EXTRAS})
         deadline = time.monotonic() + 180
         while not client.fine_tuning.jobs.checkpoints.list(job.id).data:
             assert time.monotonic() < deadline, server.logs()
@@ -221,7 +224,7 @@ def test_sigkill_of_the_server_group_then_resume(tmp_path, seed_file):
         assert any(m.startswith("Training resumed from the checkpoint") for m in messages), messages
         assert client.files.retrieve(uploaded.id).filename == "seed.jsonl"
         steps = [e.data["step"] for e in events if e.type == "metrics" and "train_loss" in (e.data or {})]
-        assert max(steps) == 40
+        assert max(steps) == 16
         reply = client.chat.completions.create(model=done.fine_tuned_model, max_tokens=4,
                                                messages=[{"role": "user", "content": "hi"}])
         assert reply.choices[0].message.content is not None
@@ -251,6 +254,31 @@ def test_live_bad_requests(tmp_path):
                           headers={"Authorization": "Bearer k-123", "Content-Type": "application/json"})
         assert resp.status_code == 400 and resp.json()["error"]["code"] == "invalid_json"
         assert httpx.get(server.url + "/docs").status_code == 200
+        second = subprocess.run([sys.executable, "-m", "lorastudio", "serve", "--port", str(_free_port()),
+                                 "--data-dir", str(tmp_path / "data")], capture_output=True, text=True, timeout=60)
+        assert second.returncode == 2 and "already used by another lorastudio server" in second.stderr
         assert "k-123" not in server.logs()
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
+def test_chat_with_the_real_default_model(tmp_path):
+    """The embedded 0.5B model behind the OpenAI API (loads ~1 GB; minutes on a small CPU)."""
+    server = Server(tmp_path / "data")
+    try:
+        client = server.client()
+        t0 = time.monotonic()
+        reply = client.chat.completions.create(model="default", max_tokens=32, messages=[
+            {"role": "user", "content": "用一句话介绍你自己。"}])
+        first_s = time.monotonic() - t0
+        assert reply.choices[0].message.content.strip()
+        t0 = time.monotonic()
+        streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
+            model="default", max_tokens=32, stream=True, messages=[{"role": "user", "content": "用一句话介绍你自己。"}])
+            if c.choices)
+        warm_s = time.monotonic() - t0
+        assert streamed == reply.choices[0].message.content
+        print(f"default model: first request {first_s:.1f}s (incl. load), warm 32-token stream {warm_s:.1f}s")
     finally:
         server.stop()

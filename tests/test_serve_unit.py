@@ -142,3 +142,17 @@ def test_helpers(tmp_path):
     (tmp_path / "checkpoints" / "step-junk").mkdir()
     assert latest_checkpoint(tmp_path)[0] == 50
     assert latest_checkpoint(tmp_path / "none") is None
+
+
+def test_one_server_per_data_dir(tmp_path):
+    from lorastudio.serve.app import lock_data_dir
+
+    first = lock_data_dir(tmp_path / "d")
+    with pytest.raises(SettingsError, match="already used by another lorastudio server"):
+        lock_data_dir(tmp_path / "d")
+    first.close()  # what the kernel does when the holder dies, even by SIGKILL
+    lock_data_dir(tmp_path / "d").close()
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(SettingsError, match="cannot use"):
+        lock_data_dir(blocker / "sub")

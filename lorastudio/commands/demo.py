@@ -29,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help="training file instead of the bundled demo data")
     parser.add_argument("--questions", help="question file instead of the bundled demo questions")
     parser.add_argument("--max-new-tokens", type=int, default=None)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a recommended training setting (repeatable), e.g. --set num_epochs=3")
 
 
 def _assets():
@@ -82,6 +84,10 @@ def run(args: argparse.Namespace) -> int:
         cfg = TrainConfig(**{**settings, "data": str(data), "base": base, "output_dir": args.output})
     except (ConfigError, TypeError) as exc:
         return fail(f"recommended settings were rejected: {exc}", 1)
+    try:
+        cfg = cfg.with_overrides(args.set) if args.set else cfg
+    except ConfigError as exc:
+        return fail(str(exc))
     est = rec.estimate or {}
     say(f"2/3 training {base} (LoRA r={cfg.lora_r}, lr={cfg.learning_rate:g}, "
         f"{'max ' + str(cfg.max_steps) + ' steps' if cfg.max_steps else f'{cfg.num_epochs:g} epochs'}; "

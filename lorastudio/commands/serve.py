@@ -44,12 +44,24 @@ def run(args: argparse.Namespace) -> int:
     import logging
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from lorastudio.serve.app import lock_data_dir
+
+    try:
+        # Fail with one clear line now rather than a traceback from inside uvicorn's start-up.
+        probe = lock_data_dir(settings.data_dir)
+    except SettingsError as exc:
+        print(f"lorastudio serve: {exc}", file=sys.stderr)
+        return 2
+    if probe is not None:
+        probe.close()
     app = create_app(settings)
     auth = "API key required" if settings.api_key else "no API key (loopback only)"
     print(f"LoRA Studio on http://{settings.host}:{settings.port}/  (API: /v1, docs: /docs, {auth}, "
           f"data: {settings.data_dir})", file=sys.stderr, flush=True)
     try:
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level)
+        # A bounded graceful shutdown: open SSE streams must not keep Ctrl-C waiting forever.
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level,
+                    timeout_graceful_shutdown=5)
     except OSError as exc:
         print(f"lorastudio serve: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}",
               file=sys.stderr)

@@ -111,9 +111,9 @@ def _duration(seconds: float | None) -> str:
 class _Progress:
     """A one-line progress bar on a TTY; on a pipe, stage lines and a metrics line every ~5 %."""
 
-    def __init__(self, stream=sys.stderr):
-        self.stream = stream
-        self.tty = stream.isatty()
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
         self.last_percent = -100.0
         self.bar_open = False
 
@@ -186,6 +186,9 @@ def run(args: argparse.Namespace) -> int:
         return _fail(f"{type(error).__name__}: {error}")
 
     progress = None if args.quiet else _Progress()
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own progress line is the one to read
     try:
         result = train(cfg, on_event=progress, resume=args.resume)
     except TrainingInterrupted as stop:

@@ -118,6 +118,20 @@ def pick_dtype(dtype: Any = None, device: str = "cpu"):
     return names[dtype]
 
 
+def load_tokenizer(model_id: str, *, trust_remote_code: bool = False):
+    """Just the tokenizer (with its chat template): seconds, no weights read."""
+    from transformers import AutoTokenizer
+
+    path = resolve_model(model_id)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as error:
+        raise ModelError(f"{model_id}: could not load its tokenizer from {path} ({error})") from error
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def load_model(model_id: str, dtype: Any = None, device: str | None = None, *,
                trust_remote_code: bool = False, attn_implementation: str | None = None):
     """(model, tokenizer) for any model id, in eval mode, on ``device`` (auto: CUDA if present)."""

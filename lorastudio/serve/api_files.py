@@ -100,7 +100,13 @@ def get_file(request: Request, file_id: str) -> dict:
 @router.delete("/{file_id}", summary="Delete a file (jobs that already used it keep their results)")
 def delete_file(request: Request, file_id: str) -> dict:
     record = get_file_or_404(request, file_id)
-    request.app.state.store.delete_file(file_id)
+    store = request.app.state.store
+    users = [j["id"] for j in store.jobs_with_status("validating_files", "queued", "running")
+             if file_id in (j["training_file"], j.get("validation_file"))]
+    if users:
+        raise APIError(409, f"File '{file_id}' is used by unfinished job(s) {', '.join(users)}; cancel them or "
+                       "wait for them to finish before deleting it.", param="file_id", code="file_in_use")
+    store.delete_file(file_id)
     for path in (Path(record["path"]), *Path(record["path"]).parent.glob(f"{file_id}.*")):
         if path.name.startswith(file_id):
             path.unlink(missing_ok=True)

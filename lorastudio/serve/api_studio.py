@@ -48,22 +48,29 @@ def _validate(record: dict) -> Any:
                        code="unusable_file") from None
 
 
-def _report(record: dict) -> dict:
-    """The validation report, computed once per file and cached beside it."""
-    cache = Path(record["path"]).with_name(f"{record['id']}.report.json")
+def _report(record: dict, lang: str) -> dict:
+    """The validation report in `lang`, computed once per file and language, cached beside it."""
+    cache = Path(record["path"]).with_name(f"{record['id']}.report.{lang}.json")
     if cache.exists():
         return json.loads(cache.read_text(encoding="utf-8"))
-    report = _validate(record).to_dict()
+    report = _validate(record).to_dict(lang)
     report["file"] = record["filename"]  # the client's name, not our storage path
     report["file_id"] = record["id"]
+    report["lang"] = lang
     cache.write_text(json.dumps(report, ensure_ascii=False), encoding="utf-8")
     return report
 
 
-@router.get("/files/{file_id}/report", summary="Validation report of an uploaded file")
+def request_lang(request: Request) -> str:
+    """`zh` when the client's first Accept-Language choice is Chinese, else `en`."""
+    first = request.headers.get("accept-language", "").split(",")[0].strip().lower()
+    return "zh" if first.startswith("zh") else "en"
+
+
+@router.get("/files/{file_id}/report", summary="Validation report of an uploaded file (Accept-Language: zh|en)")
 async def file_report(request: Request, file_id: str) -> dict:
     record = get_file_or_404(request, file_id)
-    return await run_in_threadpool(_report, record)
+    return await run_in_threadpool(_report, record, request_lang(request))
 
 
 @router.get("/files/{file_id}/rejected", summary="Rejected rows with their reasons (CSV)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import os
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -19,7 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lorastudio import __version__
 from lorastudio.serve.errors import APIError, error_body, install_error_handlers
-from lorastudio.serve.settings import Settings
+from lorastudio.serve.settings import Settings, SettingsError
 from lorastudio.serve.store import SQLiteStore
 
 log = logging.getLogger("lorastudio.serve")
@@ -98,6 +99,36 @@ class GuardMiddleware:
         await self.app(scope, receive, send)
 
 
+def lock_data_dir(data_dir: Path):
+    """One server (one job worker) per data directory: two would run the same queue twice.
+
+    An advisory lock that the kernel drops when the process dies, even by SIGKILL, so a crash never
+    leaves a stale lock behind.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, documented
+        return None
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        handle = (data_dir / "server.lock").open("a+")
+    except OSError as exc:
+        raise SettingsError(f"cannot use {data_dir} as the data directory: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise SettingsError(f"{data_dir} is already used by another lorastudio server ({holder}); stop it or "
+                            "choose another --data-dir") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}")
+    handle.flush()
+    return handle
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     from lorastudio.serve.engines import EnginePool
     from lorastudio.serve.worker import JobWorker
@@ -111,6 +142,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        lock = lock_data_dir(settings.data_dir) if settings.start_worker else None
         if settings.start_worker:
             worker.start()
         try:
@@ -119,6 +151,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if settings.start_worker:
                 worker.stop()
             store.close()
+            if lock is not None:
+                lock.close()
 
     app = FastAPI(title="LoRA Studio", version=__version__, lifespan=lifespan,
                   description="OpenAI-compatible fine-tuning and chat under /v1; studio endpoints under /studio.")

@@ -216,7 +216,12 @@ class JobWorker:
         for job in self.store.jobs_with_status("validating_files"):
             if self._stop.is_set():
                 return
-            self._validate(job)
+            try:
+                self._validate(job)
+            except Exception as exc:  # a bug must fail this one job, not retry it forever
+                log.exception("validating job %s failed", job["id"])
+                self._fail(job["id"], f"internal error while validating the files ({type(exc).__name__}: {exc}); "
+                           "see the server log", code="internal_error", only_if=("validating_files",))
         with self._lock:
             runs = list(self._running.items())
         for slot, run in runs:
@@ -231,7 +236,12 @@ class JobWorker:
             queued = self.store.jobs_with_status("queued")
             if not queued:
                 break
-            self._launch(slot, queued[0])
+            try:
+                self._launch(slot, queued[0])
+            except Exception as exc:
+                log.exception("starting job %s failed", queued[0]["id"])
+                self._fail(queued[0]["id"], f"could not start the trainer ({type(exc).__name__}: {exc})",
+                           code="training_failed", only_if=("queued",))
 
     # --- events --------------------------------------------------------------------------------
     def message_event(self, job_id: str, message: str, *, level: str = "info", data: dict | None = None,
@@ -362,6 +372,7 @@ class JobWorker:
         if events.exists() and events.stat().st_size > 0:
             self._pump(job["id"])
             events.rename(job_dir / f"events.attempt-{job['attempts']}.jsonl")
+        self.store.update_job(job["id"], events_offset=0)
         ckpt = latest_checkpoint(job_dir) if job["resume"] else None
         cmd = [*self.settings.trainer_command, training["path"], "--base", job["model"],
                "--output", str(job_dir), "--config", str(config)]
@@ -377,9 +388,6 @@ class JobWorker:
         device = self.settings.devices[slot]
         if device.isdigit():
             env["CUDA_VISIBLE_DEVICES"] = device
-        if not self.store.update_job(job["id"], only_if_status=("queued",), status="running",
-                                     attempts=job["attempts"] + 1, events_offset=0):
-            return  # cancelled in the meantime
         log_file = (job_dir / "train.log").open("ab")
         try:
             # A new session (process group) so cancel can signal the trainer and its children, and
@@ -388,11 +396,15 @@ class JobWorker:
                                        cwd=str(job_dir), env=env, start_new_session=True)
         except OSError as exc:
             log_file.close()
-            self._fail(job["id"], f"could not start the trainer: {exc}", code="training_failed")
+            self._fail(job["id"], f"could not start the trainer: {exc}", code="training_failed", only_if=("queued",))
             return
-        self.store.update_job(job["id"], pid=process.pid)
         with self._lock:
             self._running[slot] = _Running(job["id"], job_dir, process, slot, log_file)
+        # Status and pid together: whoever sees `running` can also find the process. If the job was
+        # cancelled meanwhile, the update does nothing and the next tick stops the trainer.
+        if not self.store.update_job(job["id"], only_if_status=("queued",), status="running", pid=process.pid,
+                                     attempts=job["attempts"] + 1):
+            return
         if ckpt:
             self.message_event(job["id"], f"Resuming training from the checkpoint at step {ckpt[0]}.",
                                data={"resumed_from_step": ckpt[0]})

@@ -31,6 +31,7 @@ import os
 import sys
 import types
 from dataclasses import asdict, dataclass
+from itertools import accumulate
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # torch stays an optional import for the pure parts (autofit)
@@ -98,11 +99,12 @@ class ModelShape:
         names = list(io) if targets == "all-linear" else [t for t in targets if t in io]
         return self.num_layers * sum(r * (io[n][0] + io[n][1]) for n in names)
 
-    def activation_bytes_per_token(self) -> int:
-        """Bytes kept for backward per token and layer on the fast path (bf16, fused norms/SwiGLU):
-        norm inputs and outputs, q/k/v/attention output, gate/up/product of the MLP."""
+    def activation_bytes_per_token(self, fused: bool = True) -> int:
+        """Bytes kept for backward per token and layer on the fast path (bf16): norm inputs and outputs,
+        q/k/v/attention output, gate/up/product of the MLP. Eager (uncompiled) RMSNorm and SwiGLU also
+        keep fp32 copies of the norm inputs and the SiLU output."""
         h, i, kv = self.hidden_size, self.intermediate_size, self.kv_dim
-        return 2 * (5 * h + 2 * kv + 3 * i) + 64
+        return 2 * (5 * h + 2 * kv + 3 * i) + 64 + (0 if fused else 16 * h + 2 * i)
 
     def layer_workspace_bytes_per_token(self) -> int:
         """Transient bytes per token while one layer runs backward (gradients of the MLP's wide
@@ -147,6 +149,7 @@ def autofit(
     max_length: int = 1024,
     min_fast_tokens: int = 4096,
     bitsandbytes_available: bool = False,
+    fused_elementwise: bool = True,
     headroom_bytes: int = int(1.5 * GIB),
 ) -> FitPlan:
     """Choose gradient checkpointing and micro-batch tokens so training fits `free_bytes` of GPU memory.
@@ -163,7 +166,8 @@ def autofit(
     lora = shape.lora_params(lora_r, lora_targets)
     lora_bytes = lora * 16  # fp32 weight + grad + two Adam moments
     usable = free_bytes * 0.92 - headroom_bytes
-    per_tok_full = shape.num_layers * shape.activation_bytes_per_token() * 1.1
+    layer_act = shape.activation_bytes_per_token(fused_elementwise)
+    per_tok_full = shape.num_layers * layer_act * 1.1
     per_tok_ckpt = shape.num_layers * 2 * shape.hidden_size
     work = shape.layer_workspace_bytes_per_token()
     ce_budget = min(2 * GIB, max(0.05 * usable, 256 * shape.vocab_size * 10))
@@ -171,7 +175,7 @@ def autofit(
     ce_bytes = chunk * shape.vocab_size * 10
 
     def peak(weights: float, tokens: int, ckpt: bool) -> float:
-        act = tokens * (per_tok_ckpt + shape.activation_bytes_per_token() if ckpt else per_tok_full)
+        act = tokens * (per_tok_ckpt + layer_act if ckpt else per_tok_full)
         return weights + lora_bytes + act + tokens * work + ce_bytes + tokens * 64
 
     def plan(weights: float, quant: bool) -> FitPlan | None:
@@ -185,7 +189,7 @@ def autofit(
             why = (f"no gradient checkpointing: {full_tokens} tokens per micro-batch fit "
                    f"{free_bytes / GIB:.1f} GiB free")
         else:
-            per_tok = per_tok_ckpt + shape.activation_bytes_per_token() + work + 64
+            per_tok = per_tok_ckpt + layer_act + work + 64
             tokens = min(pack_tokens, _round_down(left / per_tok))
             if tokens < max_length:
                 return None
@@ -626,6 +630,10 @@ def packed_lm_loss(model: Any, batch: dict[str, Any], *, reduction: str = "mean"
     # example boundaries from position_ids
     kwargs = {"cu_seq_lens_q": batch["cu_seq_lens"], "cu_seq_lens_k": batch["cu_seq_lens"],
               "max_length_q": batch["max_length"], "max_length_k": batch["max_length"]}
+    if fp is not None and fp.attention == "varlen":
+        # a precomputed (empty) mask mapping: transformers then builds no mask at all (no L×L tensor,
+        # no device sync to detect packed sequences)
+        kwargs["attention_mask"] = {"full_attention": None, "sliding_attention": None}
     out = backbone(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False,
                    **kwargs)
     hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
@@ -679,3 +687,98 @@ def free_gpu_bytes(device: int | None = None) -> int:
 
     free, _total = torch.cuda.mem_get_info(device)
     return int(free)
+
+
+# ------------------------------------------------------------------------------------------------
+# The trainer's hook (lorastudio.train.trainer.device_setup calls `customize` on CUDA)
+# ------------------------------------------------------------------------------------------------
+COMPILE_MIN_PARAMS = 1_000_000_000
+"""Compile the fused kernels only for models this big: compiling costs 20–60 s once, which small
+models on small data sets (a whole run in under a minute) never win back. LORASTUDIO_COMPILE=0/1
+overrides."""
+
+
+def batch_from_device(batch: dict[str, Any]) -> dict[str, Any]:
+    """`packed_lm_loss` inputs from the trainer's packed batch (already on the GPU: input_ids, labels,
+    position_ids of shape (1, T), plus `lengths`, a list of example lengths)."""
+    import torch
+
+    ids, pos, lab = batch["input_ids"], batch["position_ids"], batch["labels"].reshape(-1)
+    lengths = batch.get("lengths") or []
+    if sum(lengths) != ids.shape[-1]:
+        lengths = [ids.shape[-1]]
+    cu = torch.tensor([0, *accumulate(lengths)], dtype=torch.int32).to(ids.device, non_blocking=True)
+    flat_pos = pos.reshape(-1)
+    shifted = torch.full_like(lab, -100)
+    shifted[:-1] = torch.where(flat_pos[1:] == 0, torch.full_like(lab[1:], -100), lab[1:])
+    index = (shifted != -100).nonzero().flatten()  # one device sync per micro-batch
+    return {"input_ids": ids, "position_ids": pos, "cu_seq_lens": cu, "max_length": max(lengths),
+            "target_index": index, "target_ids": shifted.index_select(0, index), "num_targets": int(index.numel()),
+            "num_tokens": int(ids.shape[-1])}
+
+
+def _want_compile(shape: ModelShape | None) -> bool:
+    env = os.environ.get("LORASTUDIO_COMPILE")
+    if env in ("0", "1"):
+        return env == "1"
+    return shape is not None and shape.n_params >= COMPILE_MIN_PARAMS
+
+
+def customize(cfg: Any, setup: Any) -> Any:
+    """Turn the trainer's default CUDA setup into the fast path (the `DeviceSetup` hook).
+
+    - memory auto-fit from the model's config and the free GPU memory: gradient checkpointing (when
+      `gradient_checkpointing: auto`), and a smaller micro-batch with more accumulation if the asked
+      `batch_tokens` would not fit (tokens per optimizer step unchanged); the reason goes to notes;
+    - the loss: `packed_lm_loss` (varlen attention, fused LoRA linears, chunked CE), switched on at the
+      first call, when the model is already PEFT-wrapped;
+    - bf16 weights without autocast (the fused functions cast the fp32 LoRA masters themselves).
+    """
+    import torch
+
+    notes = list(getattr(setup, "notes", []))
+    shape = None
+    try:
+        from transformers import AutoConfig
+
+        from lorastudio.models import resolve_model
+
+        shape = ModelShape.from_config(AutoConfig.from_pretrained(resolve_model(cfg.base)))
+    except Exception as err:  # the loader reports a bad model itself; keep the defaults here
+        notes.append(f"auto-fit skipped: could not read the model config ({type(err).__name__})")
+    compile_kernels = _want_compile(shape)
+    ce_chunk = 2048
+    if shape is not None:
+        try:
+            plan = autofit(shape, lora_r=cfg.lora_r, lora_targets=cfg.target_modules, pack_tokens=cfg.batch_tokens,
+                           free_bytes=free_gpu_bytes(), max_length=cfg.max_length,
+                           bitsandbytes_available=bitsandbytes_available(), fused_elementwise=compile_kernels)
+        except MemoryError as err:
+            notes.append(f"auto-fit: {err}")
+        else:
+            ce_chunk = plan.ce_chunk_tokens
+            if cfg.gradient_checkpointing == "auto":
+                setup.gradient_checkpointing = plan.gradient_checkpointing
+            if plan.micro_batch_tokens < cfg.batch_tokens:
+                cfg.batch_tokens = plan.micro_batch_tokens
+                cfg.gradient_accumulation *= plan.gradient_accumulation
+            if plan.quantize_4bit:
+                notes.append("QLoRA recommended (bitsandbytes is installed): load the base with "
+                             "lorastudio.train.gpu.qlora_quantization_config()")
+            notes.append(f"auto-fit: {plan.reason}")
+            cfg.extra = {**getattr(cfg, "extra", {}), "gpu_plan": plan.to_dict()}
+    if setup.dtype == torch.bfloat16:
+        setup.autocast = False
+
+    def loss_fn(model: Any, batch: dict[str, Any]) -> tuple[Any, int]:
+        if getattr(model, "_lorastudio_fast_path", None) is None:
+            fp = enable_fast_path(model, compile=compile_kernels, ce_chunk=ce_chunk)
+            log.info("CUDA fast path: %s", fp.to_dict())
+        b = batch_from_device(batch)
+        return packed_lm_loss(model, b, reduction="sum"), b["num_targets"]
+
+    setup.loss_fn = loss_fn
+    notes.append(f"CUDA fast path: varlen attention, fused LoRA, chunked CE"
+                 f"{', compiled norms/SwiGLU/rotary' if compile_kernels else ''}")
+    setup.notes = notes
+    return setup

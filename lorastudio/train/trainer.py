@@ -369,15 +369,14 @@ class _Run:
     def _prepare(self) -> None:
         import torch
 
-        from lorastudio.models import load_model, resolve_model
+        from lorastudio.models import load_model, load_tokenizer, resolve_model
 
         cfg = self.cfg
         self.setup = device_setup(cfg)
-        self.log.stage("prepare", f"loading {cfg.base} on {self.setup.device} ({str(self.setup.dtype).split('.')[-1]})")
+        self.log.stage("prepare", f"reading {cfg.data or 'the given conversations'} and {cfg.base}")
         self.model_dir = resolve_model(cfg.base)
-        model, tokenizer = load_model(self.model_dir, dtype=self.setup.dtype, device=self.setup.device,
-                                      attn_implementation=self.setup.attn_implementation)
-        self.tokenizer = tokenizer
+        # Data first (needs only the tokenizer): bad data fails in seconds, not after a model load.
+        tokenizer = self.tokenizer = load_tokenizer(self.model_dir)
         if self.given_train is not None:
             train_convs = list(self.given_train)
             self.data_report = {"file": cfg.data or None, "rows_ok": len(train_convs), "source": "in-memory"}
@@ -392,6 +391,10 @@ class _Run:
             self.data_report["validation"] = val_report
         else:
             train_convs, val_convs = _split(train_convs, cfg)
+        self.log.stage("prepare", f"loading {cfg.base} on {self.setup.device} "
+                                  f"({str(self.setup.dtype).split('.')[-1]})")
+        model, _ = load_model(self.model_dir, dtype=self.setup.dtype, device=self.setup.device,
+                              attn_implementation=self.setup.attn_implementation)
         train_convs = self._augment(train_convs, model, tokenizer)
         self.train_convs, self.val_convs = train_convs, val_convs
 

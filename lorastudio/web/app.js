@@ -62,6 +62,7 @@ function stored(key) {
 
 function errorText(err) {
   if (err instanceof ApiError && err.status === 0) return t("error.offline");
+  if (err instanceof ApiError && err.status === 401) return t("error.api_key");
   return t("error.server", { message: err.message || String(err) });
 }
 
@@ -204,9 +205,14 @@ function issueKind(issue) {
   return tOr(`kind.${issue.kind}`, String(issue.kind || "").replaceAll("_", " "));
 }
 
-// The service writes hints in English with specifics (e.g. the repaired text); in Chinese, our own line.
+// The service's hints carry specifics (e.g. the repaired text): shown when they are in the page's
+// language (a report says which with "lang", English when absent); otherwise our own line per kind.
+function reportSpeaksUiLang() {
+  return (state.report?.lang || "en") === lang();
+}
+
 function issueHint(issue) {
-  if (lang() === "en" && issue.hint) return issue.hint;
+  if (reportSpeaksUiLang() && issue.hint) return issue.hint;
   return tOr(`hint.${issue.kind}`, issue.hint || "");
 }
 
@@ -268,7 +274,7 @@ function renderReport() {
       cell(t("data.col_field"), issues.map((i) => fieldName(i.field))),
       cell(t("data.col_message"), issues.map((i) => i.message || ""), "data"),
       // In English the service's own hints are shown (they may quote the row's text): data, not UI.
-      cell(t("data.col_hint"), issues.map(issueHint), lang() === "en" ? "hint data" : "hint"));
+      cell(t("data.col_hint"), issues.map(issueHint), reportSpeaksUiLang() ? "hint data" : "hint"));
     body.append(tr);
   }
 }
@@ -321,7 +327,8 @@ function renderModelInfo() {
     info.textContent = "";
     return;
   }
-  const parts = [tOr(`model.${m.id}.description`, m.description || "")];
+  // Sentences joined with " · ": drop each one's final full stop.
+  const parts = [tOr(`model.${m.id}.description`, m.description || "").replace(/[。.]\s*$/, "")];
   if (m.disk_gb !== undefined && m.disk_gb !== null) parts.push(t("model.disk", { gb: formatNumber(m.disk_gb, 2) }));
   if (m.min_memory_gb !== undefined && m.min_memory_gb !== null) parts.push(t("model.memory", { gb: formatNumber(m.min_memory_gb, 1) }));
   if (m.smoke_test) parts.push(t("model.smoke_warning"));
@@ -906,7 +913,13 @@ async function copySnippet() {
 // ---------------------------------------------------------------------------------------------
 // boot
 
+let reportLang = null;
 function rerenderAll() {
+  // A service that localises its report (Accept-Language) is asked again in the new language.
+  if (state.file && state.report && reportLang !== lang() && state.report.lang) {
+    api.report(state.file.id).then((report) => { state.report = report; renderReport(); }).catch(() => {});
+  }
+  reportLang = lang();
   renderModels();
   renderReport();
   renderRecommendation();
