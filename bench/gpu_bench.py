@@ -437,8 +437,10 @@ def job_ls(a) -> dict:
         tokens = int(distributed.allreduce_sum(tokens))
     result["fast_path"] = model._lorastudio_fast_path.to_dict()
     finish(result, a.model, tokens, secs)
-    if a.ddp:
+    if a.ddp:  # MFU per GPU (the 790 TFLOP/s yardstick is one GPU's)
         result["per_gpu_tokens_per_s"] = result["tokens_per_s"] / world
+        result["mfu_790"] /= world
+        result["mfu_989"] /= world
         distributed.cleanup()
         if rank != 0:
             result["_skip_write"] = True

@@ -225,3 +225,17 @@ def test_adapter_training_system_prompt_is_used_like_in_training(tiny, tmp_path)
     own = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": q}]
     assert eng.generate(own, adapter=adapter, max_new_tokens=10) == eng.generate(own, adapter=tiny["a"],
                                                                                  max_new_tokens=10)
+
+
+def test_unloading_the_last_adapter_restores_the_plain_base(tiny):
+    from peft import PeftModel
+
+    eng = ChatEngine(str(tiny["base"]), max_adapters=1)
+    q = QUESTIONS[1]
+    base = eng.generate(q, max_new_tokens=8)
+    tuned = eng.generate(q, adapter=tiny["a"], max_new_tokens=8)
+    assert eng.unload_adapter(tiny["a"]) is True
+    assert not isinstance(eng.model, PeftModel) and eng.loaded_adapters() == []
+    assert eng.generate(q, max_new_tokens=8) == base
+    assert eng.generate(q, adapter=tiny["a"], max_new_tokens=8) == tuned  # loads again
+    assert eng.unload_adapter(tiny["b"]) is False

@@ -542,3 +542,54 @@ def test_generation_does_not_block_the_server(tmp_path):
         assert time.monotonic() - t0 < 1.0
         worker.join()
         assert result["r"].json()["choices"][0]["message"]["content"] == "tiny-random|base: slow"
+
+
+def test_stop_sequences_plain_and_streamed(client):
+    msg = [{"role": "user", "content": "one two three"}]
+    plain = client.post("/v1/chat/completions", json={"model": "tiny-random", "messages": msg, "stop": [" tw", "zz"]})
+    choice = plain.json()["choices"][0]
+    assert choice["message"]["content"] == "tiny-random|base: one" and choice["finish_reason"] == "stop"
+    with client.stream("POST", "/v1/chat/completions", json={"model": "tiny-random", "messages": msg,
+                                                             "stream": True, "stop": "o thr"}) as resp:
+        chunks = [json.loads(ln[6:]) for ln in resp.iter_lines() if ln.startswith("data: {")]
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+    assert text == "tiny-random|base: one tw" and chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    assert_openai_error(client.post("/v1/chat/completions", json={"model": "tiny-random", "messages": msg,
+                                                                  "stop": ["a", "b", "c", "d", "e"]}), 400,
+                        "invalid_value", "stop")
+
+
+def test_pause_and_resume_with_the_sdk(client, monkeypatch):
+    """The SDK's pause/resume verbs: the trainer checkpoints, the device is freed, resume continues."""
+    openai = pytest.importorskip("openai")
+    monkeypatch.setenv("FAKE_STEPS", "1000")
+    monkeypatch.setenv("FAKE_STEP_S", "0.02")
+    sdk = openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=client, max_retries=0)
+    fid = sdk.files.create(file=("seed.jsonl", seed_jsonl()), purpose="fine-tune").id
+    job = sdk.fine_tuning.jobs.create(model="tiny-random", training_file=fid)
+    wait_status(client, job.id, ("running",))
+    deadline = time.monotonic() + 20
+    while not sdk.fine_tuning.jobs.checkpoints.list(job.id).data:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    pid = client.app.state.store.get_job(job.id)["pid"]
+    assert sdk.fine_tuning.jobs.pause(job.id).status == "paused"
+    deadline = time.monotonic() + 20
+    while not any(e.message.startswith("Training paused") for e in sdk.fine_tuning.jobs.list_events(job.id).data):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert sdk.fine_tuning.jobs.retrieve(job.id).status == "paused"
+    monkeypatch.setenv("FAKE_STEPS", "30")
+    assert sdk.fine_tuning.jobs.resume(job.id).status == "queued"
+    done = wait_status(client, job.id, ("succeeded", "failed"))
+    assert done["status"] == "succeeded"
+    argv = (Path(client.app.state.store.get_job(job.id)["job_dir"]) / "argv.log").read_text().splitlines()
+    assert "--resume" in json.loads(argv[-1])
+    with pytest.raises(openai.ConflictError):
+        sdk.fine_tuning.jobs.resume(job.id)
+    with pytest.raises(openai.ConflictError):
+        sdk.fine_tuning.jobs.pause(job.id)
+    with pytest.raises(openai.NotFoundError):
+        sdk.fine_tuning.jobs.pause("ftjob-nope")

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lorastudio.serve.settings import Settings, SettingsError
 from lorastudio.serve.store import SQLiteStore
@@ -156,3 +158,29 @@ def test_one_server_per_data_dir(tmp_path):
     blocker.write_text("")
     with pytest.raises(SettingsError, match="cannot use"):
         lock_data_dir(blocker / "sub")
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(alphabet="ab\n", max_size=40), cuts=st.lists(st.integers(0, 40), max_size=8),
+       stops=st.lists(st.text(alphabet="ab\n", min_size=1, max_size=4), min_size=1, max_size=4))
+def test_stop_filter_cuts_at_the_first_stop_sequence(text, cuts, stops):
+    from lorastudio.serve.api_chat import StopFilter
+
+    bounds = sorted({min(c, len(text)) for c in cuts} | {0, len(text)})
+    pieces = [text[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    f = StopFilter(stops)
+    out = ""
+    for piece in pieces:
+        out += f.push(piece)
+        if f.hit:
+            break
+    out += f.flush()
+    # Reference: generation stops at the first piece after which the text so far contains a stop
+    # sequence, and is cut where the earliest such sequence starts.
+    expected, hit = text, False
+    for end in bounds[1:]:
+        starts = [i for i in (text[:end].find(x) for x in stops) if i >= 0]
+        if starts:
+            expected, hit = text[:min(starts)], True
+            break
+    assert out == expected and f.hit == hit

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import secrets
 import time
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -42,12 +44,66 @@ class ChatRequest(BaseModel):
 def _sampling(body: ChatRequest) -> dict[str, Any]:
     if body.n != 1:
         raise APIError(400, "Only n=1 is supported: one answer per request.", param="n", code="invalid_value")
-    if body.stop:
-        raise APIError(400, "'stop' sequences are not supported; the model stops at its end-of-turn token "
-                       "or at max_tokens.", param="stop", code="unsupported_parameter")
     max_tokens = body.max_completion_tokens or body.max_tokens or 256
     return {"max_new_tokens": min(max_tokens, MAX_NEW_TOKENS), "temperature": body.temperature or 0.0,
             "top_p": body.top_p if body.top_p is not None else 1.0, "seed": body.seed}
+
+
+def _stops(body: ChatRequest) -> list[str]:
+    stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    if len(stops) > 4 or any(not isinstance(x, str) or not x for x in stops):
+        raise APIError(400, "'stop' must be a non-empty string or a list of at most 4 non-empty strings.",
+                       param="stop", code="invalid_value")
+    return stops
+
+
+class StopFilter:
+    """Cuts generated text at the first stop sequence, across piece boundaries.
+
+    It holds back the last len(longest stop) - 1 characters, since they may be the start of a stop
+    sequence that the next piece completes; nothing after a stop sequence is ever released.
+    """
+
+    def __init__(self, stops: list[str]) -> None:
+        self.stops = stops
+        self.hold = max((len(x) for x in stops), default=1) - 1
+        self.buffer = ""
+        self.hit = False
+
+    def push(self, piece: str) -> str:
+        if self.hit:
+            return ""
+        self.buffer += piece
+        cuts = [i for i in (self.buffer.find(x) for x in self.stops) if i >= 0]
+        if cuts:
+            self.hit = True
+            out, self.buffer = self.buffer[:min(cuts)], ""
+            return out
+        keep = len(self.buffer) - self.hold if self.hold else len(self.buffer)
+        out, self.buffer = self.buffer[:max(keep, 0)], self.buffer[max(keep, 0):]
+        return out
+
+    def flush(self) -> str:
+        out, self.buffer = ("" if self.hit else self.buffer), ""
+        return out
+
+
+def _generate_with_stops(engine: Any, messages: list, adapter: str | None, sampling: dict,
+                         stops: list[str]) -> tuple[str, dict, bool]:
+    stats: dict[str, Any] = {}
+    cut = StopFilter(stops)
+    pieces = engine.stream(messages, adapter, **sampling, stats=stats)
+    text = ""
+    try:
+        for piece in pieces:
+            text += cut.push(piece)
+            if cut.hit:
+                break  # closing the stream stops generation at the next token
+    finally:
+        close = getattr(pieces, "close", None)
+        if close:
+            close()
+    return text + cut.flush(), stats, cut.hit
 
 
 def _check_messages(messages: list[dict[str, Any]]) -> None:
@@ -75,13 +131,22 @@ async def chat_completions(request: Request, body: ChatRequest) -> Any:
     pool = request.app.state.engines
     base, adapter = pool.resolve(body.model)
     sampling = _sampling(body)
+    stops = _stops(body)
     _check_messages(body.messages)
     engine = await run_in_threadpool(pool.get, base)
     completion_id = f"chatcmpl-{secrets.token_hex(12)}"
     created = int(time.time())
     if not body.stream:
         try:
-            result = await run_in_threadpool(engine.complete, body.messages, adapter, **sampling)
+            if stops:
+                text, stats, hit = await run_in_threadpool(_generate_with_stops, engine, body.messages, adapter,
+                                                           sampling, stops)
+                # Counts exist only when generation ran to its end (a stop sequence closes it early).
+                result = SimpleNamespace(text=text, prompt_tokens=stats.get("prompt_tokens"),
+                                         completion_tokens=stats.get("completion_tokens"),
+                                         finish_reason="stop" if hit else stats.get("finish_reason", "stop"))
+            else:
+                result = await run_in_threadpool(engine.complete, body.messages, adapter, **sampling)
         except Exception as exc:
             raise _engine_error(exc) from None
         return {
@@ -90,7 +155,8 @@ async def chat_completions(request: Request, body: ChatRequest) -> Any:
             "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text, "refusal": None},
                          "logprobs": None, "finish_reason": result.finish_reason}],
             "usage": {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
-                      "total_tokens": result.prompt_tokens + result.completion_tokens},
+                      "total_tokens": result.prompt_tokens + result.completion_tokens}
+            if result.prompt_tokens is not None and result.completion_tokens is not None else None,
         }
     stats: dict[str, Any] = {}
     pieces = engine.stream(body.messages, adapter, **sampling, stats=stats)
@@ -110,11 +176,18 @@ async def chat_completions(request: Request, body: ChatRequest) -> Any:
     def events() -> Iterator[str]:
         # A sync generator: Starlette iterates it in a worker thread, so the event loop stays free.
         yield chunk({"role": "assistant", "content": ""})
+        cut = StopFilter(stops) if stops else None
         try:
             if first is not _DONE:
-                yield chunk({"content": first})
-                for piece in pieces:
-                    yield chunk({"content": piece})
+                for piece in itertools.chain([first], pieces):
+                    text = cut.push(piece) if cut else piece
+                    if text:
+                        yield chunk({"content": text})
+                    if cut and cut.hit:
+                        break
+                rest = cut.flush() if cut else ""
+                if rest:
+                    yield chunk({"content": rest})
         except Exception as exc:  # mid-stream: the status line is sent, report in-band
             err = {"error": {"message": f"generation failed: {exc}", "type": "server_error", "param": None,
                              "code": "generation_failed"}}
@@ -125,7 +198,7 @@ async def chat_completions(request: Request, body: ChatRequest) -> Any:
             close = getattr(pieces, "close", None)
             if close:
                 close()
-        yield chunk({}, stats.get("finish_reason", "stop"))
+        yield chunk({}, "stop" if cut and cut.hit else stats.get("finish_reason", "stop"))
         if include_usage and "prompt_tokens" in stats:
             usage = {"prompt_tokens": stats["prompt_tokens"], "completion_tokens": stats["completion_tokens"],
                      "total_tokens": stats["prompt_tokens"] + stats["completion_tokens"]}

@@ -101,7 +101,7 @@ def get_file(request: Request, file_id: str) -> dict:
 def delete_file(request: Request, file_id: str) -> dict:
     record = get_file_or_404(request, file_id)
     store = request.app.state.store
-    users = [j["id"] for j in store.jobs_with_status("validating_files", "queued", "running")
+    users = [j["id"] for j in store.jobs_with_status("validating_files", "queued", "running", "paused")
              if file_id in (j["training_file"], j.get("validation_file"))]
     if users:
         raise APIError(409, f"File '{file_id}' is used by unfinished job(s) {', '.join(users)}; cancel them or "

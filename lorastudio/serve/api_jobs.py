@@ -130,10 +130,39 @@ def cancel_job(request: Request, job_id: str) -> dict:
         raise APIError(409, f"Job {job_id} has already {job['status']}; only unfinished jobs can be cancelled.",
                        param="fine_tuning_job_id", code="job_not_cancellable")
     # The status flips now; the worker sees it and stops the trainer (SIGTERM, then SIGKILL).
-    if store.update_job(job_id, only_if_status=("validating_files", "queued", "running"), status="cancelled",
+    unfinished = ("validating_files", "queued", "running", "paused")
+    if store.update_job(job_id, only_if_status=unfinished, status="cancelled",
                         finished_at=now(), estimated_finish=None):
         request.app.state.worker_event(job_id, "Job cancelled by request.")
         request.app.state.wake_worker()
+    return job_object(store.get_job(job_id))
+
+
+@router.post("/{job_id}/pause", summary="Pause a job: the trainer checkpoints and frees the device")
+def pause_job(request: Request, job_id: str) -> dict:
+    store = request.app.state.store
+    job = get_job_or_404(request, job_id)
+    if job["status"] == "paused":
+        return job_object(job)
+    # resume=1: whenever it runs again, it continues from its latest checkpoint.
+    if not store.update_job(job_id, only_if_status=("queued", "running"), status="paused", resume=1,
+                            estimated_finish=None):
+        raise APIError(409, f"Job {job_id} is {job['status']}; only queued or running jobs can be paused.",
+                       param="fine_tuning_job_id", code="job_not_pausable")
+    request.app.state.worker_event(job_id, "Job paused by request.")
+    request.app.state.wake_worker()
+    return job_object(store.get_job(job_id))
+
+
+@router.post("/{job_id}/resume", summary="Resume a paused job from its latest checkpoint")
+def resume_job(request: Request, job_id: str) -> dict:
+    store = request.app.state.store
+    job = get_job_or_404(request, job_id)
+    if not store.update_job(job_id, only_if_status=("paused",), status="queued"):
+        raise APIError(409, f"Job {job_id} is {job['status']}, not paused.", param="fine_tuning_job_id",
+                       code="job_not_paused")
+    request.app.state.worker_event(job_id, "Job resumed by request; queued.")
+    request.app.state.wake_worker()
     return job_object(store.get_job(job_id))
 
 

@@ -49,6 +49,8 @@ class Settings:
     max_adapters: int = 4
     cancel_grace_s: float = 5.0
     """Seconds a cancelled trainer gets to exit after SIGTERM before SIGKILL."""
+    pause_grace_s: float = 120.0
+    """Seconds a paused trainer gets to write its checkpoint after SIGTERM before SIGKILL."""
     poll_interval_s: float = 0.3
     start_worker: bool = True
     engine_factory: Callable[[str], Any] | None = None

@@ -151,6 +151,8 @@ class JobWorker:
         self._thread: threading.Thread | None = None
         self._running: dict[int, _Running] = {}  # slot → running trainer
         self._lock = threading.Lock()
+        self._tick_lock = threading.Lock()
+        self._draining = False
 
     # --- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -161,17 +163,21 @@ class JobWorker:
     def wake(self) -> None:
         self._wake.set()
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Graceful shutdown: trainers checkpoint (SIGTERM) and their jobs resume on the next start."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+    def stop(self, timeout: float = 60.0) -> None:
+        """Graceful shutdown: trainers checkpoint (SIGTERM) and their jobs resume on the next start.
+
+        Exactly one SIGTERM per trainer: the trainer treats a second one as "stop now, no checkpoint".
+        So the worker thread keeps living (its exit would fire the parent-death SIGTERM too) but
+        stops ticking, trainers are stopped, and only then does the thread end.
+        """
+        with self._tick_lock:  # no tick is half-way through a launch or a finish
+            self._draining = True
         with self._lock:
             running = list(self._running.values())
             self._running.clear()
         for run in running:
-            _kill_group(run.process.pid, signal.SIGTERM)
+            if run.term_sent_at is None:
+                _kill_group(run.process.pid, signal.SIGTERM)
         for run in running:
             try:
                 run.process.wait(timeout=timeout)
@@ -183,17 +189,25 @@ class JobWorker:
             if self.store.update_job(run.job_id, only_if_status=("running",), status="queued", pid=None, resume=1):
                 self.message_event(run.job_id, "The server is shutting down: training stopped after saving a "
                                    "checkpoint; it resumes from there when the server starts again.")
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
 
     def recover(self) -> None:
         """Jobs left `running` by a dead server go back to the queue, to resume from a checkpoint."""
         for job in self.store.jobs_with_status("running"):
             pid = job.get("pid")
             if pid and _pid_runs_job(pid, job["job_dir"]):
-                # A trainer outlived its server: let it checkpoint (SIGTERM) before anyone resumes.
-                _kill_group(pid, signal.SIGTERM)
-                if not _wait_gone(pid, 60):
-                    _kill_group(pid, signal.SIGKILL)
-                    _wait_gone(pid, 10)
+                # A trainer outlived its server. On Linux it already got SIGTERM from the kernel when
+                # the server died and is writing its checkpoint: a second SIGTERM would abort that.
+                if sys.platform == "linux":
+                    _wait_gone(pid, self.settings.pause_grace_s)
+                if _pid_runs_job(pid, job["job_dir"]):
+                    _kill_group(pid, signal.SIGTERM)
+                    if not _wait_gone(pid, 60):
+                        _kill_group(pid, signal.SIGKILL)
+                        _wait_gone(pid, 10)
             self._pump(job["id"])
             ckpt = latest_checkpoint(Path(job["job_dir"]))
             where = f"its last checkpoint (step {ckpt[0]})" if ckpt else "the beginning (no checkpoint was saved yet)"
@@ -213,6 +227,11 @@ class JobWorker:
             self._wake.clear()
 
     def tick(self) -> None:
+        with self._tick_lock:
+            if not self._draining:
+                self._tick()
+
+    def _tick(self) -> None:
         for job in self.store.jobs_with_status("validating_files"):
             if self._stop.is_set():
                 return
@@ -415,11 +434,13 @@ class JobWorker:
         self._pump(run.job_id)
         job = self.store.get_job(run.job_id)
         rc = run.process.poll()
-        if job is not None and job["status"] == "cancelled" and rc is None:
+        if job is not None and job["status"] in ("cancelled", "paused") and rc is None:
+            # Cancel: a few seconds to exit. Pause: time to write the checkpoint it will resume from.
+            grace = self.settings.cancel_grace_s if job["status"] == "cancelled" else self.settings.pause_grace_s
             if run.term_sent_at is None:
                 _kill_group(run.process.pid, signal.SIGTERM)
                 run.term_sent_at = time.monotonic()
-            elif not run.killed and time.monotonic() - run.term_sent_at > self.settings.cancel_grace_s:
+            elif not run.killed and time.monotonic() - run.term_sent_at > grace:
                 _kill_group(run.process.pid, signal.SIGKILL)
                 run.killed = True
             return
@@ -440,6 +461,11 @@ class JobWorker:
                 self.store.update_job(job["id"], pid=None)
                 if job["status"] == "cancelled":
                     self.message_event(job["id"], "The training process stopped; the device is free.")
+                elif job["status"] == "paused":
+                    ckpt = latest_checkpoint(run.job_dir)
+                    where = f"the checkpoint at step {ckpt[0]}" if ckpt else "the beginning (no checkpoint yet)"
+                    self.message_event(job["id"], f"Training paused; the device is free. Resuming continues "
+                                       f"from {where}.", data={"checkpoint_step": ckpt[0] if ckpt else None})
             return
         if rc == 0:
             if not (run.job_dir / "adapter_config.json").exists():

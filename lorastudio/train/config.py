@@ -89,6 +89,9 @@ class TrainConfig:
     # --- data augmentation and forgetting guard --------------------------------------------------
     augment_paraphrases: int = 0
     """Paraphrases of each training question written by the base model itself (0 = off)."""
+    augment_same_fact: bool = False
+    """Also train each question with the answer of another row stating the same fact (found by answer
+    similarity; no generation). Added by the quality work (lorastudio/train/augment.py, docs/QUALITY.md)."""
     replay_rows: int = 0
     """Rows of the base model's own answers to built-in general prompts mixed in (0 = off)."""
 

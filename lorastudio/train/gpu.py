@@ -772,7 +772,8 @@ def customize(cfg: Any, setup: Any) -> Any:
 
     def loss_fn(model: Any, batch: dict[str, Any]) -> tuple[Any, int]:
         if getattr(model, "_lorastudio_fast_path", None) is None:
-            fp = enable_fast_path(model, compile=compile_kernels, ce_chunk=ce_chunk)
+            ce = "liger" if os.environ.get("LORASTUDIO_CE") == "liger" else "chunked"
+            fp = enable_fast_path(model, compile=compile_kernels, ce=ce, ce_chunk=ce_chunk)
             log.info("CUDA fast path: %s", fp.to_dict())
         b = batch_from_device(batch)
         return packed_lm_loss(model, b, reduction="sum"), b["num_targets"]

@@ -311,6 +311,11 @@ function renderModels() {
     $("model-info").textContent = errorText(state.modelsError);
     return;
   }
+  if (!state.models.length) {
+    select.append(node("option", { value: "", text: t("settings.models_none") }));
+    $("model-info").textContent = "";
+    return;
+  }
   for (const m of state.models) select.append(node("option", { value: m.id, text: modelLabel(m) }));
   const saved = stored(MODEL_KEY);
   const known = (id) => id && state.models.some((m) => m.id === id);
@@ -345,6 +350,7 @@ async function loadRecommendation() {
     renderRecommendation();
     return;
   }
+  renderRecommendation(); // hide the previous model's/task's settings while the new ones load
   setState("settings-state", "loading", t("settings.loading"));
   try {
     const rec = await api.recommend(state.file.id, $("base-model-select").value, $("task-type-select").value);
@@ -423,6 +429,7 @@ function warningText(text) {
 function reasonText(key, value, serverReason) {
   if (key in state.overrides) return t("settings.changed_reason");
   if (lang() === "en" && serverReason) return serverReason;
+  if ((value === 0 || value === null) && has(`reason.${key}.off`)) return t(`reason.${key}.off`);
   return tOr(`reason.${key}`, serverReason || "", { value: formatSetting(key, value) });
 }
 
@@ -696,6 +703,11 @@ function drawLoss() {
     { name: "valid", points: valid, className: "valid" },
   ], { x: t("train.chart_x") });
   svg.dataset.points = String(points.length);
+  // Screen readers get the gist of the curve, not just "a chart".
+  const last = points[points.length - 1];
+  svg.setAttribute("aria-label", last
+    ? t("train.chart_summary", { n: points.length, first: formatNumber(points[0][1], 4), last: formatNumber(last[1], 4) })
+    : t("train.chart_label"));
   $("chart-empty").hidden = drawn > 0;
   $("chart-legend-valid")?.toggleAttribute("hidden", valid.length === 0);
 }

@@ -1,0 +1,63 @@
+"""Score an adapter (or the base model) on the quality eval sets, with greedy answers, the sweep's way.
+
+  .venv/bin/python bench/quality/score.py --base default --adapter /tmp/q_final --out /tmp/q_final/quality.json
+
+evalsets/yunzhan_paraphrase.jsonl: an answer counts when it contains every `must_contain` string;
+evalsets/general.jsonl: the same, where an item of `must_contain` may be a list of alternatives.
+(`lorastudio eval` scores the same files, normalised; this script keeps the sweep's exact matching so
+numbers compare with bench/quality/results/.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def main() -> None:
+    import torch
+    from sweep import fact_score, read_jsonl, score  # the sweep's scoring, unchanged
+
+    from lorastudio.models import load_model
+    from lorastudio.train.augment import generate_batch
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--base", default="default")
+    ap.add_argument("--adapter", default=None)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--batch-size", type=int, default=16)
+    args = ap.parse_args()
+    torch.set_grad_enabled(False)
+    model, tok = load_model(args.base)
+    if args.adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, args.adapter)
+    model.eval()
+    facts = read_jsonl(ROOT / "evalsets/yunzhan_paraphrase.jsonl")
+    general = read_jsonl(ROOT / "evalsets/general.jsonl")
+    t0 = time.time()
+    fa = generate_batch(model, tok, [[{"role": "user", "content": f["question"]}] for f in facts],
+                        max_new_tokens=128, batch_size=args.batch_size)
+    ga = generate_batch(model, tok, [[{"role": "user", "content": g["question"]}] for g in general],
+                        max_new_tokens=160, batch_size=args.batch_size)
+    fs, fok = score(fa, facts)
+    gs, gok = score(ga, general)
+    res = {"base": args.base, "adapter": args.adapter, "facts": fs, "facts_n": len(facts),
+           "facts_a": sum(fok[0::2]), "facts_b": sum(fok[1::2]), "facts_by_fact": fact_score(fok, facts),
+           "general": gs, "general_n": len(general), "eval_s": round(time.time() - t0, 1),
+           "fact_answers": fa, "fact_ok": fok, "general_answers": ga, "general_ok": gok}
+    Path(args.out).write_text(json.dumps(res, ensure_ascii=False, indent=1), encoding="utf-8")
+    print(f"facts {fs}/{len(facts)} (whole facts {res['facts_by_fact']}/40), general {gs}/{len(general)}, "
+          f"{res['eval_s']} s")
+
+
+if __name__ == "__main__":
+    main()

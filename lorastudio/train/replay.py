@@ -1,0 +1,129 @@
+"""Forgetting guard: mix in the base model's own answers to a varied set of general prompts.
+
+Training on a few hundred company Q&A rows pulls a small model towards "everything is about the
+company" (the seed recipe dropped general answers from 12/15 to 3/15). Replaying the base model's own
+greedy answers to general prompts (zh and en: science, geography, coding, writing, advice — none about
+any company) keeps its behaviour there; in our sweep it beat a KL-to-base term on the same prompts
+(docs/QUALITY.md).
+
+The answers depend only on the base model, so they are generated once per model and cached under
+`$LORASTUDIO_HOME/replay/<model key>.jsonl`; the cache for the embedded `default` model ships in
+`lorastudio/assets/replay/` so a first run on a laptop does not pay for it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+from collections.abc import Callable, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from lorastudio.data.types import Conversation, Message
+
+MAX_NEW_TOKENS = 192
+"""Long enough for the prompts' short answers; the sweep generated replay answers with this cap."""
+_ORDER_SEED = 1  # the prompts' fixed shuffled order: n rows = the first n of it (as in the sweep)
+
+
+def general_prompts() -> list[dict]:
+    """The built-in general prompts: `{"prompt", "lang"}` per line of assets/general_prompts.jsonl."""
+    text = resources.files("lorastudio").joinpath("assets", "general_prompts.jsonl").read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def _ordered_prompts() -> list[str]:
+    prompts = [p["prompt"] for p in general_prompts()]
+    random.Random(_ORDER_SEED).shuffle(prompts)
+    return prompts
+
+
+def model_key(base: str, model_dir: str | Path | None = None) -> str:
+    """A cache key that changes when the weights do: `default` → the GGUF's sha256; a directory → its
+    config and weight file sizes; anything else → its id."""
+    if base == "default":
+        from lorastudio.models.default import GGUF_SHA256
+
+        return f"default-{GGUF_SHA256[:12]}"
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", str(base).strip("/"))[-60:] or "model"
+    digest = hashlib.sha256(str(base).encode())
+    directory = Path(model_dir or base)
+    if directory.is_dir():
+        for f in sorted(directory.glob("*.json")) + sorted(directory.glob("*.safetensors")):
+            digest.update(f.name.encode())
+            digest.update(f.read_bytes() if f.suffix == ".json" else str(f.stat().st_size).encode())
+    return f"{slug}-{digest.hexdigest()[:12]}"
+
+
+def _cache_paths(key: str) -> tuple[Path, Path]:
+    from lorastudio.models.cache import lorastudio_home
+
+    shipped = Path(str(resources.files("lorastudio").joinpath("assets", "replay", f"{key}.jsonl")))
+    return shipped, lorastudio_home() / "replay" / f"{key}.jsonl"
+
+
+def _read_cache(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        return {}
+    out = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            row = json.loads(line)
+            out[row["prompt"]] = row["answer"]
+    return out
+
+
+def general_replay(base: str, n: int, *, model: Any = None, tokenizer: Any = None,
+                   model_dir: str | Path | None = None,
+                   on_progress: Callable[[int, int], None] | None = None) -> list[Conversation]:
+    """n conversations: a built-in general prompt and the base model's own greedy answer to it.
+
+    Answers come from the cache when present; missing ones are generated (batched) with `model` /
+    `tokenizer`, or with the base model loaded here, and added to the cache.
+    """
+    if n <= 0:
+        return []
+    prompts = _ordered_prompts()[:n]
+    key = model_key(base, model_dir)
+    shipped, cached = _cache_paths(key)
+    answers = {**_read_cache(shipped), **_read_cache(cached)}
+    missing = [p for p in prompts if p not in answers]
+    if missing:
+        if model is None or tokenizer is None:
+            from lorastudio.models import load_model
+
+            model, tokenizer = load_model(base)
+        from lorastudio.train.augment import generate_batch
+
+        generated = generate_batch(model, tokenizer, [[{"role": "user", "content": p}] for p in missing],
+                                   max_new_tokens=MAX_NEW_TOKENS, batch_size=16, on_progress=on_progress)
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        with open(cached, "a", encoding="utf-8") as f:
+            for prompt, answer in zip(missing, generated, strict=True):
+                answers[prompt] = answer
+                f.write(json.dumps({"prompt": prompt, "answer": answer}, ensure_ascii=False) + "\n")
+    return [Conversation([Message("user", p), Message("assistant", answers[p])]) for p in prompts if answers[p]]
+
+
+def replay_conversations(conversations: Sequence[Conversation], *, model: Any = None, tokenizer: Any = None,
+                         cfg: Any = None, on_event: Callable[[dict], None] | None = None) -> list[Conversation]:
+    """The trainer's hook: the training conversations plus `cfg.replay_rows` replay rows."""
+    n = int(getattr(cfg, "replay_rows", 0) or 0)
+    base = str(getattr(cfg, "base", "default"))
+
+    def progress(done: int, total: int) -> None:
+        if on_event:
+            on_event({"type": "stage", "stage": "prepare",
+                      "message": f"answering general prompts with the base model (cached once): {done}/{total}"})
+
+    model_dir = None
+    if base not in ("default", "tiny-random") and Path(base).expanduser().is_dir():
+        model_dir = Path(base).expanduser()
+    replay = general_replay(base, n, model=model, tokenizer=tokenizer, model_dir=model_dir, on_progress=progress)
+    return list(conversations) + replay
+
+
+__all__ = ["general_prompts", "general_replay", "model_key", "replay_conversations"]

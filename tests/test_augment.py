@@ -1,0 +1,135 @@
+"""Augmentation and replay: pure parts (filters, same-fact pairs, the prompt set, the cache)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lorastudio.data.types import Conversation
+from lorastudio.train.augment import (
+    augment_conversations,
+    fact_groups,
+    is_good_paraphrase,
+    parse_paraphrases,
+    same_fact_pairs,
+    strip_verdict,
+)
+from lorastudio.train.config import TrainConfig
+from lorastudio.train.replay import general_prompts, general_replay, model_key
+
+DEMO = Path(__file__).resolve().parents[2] / "shared" / "data" / "yunzhan_train.jsonl"
+
+
+def qa(q: str, a: str, row: int | None = None) -> Conversation:
+    return Conversation.from_messages([{"role": "user", "content": q}, {"role": "assistant", "content": a}], row=row)
+
+
+@pytest.mark.parametrize(("candidate", "ok"), [
+    ("工单多长时间没人处理会被自动升级？", True),
+    ("工单超过多久没处理会自动升级？", False),           # a copy
+    ("工单超过48小时未处理会自动升级到护航组。", False),  # a statement, not a question
+    ("升级？", False),                                   # too short
+    ("How long before an unhandled ticket is escalated?", False),  # switched language
+    ("", False),
+])
+def test_paraphrase_filter(candidate, ok):
+    assert is_good_paraphrase(candidate, "工单超过多久没处理会自动升级？") is ok
+
+
+def test_parse_paraphrases_strips_numbering_and_keeps_at_most_n():
+    text = "1. 工单多长时间没人处理会被升级？\n2、没人跟进的工单多久后自动转二线？\n3) 工单闲置多久会升级给护航组？\n好的。"
+    out = parse_paraphrases(text, "工单超过多久没处理会自动升级？", 2)
+    assert out == ["工单多长时间没人处理会被升级？", "没人跟进的工单多久后自动转二线？"]
+
+
+def test_english_paraphrases():
+    out = parse_paraphrases("- How long until a ticket is escalated?\nSure!", "When is a ticket escalated?", 3)
+    assert out == ["How long until a ticket is escalated?"]
+
+
+def test_strip_verdict():
+    assert strip_verdict("不能。单笔退款超过2000元需走双签。") == "单笔退款超过2000元需走双签。"
+    assert strip_verdict("Yes. Orders ship within 24 hours.") == "Orders ship within 24 hours."
+    kept = "栈台V5.3“青鸾”上线啦！新增智能补货。"
+    assert strip_verdict(kept) == kept
+    assert strip_verdict("会。") == "会。"  # nothing would be left
+
+
+def test_fact_groups_group_same_fact_and_split_different_facts():
+    convs = [
+        qa("工单多久升级？", "工单超过48小时未处理，自动升级到二线护航组。"),
+        qa("工单放两天会怎样？", "会。工单满48小时未处理就自动升级到二线护航组。"),
+        qa("客服热线是多少？", "云栈客服热线是400-820-7788，服务时间9:00-22:00。"),
+        qa("人工几点上班？", "人工客服服务时间为每天9:00-22:00，热线400-820-7788。"),
+        qa("栖夏多少钱？", "栖夏亚麻连衣裙售价299元，SKU编号YZ-LD2406。"),
+    ]
+    g = fact_groups(convs)
+    assert g[0] == g[1] and g[2] == g[3]
+    assert len({g[0], g[2], g[4]}) == 3
+
+
+def test_same_fact_pairs_swap_answers_within_a_fact_only():
+    convs = [
+        qa("工单多久升级？", "工单超过48小时未处理，自动升级到二线护航组。", row=1),
+        qa("工单放两天会怎样？", "会。工单满48小时未处理就自动升级到二线护航组。", row=2),
+        qa("栖夏多少钱？", "栖夏亚麻连衣裙售价299元，SKU编号YZ-LD2406。", row=3),
+        Conversation.from_messages([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+                                    {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]),
+    ]
+    pairs = same_fact_pairs(convs)
+    assert [(p.row, p.messages[0].content, p.messages[-1].content) for p in pairs] == [
+        (1, "工单多久升级？", "工单满48小时未处理就自动升级到二线护航组。"),
+        (2, "工单放两天会怎样？", "工单超过48小时未处理，自动升级到二线护航组。"),
+    ]
+
+
+@pytest.mark.skipif(not DEMO.is_file(), reason="demo data not beside the checkout")
+def test_demo_file_groups_roughly_by_fact():
+    convs = [qa(r["instruction"], r["response"]) for r in map(json.loads, DEMO.read_text("utf-8").splitlines())]
+    groups = fact_groups(convs)
+    assert 38 <= len(set(groups)) <= 50  # 40 facts asked 3–4 ways
+    assert len(same_fact_pairs(convs)) >= 140
+
+
+def test_augment_hook_writes_what_it_added(tmp_path):
+    convs = [qa("工单多久升级？", "工单超过48小时未处理，自动升级到二线护航组。"),
+             qa("工单放两天会怎样？", "工单满48小时未处理就自动升级到二线护航组。")]
+    cfg = TrainConfig(output_dir=str(tmp_path), augment_same_fact=True)
+    out = augment_conversations(convs, cfg=cfg)
+    assert out[:2] == convs and len(out) == 4
+    lines = [json.loads(x) for x in (tmp_path / "augmented.jsonl").read_text("utf-8").splitlines()]
+    assert [x["source"] for x in lines] == ["same_fact", "same_fact"]
+    assert lines[0]["messages"][-1]["content"] == convs[1].messages[-1].content
+
+
+def test_general_prompts_are_varied_bilingual_and_company_free():
+    prompts = general_prompts()
+    assert len(prompts) >= 100
+    langs = {p["lang"] for p in prompts}
+    assert langs == {"zh", "en"}
+    text = " ".join(p["prompt"] for p in prompts)
+    for company_word in ("云栈", "栈台", "工单", "客服", "Yunzhan"):
+        assert company_word not in text
+    assert len({p["prompt"] for p in prompts}) == len(prompts)
+
+
+def test_general_eval_set_differs_from_replay_prompts():
+    root = Path(__file__).resolve().parents[1]
+    evalset = {json.loads(x)["question"] for x in (root / "evalsets/general.jsonl").read_text("utf-8").splitlines()}
+    assert not evalset & {p["prompt"] for p in general_prompts()}
+
+
+def test_replay_reads_the_cache_without_a_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("LORASTUDIO_HOME", str(tmp_path))
+    key = model_key("some/model")
+    cache = tmp_path / "replay" / f"{key}.jsonl"
+    cache.parent.mkdir(parents=True)
+    with open(cache, "w", encoding="utf-8") as f:
+        for p in general_prompts():
+            f.write(json.dumps({"prompt": p["prompt"], "answer": "A:" + p["prompt"]}, ensure_ascii=False) + "\n")
+    rows = general_replay("some/model", 5)  # a model load would fail here: everything is cached
+    assert len(rows) == 5
+    assert all(r.messages[1].content == "A:" + r.messages[0].content for r in rows)
+    assert general_replay("some/model", 5) == rows  # same prompts every time
