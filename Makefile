@@ -28,9 +28,11 @@ test: install browser-deps lint
 
 # Browser tests drive Debian's Chromium (Playwright never downloads a browser here).
 browser-deps:
-	@command -v chromium >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-wqy-microhei >/dev/null; \
-	  else echo "chromium missing: browser tests will be skipped (sudo apt-get install chromium)"; fi; }
+	@if command -v chromium >/dev/null 2>&1 && fc-list 2>/dev/null | grep -qi 'wenquanyi\|wqy'; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  echo "installing Debian chromium + a CJK font for the browser tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-wqy-microhei >/dev/null; \
+	else echo "chromium or a CJK font missing: browser tests may skip (sudo apt-get install chromium fonts-wqy-microhei)"; fi
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -48,6 +48,16 @@ def test_small_pack_is_kept_and_never_exceeded():
     assert not plan.gradient_checkpointing
 
 
+def test_explicit_checkpointing_choice_is_kept():
+    on = autofit(QWEN_1_5B, pack_tokens=4096, free_bytes=80 * GIB, gradient_checkpointing=True)
+    assert on.gradient_checkpointing and on.micro_batch_tokens == 4096
+    off = autofit(QWEN_7B, pack_tokens=16384, free_bytes=32 * GIB, gradient_checkpointing=False)
+    assert not off.gradient_checkpointing and 1024 <= off.micro_batch_tokens < 4096
+    assert off.gradient_accumulation * off.micro_batch_tokens >= 16384
+    with pytest.raises(MemoryError):  # without recomputation not even one 1024-token example fits
+        autofit(QWEN_7B, pack_tokens=16384, free_bytes=23 * 10**9, gradient_checkpointing=False)
+
+
 def test_too_small_card_needs_qlora_or_says_why():
     with pytest.raises(MemoryError, match="bitsandbytes"):
         autofit(QWEN_7B, pack_tokens=4096, free_bytes=12 * GIB)

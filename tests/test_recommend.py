@@ -112,3 +112,22 @@ def test_helpers():
 def test_bad_task_rejected():
     with pytest.raises(ValueError):
         recommend(rows(10), "default", "poetry", hardware=CPU)
+
+
+def test_same_fact_pairs_for_facts_not_for_copywriting():
+    data = rows(150)
+    assert recommend(data, "default", "qa", hardware=CPU).settings["augment_same_fact"] is True
+    assert recommend(data, "default", "consulting", hardware=CPU).settings["augment_same_fact"] is True
+    assert recommend(data, "default", "copywriting", hardware=CPU).settings["augment_same_fact"] is False
+
+
+def test_paraphrase_generation_only_where_generation_is_cheap():
+    data = rows(150)
+    assert recommend(data, "default", hardware=CPU).settings["augment_paraphrases"] == 0
+    assert recommend(data, "default", hardware=GPU).settings["augment_paraphrases"] > 0
+
+
+def test_small_data_gets_about_eight_rows_per_step():
+    stats = DataStats(rows=150, mean_tokens=78, max_tokens=120)
+    rec = recommend(stats, "default", hardware=CPU)
+    assert 6 * 78 <= rec.settings["batch_tokens"] <= 10 * 78

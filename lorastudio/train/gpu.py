@@ -150,6 +150,7 @@ def autofit(
     min_fast_tokens: int = 4096,
     bitsandbytes_available: bool = False,
     fused_elementwise: bool = True,
+    gradient_checkpointing: bool | None = None,
     headroom_bytes: int = int(1.5 * GIB),
 ) -> FitPlan:
     """Choose gradient checkpointing and micro-batch tokens so training fits `free_bytes` of GPU memory.
@@ -159,7 +160,8 @@ def autofit(
     accumulation, so the optimisation (tokens per optimizer step) stays what the user asked for.
     Preference order: no checkpointing with micro-batches of ≥ `min_fast_tokens` (or the whole pack);
     else checkpointing with the largest micro-batch that fits; else a 4-bit base (QLoRA) if bitsandbytes
-    is installed. Raises `MemoryError` with a hint if nothing fits.
+    is installed. `gradient_checkpointing=True/False` (a user's explicit setting) fixes that choice and
+    only sizes the micro-batch. Raises `MemoryError` with a hint if nothing fits.
     """
     if pack_tokens < max_length:
         raise ValueError(f"pack_tokens={pack_tokens} must be ≥ max_length={max_length}")
@@ -184,10 +186,13 @@ def autofit(
             return None
         left = usable - fixed
         full_tokens = min(pack_tokens, _round_down(left / (per_tok_full + work + 64)))
-        if full_tokens >= min(min_fast_tokens, pack_tokens) and full_tokens >= max_length:
+        enough = full_tokens >= min(min_fast_tokens, pack_tokens) or gradient_checkpointing is False
+        if gradient_checkpointing is not True and enough and full_tokens >= max_length:
             ckpt, tokens = False, full_tokens
             why = (f"no gradient checkpointing: {full_tokens} tokens per micro-batch fit "
                    f"{free_bytes / GIB:.1f} GiB free")
+        elif gradient_checkpointing is False:
+            return None
         else:
             per_tok = per_tok_ckpt + layer_act + work + 64
             tokens = min(pack_tokens, _round_down(left / per_tok))
@@ -750,15 +755,16 @@ def customize(cfg: Any, setup: Any) -> Any:
     ce_chunk = 2048
     if shape is not None:
         try:
+            fixed = cfg.gradient_checkpointing if isinstance(cfg.gradient_checkpointing, bool) else None
             plan = autofit(shape, lora_r=cfg.lora_r, lora_targets=cfg.target_modules, pack_tokens=cfg.batch_tokens,
                            free_bytes=free_gpu_bytes(), max_length=cfg.max_length,
-                           bitsandbytes_available=bitsandbytes_available(), fused_elementwise=compile_kernels)
+                           bitsandbytes_available=bitsandbytes_available(), fused_elementwise=compile_kernels,
+                           gradient_checkpointing=fixed)
         except MemoryError as err:
             notes.append(f"auto-fit: {err}")
         else:
             ce_chunk = plan.ce_chunk_tokens
-            if cfg.gradient_checkpointing == "auto":
-                setup.gradient_checkpointing = plan.gradient_checkpointing
+            setup.gradient_checkpointing = plan.gradient_checkpointing
             if plan.micro_batch_tokens < cfg.batch_tokens:
                 cfg.batch_tokens = plan.micro_batch_tokens
                 cfg.gradient_accumulation *= plan.gradient_accumulation
