@@ -5,7 +5,7 @@ first 30–60 % of each example is prompt, loss on the answer only), random-weig
 
   # on the device, one call (the repo travels there; wheels for TRL in .whl/gpu):
   PYTHONPATH=. python3 bench/gpu_bench.py all --out $OUT
-  # a quick run of every code path on tiny shapes (any CUDA GPU, ~1 min):
+  # every code path on tiny shapes (any CUDA GPU; not yet run on the device):
   PYTHONPATH=. python3 bench/gpu_bench.py all --smoke --out /tmp/bench
   # one job by hand:
   PYTHONPATH=. python3 bench/gpu_bench.py job ls --model 7b --result /tmp/r.json

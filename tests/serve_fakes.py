@@ -20,6 +20,7 @@ steps = int(os.environ.get("FAKE_STEPS", "6"))
 step_s = float(os.environ.get("FAKE_STEP_S", "0.05"))
 mode = os.environ.get("FAKE_MODE", "ok")
 (out / "argv.log").open("a").write(json.dumps(sys.argv[1:]) + "\n")
+(out / "device.log").open("a").write(os.environ.get("CUDA_VISIBLE_DEVICES", "-") + "\n")
 events = (out / "events.jsonl").open("a")
 def emit(**kw):
     kw["time"] = time.time()

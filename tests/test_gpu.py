@@ -222,3 +222,36 @@ def test_strategy_by_model_size():
     assert choose_strategy(QWEN_7B, gpu_bytes=80 * GIB) == "ddp"
     assert choose_strategy(QWEN_7B, gpu_bytes=16 * GIB) == "fsdp"
     assert choose_strategy(QWEN_1_5B, gpu_bytes=24 * 10**9) == "ddp"
+
+
+def test_trainer_hook_customize_gives_the_same_loss_as_the_cpu_loss(monkeypatch, tmp_path):
+    """gpu.customize (the trainer's CUDA hook) run on the CPU: auto-fit notes, and a loss_fn that
+    matches the trainer's own causal_lm_loss on a packed batch."""
+    import lorastudio.models
+    from lorastudio.train import gpu
+    from lorastudio.train.config import TrainConfig
+    from lorastudio.train.trainer import DeviceSetup, causal_lm_loss
+
+    model = _tiny_peft_model()
+    model.get_base_model().config.save_pretrained(tmp_path)
+    monkeypatch.setattr(lorastudio.models, "resolve_model", lambda _id: str(tmp_path))
+    monkeypatch.setattr(gpu, "free_gpu_bytes", lambda device=None: 24 * 10**9)
+    monkeypatch.setenv("LORASTUDIO_COMPILE", "0")
+    cfg = TrainConfig(base="tiny", batch_tokens=2048, max_length=1024)
+    setup = DeviceSetup(device="cuda", dtype=torch.bfloat16, autocast=True, attn_implementation="sdpa",
+                        gradient_checkpointing=True, loss_fn=causal_lm_loss)
+    setup = gpu.customize(cfg, setup)
+    assert setup.autocast is False and setup.gradient_checkpointing is False
+    assert any(n.startswith("auto-fit: no gradient checkpointing") for n in setup.notes)
+    assert cfg.extra["gpu_plan"]["micro_batch_tokens"] == 2048
+
+    gen = torch.Generator().manual_seed(3)
+    docs = [torch.randint(0, 211, (n,), generator=gen) for n in (7, 11, 5)]
+    labels = [torch.where(torch.arange(len(d)) < 2, -100, d) for d in docs]
+    batch = {"input_ids": torch.cat(docs)[None], "labels": torch.cat(labels)[None],
+             "position_ids": torch.cat([torch.arange(len(d)) for d in docs])[None], "lengths": [7, 11, 5]}
+    ref_sum, ref_n = causal_lm_loss(model, batch)
+    got_sum, got_n = setup.loss_fn(model, batch)
+    assert got_n == ref_n == sum(len(d) - 2 for d in docs)
+    torch.testing.assert_close(got_sum, ref_sum.float(), rtol=1e-4, atol=1e-4)
+    assert model._lorastudio_fast_path.attention == "sdpa"

@@ -343,8 +343,9 @@ def test_queued_jobs_wait_their_turn(client, monkeypatch):
     seen_running: set[int] = set()
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
+        # One query, so the count is a snapshot (three GETs could straddle a hand-over).
+        seen_running.add(len(client.app.state.store.jobs_with_status("running")))
         statuses = [client.get(f"/v1/fine_tuning/jobs/{i}").json()["status"] for i in ids]
-        seen_running.add(statuses.count("running"))
         if all(s == "succeeded" for s in statuses):
             break
         time.sleep(0.02)
@@ -593,3 +594,52 @@ def test_pause_and_resume_with_the_sdk(client, monkeypatch):
         sdk.fine_tuning.jobs.pause(job.id)
     with pytest.raises(openai.NotFoundError):
         sdk.fine_tuning.jobs.pause("ftjob-nope")
+
+
+def test_oversized_json_bodies_are_refused(client):
+    from lorastudio.serve.app import MAX_JSON_BYTES
+
+    big = b'{"model": "tiny-random", "messages": [{"role": "user", "content": "' + b"x" * MAX_JSON_BYTES + b'"}]}'
+    assert_openai_error(client.post("/v1/chat/completions", content=big, headers={"content-type": "application/json"}),
+                        413, "request_too_large")
+    assert_openai_error(client.post("/v1/chat/completions", content=iter([big]),
+                                    headers={"content-type": "application/json"}), 413, "request_too_large")
+
+
+def test_one_trainer_per_device_slot(tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_STEPS", "10")
+    monkeypatch.setenv("FAKE_STEP_S", "0.1")
+    with TestClient(create_app(make_settings(tmp_path, devices=["0", "1"]))) as c:
+        fid = upload(c).json()["id"]
+        ids = [c.post("/v1/fine_tuning/jobs", json={"model": "tiny-random", "training_file": fid}).json()["id"]
+               for _ in range(3)]
+        most = 0
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            most = max(most, len(c.app.state.store.jobs_with_status("running")))
+            statuses = [c.get(f"/v1/fine_tuning/jobs/{i}").json()["status"] for i in ids]
+            if all(s == "succeeded" for s in statuses):
+                break
+            time.sleep(0.02)
+        assert all(s == "succeeded" for s in statuses), statuses
+        assert most == 2  # two devices, two trainers at once, the third waits
+        devices = [(Path(c.app.state.store.get_job(i)["job_dir"]) / "device.log").read_text().split()[0] for i in ids]
+        assert sorted(devices[:2]) == ["0", "1"] and devices[2] in ("0", "1")
+
+
+def test_uploads_in_other_formats_are_validated(client):
+    import openpyxl
+
+    csv = "问题,答案\n工单多久升级？,48小时\n怎么退款？,在订单页申请\n".encode("gbk")
+    fid = upload(client, csv, name="faq.csv").json()["id"]
+    report = client.get(f"/studio/files/{fid}/report").json()
+    assert report["rows_ok"] == 2 and report["format"] == "csv" and report["file"] == "faq.csv"
+    book = openpyxl.Workbook()
+    book.active.append(["question", "answer"])
+    book.active.append(["How long until escalation?", "48 hours"])
+    buf = BytesIO()
+    book.save(buf)
+    fid = upload(client, buf.getvalue(), name="faq.xlsx").json()["id"]
+    assert client.app.state.store.get_file(fid)["path"].endswith(".xlsx")
+    report = client.get(f"/studio/files/{fid}/report").json()
+    assert report["rows_ok"] == 1 and report["format"] == "xlsx"

@@ -26,6 +26,7 @@ from lorastudio.serve.store import SQLiteStore
 log = logging.getLogger("lorastudio.serve")
 
 PROTECTED_PREFIXES = ("/v1", "/studio")
+MAX_JSON_BYTES = 16 * 1024 * 1024
 _FALLBACK_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>LoRA Studio</title></head>
 <body><h1>LoRA Studio</h1><p>The web UI is not installed in this build. The API is at
 <a href="/docs">/docs</a> (OpenAI-compatible under <code>/v1</code>).</p></body></html>"""
@@ -72,31 +73,33 @@ class GuardMiddleware:
                 await _send_json_error(send, 401, "Incorrect API key provided.", None, "invalid_api_key",
                                        [(b"www-authenticate", b"Bearer")])
                 return
-        if scope.get("method") == "POST" and path.rstrip("/") == "/v1/files":
+        if path.rstrip("/") == "/v1/files" and scope.get("method") == "POST":
             limit = self.settings.max_upload_bytes
             # Multipart adds headers and boundaries around the file; allow for them.
-            allowed = limit + 64 * 1024
-            length = headers.get("content-length")
-            if length is not None and length.isdigit() and int(length) > allowed:
-                await _send_json_error(send, 413, f"The upload ({int(length)} bytes) is larger than this server's "
-                                       f"limit of {limit} bytes. Split the file, or start the server with a larger "
-                                       "LORASTUDIO_MAX_UPLOAD_MB.", "file", "file_too_large")
-                return
-            received = 0
-
-            async def counting_receive() -> Message:
-                nonlocal received
-                message = await receive()
-                if message["type"] == "http.request":
-                    received += len(message.get("body", b""))
-                    if received > allowed:  # chunked uploads without Content-Length
-                        raise APIError(413, f"The upload is larger than this server's limit of {limit} bytes.",
-                                       param="file", code="file_too_large")
-                return message
-
-            await self.app(scope, counting_receive, send)
+            allowed, param, code = limit + 64 * 1024, "file", "file_too_large"
+            what = "Split the file, or start the server with a larger LORASTUDIO_MAX_UPLOAD_MB."
+        else:
+            # JSON requests are small; a huge body is a mistake or an attack, not a chat message.
+            allowed = limit = MAX_JSON_BYTES
+            param, code, what = None, "request_too_large", "Send a smaller request."
+        length = headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > allowed:
+            await _send_json_error(send, 413, f"The request body ({int(length)} bytes) is larger than this server's "
+                                   f"limit of {limit} bytes. {what}", param, code)
             return
-        await self.app(scope, receive, send)
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > allowed:  # chunked bodies without Content-Length
+                    raise APIError(413, f"The request body is larger than this server's limit of {limit} bytes. "
+                                   f"{what}", param=param, code=code)
+            return message
+
+        await self.app(scope, counting_receive, send)
 
 
 def lock_data_dir(data_dir: Path):

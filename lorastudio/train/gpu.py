@@ -17,6 +17,11 @@ Pieces, each usable on its own (the trainer and `bench/gpu_bench.py` call the sa
 - `fused_adamw(params, ...)`: AdamW with the fused CUDA kernel (fp32 master weights: the LoRA params).
 - `qlora_quantization_config()`: 4-bit base weights through bitsandbytes, if installed.
 
+`customize(cfg, setup)` is the trainer's hook (`trainer.device_setup` calls it on CUDA). Environment
+overrides: LORASTUDIO_COMPILE=0/1 (compile the fused kernels; default: models of ≥ 1 B params),
+LORASTUDIO_CE=liger (liger-kernel's fused linear cross-entropy instead of the built-in chunked one).
+Measured numbers: docs/BENCHMARKS.md.
+
 A packed batch is one row: examples concatenated, `position_ids` restarting at 0 for each example,
 `labels` (unshifted, Hugging Face convention) equal to the token id on assistant tokens and -100
 elsewhere. `cuda_batch(...)` derives, on the CPU, everything the GPU needs (sequence boundaries, the

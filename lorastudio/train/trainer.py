@@ -697,6 +697,7 @@ class _Run:
         elapsed = self.elapsed_before + (time.time() - self.session_start)
         metrics = {
             "steps": steps, "total_steps": self.total_steps,
+            "trained_tokens": self.tokens_before + self.session_tokens,  # all sessions (the job's trained_tokens)
             "epochs": self.history[-1]["epoch"] if self.history else 0.0,
             "train_loss": losses[-1] if losses else None,
             "first_train_loss": losses[0] if losses else None,
