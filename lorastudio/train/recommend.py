@@ -269,7 +269,8 @@ def recommend(rows_or_stats: Any, base: str = "default", task: str = "qa", hardw
     # on where generation is cheap (a GPU). Measured: docs/QUALITY.md.
     s["augment_same_fact"] = bool(facts_task and rows <= 5000)
     s["augment_paraphrases"] = 2 if (facts_task and on_gpu and rows <= 2000) else 0
-    replay = int(min(REPLAY_PROMPTS, max(32, round(0.27 * rows)))) if rows else 0
+    # ≈ 27 % of the answers taught (40 for 150 rows, as swept), so replay never outweighs the user's data.
+    replay = int(min(REPLAY_PROMPTS, max(8, round(0.27 * rows * max(1.0, stats.turns))))) if rows else 0
     s["replay_rows"] = replay
     r["replay_rows"] = (f"{replay} general questions answered by the base model itself mixed in: keeps what "
                         "the base model knew (20 of them kept 1 fewer general answer than 40; adding a KL term "
