@@ -135,6 +135,8 @@ def test_openai_sdk_full_flow(tmp_path, seed_file):
         metrics = [e for e in events if e.type == "metrics" and "train_loss" in (e.data or {})]
         assert metrics and {"step", "train_loss", "tokens_per_s", "eta_s"} <= set(metrics[0].data)
         assert any(e.type == "message" and "successfully completed" in e.message for e in events)
+        (done,) = [e for e in events if e.message == "Training finished; adapter saved"]
+        assert job.trained_tokens == done.data["trained_tokens"] > 0
         checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
         assert checkpoints and checkpoints[0].fine_tuned_model_checkpoint.startswith(job.fine_tuned_model)
         assert sorted(c.step_number for c in checkpoints)[0] == 2

@@ -127,7 +127,7 @@ def _status_event(job: dict) -> dict:
 @router.get("/jobs/{job_id}/stream", summary="Server-Sent Events: every event of the job, then live ones")
 async def job_stream(request: Request, job_id: str) -> StreamingResponse:
     store = request.app.state.store
-    job = get_job_or_404(request, job_id)
+    get_job_or_404(request, job_id)
     try:  # a reconnecting EventSource says what it already has
         last_seq = int(request.headers.get("last-event-id", "0"))
     except ValueError:
@@ -164,7 +164,6 @@ async def job_stream(request: Request, job_id: str) -> StreamingResponse:
                 idle = 0.0
                 yield ": keep-alive\n\n"
 
-    del job
     return StreamingResponse(events(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 

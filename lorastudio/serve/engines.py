@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from lorastudio.serve.errors import APIError
-from lorastudio.serve.store import SQLiteStore
+from lorastudio.serve.store import Store
 
 
 def base_model_ids() -> list[str]:
@@ -41,7 +41,7 @@ def _unavailable(base: str, exc: Exception) -> Exception:
 class EnginePool:
     """One ChatEngine per base in memory; adapters are switched per request by the engine's LRU."""
 
-    def __init__(self, store: SQLiteStore, max_adapters: int = 4,
+    def __init__(self, store: Store, max_adapters: int = 4,
                  factory: Callable[[str], Any] | None = None) -> None:
         self.store = store
         self.max_adapters = max_adapters

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from lorastudio.serve.settings import Settings
-from lorastudio.serve.store import SQLiteStore, now
+from lorastudio.serve.store import Store, now
 
 log = logging.getLogger("lorastudio.serve")
 
@@ -124,7 +124,8 @@ def translate_event(raw: dict) -> tuple[str, str, str, dict | None]:
         return "info", "message", f"Training resumed from the checkpoint at step {raw.get('step')}", \
             {"step": raw.get("step")}
     if kind == "done":
-        return "info", "message", "Training finished; adapter saved", None
+        metrics = raw.get("metrics") if isinstance(raw.get("metrics"), dict) else None
+        return "info", "message", "Training finished; adapter saved", metrics
     if kind == "error":
         return "error", "message", str(raw.get("message") or "training error"), None
     return "info", "message", str(raw.get("message") or json.dumps(raw, ensure_ascii=False)), None
@@ -143,7 +144,7 @@ class _Running:
 
 
 class JobWorker:
-    def __init__(self, store: SQLiteStore, settings: Settings) -> None:
+    def __init__(self, store: Store, settings: Settings) -> None:
         self.store = store
         self.settings = settings
         self._wake = threading.Event()
