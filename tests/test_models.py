@@ -169,3 +169,37 @@ def test_default_model_loads_and_answers():
         out = model.generate(**ids, max_new_tokens=8, do_sample=False)
     answer = tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
     assert "Paris" in answer
+
+
+def test_a_gguf_file_is_dequantized_once_into_the_cache(tmp_path, monkeypatch, small_model_dir):
+    """A .gguf path resolves to a cached safetensors directory keyed by the file's hash."""
+    import torch
+    from inference_fixtures import build_adapter
+    from transformers import AutoModelForCausalLM
+
+    from lorastudio.export import export_gguf
+
+    monkeypatch.setenv("LORASTUDIO_HOME", str(tmp_path / "home"))
+    adapter = build_adapter(Path(small_model_dir), tmp_path / "adapter", seed=1, scale=0.0)  # B=0: base only
+    gguf = tmp_path / "small.gguf"
+    export_gguf(adapter, gguf, "f16", base=small_model_dir, modelfile=False)
+    first = resolve_model(str(gguf))
+    assert Path(first).parent == tmp_path / "home" / "models" and Path(first).name.startswith("gguf-")
+    assert resolve_model(str(gguf)) == first  # cached: no second dequantization
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        ours = AutoModelForCausalLM.from_pretrained(first, dtype=torch.float32)(ids).logits
+        ref = AutoModelForCausalLM.from_pretrained(small_model_dir, dtype=torch.float32)(ids).logits
+    # f16 GGUF → bf16 cache: equal up to half-precision rounding.
+    assert (ours - ref).abs().max() < 0.02 * ref.abs().max()
+
+
+def test_hub_download_failure_is_explained(monkeypatch):
+    import huggingface_hub
+
+    def offline(*_args, **_kwargs):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(ModelError, match="Offline\\? Use `default`"):
+        resolve_model("Qwen/Qwen2.5-1.5B-Instruct")

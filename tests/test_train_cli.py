@@ -55,7 +55,9 @@ def test_settings_precedence_flags_over_config_file(tmp_path, small_model_dir, c
 def test_recommended_settings_are_printed_and_used(tmp_path, small_model_dir, capsys):
     good = write_rows(tmp_path / "good.jsonl")
     out = tmp_path / "out"
-    assert main(["train", str(good), "--base", small_model_dir, "-o", str(out), "--max-steps", "1"]) == 0
+    # Augmentation/replay (their own tests cover them) off: this test is about the recommender's hand-off.
+    assert main(["train", str(good), "--base", small_model_dir, "-o", str(out), "--max-steps", "1",
+                 "--set", "augment_paraphrases=0", "--set", "augment_same_fact=false", "--set", "replay_rows=0"]) == 0
     err = capsys.readouterr().err
     assert "Recommended settings:" in err and "learning_rate" in err
     assert (out / "adapter_model.safetensors").is_file()

@@ -180,3 +180,56 @@ def test_schedule_epochs_accumulation_and_max_steps():
     assert build_schedule(lengths, cfg) == steps  # deterministic: resume replays the same order
     capped = build_schedule(lengths, cfg.with_overrides({"max_steps": 7}))
     assert len(capped) == 7 and capped[-1].epoch_end
+
+
+def test_neftune_noise_only_while_training():
+    import torch.nn as nn
+
+    from lorastudio.train.trainer import _neftune_hook
+
+    embed = nn.Embedding(10, 8)
+    lengths = [[2, 3]]
+    embed.register_forward_hook(_neftune_hook(5.0, lengths))
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    clean = embed.weight[ids].detach()
+    embed.train()
+    noisy = embed(ids).detach()
+    # Per-example scale alpha / sqrt(L·d): the 2-token example gets larger noise bounds than the 3-token one.
+    bound_a, bound_b = 5.0 / (2 * 8) ** 0.5, 5.0 / (3 * 8) ** 0.5
+    assert (noisy - clean)[0, :2].abs().max() <= bound_a + 1e-6
+    assert (noisy - clean)[0, 2:].abs().max() <= bound_b + 1e-6
+    assert (noisy - clean).abs().max() > 0
+    embed.eval()
+    assert torch.equal(embed(ids).detach(), clean)
+
+
+def test_stop_in_the_middle_of_a_step_checkpoints_the_last_finished_step(tmp_path, small_model_dir, monkeypatch):
+    """A stop request cuts into a running step (CPU steps can take minutes); the half step is dropped and
+    resuming redoes it, reproducing the uninterrupted run."""
+    from lorastudio.train import trainer
+
+    full = train(_config(tmp_path, small_model_dir, "full", gradient_accumulation=2))
+
+    stop = threading.Event()
+    calls = {"n": 0}
+    real_loss = trainer.causal_lm_loss
+
+    def loss_that_stops_during_step_3(model, batch):
+        calls["n"] += 1
+        if calls["n"] == 6:  # step 3's second micro-batch (2 per step): its forward is cut off
+            stop.set()
+        return real_loss(model, batch)
+
+    monkeypatch.setattr(trainer, "causal_lm_loss", loss_that_stops_during_step_3)
+    cfg = _config(tmp_path, small_model_dir, "cut", gradient_accumulation=2)
+    with pytest.raises(TrainingInterrupted) as info:
+        train(cfg, stop=stop)
+    assert info.value.step == 2 and latest_checkpoint(cfg.output_dir).name == "step-00000002"
+    events = read_events(Path(cfg.output_dir) / "events.jsonl")
+    assert max(e["step"] for e in events if e["type"] == "metrics") == 2
+
+    monkeypatch.setattr(trainer, "causal_lm_loss", real_loss)
+    resumed = train(cfg, resume=True)
+    a, b = lora_weights(Path(full.adapter_dir)), lora_weights(Path(resumed.adapter_dir))
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-7, msg=name)

@@ -189,6 +189,10 @@ def run(args: argparse.Namespace) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own progress line is the one to read
+    import warnings
+
+    # Library deprecation notices (transformers ↔ peft) say nothing actionable to someone training.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)\b")
     try:
         result = train(cfg, on_event=progress, resume=args.resume)
     except TrainingInterrupted as stop:

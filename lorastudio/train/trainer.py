@@ -22,6 +22,7 @@ import shutil
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,10 @@ class TrainingInterrupted(Exception):
         super().__init__(f"training interrupted at step {step}; checkpoint saved to {checkpoint}")
         self.step = step
         self.checkpoint = checkpoint
+
+
+class _StepAborted(Exception):
+    """Raised inside a step (by a decoder-layer hook) when a stop was requested."""
 
 
 class DataUnusable(ValueError):
@@ -339,8 +344,11 @@ def train(cfg: TrainConfig, on_event: EventCallback | None = None, *, resume: bo
     checkpoint = latest_checkpoint(output_dir) if resume else None
     if resume and checkpoint is None:
         raise ConfigError(f"--resume: no checkpoint in {output_dir / CHECKPOINTS}; start without --resume")
-    if not resume and (output_dir / "events.jsonl").exists():
-        (output_dir / "events.jsonl").unlink()  # a fresh run gets a fresh log; resume appends
+    if not resume:
+        # A fresh run in a reused directory: old events and checkpoints belong to another run and would
+        # confuse readers and a later --resume. (The old adapter files are overwritten at the end.)
+        (output_dir / "events.jsonl").unlink(missing_ok=True)
+        shutil.rmtree(output_dir / CHECKPOINTS, ignore_errors=True)
     log = EventLog(output_dir / "events.jsonl", on_event)
     try:
         return _Run(cfg, log, checkpoint, conversations, val_conversations, stop).run()
@@ -591,6 +599,7 @@ class _Run:
         session_tokens = 0
         self.log.stage("train", f"training {sum(p.numel() for p in self.trainable):,} LoRA parameters "
                                 f"for {self.total_steps} steps" + (f" from step {start_step}" if start_step else ""))
+        self._install_abort_hooks()
         self.model.train()
         early_stopped = False
         last_saved = start_step
@@ -599,14 +608,26 @@ class _Run:
             plan = self.schedule[step - 1]
             group_targets = sum(self.train_examples[i].num_target_tokens for mb in plan.micro_batches for i in mb)
             loss_total = 0.0
-            for indices in plan.micro_batches:
-                loss_sum, _n = self._forward_loss(indices, self.train_examples)
-                # Token-level mean over the whole accumulation group, so packing/accumulation never
-                # change what one target token weighs.
-                loss = loss_sum / group_targets
-                (self.scaler.scale(loss) if self.scaler else loss).backward()
-                loss_total += float(loss_sum.detach())
-                session_tokens += sum(self.train_examples[i].num_tokens for i in indices)
+            step_tokens = 0
+            rng_at_start = _rng_state()
+            try:
+                for indices in plan.micro_batches:
+                    if self.stop.requested:
+                        raise _StepAborted
+                    loss_sum, _n = self._forward_loss(indices, self.train_examples)
+                    # Token-level mean over the whole accumulation group, so packing/accumulation never
+                    # change what one target token weighs.
+                    loss = loss_sum / group_targets
+                    (self.scaler.scale(loss) if self.scaler else loss).backward()
+                    loss_total += float(loss_sum.detach())
+                    step_tokens += sum(self.train_examples[i].num_tokens for i in indices)
+            except _StepAborted:
+                # Stop asked mid-step: drop the half-computed gradients and checkpoint the last finished
+                # step, with the RNG as it was when this step began, so --resume redoes it identically.
+                self.optimizer.zero_grad(set_to_none=True)
+                _set_rng_state(rng_at_start)
+                self._interrupt(step - 1, last_saved)
+            session_tokens += step_tokens
             if self.scaler:
                 self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.trainable, 1.0)
@@ -640,22 +661,56 @@ class _Run:
             valid_loss = None
             if (at_eval or last) and self.val_examples:
                 self.log.stage("evaluate", f"validation loss at step {step}")
-                valid_loss = self.evaluate()
+                try:
+                    valid_loss = self.evaluate()
+                except _StepAborted:  # stop asked during evaluation: the step itself is complete
+                    self.model.train()
+                    self._interrupt(step, last_saved, train_loss, None)
                 self.history[-1]["valid_loss"] = valid_loss
                 self.log.emit("eval", step=step, valid_loss=round(valid_loss, 5))
                 early_stopped = self._early_stopping(step, valid_loss)
             at_save = (step % cfg.save_every == 0) if cfg.save_every else plan.epoch_end
-            if at_save or (self.stop.requested and last_saved != step):
+            if at_save:
                 self._save_checkpoint(step, train_loss, valid_loss)
                 last_saved = step
             if self.stop.requested:
-                path = str(self.output_dir / CHECKPOINTS / f"step-{step:08d}")
-                reason = signal.Signals(self.stop.signal).name if self.stop.signal else "stop requested"
-                self.log.stage("save", f"interrupted ({reason}) at step {step}; resume with --resume")
-                raise TrainingInterrupted(step, path)
+                self._interrupt(step, last_saved, train_loss, valid_loss)
             if early_stopped:
                 break
         return step, early_stopped
+
+    def _interrupt(self, step: int, last_saved: int, train_loss: float | None = None,
+                   valid_loss: float | None = None) -> None:
+        """Checkpoint ``step`` (unless just saved), report, and raise TrainingInterrupted."""
+        path = self.output_dir / CHECKPOINTS / f"step-{step:08d}"
+        if last_saved != step or not (path / STATE_FILE).is_file():
+            path = self._save_checkpoint(step, train_loss, valid_loss)
+        reason = signal.Signals(self.stop.signal).name if self.stop.signal else "stop requested"
+        self.log.stage("save", f"interrupted ({reason}) at step {step}; resume with --resume")
+        raise TrainingInterrupted(step, str(path))
+
+    def _install_abort_hooks(self) -> None:
+        """On CPU a step can take minutes: let a stop request cut into it at the next decoder layer
+        (forward or backward) instead of waiting for the step to finish. Not on CUDA, where steps are
+        short and module backward hooks would get in the way of compiled/fused kernels."""
+        if self.setup.device != "cpu":
+            return
+        causal_lm = self.model.get_base_model()
+        layers = getattr(causal_lm.get_decoder(), "layers", None)
+        if layers is None:
+            return
+
+        # The first layer's input needs no gradient, so torch notes that its hook sees outputs only:
+        # exactly what we want here, and noise in a user's terminal.
+        warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
+
+        def check(*_args) -> None:
+            if self.stop.requested:
+                raise _StepAborted
+
+        for layer in layers:
+            layer.register_forward_pre_hook(check)
+            layer.register_full_backward_pre_hook(check)
 
     def _early_stopping(self, step: int, valid_loss: float) -> bool:
         if self.best_valid_loss is None or valid_loss < self.best_valid_loss - 1e-4:
