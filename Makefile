@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 studio: install
+	$(VENV)/bin/lorastudio models --prepare default
 	$(VENV)/bin/lorastudio serve
 
 lint: install

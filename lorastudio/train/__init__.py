@@ -1,7 +1,7 @@
 """Training: config, recommender, packing, the trainer loop.
 
 ```python
-from lorastudio.train import TrainConfig, train
+from lorastudio.train import TrainConfig, recommend, train
 result = train(TrainConfig(data="faq.jsonl", base="default", output_dir="runs/faq"), on_event=print)
 ```
 Importing this package does not import torch (the trainer imports it when a run starts).
@@ -9,6 +9,7 @@ Importing this package does not import torch (the trainer imports it when a run 
 
 from lorastudio.train.config import ConfigError, TrainConfig
 from lorastudio.train.events import EventLog, read_events
+from lorastudio.train.recommend import Recommendation, recommend
 from lorastudio.train.tokenize import encode_conversation, render_prompt
 from lorastudio.train.trainer import (
     DataUnusable,
@@ -22,5 +23,6 @@ from lorastudio.train.trainer import (
 
 __all__ = [
     "ConfigError", "DataUnusable", "DeviceSetup", "EventLog", "TrainConfig", "TrainResult", "TrainingInterrupted",
-    "device_setup", "encode_conversation", "latest_checkpoint", "read_events", "render_prompt", "train",
+    "device_setup", "encode_conversation", "latest_checkpoint", "read_events", "Recommendation", "recommend",
+    "render_prompt", "train",
 ]
