@@ -216,6 +216,45 @@ def test_torchrun_command_relaunches_the_same_training():
     assert "--gpus" not in cmd
 
 
+def test_launch_problem_names_what_is_missing(monkeypatch):
+    import torch
+
+    from lorastudio.train import distributed
+
+    monkeypatch.delenv("LORASTUDIO_DIST_BACKEND", raising=False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert distributed.launch_problem(1) is None
+    assert "none" in distributed.launch_problem(2) and "--gpus 1" in distributed.launch_problem(2)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert "has 1 CUDA GPU" in distributed.launch_problem(2)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert distributed.launch_problem(2) is None
+    monkeypatch.setenv("LORASTUDIO_DIST_BACKEND", "gloo")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert distributed.launch_problem(4) is None  # the explicit CPU testing switch
+    monkeypatch.setenv("LORASTUDIO_DIST_BACKEND", "mpi")
+    assert "LORASTUDIO_DIST_BACKEND" in distributed.launch_problem(2)
+
+
+def test_micro_batches_are_dealt_round_robin():
+    from lorastudio.train.distributed import my_share
+
+    step = [[0, 1], [2], [3, 4], [5]]
+    assert my_share(step, 0, 2) == [[0, 1], [3, 4]] and my_share(step, 1, 2) == [[2], [5]]
+    assert my_share(step[:1], 1, 2) == []  # a rank with nothing still joins the step's all-reduce
+
+
+def test_allreduce_step_without_a_group_is_the_identity():
+    import torch
+
+    from lorastudio.train.distributed import allreduce_step
+
+    p = torch.nn.Parameter(torch.ones(3))
+    p.grad = torch.full((3,), 2.0)
+    assert allreduce_step([p], [1.5, 7, 0]) == [1.5, 7.0, 0.0]
+    assert torch.equal(p.grad, torch.full((3,), 2.0))
+
+
 def test_strategy_by_model_size():
     from lorastudio.train.distributed import choose_strategy
 

@@ -13,6 +13,7 @@ from io import BytesIO
 from pathlib import Path
 
 import pytest
+import yaml
 
 fastapi = pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
@@ -625,6 +626,34 @@ def test_one_trainer_per_device_slot(tmp_path, monkeypatch):
         assert most == 2  # two devices, two trainers at once, the third waits
         devices = [(Path(c.app.state.store.get_job(i)["job_dir"]) / "device.log").read_text().split()[0] for i in ids]
         assert sorted(devices[:2]) == ["0", "1"] and devices[2] in ("0", "1")
+
+
+def test_a_job_asking_for_two_gpus_holds_two_slots(tmp_path, monkeypatch):
+    """`hyperparameters.gpus = 2`: the worker reserves two GPU slots (one trainer, both GPUs visible; the
+    trainer relaunches itself under torchrun); a job queued behind it waits; more GPUs than listed fail."""
+    monkeypatch.setenv("FAKE_STEPS", "8")
+    monkeypatch.setenv("FAKE_STEP_S", "0.05")
+    with TestClient(create_app(make_settings(tmp_path, devices=["0", "1"]))) as c:
+        fid = upload(c).json()["id"]
+        create = lambda hp: c.post("/v1/fine_tuning/jobs", json={"model": "tiny-random", "training_file": fid,  # noqa: E731
+                                                              "hyperparameters": hp}).json()["id"]
+        ids = [create({"gpus": 2}), create({}), create({"gpus": 3})]
+        most = 0
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            most = max(most, len(c.app.state.store.jobs_with_status("running")))
+            statuses = [c.get(f"/v1/fine_tuning/jobs/{i}").json()["status"] for i in ids]
+            if statuses[:2] == ["succeeded", "succeeded"] and statuses[2] == "failed":
+                break
+            time.sleep(0.02)
+        assert statuses == ["succeeded", "succeeded", "failed"], statuses
+        assert most == 1  # the 2-GPU job held both slots; the other waited
+        dirs = [Path(c.app.state.store.get_job(i)["job_dir"]) for i in ids[:2]]
+        assert (dirs[0] / "device.log").read_text().split() == ["0,1"]
+        assert (dirs[1] / "device.log").read_text().split()[0] in ("0", "1")
+        assert yaml.safe_load((dirs[0] / "job.yaml").read_text())["gpus"] == 2
+        error = c.get(f"/v1/fine_tuning/jobs/{ids[2]}").json()["error"]
+        assert error["code"] == "invalid_hyperparameters" and "gpus=3" in error["message"]
 
 
 def test_uploads_in_other_formats_are_validated(client):

@@ -4,11 +4,15 @@ Settings, later ones winning: TrainConfig defaults → the recommender (data, ta
 → `--config FILE.yaml` → flags (`--epochs`, `--lr`, …) → `--set key=value`. With `--resume` the
 interrupted run's own `train_config.yaml` is the starting point instead.
 Exit codes: 0 done, 2 unusable input, 130 interrupted (checkpoint saved), 1 anything else.
+
+`--gpus N` (TrainConfig.gpus, also from `--config`/`--set`/a resumed run's config) runs the same command
+under torchrun on N local GPUs (lorastudio.train.distributed); the exit code is rank 0's.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -35,6 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
     parser.add_argument("--validation", metavar="FILE", help="validation file (default: a split of DATA)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where to train (default: auto)")
+    parser.add_argument("--gpus", type=int, help="train on this many local GPUs (relaunches under torchrun; "
+                                                 "the result equals one GPU's with the same settings)")
     parser.add_argument("--no-recommend", action="store_true",
                         help="start from TrainConfig's defaults instead of the recommender's settings")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress output (events.jsonl is still written)")
@@ -43,6 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
     pairs = {"num_epochs": args.epochs, "learning_rate": args.lr, "lora_r": args.lora_r,
              "max_steps": args.max_steps, "validation_data": args.validation, "device": args.device,
+             "gpus": getattr(args, "gpus", None),
              "base": args.base, "task": args.task}
     out = {k: v for k, v in pairs.items() if v is not None}
     if args.lora_r is not None and "lora_alpha" not in " ".join(args.overrides):
@@ -155,16 +162,37 @@ class _Progress:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lorastudio.train import distributed
+
+    code = _run(args)
+    # Rank 0 under torchrun tells the launching process its exit code. After an interruption every rank
+    # has stopped cleanly, so torchrun is told 0 (no "child failed" report on a Ctrl-C); the launcher
+    # still exits 130.
+    if distributed.report_exit_code(code) and code == 130:
+        return 0
+    return code
+
+
+def _run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from lorastudio.data import DataError
     from lorastudio.models import ModelError
-    from lorastudio.train import ConfigError, DataUnusable, TrainConfig, TrainingInterrupted, train
+    from lorastudio.train import (
+        ConfigError,
+        DataUnusable,
+        TrainConfig,
+        TrainingInterrupted,
+        distributed,
+        train,
+    )
 
     if not Path(args.data).is_file():
         return _fail(f"{args.data}: no such file")
     output = args.output or str(Path("runs") / Path(args.data).stem)
     started = time.time()
+    worker = distributed.is_worker()
+    rank = int(os.environ.get("RANK", 0)) if worker else 0
     try:
         if args.resume:
             saved = Path(output) / "train_config.yaml"
@@ -175,15 +203,25 @@ def run(args: argparse.Namespace) -> int:
             cfg = TrainConfig()
             if not args.no_recommend and not args.config:
                 cfg = cfg.with_overrides(_recommended(args.data, args.base or cfg.base, args.task or cfg.task,
-                                                      args.quiet))
+                                                      args.quiet or worker))  # the launcher printed it
             if args.config:
                 cfg = cfg.with_overrides(TrainConfig.from_yaml(args.config).to_dict())
         cfg = cfg.with_overrides({"data": args.data, "output_dir": output, **_flag_overrides(args)})
         cfg = cfg.with_overrides(args.overrides)
+        if worker:
+            cfg = cfg.with_overrides({"gpus": int(os.environ.get("WORLD_SIZE", 1))})
     except (ConfigError, DataError) as error:
-        return _fail(str(error))
+        return _fail(str(error)) if rank == 0 else 0
     except (OSError, ValueError) as error:
-        return _fail(f"{type(error).__name__}: {error}")
+        return _fail(f"{type(error).__name__}: {error}") if rank == 0 else 0
+
+    if cfg.gpus > 1 and not worker:
+        try:
+            return distributed.maybe_relaunch(cfg.gpus, list(getattr(args, "argv", None) or sys.argv[1:]))
+        except (RuntimeError, ValueError) as error:
+            return _fail(str(error))
+    if rank != 0:
+        return _run_other_rank(cfg, args)
 
     progress = None if args.quiet else _Progress()
     from transformers.utils import logging as hf_logging
@@ -216,4 +254,21 @@ def run(args: argparse.Namespace) -> int:
           + (f", validation loss {valid:.4f}" if valid is not None else "")
           + f"\nadapter: {result.adapter_dir}\n"
           f"try it:  lorastudio compare --base {cfg.base} --adapter {result.adapter_dir}", file=sys.stderr)
+    return 0
+
+
+def _run_other_rank(cfg: Any, args: argparse.Namespace) -> int:
+    """Ranks 1…N-1: train their share silently. Rank 0 reports (events, messages, exit code). Errors
+    every rank meets alike (bad data or settings, an interruption) exit 0 here, so torchrun does not
+    stop rank 0 before it has reported them; anything else fails this rank (and torchrun stops all)."""
+    from transformers.utils import logging as hf_logging
+
+    from lorastudio.data import DataError
+    from lorastudio.models import ModelError
+    from lorastudio.train import ConfigError, DataUnusable, TrainingInterrupted, train
+
+    hf_logging.disable_progress_bar()
+    # other exceptions propagate: exit 1, and torchrun stops every rank
+    with contextlib.suppress(TrainingInterrupted, DataUnusable, DataError, ConfigError, ModelError):
+        train(cfg, resume=args.resume)
     return 0

@@ -138,6 +138,7 @@ class _Running:
     process: subprocess.Popen
     slot: int
     log_file: Any
+    slots: list[int] = field(default_factory=list)  # every slot it holds (several: `gpus` > 1)
     term_sent_at: float | None = None
     killed: bool = False
     extra: dict = field(default_factory=dict)
@@ -174,7 +175,7 @@ class JobWorker:
         with self._tick_lock:  # no tick is half-way through a launch or a finish
             self._draining = True
         with self._lock:
-            running = list(self._running.values())
+            running = list({id(run): run for run in self._running.values()}.values())  # a run may hold several slots
             self._running.clear()
         for run in running:
             if run.term_sent_at is None:
@@ -243,7 +244,7 @@ class JobWorker:
                 self._fail(job["id"], f"internal error while validating the files ({type(exc).__name__}: {exc}); "
                            "see the server log", code="internal_error", only_if=("validating_files",))
         with self._lock:
-            runs = list(self._running.items())
+            runs = list({id(run): (slot, run) for slot, run in self._running.items()}.values())
         for slot, run in runs:
             self._watch(slot, run)
         for slot in range(len(self.settings.devices)):
@@ -256,8 +257,11 @@ class JobWorker:
             queued = self.store.jobs_with_status("queued")
             if not queued:
                 break
+            slots = self._slots_for(queued[0], slot)
+            if slots is None:
+                break  # the oldest job waits for enough free GPUs; nothing overtakes it
             try:
-                self._launch(slot, queued[0])
+                self._launch(slots, queued[0])
             except Exception as exc:
                 log.exception("starting job %s failed", queued[0]["id"])
                 self._fail(queued[0]["id"], f"could not start the trainer ({type(exc).__name__}: {exc})",
@@ -371,6 +375,13 @@ class JobWorker:
         except Exception as exc:  # ConfigError and the recommender's own value errors
             self._fail(job["id"], str(exc), code="invalid_hyperparameters", param="hyperparameters")
             return
+        if cfg.gpus > 1 and cfg.gpus > len(self._gpu_slots()):
+            devices = ",".join(self.settings.devices)
+            self._fail(job["id"], f"gpus={cfg.gpus} asks for more GPUs than this server trains on "
+                       f"(LORASTUDIO_DEVICES={devices}: {len(self._gpu_slots())} GPU slot(s)); list the GPUs "
+                       "of this host in LORASTUDIO_DEVICES (e.g. 0,1) or lower gpus",
+                       code="invalid_hyperparameters", param="hyperparameters")
+            return
         job_dir = Path(job["job_dir"])
         job_dir.mkdir(parents=True, exist_ok=True)
         cfg.to_yaml(job_dir / "job.yaml")
@@ -379,7 +390,22 @@ class JobWorker:
             self.message_event(job["id"], "Job queued; it starts when a device is free.")
 
     # --- training processes --------------------------------------------------------------------
-    def _launch(self, slot: int, job: dict) -> None:
+    def _gpu_slots(self) -> list[int]:
+        return [i for i, device in enumerate(self.settings.devices) if device.isdigit()]
+
+    def _slots_for(self, job: dict, free_slot: int) -> list[int] | None:
+        """The slots a job trains on: `free_slot`, or for `gpus` = N > 1 the first N free GPU slots
+        (None while fewer are free)."""
+        need = _job_gpus(job)
+        if need <= 1:
+            return [free_slot]
+        with self._lock:
+            free = [i for i in self._gpu_slots() if i not in self._running]
+        return free[:need] if len(free) >= need else None
+
+    def _launch(self, slots: list[int] | int, job: dict) -> None:
+        slots = [slots] if isinstance(slots, int) else list(slots)
+        slot = slots[0]
         job_dir = Path(job["job_dir"])
         config = job_dir / "job.yaml"
         training = self.store.get_file(job["training_file"])
@@ -405,9 +431,9 @@ class JobWorker:
         if sys.platform == "linux":
             cmd = [sys.executable, "-c", _LAUNCHER, str(os.getpid()), *cmd]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        device = self.settings.devices[slot]
-        if device.isdigit():
-            env["CUDA_VISIBLE_DEVICES"] = device
+        device = ",".join(self.settings.devices[i] for i in slots)
+        if all(self.settings.devices[i].isdigit() for i in slots):
+            env["CUDA_VISIBLE_DEVICES"] = device  # several: the trainer relaunches itself under torchrun
         log_file = (job_dir / "train.log").open("ab")
         try:
             # A new session (process group) so cancel can signal the trainer and its children, and
@@ -419,7 +445,9 @@ class JobWorker:
             self._fail(job["id"], f"could not start the trainer: {exc}", code="training_failed", only_if=("queued",))
             return
         with self._lock:
-            self._running[slot] = _Running(job["id"], job_dir, process, slot, log_file)
+            run = _Running(job["id"], job_dir, process, slot, log_file, slots=slots)
+            for held in slots:
+                self._running[held] = run
         # Status and pid together: whoever sees `running` can also find the process. If the job was
         # cancelled meanwhile, the update does nothing and the next tick stops the trainer.
         if not self.store.update_job(job["id"], only_if_status=("queued",), status="running", pid=process.pid,
@@ -429,7 +457,9 @@ class JobWorker:
             self.message_event(job["id"], f"Resuming training from the checkpoint at step {ckpt[0]}.",
                                data={"resumed_from_step": ckpt[0]})
         else:
-            self.message_event(job["id"], f"Training started on device slot {slot} ({device}).")
+            where = f"device slot {slot} ({device})" if len(slots) == 1 else \
+                f"{len(slots)} GPUs (slots {', '.join(map(str, slots))}: {device})"
+            self.message_event(job["id"], f"Training started on {where}.")
 
     def _watch(self, slot: int, run: _Running) -> None:
         self._pump(run.job_id)
@@ -451,7 +481,9 @@ class JobWorker:
         _kill_group(run.process.pid, signal.SIGKILL)
         run.log_file.close()
         with self._lock:
-            self._running.pop(slot, None)
+            for held in run.slots or [slot]:
+                if self._running.get(held) is run:
+                    del self._running[held]
         self._pump(run.job_id)
         self._finish(run, rc)
 
@@ -515,6 +547,14 @@ class JobWorker:
         except OSError:
             return None
         return lines[-1][:500] if lines else None
+
+
+def _job_gpus(job: dict) -> int:
+    """GPUs a job asked for (`hyperparameters.gpus`, a TrainConfig field); 1 when absent or odd."""
+    try:
+        return max(1, int((job.get("hyperparameters") or {}).get("gpus") or 1))
+    except (TypeError, ValueError):
+        return 1
 
 
 def _top_reasons(report: dict) -> str:

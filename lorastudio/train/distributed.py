@@ -1,10 +1,21 @@
 """Several GPUs: `lorastudio train --gpus N` relaunches the same command under torchrun.
 
-Each worker trains on its share of the packed batches. The strategy follows the model size:
-- DDP-style (the default): every GPU holds the whole bf16 base; only the LoRA gradients (tens of MB)
-  are averaged, in one flat all-reduce per optimizer step — no wrapper around the model, so the fast
-  path (`gpu.packed_lm_loss`) runs unchanged.
-- FSDP (fully_shard per decoder layer) when the bf16 base would take more than half of one GPU.
+Each worker (rank) trains on its share of every optimizer step's packed micro-batches: the schedule
+(which examples in which micro-batch of which step) is the single-process one, and micro-batch j of a
+step goes to rank j mod N. Each rank divides its summed token losses by the step's *global* number of
+target tokens, so one flat all-reduce (SUM) of the LoRA gradients per optimizer step gives exactly the
+single-process gradient of the same step (`allreduce_step`, which also sums the step's loss and token
+counts and the ranks' stop requests). Only rank 0 writes events, checkpoints and the adapter.
+
+Strategy:
+- DDP-style (what the trainer runs): every GPU holds the whole bf16 base; only the LoRA gradients
+  (tens of MB) are reduced — no wrapper around the model, so the fast path (`gpu.packed_lm_loss`) runs
+  unchanged.
+- FSDP (`apply_fsdp`, fully_shard per decoder layer) is what `choose_strategy` asks for when the bf16
+  base would take more than half of one GPU; the trainer does not use it yet (it warns and replicates).
+
+Backend: NCCL on CUDA. `LORASTUDIO_DIST_BACKEND=gloo` runs the ranks on the CPU (for tests: several
+CPU processes share the same cores and train no faster than one).
 
 The launcher and the strategy choice are pure functions (tested on the CPU); the rest needs torch.
 """
@@ -57,19 +68,146 @@ def torchrun_command(argv: list[str], gpus: int, *, python: str | None = None, p
             *_strip_gpus(list(argv))]
 
 
-def maybe_relaunch(gpus: int, argv: list[str]) -> int | None:
-    """If more than one GPU is asked for and this is not a worker yet, run the same command under
-    torchrun and return its exit code; else None (train here). Raises if the GPUs are not there."""
-    if gpus <= 1 or is_worker():
+BACKEND_ENV = "LORASTUDIO_DIST_BACKEND"
+RC_FILE_ENV = "LORASTUDIO_DIST_RC_FILE"
+
+
+def backend_name() -> str:
+    """"nccl" (the default) or "gloo" (LORASTUDIO_DIST_BACKEND=gloo: ranks on the CPU, for tests)."""
+    name = os.environ.get(BACKEND_ENV, "").strip().lower() or "nccl"
+    if name not in ("nccl", "gloo"):
+        raise ValueError(f"{BACKEND_ENV}={name!r}: use nccl (GPUs) or gloo (CPU, for tests)")
+    return name
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of this process: from the process group if joined, else torchrun's env."""
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+    except ImportError:  # pragma: no cover
+        pass
+    if is_worker():
+        return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    return 0, 1
+
+
+def launch_problem(gpus: int) -> str | None:
+    """Why `--gpus N` cannot run here (one line for the user), or None if it can."""
+    if gpus <= 1:
+        return None
+    try:
+        backend = backend_name()
+    except ValueError as err:
+        return str(err)
+    if backend == "gloo":
         return None
     import torch
 
     have = torch.cuda.device_count()
+    if have == 0:
+        return (f"--gpus {gpus} needs {gpus} CUDA GPUs and this machine has none; on the CPU several "
+                f"processes only share the same cores, so train with --gpus 1 (tests can set "
+                f"{BACKEND_ENV}=gloo to run the ranks on the CPU)")
     if have < gpus:
-        raise RuntimeError(f"--gpus {gpus} asked for, but this machine has {have} CUDA GPU(s)")
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        return (f"--gpus {gpus} asked for, but this machine has {have} CUDA GPU(s)"
+                + (f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else ""))
+    return None
+
+
+def _parent_death_signal(sig: int) -> None:
+    """Linux: ask the kernel to send `sig` to this process when its parent dies (no orphan ranks)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, sig)  # PR_SET_PDEATHSIG
+    except Exception:  # pragma: no cover - best effort
+        pass
+
+
+def maybe_relaunch(gpus: int, argv: list[str]) -> int | None:
+    """If more than one GPU is asked for and this is not a worker yet, run the same command under
+    torchrun and return rank 0's exit code; else None (train here). Raises RuntimeError (one line for
+    the user) if the GPUs are not there.
+
+    torchrun (and each rank) runs in a session of its own, so a signal to this process's group (Ctrl-C
+    in a terminal, the job worker's SIGTERM) reaches every rank exactly once: this process forwards it
+    to the ranks (to torchrun where it cannot list them); the ranks agree at the next optimizer step,
+    rank 0 writes one checkpoint and all exit. A second signal is forwarded too and means "stop now",
+    as in one process. If this process dies, torchrun gets SIGTERM from the kernel, and so do the ranks
+    if torchrun dies.
+    """
+    if gpus <= 1 or is_worker():
+        return None
+    problem = launch_problem(gpus)
+    if problem:
+        raise RuntimeError(problem)
+    import signal
+    import tempfile
+
     env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", "4")
-    return subprocess.call(torchrun_command(argv, gpus), env=env)
+    env.setdefault("OMP_NUM_THREADS", "1" if backend_name() == "gloo" else "4")
+    with tempfile.TemporaryDirectory(prefix="lorastudio-dist-") as tmp:
+        rc_file = os.path.join(tmp, "rank0.rc")
+        env[RC_FILE_ENV] = rc_file
+        process = subprocess.Popen(torchrun_command(argv, gpus), env=env, start_new_session=True,
+                                   preexec_fn=lambda: _parent_death_signal(signal.SIGTERM))
+
+        def forward(signum, _frame):
+            # To the ranks themselves where Linux lists them (torchrun then sees a clean exit); else to
+            # torchrun, which forwards it to every rank (and prints its own report of the signal).
+            for pid in _children(process.pid) or [process.pid]:
+                try:
+                    os.kill(pid, signum)
+                except ProcessLookupError:
+                    pass
+
+        previous = {}
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            rc = process.wait()
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+        try:
+            with open(rc_file, encoding="utf-8") as fh:
+                return int(fh.read().strip())
+        except (OSError, ValueError):
+            return rc if rc >= 0 else 128 - rc
+
+
+def _children(pid: int) -> list[int]:
+    """Child pids of `pid` (Linux /proc), [] where unknown."""
+    found: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children", encoding="ascii") as fh:
+                found += [int(x) for x in fh.read().split()]
+    except (OSError, ValueError):
+        return []
+    return found
+
+
+def report_exit_code(code: int) -> bool:
+    """Rank 0 of a relaunched command: tell the launching process its exit code (torchrun's own
+    exit code says only "a rank failed"). True if told."""
+    path = os.environ.get(RC_FILE_ENV)
+    if path and is_worker() and int(os.environ.get("RANK", 0)) == 0:
+        try:
+            with open(path, "w", encoding="utf-8") as fh:
+                fh.write(str(int(code)))
+            return True
+        except OSError:
+            pass
+    return False
 
 
 def choose_strategy(shape: ModelShape, gpu_bytes: int) -> str:
@@ -77,16 +215,32 @@ def choose_strategy(shape: ModelShape, gpu_bytes: int) -> str:
     return "ddp" if shape.n_params * 2 <= 0.5 * gpu_bytes else "fsdp"
 
 
-def init() -> tuple[int, int, int]:
-    """Join the process group (NCCL); returns (rank, world_size, local_rank) and selects the GPU."""
+def init(backend: str | None = None) -> tuple[int, int, int]:
+    """Join the process group (NCCL, or gloo on the CPU); returns (rank, world_size, local_rank) and,
+    with NCCL, selects this rank's GPU. A rank whose torchrun dies gets SIGTERM (Linux)."""
+    import signal
+
     import torch
     import torch.distributed as dist
 
+    backend = backend or backend_name()
     local = int(os.environ.get("LOCAL_RANK", 0))
-    torch.cuda.set_device(local)
     if not dist.is_initialized():
-        dist.init_process_group("nccl", device_id=torch.device("cuda", local))
+        _parent_death_signal(signal.SIGTERM)
+        if backend == "nccl":
+            torch.cuda.set_device(local)
+            dist.init_process_group("nccl", device_id=torch.device("cuda", local))
+        else:
+            dist.init_process_group(backend)
+    elif backend == "nccl":
+        torch.cuda.set_device(local)
     return dist.get_rank(), dist.get_world_size(), local
+
+
+def my_share(items: list[Any], rank: int, world: int) -> list[Any]:
+    """Items rank, rank + world, …: this rank's micro-batches of one optimizer step (any count; a rank
+    may get none — it still joins the step's all-reduce)."""
+    return items[rank::world]
 
 
 def shard(items: list[Any], rank: int, world: int) -> list[Any]:
@@ -109,15 +263,54 @@ def allreduce_gradients(params: list[Any]) -> None:
         g.copy_(synced)
 
 
+def allreduce_step(params: list[Any], scalars: list[float]) -> list[float]:
+    """One optimizer step's collective: SUM the gradients of `params` over all ranks (in place) and the
+    `scalars` (e.g. loss sum, tokens, stop request): one flat all-reduce of the gradients and one of the
+    scalars; returns the summed scalars.
+
+    Every rank must call it with the same params in the same order. A param without a gradient on this
+    rank contributes zeros (and then holds the others' sum), so the buffers match on every rank.
+    """
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return [float(v) for v in scalars]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p, dtype=p.dtype)
+    grads = [p.grad for p in params]
+    device = grads[0].device if grads else ("cuda" if backend_name() == "nccl" else "cpu")
+    by_dtype: dict[Any, list[Any]] = {}
+    for g in grads:
+        by_dtype.setdefault(g.dtype, []).append(g)
+    for same in by_dtype.values():  # one buffer: the LoRA masters are all fp32
+        flat = torch._utils._flatten_dense_tensors(same)
+        dist.all_reduce(flat)
+        for g, synced in zip(same, torch._utils._unflatten_dense_tensors(flat, same), strict=True):
+            g.copy_(synced)
+    extra = torch.tensor([float(v) for v in scalars], dtype=torch.float64, device=device)
+    dist.all_reduce(extra)  # a few numbers, exact in float64
+    return [float(v) for v in extra.tolist()]
+
+
 def allreduce_sum(value: float) -> float:
     import torch
     import torch.distributed as dist
 
     if not dist.is_initialized():
         return value
-    t = torch.tensor([float(value)], device="cuda")
+    t = torch.tensor([float(value)], dtype=torch.float64,
+                     device="cuda" if backend_name() == "nccl" and torch.cuda.is_available() else "cpu")
     dist.all_reduce(t)
     return float(t.item())
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
 
 
 def apply_fsdp(model: Any) -> Any:

@@ -284,10 +284,11 @@ class _StopFlag:
     def __init__(self, external: threading.Event | None):
         self.external = external
         self.signal: int | None = None
+        self.peer = False  # several ranks: another rank was asked to stop (known at the step's all-reduce)
 
     @property
     def requested(self) -> bool:
-        return self.signal is not None or bool(self.external and self.external.is_set())
+        return self.signal is not None or self.peer or bool(self.external and self.external.is_set())
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
@@ -339,17 +340,24 @@ def train(cfg: TrainConfig, on_event: EventCallback | None = None, *, resume: bo
     Raises DataUnusable (nothing to train on), ConfigError (bad/incompatible settings), ModelError
     (model cannot be loaded), TrainingInterrupted (signal/stop event, after saving a checkpoint).
     """
+    from lorastudio.train import distributed
+
+    # Under torchrun (`lorastudio train --gpus N`): join the group; only rank 0 writes files and events.
+    own_group = distributed.is_worker() and int(os.environ.get("WORLD_SIZE", 1)) > 1 and not _group_joined()
+    if own_group:
+        distributed.init()
+    rank, _world = distributed.rank_and_world()
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = latest_checkpoint(output_dir) if resume else None
     if resume and checkpoint is None:
         raise ConfigError(f"--resume: no checkpoint in {output_dir / CHECKPOINTS}; start without --resume")
-    if not resume:
+    if not resume and rank == 0:
         # A fresh run in a reused directory: old events and checkpoints belong to another run and would
         # confuse readers and a later --resume. (The old adapter files are overwritten at the end.)
         (output_dir / "events.jsonl").unlink(missing_ok=True)
         shutil.rmtree(output_dir / CHECKPOINTS, ignore_errors=True)
-    log = EventLog(output_dir / "events.jsonl", on_event)
+    log = EventLog(output_dir / "events.jsonl", on_event) if rank == 0 else EventLog(None)
     try:
         return _Run(cfg, log, checkpoint, conversations, val_conversations, stop).run()
     except TrainingInterrupted:
@@ -359,6 +367,35 @@ def train(cfg: TrainConfig, on_event: EventCallback | None = None, *, resume: bo
         raise
     finally:
         log.close()
+        if own_group:
+            distributed.cleanup()
+
+
+def _fsdp_note(cfg: TrainConfig) -> str:
+    """Every rank holds the whole base (DDP-style); say so when `choose_strategy` would shard it."""
+    try:
+        import torch
+        from transformers import AutoConfig
+
+        from lorastudio.models import resolve_model
+        from lorastudio.train.distributed import choose_strategy
+        from lorastudio.train.gpu import ModelShape
+
+        shape = ModelShape.from_config(AutoConfig.from_pretrained(resolve_model(cfg.base)))
+        if choose_strategy(shape, torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory) == "fsdp":
+            return ("; this base takes over half of one GPU: FSDP would shard it, but the trainer replicates "
+                    "it on every GPU (FSDP is not wired in yet)")
+    except Exception:  # only a note
+        pass
+    return ""
+
+
+def _group_joined() -> bool:
+    try:
+        import torch.distributed as dist
+    except ImportError:  # pragma: no cover
+        return False
+    return dist.is_available() and dist.is_initialized()
 
 
 class _Run:
@@ -373,6 +410,9 @@ class _Run:
         self.stop = _StopFlag(stop)
         self.output_dir = Path(cfg.output_dir)
         self.data_report: dict[str, Any] = {}
+        from lorastudio.train.distributed import rank_and_world
+
+        self.rank, self.world = rank_and_world()  # (0, 1) in one process
 
     # -- prepare -----------------------------------------------------------------------------
     def _prepare(self) -> None:
@@ -382,6 +422,8 @@ class _Run:
 
         cfg = self.cfg
         self.setup = device_setup(cfg)
+        if self.world > 1:
+            self._fit_world()
         self.log.stage("prepare", f"reading {cfg.data or 'the given conversations'} and {cfg.base}")
         self.model_dir = resolve_model(cfg.base)
         # Data first (needs only the tokenizer): bad data fails in seconds, not after a model load.
@@ -418,6 +460,24 @@ class _Run:
             self._neftune_lengths: list[list[int]] = [[]]
             self.model.get_input_embeddings().register_forward_hook(
                 _neftune_hook(cfg.neftune_alpha, self._neftune_lengths))
+
+    def _fit_world(self) -> None:
+        """Several ranks share each optimizer step's micro-batches (micro-batch j → rank j mod world);
+        with fewer micro-batches per step than ranks, smaller packs and more accumulation keep the
+        tokens per step and give every rank work."""
+        cfg = self.cfg
+        cfg.gpus = self.world
+        note = f"{self.world} ranks ({self.setup.device}); rank 0 writes events, checkpoints and the adapter"
+        if cfg.gradient_accumulation < self.world:
+            factor = math.ceil(self.world / cfg.gradient_accumulation)
+            cfg.batch_tokens = max(cfg.max_length, cfg.batch_tokens // factor)
+            cfg.gradient_accumulation *= factor
+            note += (f"; batch_tokens {cfg.batch_tokens} × gradient_accumulation {cfg.gradient_accumulation} "
+                     "so that every rank has a micro-batch in each step")
+        if self.setup.device == "cuda":
+            note += _fsdp_note(cfg)
+        self.setup.notes.append(note)
+        self.log.stage("prepare", note)
 
     def _augment(self, conversations: list[Any], model, tokenizer) -> list[Any]:
         """Paraphrases and self-replay rows (lorastudio/train/augment.py, replay.py), when asked for."""
@@ -511,15 +571,22 @@ class _Run:
         total, count = 0.0, 0
         batches = pack([e.num_tokens for e in self.val_examples], range(len(self.val_examples)), self.cfg.batch_tokens)
         with torch.no_grad():
-            for indices in batches:
+            for indices in batches[self.rank::self.world]:
                 loss_sum, n = self._forward_loss(indices, self.val_examples)
                 total += float(loss_sum)
                 count += n
+        if self.world > 1:
+            from lorastudio.train.distributed import allreduce_step
+
+            total, count = allreduce_step([], [total, count])
         self.model.train()
         return total / max(1, count)
 
     def _save_checkpoint(self, step: int, train_loss: float | None, valid_loss: float | None) -> Path:
         import torch
+
+        if self.rank != 0:  # every rank holds the same state; rank 0 writes it
+            return self.output_dir / CHECKPOINTS / f"step-{step:08d}"
 
         def write(tmp: Path) -> None:
             self.model.save_pretrained(tmp)
@@ -556,7 +623,9 @@ class _Run:
             details = ", ".join(f"{k}: {saved.get(k)!r} → {getattr(self.cfg, k)!r}" for k in changed)
             raise ConfigError(f"--resume: settings differ from the interrupted run ({details}); "
                               "resume with the same settings, or start a new output directory")
-        weights = load_file(str(checkpoint / "adapter_model.safetensors"), device=self.setup.device)
+        # Several ranks: load on the CPU ("cuda" would mean GPU 0 for every rank), copied into place below.
+        weights = load_file(str(checkpoint / "adapter_model.safetensors"),
+                            device="cpu" if self.world > 1 else self.setup.device)
         result = set_peft_model_state_dict(self.model, weights)
         if getattr(result, "unexpected_keys", None):
             raise ConfigError(f"--resume: {checkpoint} does not match this model's LoRA layout")
@@ -611,9 +680,14 @@ class _Run:
             step_tokens = 0
             rng_at_start = _rng_state()
             try:
-                for indices in plan.micro_batches:
-                    if self.stop.requested:
+                for micro, indices in enumerate(plan.micro_batches):
+                    if self.stop.requested and self.world == 1:
                         raise _StepAborted
+                    if micro % self.world != self.rank:  # another rank's share of this step
+                        continue
+                    # Dropout/NEFTune noise depend on (seed, step, micro-batch) only: the same on any
+                    # number of ranks, and after --resume.
+                    torch.manual_seed(cfg.seed * 1_000_003 + step * 1_009 + micro)
                     loss_sum, _n = self._forward_loss(indices, self.train_examples)
                     # Token-level mean over the whole accumulation group, so packing/accumulation never
                     # change what one target token weighs.
@@ -627,6 +701,17 @@ class _Run:
                 self.optimizer.zero_grad(set_to_none=True)
                 _set_rng_state(rng_at_start)
                 self._interrupt(step - 1, last_saved)
+            stop_now = self.stop.requested
+            if self.world > 1:
+                # Sum the LoRA gradients (each rank's share already divided by the step's global target
+                # count: the sum is the single-process gradient), the loss, the tokens and the ranks'
+                # stop requests. Decide to stop only on the summed flag, so every rank stops together.
+                from lorastudio.train.distributed import allreduce_step
+
+                loss_total, tokens, stops = allreduce_step(self.trainable,
+                                                           [loss_total, step_tokens, float(stop_now)])
+                step_tokens, stop_now = int(tokens), stops > 0
+                self.stop.peer = self.stop.peer or stop_now
             session_tokens += step_tokens
             if self.scaler:
                 self.scaler.unscale_(self.optimizer)
@@ -673,7 +758,7 @@ class _Run:
             if at_save:
                 self._save_checkpoint(step, train_loss, valid_loss)
                 last_saved = step
-            if self.stop.requested:
+            if stop_now or (self.world == 1 and self.stop.requested):
                 self._interrupt(step, last_saved, train_loss, valid_loss)
             if early_stopped:
                 break
@@ -685,6 +770,10 @@ class _Run:
         path = self.output_dir / CHECKPOINTS / f"step-{step:08d}"
         if last_saved != step or not (path / STATE_FILE).is_file():
             path = self._save_checkpoint(step, train_loss, valid_loss)
+        if self.world > 1:  # no rank leaves (torchrun would stop the others) before rank 0 has saved
+            from lorastudio.train.distributed import barrier
+
+            barrier()
         reason = signal.Signals(self.stop.signal).name if self.stop.signal else "stop requested"
         self.log.stage("save", f"interrupted ({reason}) at step {step}; resume with --resume")
         raise TrainingInterrupted(step, str(path))
@@ -693,7 +782,7 @@ class _Run:
         """On CPU a step can take minutes: let a stop request cut into it at the next decoder layer
         (forward or backward) instead of waiting for the step to finish. Not on CUDA, where steps are
         short and module backward hooks would get in the way of compiled/fused kernels."""
-        if self.setup.device != "cpu":
+        if self.setup.device != "cpu" or self.world > 1:  # ranks stop together, at a step's all-reduce
             return
         causal_lm = self.model.get_base_model()
         layers = getattr(causal_lm.get_decoder(), "layers", None)
@@ -716,7 +805,7 @@ class _Run:
         if self.best_valid_loss is None or valid_loss < self.best_valid_loss - 1e-4:
             self.best_valid_loss = valid_loss
             self.bad_evals = 0
-            if self.cfg.early_stopping_patience:
+            if self.cfg.early_stopping_patience and self.rank == 0:
                 _atomic_dir(self.output_dir / CHECKPOINTS / "best", self.model.save_pretrained)
                 (self.output_dir / CHECKPOINTS / "best" / "step.txt").write_text(str(step))
             return False
@@ -731,6 +820,8 @@ class _Run:
     # -- save ----------------------------------------------------------------------------------
     def _save(self, steps: int, early_stopped: bool) -> TrainResult:
         cfg = self.cfg
+        if self.rank != 0:  # rank 0 writes the adapter, config, model card and the `done` event
+            return TrainResult(adapter_dir=str(self.output_dir), steps=steps, early_stopped=early_stopped)
         self.log.stage("save", f"writing the adapter to {self.output_dir}")
         best = self.output_dir / CHECKPOINTS / "best"
         use_best = bool(cfg.early_stopping_patience and (best / "adapter_model.safetensors").is_file())
@@ -778,7 +869,8 @@ class _Run:
             # Written before training so an interrupted run can be resumed with its own settings.
             self.cfg.extra = {**self.cfg.extra, "resolved_base": str(Path(self.model_dir).resolve()),
                               "device": self.setup.device, "dtype": str(self.setup.dtype).split(".")[-1]}
-            self.cfg.to_yaml(self.output_dir / "train_config.yaml")
+            if self.rank == 0:
+                self.cfg.to_yaml(self.output_dir / "train_config.yaml")
             self._tokenize()
             steps, early_stopped = self._train()
             return self._save(steps, early_stopped)

@@ -1,0 +1,186 @@
+"""`lorastudio train --gpus N` on the CPU: torchrun with 2 gloo ranks against one process.
+
+The gloo backend (LORASTUDIO_DIST_BACKEND=gloo) runs the same code as NCCL on GPUs except the
+collective's transport: the rank-sharded micro-batches, the token-weighted gradient all-reduce, rank-0
+-only files and the coordinated stop are what these tests prove. Each launch costs ~10 s of start-up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from lorastudio.cli import main
+from lorastudio.train import read_events
+
+ROWS = [
+    ("工单超过多久没处理会自动升级？", "工单超过48小时未处理，会自动升级到二线护航组。"),
+    ("满意度评分多少才能关单？", "满意度评分≥3分才能关单，低于3分自动重开。"),
+    ("观星3.2的型号和售价？", "型号YZ-LD2406，售价299元。"),
+    ("客服电话分机是多少？", "分机6021，工作日9点到18点。"),
+    ("What is the price of YZ-LD2406?", "It costs 299 yuan."),
+    ("栈台当前版本是什么？", "栈台当前版本为V5.3，代号青鸾。"),
+]
+STEPS = 8
+# Two micro-batches per step (the last step of each epoch has one: rank 1 then has nothing to do and
+# still joins the all-reduce). LoRA dropout on, so the per-micro-batch seeding is tested too.
+SETTINGS = ["--no-recommend", "-q", "--set", f"max_steps={STEPS}", "--set", "batch_tokens=128",
+            "--set", "max_length=128", "--set", "gradient_accumulation=2", "--set", "learning_rate=0.01",
+            "--set", "dtype=fp32", "--set", "lora_dropout=0.1"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    rows = ROWS + [(q + " 请回答。", a) for q, a in ROWS]
+    path = tmp_path_factory.mktemp("dist-data") / "faq.jsonl"
+    path.write_text("\n".join(json.dumps({"instruction": q, "response": a}, ensure_ascii=False) for q, a in rows)
+                    + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def single_run(data, tiny_random_dir, tmp_path_factory) -> Path:
+    """The reference: one process, the same settings (hence the same global batch per step)."""
+    out = tmp_path_factory.mktemp("single") / "run"
+    assert main(["train", str(data), "--base", "tiny-random", "-o", str(out), *SETTINGS]) == 0
+    return out
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, LORASTUDIO_DIST_BACKEND="gloo", OMP_NUM_THREADS="1")
+    env.pop("LOCAL_RANK", None)
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+def _launch(data: Path, out: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "lorastudio", "train", str(data), "--base", "tiny-random",
+                             "-o", str(out), *SETTINGS, "--gpus", "2", *extra], env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(run / "adapter_model.safetensors"))
+
+
+def _assert_same_adapter(a: Path, b: Path) -> None:
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key], rtol=1e-5, atol=1e-6, msg=key)
+    assert any(v.abs().sum() > 0 for k, v in wa.items() if "lora_B" in k)  # it did learn something
+
+
+def _losses(run: Path) -> list[tuple[int, float]]:
+    return [(e["step"], e["loss"]) for e in read_events(run / "events.jsonl") if e["type"] == "metrics"]
+
+
+def test_cpu_refuses_several_gpus_without_the_test_backend(data, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("LORASTUDIO_DIST_BACKEND", raising=False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    code = main(["train", str(data), "--base", "tiny-random", "-o", str(tmp_path / "o"), "--gpus", "2",
+                 *SETTINGS])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--gpus 2" in err and "none" in err and "LORASTUDIO_DIST_BACKEND=gloo" in err
+    assert not (tmp_path / "o" / "events.jsonl").exists()
+
+
+def test_two_gloo_ranks_equal_one_process_and_only_rank_0_writes(data, single_run, tmp_path):
+    out = tmp_path / "dist"
+    proc = _launch(data, out)
+    log, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, log
+
+    _assert_same_adapter(out, single_run)
+    # The loss is summed over ranks and divided by the step's global target count: the same numbers.
+    dist_losses, single_losses = _losses(out), _losses(single_run)
+    assert [s for s, _ in dist_losses] == list(range(1, STEPS + 1))  # one line per step, not one per rank
+    for (_, a), (_, b) in zip(dist_losses, single_losses, strict=True):
+        assert a == pytest.approx(b, rel=1e-5)
+
+    events = read_events(out / "events.jsonl")
+    assert sum(e["type"] == "done" for e in events) == 1
+    assert [e["message"] for e in events if e["type"] == "stage"][0].startswith("2 ranks (cpu)")
+    checkpoints = [e["step"] for e in events if e["type"] == "checkpoint"]
+    assert len(checkpoints) == len(set(checkpoints))
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in single_run.iterdir())
+    assert not [p for p in out.rglob(".tmp-*")]
+    from lorastudio.train import TrainConfig
+
+    assert TrainConfig.from_yaml(out / "train_config.yaml").gpus == 2
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _wait_for_step(events: Path, step: int, proc: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if any(e["type"] == "metrics" and e["step"] >= step for e in read_events(events)):
+            return
+        assert proc.poll() is None, proc.communicate()[0]
+        time.sleep(0.05)
+    raise AssertionError(f"training did not reach step {step}")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds rank 0 through /proc")
+def test_sigterm_on_rank_0_stops_all_ranks_with_one_checkpoint_and_resume_is_exact(data, single_run, tmp_path):
+    out = tmp_path / "dist"
+    proc = _launch(data, out)
+    _wait_for_step(out / "events.jsonl", 2, proc)
+    ranks = [pid for torchrun in _children(proc.pid) for pid in _children(torchrun)]
+    rank0 = [pid for pid in ranks if b"\0RANK=0\0" in b"\0" + Path(f"/proc/{pid}/environ").read_bytes()]
+    assert len(ranks) == 2 and len(rank0) == 1, ranks
+    os.kill(rank0[0], signal.SIGTERM)
+    log, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, log
+    assert "continue with:" in log
+    for pid in ranks:  # every rank is gone, none was left behind
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+
+    events = read_events(out / "events.jsonl")
+    stopped_at = max(e["step"] for e in events if e["type"] == "metrics")
+    assert stopped_at < STEPS
+    interrupted = [e for e in events if e["type"] == "stage" and "interrupted (SIGTERM)" in e["message"]]
+    assert len(interrupted) == 1 and f"at step {stopped_at}" in interrupted[0]["message"]
+    # one checkpoint for the interruption (plus the per-epoch ones), written once
+    saved = [e["step"] for e in events if e["type"] == "checkpoint"]
+    assert saved.count(stopped_at) == 1 and len(saved) == len(set(saved))
+    assert (out / "checkpoints" / f"step-{stopped_at:08d}" / "trainer_state.pt").is_file()
+    assert not (out / "adapter_model.safetensors").exists()
+
+    # --resume reads the run's train_config.yaml (gpus: 2), relaunches, and ends where one process ends.
+    resumed = subprocess.run([sys.executable, "-m", "lorastudio", "train", str(data), "-o", str(out), "--resume",
+                              "-q"], env=_env(), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert [e["step"] for e in read_events(out / "events.jsonl") if e["type"] == "resumed"] == [stopped_at]
+    _assert_same_adapter(out, single_run)
+
+
+def test_sigterm_to_the_launcher_reaches_every_rank_once(data, tmp_path):
+    """What a Ctrl-C or the job worker's SIGTERM does: one clean stop, exit 130, no torchrun report."""
+    out = tmp_path / "dist"
+    proc = _launch(data, out)
+    _wait_for_step(out / "events.jsonl", 2, proc)
+    proc.send_signal(signal.SIGTERM)
+    log, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, log
+    assert "ChildFailedError" not in log and "SignalException" not in log
+    events = read_events(out / "events.jsonl")
+    stopped_at = max(e["step"] for e in events if e["type"] == "metrics")
+    assert [e["step"] for e in events if e["type"] == "checkpoint"].count(stopped_at) == 1
