@@ -21,8 +21,8 @@ const ADVANCED_FIELDS = [
 ];
 // The settings shown with their reasons in the summary list (the rest are in the advanced panel).
 const MAIN_SETTINGS = [
-  "num_epochs", "learning_rate", "lora_r", "max_length", "batch_tokens", "augment_paraphrases", "replay_rows",
-  "val_fraction", "device", "dtype",
+  "num_epochs", "learning_rate", "lora_r", "max_length", "batch_tokens", "augment_same_fact",
+  "augment_paraphrases", "replay_rows", "val_fraction", "device", "dtype",
 ];
 const CHOICES = { lr_scheduler: ["linear", "cosine", "constant"] };
 
@@ -429,7 +429,7 @@ function warningText(text) {
 function reasonText(key, value, serverReason) {
   if (key in state.overrides) return t("settings.changed_reason");
   if (lang() === "en" && serverReason) return serverReason;
-  if ((value === 0 || value === null) && has(`reason.${key}.off`)) return t(`reason.${key}.off`);
+  if ((value === 0 || value === null || value === false) && has(`reason.${key}.off`)) return t(`reason.${key}.off`);
   return tOr(`reason.${key}`, serverReason || "", { value: formatSetting(key, value) });
 }
 
