@@ -18,6 +18,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import os
 import random
 import re
 from collections import Counter
@@ -255,7 +256,7 @@ def augment_conversations(conversations: Sequence[Conversation], *, model: Any =
 
 def write_augmented(path: Path, rows: list[tuple[str, Conversation]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".jsonl.tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # own temp file: under --gpus every rank writes it
     with open(tmp, "w", encoding="utf-8") as f:
         for source, conv in rows:
             f.write(json.dumps({**conv.to_dict(), "source": source, "row": conv.row}, ensure_ascii=False) + "\n")

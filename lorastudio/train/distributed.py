@@ -130,6 +130,18 @@ def _parent_death_signal(sig: int) -> None:
         pass
 
 
+_LAUNCHER = (
+    "import ctypes, os, signal, sys\n"
+    "try:\n"
+    "    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)\n"
+    "except Exception:\n"
+    "    pass\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    sys.exit(130)\n"
+    "os.execvp(sys.argv[2], sys.argv[2:])\n"
+)
+
+
 def maybe_relaunch(gpus: int, argv: list[str]) -> int | None:
     """If more than one GPU is asked for and this is not a worker yet, run the same command under
     torchrun and return rank 0's exit code; else None (train here). Raises RuntimeError (one line for
@@ -149,18 +161,23 @@ def maybe_relaunch(gpus: int, argv: list[str]) -> int | None:
         raise RuntimeError(problem)
     import signal
     import tempfile
+    import threading
 
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1" if backend_name() == "gloo" else "4")
+    signalled: list[int] = []
     with tempfile.TemporaryDirectory(prefix="lorastudio-dist-") as tmp:
         rc_file = os.path.join(tmp, "rank0.rc")
         env[RC_FILE_ENV] = rc_file
-        process = subprocess.Popen(torchrun_command(argv, gpus), env=env, start_new_session=True,
-                                   preexec_fn=lambda: _parent_death_signal(signal.SIGTERM))
+        # torchrun through a tiny launcher that asks for SIGTERM when this process dies (no preexec_fn:
+        # unsafe once threads exist), then execs it
+        process = subprocess.Popen([sys.executable, "-c", _LAUNCHER, str(os.getpid()),
+                                    *torchrun_command(argv, gpus)], env=env, start_new_session=True)
 
         def forward(signum, _frame):
             # To the ranks themselves where Linux lists them (torchrun then sees a clean exit); else to
             # torchrun, which forwards it to every rank (and prints its own report of the signal).
+            signalled.append(signum)
             for pid in _children(process.pid) or [process.pid]:
                 try:
                     os.kill(pid, signum)
@@ -168,8 +185,6 @@ def maybe_relaunch(gpus: int, argv: list[str]) -> int | None:
                     pass
 
         previous = {}
-        import threading
-
         if threading.current_thread() is threading.main_thread():
             previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
@@ -180,7 +195,9 @@ def maybe_relaunch(gpus: int, argv: list[str]) -> int | None:
         try:
             with open(rc_file, encoding="utf-8") as fh:
                 return int(fh.read().strip())
-        except (OSError, ValueError):
+        except (OSError, ValueError):  # rank 0 never got to report (stopped while starting, crashed)
+            if signalled:
+                return 130
             return rc if rc >= 0 else 128 - rc
 
 

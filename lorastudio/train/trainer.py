@@ -94,6 +94,9 @@ def causal_lm_loss(model, batch: dict[str, Any]) -> tuple[Any, int]:
     """
     import torch.nn.functional as F
 
+    fast = getattr(model, "_lorastudio_loss", None)  # a device fast path (lorastudio/train/cpu.py), same loss
+    if fast is not None:
+        return fast(model, batch)
     causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     hidden = causal_lm.get_decoder()(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
                                      use_cache=False).last_hidden_state[0]
@@ -130,6 +133,10 @@ def device_setup(cfg: TrainConfig) -> DeviceSetup:
             gpu = None
         if gpu is not None and hasattr(gpu, "customize"):
             setup = gpu.customize(cfg, setup)  # may change attention, loss, kernels; returns a DeviceSetup
+    elif device == "cpu":
+        from lorastudio.train import cpu  # fused LoRA, no autocast copies, per-document attention
+
+        setup = cpu.customize(cfg, setup)
     return setup
 
 
