@@ -57,6 +57,13 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "mojibake.hint": (
         "Re-export the source as UTF-8, or replace it with the repaired text: {repaired}",
         "请把源文件重新导出为 UTF-8，或替换为修复后的文字：{repaired}"),
+    "mojibake.lossy": (
+        "{field} looks garbled: UTF-8 text that was read as {codec}.",
+        "{field} 疑似乱码：UTF-8 文字被按 {codec} 错误解读。"),
+    "mojibake.lossy.hint": (
+        "Re-export the source as UTF-8. Automatic repair recovers only part of it (� = lost characters, "
+        "retype them): {repaired}",
+        "请把源文件重新导出为 UTF-8。自动修复只能恢复一部分（� 处的字已丢失，需要重新输入）：{repaired}"),
     "extra_columns": (
         "The row has {found} fields but the header has {expected}.", "这一行有 {found} 个字段，表头只有 {expected} 个。"),
     "extra_columns.hint": (

@@ -255,7 +255,9 @@ def validate_table(table: RawTable, name: str, *, max_length: int = 2048,
             if turn.text:
                 fixed = repair_mojibake(turn.text)
                 if fixed:
-                    row_issues.append(RowIssue("error", "mojibake", "mojibake", turn.field,
+                    # a repair with U+FFFD lost bytes in the garbling: say so instead of offering it as the fix
+                    code = "mojibake.lossy" if "\ufffd" in fixed[1] else "mojibake"
+                    row_issues.append(RowIssue("error", "mojibake", code, turn.field,
                                                {"field": turn.field, "codec": fixed[0], "repaired": _preview(fixed[1])}))
         if not any(i.severity == "error" for i in row_issues) and any(tn.text is None for tn in turns):
             # Defensive: a turn without text must never become an empty training answer silently.
