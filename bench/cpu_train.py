@@ -1,7 +1,8 @@
 """CPU LoRA training throughput on the default model, bf16 autocast vs fp32 (docs/ENGINE.md).
 
-    python bench/cpu_train.py bf16 4 512     # dtype, optimizer steps, tokens per packed step
+    python bench/cpu_train.py bf16 4 512     # dtype, optimizer steps, tokens per packed step [, data file]
     python bench/cpu_train.py fp32 4 512
+    LORASTUDIO_CPU_FAST=0 python bench/cpu_train.py bf16 4 512   # without the CPU fast path (train/cpu.py)
 
 Prints wall tokens/s and tokens per CPU-second (process time over all threads), both over the steps
 after the first (the first includes one-off kernel setup). On a shared machine compare the CPU-second

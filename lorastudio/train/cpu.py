@@ -10,11 +10,13 @@ the cross-entropy kept two fp32 copies of the (targets × 151k) logits. Here, wi
   `y = x Wᵀ + s·(x Aᵀ) Bᵀ` with the low-rank update added by the GEMM's epilogue (`addmm_`), A and B
   cast from their fp32 masters once per call — the compute dtypes autocast used, without its copies.
   The optimizer (AdamW) still holds fp32 LoRA weights and fp32 state. LoRA dropout is supported.
-- **per-document attention**: the packed row's documents (`position_ids` restart at 0) each go
-  through `scaled_dot_product_attention(is_causal=True)`, so no L×L mask exists and only the
-  diagonal blocks are computed (8 rows of ~80 tokens: ~8× less attention work).
-- the LM head + cross-entropy over target positions only, computing the gradient in the forward
-  (softmax − one-hot, fp32) and keeping it in fp32 until the loss scale is known.
+- **per-document attention**: each document of the packed row (`position_ids` restart at 0) is
+  attended to on its own, causal, so no L×L mask exists and only the diagonal blocks are computed
+  (8 rows of ~80 tokens: ~8× less attention work); documents ≤ `SMALL_DOC` tokens through fp32
+  matmul + softmax (faster than the CPU flash kernel's backward at that size), longer ones through
+  `scaled_dot_product_attention(is_causal=True)`.
+- the LM head + cross-entropy over target positions only, one fp32 log-softmax, the gradient
+  computed in the same pass (no second fp32 copy of the targets × 151k logits, no autograd graph).
 - `torch.set_num_threads` = the physical cores this process may use (hyper-threads slow GEMMs).
 
 `LORASTUDIO_CPU_FAST=0` turns all of it off (the plain PEFT + autocast loop, for comparison).
@@ -137,6 +139,28 @@ def fuse_lora_linears(model: Any) -> int:
 # ------------------------------------------------------------------------------------------------
 # Per-document attention for one packed row
 # ------------------------------------------------------------------------------------------------
+SMALL_DOC = 256
+"""Documents up to this many tokens use `_small_doc_attention` (plain fp32 matmuls + softmax): on a
+2-core CPU its forward+backward is ~2× faster than the flash kernel's for ~80-token documents, and its
+(H × L × L) fp32 scores stay small."""
+
+
+def _small_doc_attention(q: Any, k: Any, v: Any, scale: float | None) -> Any:
+    """Causal attention of one short document, fp32 scores/softmax; query heads grouped onto their
+    key/value head (GQA, the head order of transformers' repeat_kv). (1, H, L, D) → (1, L, H, D)."""
+    import torch
+
+    _, h, length, d = q.shape
+    kv = k.shape[1]
+    qg = q.reshape(1, kv, h // kv, length, d).float()
+    scores = qg @ k.unsqueeze(2).float().transpose(-1, -2)
+    scores = scores.mul_(scale if scale is not None else d ** -0.5)
+    mask = torch.ones(length, length, dtype=torch.bool, device=q.device).triu_(1)
+    probs = scores.masked_fill_(mask, float("-inf")).softmax(-1)
+    out = (probs @ v.unsqueeze(2).float()).to(q.dtype)
+    return out.reshape(1, h, length, d).transpose(1, 2)
+
+
 def doc_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any,
                   scaling: float | None = None, dropout: float = 0.0, **kwargs: Any) -> tuple[Any, None]:
     """A transformers attention function: causal attention within each document of one packed row.
@@ -151,11 +175,15 @@ def doc_attention(module: Any, query: Any, key: Any, value: Any, attention_mask:
     if cu is None or query.shape[0] != 1:
         raise ValueError("lorastudio_cpu_docs attention takes one packed row with cu_seq_lens_q")
     gqa = key.shape[1] != query.shape[1]
+    p_drop = dropout if module.training else 0.0
     outs = []
     for start, end in zip(cu[:-1], cu[1:], strict=True):
-        outs.append(F.scaled_dot_product_attention(
-            query[:, :, start:end], key[:, :, start:end], value[:, :, start:end], is_causal=True,
-            dropout_p=dropout if module.training else 0.0, scale=scaling, enable_gqa=gqa).transpose(1, 2))
+        q, k, v = query[:, :, start:end], key[:, :, start:end], value[:, :, start:end]
+        if end - start <= SMALL_DOC and not p_drop:
+            outs.append(_small_doc_attention(q, k, v, scaling))
+            continue
+        outs.append(F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p_drop, scale=scaling,
+                                                   enable_gqa=gqa).transpose(1, 2))
     return (outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)), None
 
 
@@ -175,9 +203,10 @@ def _head_ce_fn() -> type:
     class HeadCrossEntropy(torch.autograd.Function):
         """Sum over rows of CE(h Wᵀ, target), W frozen; logits in fp32 (as `.float()` + cross_entropy).
 
-        With grad enabled the forward also computes d(sum)/dh = (softmax − one-hot) W in fp32 output
-        precision; backward scales it by the incoming scalar in fp32, then casts, so the gradient
-        matches autograd through `cross_entropy(logits.float())` up to summation order.
+        With grad enabled the forward also computes d(sum)/dh = (softmax − one-hot) W (a bf16 GEMM, as
+        autograd's would be) and keeps it in fp32; backward multiplies by the incoming scalar (the
+        trainer's 1/targets) in fp32 and casts once. Against autograd through `cross_entropy(logits
+        .float())` that is one extra round-to-nearest of the bf16 product (≤ 2⁻⁹ relative), exact in fp32.
         """
 
         @staticmethod
@@ -188,11 +217,10 @@ def _head_ce_fn() -> type:
             for start in range(0, hidden.shape[0], chunk):
                 h = hidden[start:start + chunk]
                 t = targets[start:start + chunk]
-                logits = (h @ weight.t()).float()
-                lse = torch.logsumexp(logits, dim=-1)
-                total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+                logp = torch.log_softmax((h @ weight.t()).float(), dim=-1)
+                total -= logp.gather(1, t[:, None]).sum()
                 if need:
-                    probs = logits.sub_(lse[:, None]).exp_()
+                    probs = logp.exp_()
                     probs[torch.arange(t.numel()), t] -= 1.0
                     grad_h[start:start + chunk] = probs.to(hidden.dtype) @ weight
             ctx.save_for_backward(grad_h)
