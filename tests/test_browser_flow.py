@@ -35,7 +35,7 @@ from browser_support import (
 pytestmark = pytest.mark.browser
 
 SHARED = REPO.parent / "shared" / "data"
-TRAIN_STEPS = 5
+TRAIN_STEPS = 40  # long enough that the reload and the server restart happen mid-job
 BROKEN_CSV = """instruction,response
 工单超过多久没处理会自动升级？,工单超过48小时未处理，系统会自动升级到二线护航组。
 SLA等级是怎么划分的？,SLA分三级：P0要求10分钟响应；P1要求30分钟响应；P2要求4小时响应。
@@ -226,7 +226,9 @@ def test_whole_flow_on_tiny_random(browser, studio, lang, tmp_path):
     assert after_reload >= 2  # the history came back with the page
     if page.get_by_test_id("job-status").get_attribute("data-status") == "running":
         # still live after the reload: new points arrive through the re-opened stream
-        page.wait_for_function(f"() => {points} > {after_reload}", timeout=120_000)
+        # (or the job ends: its last step may already have been in the history the page reloaded)
+        done = "document.querySelector('[data-testid=job-status]').dataset.status === 'succeeded'"
+        page.wait_for_function(f"() => {points} > {after_reload} || {done}", timeout=120_000)
     shot(page, f"{lang}-05-reattached-laptop")
 
     if zh and page.get_by_test_id("job-status").get_attribute("data-status") == "running":
@@ -256,6 +258,7 @@ def test_whole_flow_on_tiny_random(browser, studio, lang, tmp_path):
 
     # 4. compare base and tuned answers side by side
     question = "工单超过多久没处理会自动升级？"
+    expect(page.locator("#compare-body")).to_be_visible(timeout=60_000)
     page.locator("#compare-length").select_option("32")  # tiny-random writes noise; keep it short
     page.get_by_test_id("compare-input").fill(question)
     with page.expect_response("**/studio/compare", timeout=120_000) as answer:

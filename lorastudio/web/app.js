@@ -605,7 +605,10 @@ function addEvent(ev, live) {
       state.stage = ev;
       break;
     case "status":
-      if (state.job) state.job.status = ev.status;
+      if (state.job) {
+        state.job.status = ev.status;
+        if (ev.fine_tuned_model) state.job.fine_tuned_model = ev.fine_tuned_model;
+      }
       if (TERMINAL.has(ev.status)) {
         closeStream();
         refreshCurrentJob();
@@ -626,9 +629,12 @@ function addEvent(ev, live) {
 async function refreshCurrentJob() {
   const id = state.job?.id;
   if (!id) return;
+  // Refreshes overlap (a "done" event, then the final status): only the latest one may win, or a
+  // slower, older answer ("running") would overwrite the finished job.
+  const seq = (state.refreshSeq = (state.refreshSeq || 0) + 1);
   try {
     const job = await api.job(id);
-    if (state.job?.id !== id) return;
+    if (state.job?.id !== id || seq !== state.refreshSeq) return;
     state.job = job;
     if (TERMINAL.has(job.status)) closeStream();
     else if (!state.source) openStream(id);
