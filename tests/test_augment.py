@@ -19,7 +19,7 @@ from lorastudio.train.augment import (
 from lorastudio.train.config import TrainConfig
 from lorastudio.train.replay import general_prompts, general_replay, model_key
 
-DEMO = Path(__file__).resolve().parents[2] / "shared" / "data" / "yunzhan_train.jsonl"
+DEMO = Path(__file__).resolve().parents[1] / "lorastudio" / "assets" / "demo" / "yunzhan_train.jsonl"
 
 
 def qa(q: str, a: str, row: int | None = None) -> Conversation:

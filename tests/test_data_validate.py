@@ -17,11 +17,15 @@ SHARED = REPO.parent / "shared" / "data"
 DEMO = REPO / "lorastudio" / "assets" / "demo"
 
 
+FIXTURES = REPO / "tests" / "fixtures"
+
+
 def _shared(name: str) -> Path:
-    path = SHARED / name
-    if not path.exists():
-        pytest.skip(f"{path} not present (the shared data sits beside the repository)")
-    return path
+    """The shared file beside the checkout, else the copy the repository keeps (tests/fixtures, assets)."""
+    for path in (SHARED / name, FIXTURES / name, DEMO / name):
+        if path.exists():
+            return path
+    pytest.skip(f"{name} not present (neither in {SHARED} nor in the repository)")
 
 
 def _jsonl(path: Path, rows: list) -> Path:
