@@ -25,6 +25,7 @@ from typing import Any
 
 from lorastudio.serve.settings import Settings
 from lorastudio.serve.store import Store, now
+from lorastudio.train.distributed import PDEATHSIG_LAUNCHER
 
 log = logging.getLogger("lorastudio.serve")
 
@@ -33,19 +34,8 @@ OPENAI_HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier")
 # TrainConfig fields the job itself decides; a client may not point them elsewhere.
 RESERVED_FIELDS = ("data", "base", "output_dir", "validation_data", "extra")
 
-# Run the trainer through a tiny launcher that asks Linux to SIGTERM it when the server dies, so a
-# SIGKILLed server never leaves an orphan trainer writing into a job directory (SIGTERM makes the
-# trainer save a checkpoint first). argv: parent pid, then the real command.
-_LAUNCHER = (
-    "import ctypes, os, signal, sys\n"
-    "try:\n"
-    "    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)\n"
-    "except Exception:\n"
-    "    pass\n"
-    "if os.getppid() != int(sys.argv[1]):\n"
-    "    sys.exit(130)\n"
-    "os.execvp(sys.argv[2], sys.argv[2:])\n"
-)
+# The trainer runs through distributed.PDEATHSIG_LAUNCHER, so a SIGKILLed server never leaves an
+# orphan trainer writing into a job directory (SIGTERM makes the trainer save a checkpoint first).
 
 
 def fine_tuned_model_name(job: dict) -> str:
@@ -429,7 +419,7 @@ class JobWorker:
             if not (job_dir / "train_config.yaml").exists():
                 shutil.copyfile(config, job_dir / "train_config.yaml")
         if sys.platform == "linux":
-            cmd = [sys.executable, "-c", _LAUNCHER, str(os.getpid()), *cmd]
+            cmd = [sys.executable, "-c", PDEATHSIG_LAUNCHER, str(os.getpid()), *cmd]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         device = ",".join(self.settings.devices[i] for i in slots)
         if all(self.settings.devices[i].isdigit() for i in slots):

@@ -130,7 +130,10 @@ def _parent_death_signal(sig: int) -> None:
         pass
 
 
-_LAUNCHER = (
+# Run a command through a tiny launcher that asks Linux to SIGTERM it when its parent dies (no orphan
+# trainers or ranks); exits 130 at once if the parent is already gone. argv: parent pid, then the
+# real command. Also used by the studio's job worker.
+PDEATHSIG_LAUNCHER = (
     "import ctypes, os, signal, sys\n"
     "try:\n"
     "    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)\n"
@@ -171,7 +174,7 @@ def maybe_relaunch(gpus: int, argv: list[str]) -> int | None:
         env[RC_FILE_ENV] = rc_file
         # torchrun through a tiny launcher that asks for SIGTERM when this process dies (no preexec_fn:
         # unsafe once threads exist), then execs it
-        process = subprocess.Popen([sys.executable, "-c", _LAUNCHER, str(os.getpid()),
+        process = subprocess.Popen([sys.executable, "-c", PDEATHSIG_LAUNCHER, str(os.getpid()),
                                     *torchrun_command(argv, gpus)], env=env, start_new_session=True)
 
         def forward(signum, _frame):
