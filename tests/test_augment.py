@@ -14,6 +14,7 @@ from lorastudio.train.augment import (
     is_good_paraphrase,
     parse_paraphrases,
     same_fact_pairs,
+    standalone_turns,
     strip_verdict,
 )
 from lorastudio.train.config import TrainConfig
@@ -102,6 +103,31 @@ def test_augment_hook_writes_what_it_added(tmp_path):
     lines = [json.loads(x) for x in (tmp_path / "augmented.jsonl").read_text("utf-8").splitlines()]
     assert [x["source"] for x in lines] == ["same_fact", "same_fact"]
     assert lines[0]["messages"][-1]["content"] == convs[1].messages[-1].content
+
+
+def test_standalone_turns_keep_system_and_skip_the_first_turn(tmp_path):
+    conv = Conversation.from_messages([
+        {"role": "system", "content": "你是云栈客服。"},
+        {"role": "user", "content": "客户申请退款2600元，能直接通过吗？"},
+        {"role": "assistant", "content": "不可以，超过2000元要双签。"},
+        {"role": "user", "content": "审批通过后多久到账？"},
+        {"role": "assistant", "content": "原路退回3个工作日内到账。"},
+        {"role": "user", "content": "退到钱包呢？"},
+        {"role": "assistant", "content": "退到云栈钱包2小时内到账。"},
+    ], row=7)
+    single = qa("工单多久升级？", "48小时。")
+    turns = standalone_turns([conv, single])
+    assert [t.to_dict()["messages"] for t in turns] == [
+        [{"role": "system", "content": "你是云栈客服。"}, {"role": "user", "content": "审批通过后多久到账？"},
+         {"role": "assistant", "content": "原路退回3个工作日内到账。"}],
+        [{"role": "system", "content": "你是云栈客服。"}, {"role": "user", "content": "退到钱包呢？"},
+         {"role": "assistant", "content": "退到云栈钱包2小时内到账。"}],
+    ]
+    assert {t.row for t in turns} == {7}
+    out = augment_conversations([conv, single], cfg=TrainConfig(output_dir=str(tmp_path), augment_turns=True))
+    assert len(out) == 4
+    sources = [json.loads(x)["source"] for x in (tmp_path / "augmented.jsonl").read_text("utf-8").splitlines()]
+    assert sources == ["turn", "turn"]
 
 
 def test_general_prompts_are_varied_bilingual_and_company_free():

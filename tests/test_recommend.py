@@ -121,6 +121,21 @@ def test_same_fact_pairs_for_facts_not_for_copywriting():
     assert recommend(data, "default", "copywriting", hardware=CPU).settings["augment_same_fact"] is False
 
 
+def test_standalone_turns_only_for_multi_turn_fact_data():
+    single = recommend(rows(150), "default", "qa", hardware=CPU)
+    assert single.settings["augment_turns"] is False
+    multi = {"rows": 30, "mean_tokens": 220, "max_tokens": 500, "mean_answer_tokens": 120, "turns": 2.2}
+    on = recommend(multi, "default", "qa", hardware=CPU)
+    assert on.settings["augment_turns"] is True and on.reasons["augment_turns"]
+    assert recommend(multi, "default", "copywriting", hardware=CPU).settings["augment_turns"] is False
+    off = recommend(multi, "default", "qa", hardware=CPU)
+    off.settings["augment_turns"] = False  # the estimate counts the extra rows
+    from lorastudio.train.recommend import DataStats, Hardware, _estimate
+    stats, hw = DataStats.from_any(multi), Hardware.from_any(CPU)
+    assert _estimate(on.settings, stats, hw, 0.5, 0.0, "USD", "default")["tokens"] > \
+        _estimate(off.settings, stats, hw, 0.5, 0.0, "USD", "default")["tokens"]
+
+
 def test_paraphrase_generation_only_where_generation_is_cheap():
     data = rows(150)
     assert recommend(data, "default", hardware=CPU).settings["augment_paraphrases"] == 0

@@ -1,11 +1,13 @@
 """Offline data augmentation: more ways of asking each fact, so the model learns the fact, not the wording.
 
-Two sources, both measured on the real default model (docs/QUALITY.md, bench/quality/sweep.py):
+Sources, measured on the real default model (docs/QUALITY.md, bench/quality/sweep.py):
 
 * same-fact pairs (`augment_same_fact`, on by default): a Q&A file usually asks each fact several ways
   (the demo file asks each of its 40 facts 3–4 times). Rows whose answers state the same fact are found
   by answer similarity, and each question is also trained with the answer of another row of its fact.
   Free (no generation), and the best lever we measured per trained token.
+* standalone turns (`augment_turns`, on for multi-turn files): each later turn of a conversation also
+  trained as a question of its own, so the fact is found without the conversation before it.
 * base-model paraphrases (`augment_paraphrases` = n): the base model rewrites each question n ways;
   rewrites that are not a question, copy the original, switch language or have an odd length are
   dropped. Costs generation time, so the recommender turns it on where generation is cheap (GPU).
@@ -209,6 +211,23 @@ def strip_verdict(answer: str) -> str:
     return stripped if len(stripped) >= 0.5 * len(answer) else answer
 
 
+def standalone_turns(conversations: Sequence[Conversation]) -> list[Conversation]:
+    """Every later turn of a multi-turn row as a single-turn row (the row's system message kept).
+
+    The first turn is already learnt without history; later ones ("那多久到账？") are learnt only after
+    their conversation, so a customer asking the same thing cold would not reach the fact.
+    """
+    out: list[Conversation] = []
+    for conv in conversations:
+        system = [Message(m.role, m.content) for m in conv.messages if m.role == "system"][:1]
+        turns = [m for m in conv.messages if m.role != "system"]
+        for i in range(2, len(turns) - 1, 2):
+            if turns[i].role == "user" and turns[i + 1].role == "assistant":
+                out.append(Conversation(system + [Message("user", turns[i].content),
+                                                  Message("assistant", turns[i + 1].content)], row=conv.row))
+    return out
+
+
 def same_fact_pairs(conversations: Sequence[Conversation], per_row: int = 1, seed: int = 0) -> list[Conversation]:
     """Each single-turn question paired with the answer(s) of other rows of the same fact."""
     convs = list(conversations)
@@ -232,13 +251,17 @@ def augment_conversations(conversations: Sequence[Conversation], *, model: Any =
                           cfg: Any = None, on_event: Callable[[dict], None] | None = None) -> list[Conversation]:
     """The training conversations plus their augmented copies; writes `<output_dir>/augmented.jsonl`.
 
-    Called by `train(cfg)` when `cfg.augment_same_fact` or `cfg.augment_paraphrases` is set.
+    Called by `train(cfg)` when `cfg.augment_same_fact`, `cfg.augment_turns` or `cfg.augment_paraphrases` is set.
     """
     conversations = list(conversations)
     added: list[tuple[str, Conversation]] = []
     seed = int(getattr(cfg, "seed", 0) or 0)
+    if getattr(cfg, "augment_turns", False):
+        added += [("turn", c) for c in standalone_turns(conversations)]
     if getattr(cfg, "augment_same_fact", False):
-        added += [("same_fact", c) for c in same_fact_pairs(conversations, seed=seed)]
+        # the standalone turns join the pool: a fact told in a follow-up also pairs with its other askings
+        pool = conversations + [c for source, c in added if source == "turn"]
+        added += [("same_fact", c) for c in same_fact_pairs(pool, seed=seed)]
     n = int(getattr(cfg, "augment_paraphrases", 0) or 0)
     if n and model is not None:
         def progress(done: int, total: int) -> None:
@@ -264,4 +287,4 @@ def write_augmented(path: Path, rows: list[tuple[str, Conversation]]) -> None:
 
 
 __all__ = ["augment_conversations", "fact_groups", "is_good_paraphrase", "paraphrase_questions",
-           "parse_paraphrases", "same_fact_pairs", "strip_verdict"]
+           "parse_paraphrases", "same_fact_pairs", "standalone_turns", "strip_verdict"]

@@ -92,6 +92,9 @@ class TrainConfig:
     augment_same_fact: bool = False
     """Also train each question with the answer of another row stating the same fact (found by answer
     similarity; no generation). Added by the quality work (lorastudio/train/augment.py, docs/QUALITY.md)."""
+    augment_turns: bool = False
+    """Multi-turn rows: also train each later turn as a question of its own (system message kept), so a
+    fact stated in turn 3 is found by a question asked without that conversation before it."""
     replay_rows: int = 0
     """Rows of the base model's own answers to built-in general prompts mixed in (0 = off)."""
 

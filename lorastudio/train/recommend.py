@@ -269,6 +269,13 @@ def recommend(rows_or_stats: Any, base: str = "default", task: str = "qa", hardw
     # on where generation is cheap (a GPU). Measured: docs/QUALITY.md.
     s["augment_same_fact"] = bool(facts_task and rows <= 5000)
     s["augment_paraphrases"] = 2 if (facts_task and on_gpu and rows <= 2000) else 0
+    multi_turn = stats.turns > 1.0
+    s["augment_turns"] = bool(facts_task and multi_turn)
+    r["augment_turns"] = (
+        "later turns of each conversation also trained as questions of their own: customers ask them "
+        "without the conversation before" if s["augment_turns"] else
+        "off: every row is a single question" if not multi_turn else
+        "off: copywriting conversations teach a style, not facts")
     # ≈ 27 % of the answers taught (40 for 150 rows, as swept), so replay never outweighs the user's data.
     replay = int(min(REPLAY_PROMPTS, max(8, round(0.27 * rows * max(1.0, stats.turns))))) if rows else 0
     s["replay_rows"] = replay
@@ -391,6 +398,10 @@ def _estimate(s: Mapping[str, Any], stats: DataStats, hw: Hardware, size: float,
     if replay and base != "default":
         gen_tokens += replay * REPLAY_ANSWER_TOKENS
     per_epoch = (rows + paraphrase_rows + same_fact_rows) * stats.mean_tokens + replay * REPLAY_ROW_TOKENS
+    if s.get("augment_turns") and stats.turns > 1:
+        # later turns as rows of their own (about one turn's tokens each), then their same-fact pairs
+        turn_tokens = rows * (stats.turns - 1) * stats.mean_tokens / stats.turns
+        per_epoch += turn_tokens * (2 if s.get("augment_same_fact") else 1)
     tokens = int(per_epoch * float(s.get("num_epochs") or 1))
     seconds = tokens / train_tps + gen_tokens / gen_tps + (20 if hw.device == "cuda" else 45)
     cost = round(seconds / 3600 * price, 4)

@@ -39,7 +39,7 @@ STATE_FILE = "trainer_state.pt"
 _RESUME_KEYS = ("data", "base", "validation_data", "task", "system_prompt", "lora_r", "lora_alpha",
                 "lora_dropout", "target_modules", "learning_rate", "lr_scheduler", "warmup_ratio",
                 "weight_decay", "num_epochs", "max_steps", "batch_tokens", "gradient_accumulation",
-                "max_length", "seed", "val_fraction", "augment_paraphrases", "augment_same_fact",
+                "max_length", "seed", "val_fraction", "augment_paraphrases", "augment_same_fact", "augment_turns",
                 "replay_rows")
 
 
@@ -489,8 +489,8 @@ class _Run:
     def _augment(self, conversations: list[Any], model, tokenizer) -> list[Any]:
         """Paraphrases and self-replay rows (lorastudio/train/augment.py, replay.py), when asked for."""
         cfg = self.cfg
-        # augment: base-model paraphrases and/or same-fact pairs (augment_same_fact, added for issue 4)
-        augment = cfg.augment_paraphrases or int(bool(getattr(cfg, "augment_same_fact", False)))
+        # augment: base-model paraphrases, same-fact pairs and/or standalone turns of multi-turn rows
+        augment = cfg.augment_paraphrases or int(bool(cfg.augment_same_fact or cfg.augment_turns))
         for count, module_name, func_name in ((augment, "augment", "augment_conversations"),
                                               (cfg.replay_rows, "replay", "replay_conversations")):
             if not count:

@@ -1,0 +1,165 @@
+"""Quality sweep through the product itself: `lorastudio train` + `score.py`, several recipes in parallel.
+
+Each recipe starts from what the recommender picks for DATA on the reference laptop (2 CPU cores with
+bf16, the issue's 15-minute machine), then applies its own `--set` overrides, and trains on a GPU so a
+recipe takes a minute instead of ten. Run on the device (docs/QUALITY.md says how the model gets there):
+
+  python3 bench/quality/product_sweep.py --data .mdl/q4/data/yunzhan_train.jsonl --out $OUT/sweep \
+      --gpus 0,1 --per-gpu 2 --recipes default,e3,r32_e3
+
+Tiny CPU smoke run (plumbing only): --base tiny-random --device cpu --limit 8.
+Results: one line per recipe in OUT/results.jsonl (facts, whole facts, general, tokens, train seconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from queue import Empty, Queue
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+LAPTOP = {"device": "cpu", "cpu_cores": 2, "bf16": True}
+
+# name → settings changed from the laptop recommendation (empty: the recommendation as is)
+RECIPES: dict[str, dict] = {
+    "default": {},
+    "e3": {"num_epochs": 3},
+    "e4": {"num_epochs": 4},
+    "r32": {"lora_r": 32, "lora_alpha": 64},
+    "r32_e3": {"lora_r": 32, "lora_alpha": 64, "num_epochs": 3},
+    "r64_e3": {"lora_r": 64, "lora_alpha": 128, "num_epochs": 3},
+    "e3_rp60": {"num_epochs": 3, "replay_rows": 60},
+    "r32_e3_rp60": {"lora_r": 32, "lora_alpha": 64, "num_epochs": 3, "replay_rows": 60},
+    "e3_neft5": {"num_epochs": 3, "neftune_alpha": 5.0},
+    "e3_lr7e-4": {"num_epochs": 3, "learning_rate": 7e-4},
+    "e3_lr1.5e-3": {"num_epochs": 3, "learning_rate": 1.5e-3},
+    "e3_cosine": {"num_epochs": 3, "lr_scheduler": "cosine"},
+    "e3_bt1280": {"num_epochs": 3, "batch_tokens": 1280},
+    "lr2e-3": {"learning_rate": 2e-3},
+    "e3_noturns": {"num_epochs": 3, "augment_turns": False},
+    "noturns": {"augment_turns": False},
+    "nosame": {"augment_same_fact": False},
+}
+
+
+def laptop_settings(data: str, base: str) -> dict:
+    """What `lorastudio train DATA --base BASE` picks on the reference laptop."""
+    from lorastudio.data import validate
+    from lorastudio.train.recommend import recommend
+
+    report = validate(data)
+    return dict(recommend(report.conversations, base=base, task="qa", hardware=LAPTOP).settings)
+
+
+def run_recipe(name: str, settings: dict, args: argparse.Namespace, gpu: str | None) -> dict:
+    out = Path(args.out) / name
+    out.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
+    pin = out / "pinned.yaml"
+    import yaml
+
+    pin.write_text(yaml.safe_dump(settings, allow_unicode=True), encoding="utf-8")
+    cmd = [sys.executable, "-m", "lorastudio", "train", args.data, "--base", args.base, "--output", str(out),
+           "--config", str(pin), "--device", args.device, "--quiet"]
+    if args.limit:
+        cmd += ["--max-steps", str(args.limit)]
+    record: dict = {"recipe": name, "settings": settings, "gpu": gpu}
+    t0 = time.time()
+    with open(out / "train.log", "w") as log:
+        code = subprocess.call(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    record["train_wall_s"] = round(time.time() - t0, 1)
+    if code != 0:
+        record["error"] = f"train exit {code}: " + (out / "train.log").read_text()[-1500:]
+        return record
+    for line in (out / "events.jsonl").read_text().splitlines():
+        event = json.loads(line)
+        if event.get("type") == "done":
+            m = event["metrics"]
+            record.update(steps=m["steps"], train_loss=m["train_loss"], train_s=m["elapsed_s"],
+                          tokens_per_s=m["tokens_per_s"], tokens=round(m["tokens_per_s"] * m["elapsed_s"]))
+    score_cmd = [sys.executable, str(ROOT / "bench/quality/score.py"), "--base", args.base, "--adapter", str(out),
+                 "--out", str(out / "quality.json"), "--batch-size", str(args.score_batch)]
+    with open(out / "score.log", "w") as log:
+        code = subprocess.call(score_cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    if code != 0:
+        record["error"] = f"score exit {code}: " + (out / "score.log").read_text()[-1500:]
+        return record
+    q = json.loads((out / "quality.json").read_text())
+    record.update(facts=q["facts"], facts_n=q["facts_n"], whole_facts=q["facts_by_fact"], general=q["general"],
+                  general_n=q["general_n"], eval_s=q["eval_s"])
+    return record
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--base", default="default")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--recipes", default="default", help="comma-separated names of RECIPES, or 'all'")
+    ap.add_argument("--extra", default="", help='JSON {"name": {settings}} added to RECIPES')
+    ap.add_argument("--gpus", default="", help="GPU ids to spread recipes over (empty: no CUDA_VISIBLE_DEVICES)")
+    ap.add_argument("--per-gpu", type=int, default=1, help="recipes running at once on each GPU")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--limit", type=int, default=0, help="max steps per recipe (smoke runs)")
+    ap.add_argument("--score-batch", type=int, default=64)
+    ap.add_argument("--budget-s", type=float, default=0, help="start no recipe after this many seconds")
+    args = ap.parse_args()
+
+    recipes = dict(RECIPES, **(json.loads(args.extra) if args.extra else {}))
+    names = list(recipes) if args.recipes == "all" else [n for n in args.recipes.split(",") if n]
+    unknown = [n for n in names if n not in recipes]
+    if unknown:
+        sys.exit(f"unknown recipe(s) {unknown}; known: {', '.join(recipes)}")
+    base_settings = laptop_settings(args.data, args.base)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    print("laptop recommendation:", json.dumps(base_settings, ensure_ascii=False), flush=True)
+
+    todo: Queue = Queue()
+    for name in names:
+        todo.put(name)
+    slots = [g for g in args.gpus.split(",") if g] * args.per_gpu or [None] * args.per_gpu
+    results_path = Path(args.out) / "results.jsonl"
+    lock = threading.Lock()
+    start = time.time()
+
+    def worker(gpu: str | None) -> None:
+        while True:
+            try:
+                name = todo.get_nowait()
+            except Empty:
+                return
+            if args.budget_s and time.time() - start > args.budget_s:
+                print(f"{name}: skipped (budget)", flush=True)
+                continue
+            settings = {**base_settings, **recipes[name]}
+            record = run_recipe(name, settings, args, gpu)
+            with lock:
+                with open(results_path, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(record, ensure_ascii=False) + "\n")
+                if "error" in record:
+                    print(f"{name}: ERROR {record['error'][-600:]}", flush=True)
+                else:
+                    print(f"{name}: facts {record['facts']}/{record['facts_n']} whole {record['whole_facts']} "
+                          f"general {record['general']}/{record['general_n']} tokens {record['tokens']} "
+                          f"steps {record['steps']} train {record['train_s']}s eval {record['eval_s']}s "
+                          f"(t+{time.time() - start:.0f}s)", flush=True)
+
+    threads = [threading.Thread(target=worker, args=(gpu,)) for gpu in slots]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+if __name__ == "__main__":
+    main()
