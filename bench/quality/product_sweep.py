@@ -29,23 +29,33 @@ sys.path.insert(0, str(ROOT))
 LAPTOP = {"device": "cpu", "cpu_cores": 2, "bf16": True}
 
 # name → settings changed from the laptop recommendation (empty: the recommendation as is)
+R32 = {"lora_r": 32, "lora_alpha": 64}
 RECIPES: dict[str, dict] = {
     "default": {},
     "e3": {"num_epochs": 3},
-    "e4": {"num_epochs": 4},
-    "r32": {"lora_r": 32, "lora_alpha": 64},
-    "r32_e3": {"lora_r": 32, "lora_alpha": 64, "num_epochs": 3},
-    "r64_e3": {"lora_r": 64, "lora_alpha": 128, "num_epochs": 3},
+    "r32_e3": {**R32, "num_epochs": 3},
+    "r32": R32,
     "e3_rp60": {"num_epochs": 3, "replay_rows": 60},
-    "r32_e3_rp60": {"lora_r": 32, "lora_alpha": 64, "num_epochs": 3, "replay_rows": 60},
+    "r32_e3_rp60": {**R32, "num_epochs": 3, "replay_rows": 60},
+    "e4": {"num_epochs": 4},
+    "r64_e3": {"lora_r": 64, "lora_alpha": 128, "num_epochs": 3},
     "e3_neft5": {"num_epochs": 3, "neftune_alpha": 5.0},
     "e3_lr7e-4": {"num_epochs": 3, "learning_rate": 7e-4},
     "e3_lr1.5e-3": {"num_epochs": 3, "learning_rate": 1.5e-3},
     "e3_cosine": {"num_epochs": 3, "lr_scheduler": "cosine"},
     "e3_bt1280": {"num_epochs": 3, "batch_tokens": 1280},
     "lr2e-3": {"learning_rate": 2e-3},
-    "e3_noturns": {"num_epochs": 3, "augment_turns": False},
+    "default_s1": {"seed": 1},
+    "e3_s1": {"num_epochs": 3, "seed": 1},
+    "r32_e3_s1": {**R32, "num_epochs": 3, "seed": 1},
+    "r32_e3_neft5": {**R32, "num_epochs": 3, "neftune_alpha": 5.0},
+    "e3_drop05": {"num_epochs": 3, "lora_dropout": 0.05},
+    "r32_e4": {**R32, "num_epochs": 4},
+    "e3_rp80": {"num_epochs": 3, "replay_rows": 80},
+    "r32_e3_lr7e-4": {**R32, "num_epochs": 3, "learning_rate": 7e-4},
+    # multi-turn files
     "noturns": {"augment_turns": False},
+    "e3_noturns": {"num_epochs": 3, "augment_turns": False},
     "nosame": {"augment_same_fact": False},
 }
 
@@ -96,7 +106,8 @@ def run_recipe(name: str, settings: dict, args: argparse.Namespace, gpu: str | N
         return record
     q = json.loads((out / "quality.json").read_text())
     record.update(facts=q["facts"], facts_n=q["facts_n"], whole_facts=q["facts_by_fact"], general=q["general"],
-                  general_n=q["general_n"], eval_s=q["eval_s"])
+                  general_n=q["general_n"], eval_s=q["eval_s"],
+                  **{k: q[k] for k in ("fact_ok", "general_ok", "fact_answers", "general_answers")})
     return record
 
 
