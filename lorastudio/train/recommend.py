@@ -19,9 +19,12 @@ TASKS = ("qa", "copywriting", "consulting")
 
 # Throughput of LoRA all-linear training on the 0.5B default model, real (unpadded) tokens/s,
 # measured (docs/QUALITY.md, ../shared/docs/EXPERIMENTS.md). Other sizes scale by 0.5B / size.
-CPU_TOKENS_PER_S_05B_2CORES_BF16 = 100.0
-CPU_TOKENS_PER_S_05B_2CORES_FP32 = 40.0
+CPU_TOKENS_PER_S_05B_2CORES_BF16 = 140.0  # the CPU fast path, 640-token steps: 140–146 measured
+CPU_TOKENS_PER_S_05B_2CORES_FP32 = 80.0
 GPU_TOKENS_PER_S_05B = 20_000.0
+# Small steps on a GPU are bound by kernel launches, not arithmetic: 141 steps of 640 tokens took
+# 25–30 s on an H200 (three runs sharing it), so a step costs at least this much.
+GPU_SECONDS_PER_STEP = 0.15
 # Greedy generation for augmentation/replay, batched, tokens/s of the whole batch on 2 CPU cores.
 CPU_GEN_TOKENS_PER_S_05B = 40.0
 GPU_GEN_TOKENS_PER_S_05B = 2_000.0
@@ -35,6 +38,10 @@ REPLAY_ROW_TOKENS = 117
 # On a CPU the default run must stay within this wall-time budget (PRODUCT: "≤ 15 minutes on a
 # laptop-class 2-core machine"): epochs and augmentation shrink to fit it.
 CPU_BUDGET_S = 12 * 60
+# An epoch (data + augmentation + replay) under this many tokens is a small file that states each fact
+# once or twice: it gets a 4th pass (multi-turn demo file: 23 vs 20 of 80 reworded facts, general
+# answers kept), still minutes on a laptop.
+SMALL_EPOCH_TOKENS = 20_000
 
 # Template overhead per conversation beyond 5 per message: role markers and the system prompt that
 # Qwen's chat template injects (31 tokens a row in all, measured with the default tokenizer).
@@ -276,12 +283,12 @@ def recommend(rows_or_stats: Any, base: str = "default", task: str = "qa", hardw
         "without the conversation before" if s["augment_turns"] else
         "off: every row is a single question" if not multi_turn else
         "off: copywriting conversations teach a style, not facts")
-    # ≈ 27 % of the answers taught (40 for 150 rows, as swept), so replay never outweighs the user's data.
-    replay = int(min(REPLAY_PROMPTS, max(8, round(0.27 * rows * max(1.0, stats.turns))))) if rows else 0
+    # ≈ 40 % of the answers taught (60 for 150 rows, as swept), so replay never outweighs the user's data.
+    replay = int(min(REPLAY_PROMPTS, max(8, round(0.4 * rows * max(1.0, stats.turns))))) if rows else 0
     s["replay_rows"] = replay
     r["replay_rows"] = (f"{replay} general questions answered by the base model itself mixed in: keeps what "
-                        "the base model knew (20 of them kept 1 fewer general answer than 40; adding a KL term "
-                        "cost 4 of 80 facts and kept none more)")
+                        "the base model knew (3 epochs: 17 of 24 general answers with 60, 15 with 40, "
+                        "at the same fact recall; a KL term cost facts and kept none more)")
 
     # --- length and batching --------------------------------------------------------------------
     max_len = 256
@@ -301,12 +308,14 @@ def recommend(rows_or_stats: Any, base: str = "default", task: str = "qa", hardw
     r["gradient_accumulation"] = "1: the packed batch is already large enough for stable steps"
 
     # --- epochs and early stopping -----------------------------------------------------------
-    # Two passes over data + augmentation + replay: the sweep's best within a 15-minute CPU run.
-    if rows < 5000:
-        epochs = 2.0
-    else:
-        epochs = 1.0
+    # Three passes over data + augmentation + replay: the sweep's best within a 15-minute CPU run
+    # (64 of 80 reworded facts over 3 seeds vs 56 with 2; 4 passes forgot more general knowledge).
+    epochs = 3.0 if rows < 5000 else 1.0
     s["num_epochs"] = epochs
+    one_pass = _estimate({**s, "num_epochs": 1.0}, stats, hw, size, 0.0, currency, base)["tokens"]
+    small = bool(rows and facts_task and epochs == 3.0 and one_pass < SMALL_EPOCH_TOKENS)
+    if small:
+        epochs = s["num_epochs"] = 4.0
     s["val_fraction"] = 0.1 if rows >= 200 else 0.0
     s["early_stopping_patience"] = 2 if rows >= 200 else None
     if rows >= 200:
@@ -354,6 +363,7 @@ def recommend(rows_or_stats: Any, base: str = "default", task: str = "qa", hardw
     fitted = not on_gpu and (s["num_epochs"] < epochs)
     r["num_epochs"] = (f"{s['num_epochs']:g} epochs over data + paraphrases + replay: enough passes for "
                        f"{rows} rows to be recalled, few enough not to overwrite the base model"
+                       + (f" (a 4th: one pass is only {one_pass:,} tokens)" if small else "")
                        + (" (fewer, to fit a CPU run)" if fitted else ""))
     r["augment_same_fact"] = (
         "each question also trained with the answer of another row about the same fact: the best "
@@ -389,7 +399,6 @@ def _estimate(s: Mapping[str, Any], stats: DataStats, hw: Hardware, size: float,
         gen_tps = CPU_GEN_TOKENS_PER_S_05B / 2 * max(1, hw.cpu_cores) * scale
     question_tokens = max(4.0, stats.mean_tokens - stats.mean_answer_tokens - TEMPLATE_TOKENS_PER_ROW)
     paraphrase_rows = rows * int(s.get("augment_paraphrases") or 0) * 0.6  # ~60 % survive the filters
-    same_fact_rows = rows if s.get("augment_same_fact") else 0
     replay = int(s.get("replay_rows") or 0)
     # Paraphrases: one prompt per question asking for n rewordings (~1.3 × question tokens each).
     gen_tokens = (rows * question_tokens * 1.3 * int(s.get("augment_paraphrases") or 0)) if paraphrase_rows else 0
@@ -397,13 +406,20 @@ def _estimate(s: Mapping[str, Any], stats: DataStats, hw: Hardware, size: float,
     # writes them once.
     if replay and base != "default":
         gen_tokens += replay * REPLAY_ANSWER_TOKENS
-    per_epoch = (rows + paraphrase_rows + same_fact_rows) * stats.mean_tokens + replay * REPLAY_ROW_TOKENS
-    if s.get("augment_turns") and stats.turns > 1:
-        # later turns as rows of their own (about one turn's tokens each), then their same-fact pairs
-        turn_tokens = rows * (stats.turns - 1) * stats.mean_tokens / stats.turns
-        per_epoch += turn_tokens * (2 if s.get("augment_same_fact") else 1)
+    per_epoch = (rows + paraphrase_rows) * stats.mean_tokens + replay * REPLAY_ROW_TOKENS
+    # Later turns as rows of their own, and same-fact pairs (single-turn rows and those turns), each
+    # about one turn long.
+    per_turn = stats.mean_tokens / max(1.0, stats.turns)
+    turn_rows = rows * (stats.turns - 1) if s.get("augment_turns") else 0.0
+    single_rows = rows if stats.turns <= 1.0 else 0.0
+    per_epoch += turn_rows * per_turn
+    if s.get("augment_same_fact"):
+        per_epoch += (single_rows + turn_rows) * per_turn
     tokens = int(per_epoch * float(s.get("num_epochs") or 1))
-    seconds = tokens / train_tps + gen_tokens / gen_tps + (20 if hw.device == "cuda" else 45)
+    train_s = tokens / train_tps
+    if hw.device == "cuda":
+        train_s = max(train_s, tokens / max(1, int(s.get("batch_tokens") or 4096)) * GPU_SECONDS_PER_STEP)
+    seconds = train_s + gen_tokens / gen_tps + (20 if hw.device == "cuda" else 45)
     cost = round(seconds / 3600 * price, 4)
     return {"seconds": int(math.ceil(seconds)), "tokens": tokens, "device": hw.label,
             "cost": cost, "currency": currency}
