@@ -159,3 +159,16 @@ def test_replay_reads_the_cache_without_a_model(tmp_path, monkeypatch):
     assert len(rows) == 5
     assert all(r.messages[1].content == "A:" + r.messages[0].content for r in rows)
     assert general_replay("some/model", 5) == rows  # same prompts every time
+
+
+def test_trim_repetition_cuts_a_loop_and_keeps_normal_answers():
+    from lorastudio.train.replay import trim_repetition
+
+    loop = "The seasons come from the axial tilt. " + "The tilt makes sunlight hit us at other angles. " * 5
+    assert trim_repetition(loop) == ("The seasons come from the axial tilt. "
+                                     "The tilt makes sunlight hit us at other angles.")
+    zh = "先说结论。" + "一周有七天，这是常识性的知识。" * 4
+    assert trim_repetition(zh) == "先说结论。一周有七天，这是常识性的知识。"
+    normal = "def is_prime(n):\n    if n < 2:\n        return False\n    return True\n"
+    assert trim_repetition(normal) == normal
+    assert trim_repetition("短。短。短。短。") == "短。短。短。短。"  # short sentences repeat legitimately

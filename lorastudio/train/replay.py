@@ -58,6 +58,33 @@ def model_key(base: str, model_dir: str | Path | None = None) -> str:
     return f"{slug}-{digest.hexdigest()[:12]}"
 
 
+_SENTENCE_END = re.compile(r"(?<=[。！？!?；;\n])|(?<=[.](?=\s))")
+
+
+def trim_repetition(answer: str, min_chars: int = 15, times: int = 3) -> str:
+    """Cut a looping answer after the first copy of the sentence it repeats.
+
+    A small model's greedy answer sometimes repeats one sentence until the token cap ("The Earth's
+    rotation causes …" × 8); trained as replay, that would teach the loop. A sentence of at least
+    `min_chars` characters seen `times` times marks the loop; the answer ends where it first ended.
+    """
+    sentences = [x for x in _SENTENCE_END.split(answer) if x]
+    seen: dict[str, int] = {}
+    for sentence in sentences:
+        key = sentence.strip()
+        if len(key) >= min_chars:
+            seen[key] = seen.get(key, 0) + 1
+    looping = {k for k, count in seen.items() if count >= times}
+    if not looping:
+        return answer
+    kept: list[str] = []
+    for sentence in sentences:
+        kept.append(sentence)
+        if sentence.strip() in looping:
+            break
+    return "".join(kept).rstrip()
+
+
 def _cache_paths(key: str) -> tuple[Path, Path]:
     from lorastudio.models.cache import lorastudio_home
 
@@ -105,7 +132,8 @@ def general_replay(base: str, n: int, *, model: Any = None, tokenizer: Any = Non
             for prompt, answer in zip(missing, generated, strict=True):
                 answers[prompt] = answer
                 f.write(json.dumps({"prompt": prompt, "answer": answer}, ensure_ascii=False) + "\n")
-    return [Conversation([Message("user", p), Message("assistant", answers[p])]) for p in prompts if answers[p]]
+    return [Conversation([Message("user", p), Message("assistant", trim_repetition(answers[p]))])
+            for p in prompts if answers[p]]
 
 
 def replay_conversations(conversations: Sequence[Conversation], *, model: Any = None, tokenizer: Any = None,
@@ -126,4 +154,4 @@ def replay_conversations(conversations: Sequence[Conversation], *, model: Any = 
     return list(conversations) + replay
 
 
-__all__ = ["general_prompts", "general_replay", "model_key", "replay_conversations"]
+__all__ = ["general_prompts", "general_replay", "model_key", "replay_conversations", "trim_repetition"]
