@@ -322,6 +322,29 @@ def test_split_is_deterministic_sized_and_keeps_duplicates_together() -> None:
         split_train_val(convs, val_fraction=1.0)
 
 
+def test_split_holds_out_rewordings_of_facts_that_stay_in_training() -> None:
+    facts = [f"订单YZ-{i:04d}的退款在{i % 7 + 1}个工作日内原路退回，运费由{['买家', '卖家', '平台'][i % 3]}承担，"
+             f"客服分机{6000 + i}。" for i in range(40)]
+    rows = []
+    for i, fact in enumerate(facts):
+        asked = 3 if i < 20 else 1  # half the facts asked three ways, half once
+        rows += [(f"第{k}种问法：订单YZ-{i:04d}的退款多久到？", fact) for k in range(asked)]
+    convs = [Conversation([Message("user", q), Message("assistant", a)], row=n + 1) for n, (q, a) in enumerate(rows)]
+    train, val = split_train_val(convs, val_fraction=0.1, seed=3)
+    assert len(val) == 8 and len(train) == len(convs) - 8
+    trained_answers = {c.messages[-1].content for c in train}
+    assert all(c.messages[-1].content in trained_answers for c in val)  # each held-out fact is still taught
+    assert all(c.row <= 60 for c in val)  # only facts asked several ways are held out
+    assert split_train_val(convs, val_fraction=0.1, seed=3) == (train, val)
+
+
+def test_split_without_rewordings_falls_back_to_random_rows() -> None:
+    convs = [Conversation([Message("user", f"问题{i}"), Message("assistant", f"第{i}条规定：编号{i * 7919 % 10007}。")],
+                          row=i + 1) for i in range(100)]
+    train, val = split_train_val(convs, val_fraction=0.1, seed=0)
+    assert len(val) == 10 and len(train) == 90
+
+
 # --- performance ----------------------------------------------------------------------------------
 
 def test_ten_thousand_rows_validate_quickly(tmp_path: Path) -> None:

@@ -19,15 +19,14 @@ from __future__ import annotations
 
 import difflib
 import json
-import math
 import os
 import random
 import re
-from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from lorastudio.data.facts import fact_groups
 from lorastudio.data.types import Conversation, Message
 
 PARAPHRASE_PROMPT_ZH = ("请把下面这个问题换成{n}种不同的问法，意思必须完全相同，保留其中的专有名词和数字，不要回答问题。"
@@ -158,48 +157,6 @@ def generate_batch(model: Any, tokenizer: Any, prompts: list[list[dict]], *, max
 # --------------------------------------------------------------------------------------------------
 # same-fact pairs
 # --------------------------------------------------------------------------------------------------
-def fact_groups(conversations: Sequence[Conversation], threshold: float = 0.3) -> list[int]:
-    """A group id per conversation: rows whose last answers state the same fact share one.
-
-    TF-IDF cosine of character bigrams ≥ threshold, single link (works for Chinese and English; on the
-    demo file: 44 groups for its 40 facts, none mixing two facts with different numbers).
-    """
-    answers = [c.messages[-1].content if c.messages else "" for c in conversations]
-    grams = [Counter(a[i:i + 2] for i in range(len(a) - 1)) for a in answers]
-    df = Counter(g for x in grams for g in x)
-    n = len(answers)
-    vecs = [{g: v * math.log((n + 1) / df[g]) for g, v in x.items()} for x in grams]  # +1: no zero idf
-    norms = [math.sqrt(sum(v * v for v in x.values())) or 1.0 for x in vecs]
-    parent = list(range(n))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    # Dot products through an inverted index; on big files the commonest bigrams (in > 1/3 of the rows,
-    # low weight) are left out so the pair count stays near linear.
-    postings: dict[str, list[int]] = {}
-    for i, vec in enumerate(vecs):
-        for g in vec:
-            postings.setdefault(g, []).append(i)
-    max_df = n if n <= 400 else max(20, n // 3)
-    dots: dict[tuple[int, int], float] = {}
-    for g, rows in postings.items():
-        if len(rows) > max_df:
-            continue
-        for a in range(len(rows)):
-            wa = vecs[rows[a]][g]
-            for b in range(a + 1, len(rows)):
-                key = (rows[a], rows[b])
-                dots[key] = dots.get(key, 0.0) + wa * vecs[rows[b]][g]
-    for (i, j), dot in dots.items():
-        if dot / (norms[i] * norms[j]) >= threshold:
-            parent[find(i)] = find(j)
-    return [find(i) for i in range(n)]
-
-
 def _single_turn(conv: Conversation) -> bool:
     roles = [m.role for m in conv.messages if m.role != "system"]
     return roles == ["user", "assistant"]
