@@ -65,6 +65,18 @@ def test_too_small_card_needs_qlora_or_says_why():
     assert plan.quantize_4bit and "QLoRA" in plan.reason
 
 
+def test_fsdp_shards_let_7b_train_where_the_whole_base_does_not_fit():
+    from lorastudio.train.gpu import bf16_weight_bytes
+
+    assert bf16_weight_bytes(QWEN_7B, 1) == QWEN_7B.n_params * 2
+    assert bf16_weight_bytes(QWEN_7B, 8) < bf16_weight_bytes(QWEN_7B, 2) < QWEN_7B.n_params * 2
+    with pytest.raises(MemoryError):
+        autofit(QWEN_7B, pack_tokens=16384, free_bytes=16 * GIB)
+    plan = autofit(QWEN_7B, pack_tokens=16384, free_bytes=16 * GIB, weight_shards=2)
+    assert plan.gradient_checkpointing and plan.micro_batch_tokens >= 1024
+    assert plan.estimated_peak_bytes <= 16 * GIB
+
+
 def test_pack_shorter_than_max_length_is_refused():
     with pytest.raises(ValueError):
         autofit(QWEN_1_5B, pack_tokens=512, max_length=1024, free_bytes=80 * GIB)
@@ -294,3 +306,47 @@ def test_trainer_hook_customize_gives_the_same_loss_as_the_cpu_loss(monkeypatch,
     assert got_n == ref_n == sum(len(d) - 2 for d in docs)
     torch.testing.assert_close(got_sum, ref_sum.float(), rtol=1e-4, atol=1e-4)
     assert model._lorastudio_fast_path.attention == "sdpa"
+
+
+def test_fused_adamw_keeps_param_groups_and_is_plain_on_cpu():
+    from lorastudio.train.gpu import fused_adamw
+
+    w, b = torch.nn.Parameter(torch.ones(2, 2)), torch.nn.Parameter(torch.ones(2))
+    frozen = torch.nn.Parameter(torch.ones(2), requires_grad=False)
+    opt = fused_adamw([{"params": [w], "weight_decay": 0.1}, {"params": [b, frozen], "weight_decay": 0.0}],
+                      lr=1e-3, eps=1e-6)
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]
+    assert opt.param_groups[1]["params"] == [b] and opt.defaults["eps"] == 1e-6
+    assert not opt.defaults["fused"]  # CPU tensors: the trainer's CPU path keeps plain AdamW
+    assert fused_adamw([w, frozen], lr=1e-3).param_groups[0]["params"] == [w]
+
+
+def test_gpu_memory_budget_from_the_environment(monkeypatch):
+    from lorastudio.train.config import ConfigError
+    from lorastudio.train.gpu import memory_budget_bytes
+
+    monkeypatch.delenv("LORASTUDIO_GPU_MEMORY_GB", raising=False)
+    assert memory_budget_bytes() is None
+    monkeypatch.setenv("LORASTUDIO_GPU_MEMORY_GB", "24")
+    assert memory_budget_bytes() == 24 * 10**9
+    for bad in ("0", "lots"):
+        monkeypatch.setenv("LORASTUDIO_GPU_MEMORY_GB", bad)
+        with pytest.raises(ConfigError, match="LORASTUDIO_GPU_MEMORY_GB"):
+            memory_budget_bytes()
+
+
+def test_strategy_can_be_forced_from_the_environment(monkeypatch):
+    from lorastudio.train.config import ConfigError
+    from lorastudio.train.distributed import pick_strategy
+
+    monkeypatch.delenv("LORASTUDIO_DIST_STRATEGY", raising=False)
+    assert pick_strategy("tiny-random", "cpu") == "ddp"
+    monkeypatch.setenv("LORASTUDIO_DIST_STRATEGY", "FSDP")
+    assert pick_strategy("tiny-random", "cpu") == "fsdp"
+    monkeypatch.setenv("LORASTUDIO_DIST_STRATEGY", "zero3")
+    with pytest.raises(ConfigError, match="ddp.*fsdp"):
+        pick_strategy("tiny-random", "cuda")
+    monkeypatch.setenv("LORASTUDIO_DIST_STRATEGY", "fsdp")
+    monkeypatch.setattr(torch, "__version__", "2.7.1+cu126")
+    with pytest.raises(ConfigError, match="torch ≥ 2.10"):
+        pick_strategy("tiny-random", "cpu")

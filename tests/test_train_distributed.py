@@ -2,7 +2,9 @@
 
 The gloo backend (LORASTUDIO_DIST_BACKEND=gloo) runs the same code as NCCL on GPUs except the
 collective's transport: the rank-sharded micro-batches, the token-weighted gradient all-reduce, rank-0
--only files and the coordinated stop are what these tests prove. Each launch costs ~10 s of start-up.
+-only files and the coordinated stop are what these tests prove, for both strategies (DDP-style
+replication, and FSDP forced by LORASTUDIO_DIST_STRATEGY=fsdp: fully_shard runs on gloo/CPU too).
+Each launch costs ~10 s of start-up.
 """
 
 from __future__ import annotations
@@ -54,16 +56,16 @@ def single_run(data, tiny_random_dir, tmp_path_factory) -> Path:
     return out
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ, LORASTUDIO_DIST_BACKEND="gloo", OMP_NUM_THREADS="1")
+def _env(strategy: str = "ddp") -> dict[str, str]:
+    env = dict(os.environ, LORASTUDIO_DIST_BACKEND="gloo", OMP_NUM_THREADS="1", LORASTUDIO_DIST_STRATEGY=strategy)
     env.pop("LOCAL_RANK", None)
     env.pop("WORLD_SIZE", None)
     return env
 
 
-def _launch(data: Path, out: Path, *extra: str) -> subprocess.Popen:
+def _launch(data: Path, out: Path, *extra: str, strategy: str = "ddp") -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "lorastudio", "train", str(data), "--base", "tiny-random",
-                             "-o", str(out), *SETTINGS, "--gpus", "2", *extra], env=_env(),
+                             "-o", str(out), *SETTINGS, "--gpus", "2", *extra], env=_env(strategy),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -73,11 +75,11 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run / "adapter_model.safetensors"))
 
 
-def _assert_same_adapter(a: Path, b: Path) -> None:
+def _assert_same_adapter(a: Path, b: Path, atol: float = 1e-6) -> None:
     wa, wb = _weights(a), _weights(b)
     assert wa.keys() == wb.keys()
     for key in wa:
-        torch.testing.assert_close(wa[key], wb[key], rtol=1e-5, atol=1e-6, msg=key)
+        torch.testing.assert_close(wa[key], wb[key], rtol=1e-5, atol=atol, msg=key)
     assert any(v.abs().sum() > 0 for k, v in wa.items() if "lora_B" in k)  # it did learn something
 
 
@@ -96,13 +98,19 @@ def test_cpu_refuses_several_gpus_without_the_test_backend(data, tmp_path, monke
     assert not (tmp_path / "o" / "events.jsonl").exists()
 
 
-def test_two_gloo_ranks_equal_one_process_and_only_rank_0_writes(data, single_run, tmp_path):
+# FSDP: the gradients are reduce-scattered and the weights all-gathered per layer, so the sums run in
+# another order than one process's (differences of a few fp32 ulps of the weights' size).
+FSDP_ATOL = 1e-5
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_gloo_ranks_equal_one_process_and_only_rank_0_writes(data, single_run, tmp_path, strategy):
     out = tmp_path / "dist"
-    proc = _launch(data, out)
+    proc = _launch(data, out, strategy=strategy)
     log, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, log
 
-    _assert_same_adapter(out, single_run)
+    _assert_same_adapter(out, single_run, atol=FSDP_ATOL if strategy == "fsdp" else 1e-6)
     # The loss is summed over ranks and divided by the step's global target count: the same numbers.
     dist_losses, single_losses = _losses(out), _losses(single_run)
     assert [s for s, _ in dist_losses] == list(range(1, STEPS + 1))  # one line per step, not one per rank
@@ -111,7 +119,9 @@ def test_two_gloo_ranks_equal_one_process_and_only_rank_0_writes(data, single_ru
 
     events = read_events(out / "events.jsonl")
     assert sum(e["type"] == "done" for e in events) == 1
-    assert [e["message"] for e in events if e["type"] == "stage"][0].startswith("2 ranks (cpu)")
+    assert events[-1]["metrics"]["strategy"] == strategy
+    first_stage = [e["message"] for e in events if e["type"] == "stage"][0]
+    assert first_stage.startswith("2 ranks (cpu)") and ("FSDP" in first_stage) == (strategy == "fsdp")
     checkpoints = [e["step"] for e in events if e["type"] == "checkpoint"]
     assert len(checkpoints) == len(set(checkpoints))
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in single_run.iterdir())
@@ -184,3 +194,27 @@ def test_sigterm_to_the_launcher_reaches_every_rank_once(data, tmp_path):
     events = read_events(out / "events.jsonl")
     stopped_at = max(e["step"] for e in events if e["type"] == "metrics")
     assert [e["step"] for e in events if e["type"] == "checkpoint"].count(stopped_at) == 1
+
+
+def test_fsdp_interrupted_and_resumed_equals_one_process(data, single_run, tmp_path):
+    """FSDP checkpoints gather the sharded LoRA weights and optimizer state into the one-process format;
+    resuming shards them again, and the run ends where one process ends."""
+    out = tmp_path / "dist"
+    proc = _launch(data, out, strategy="fsdp")
+    _wait_for_step(out / "events.jsonl", 3, proc)
+    proc.send_signal(signal.SIGTERM)
+    log, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, log
+    stopped_at = max(e["step"] for e in read_events(out / "events.jsonl") if e["type"] == "metrics")
+    state = torch.load(out / "checkpoints" / f"step-{stopped_at:08d}" / "trainer_state.pt", weights_only=False)
+    single_state = torch.load(sorted((single_run / "checkpoints").glob("step-*"))[-1] / "trainer_state.pt",
+                              weights_only=False)
+    assert state["optimizer"]["state"].keys() == single_state["optimizer"]["state"].keys()
+    first = state["optimizer"]["state"][0]
+    assert type(first["exp_avg"]) is torch.Tensor and first["exp_avg"].shape == single_state["optimizer"]["state"][0]["exp_avg"].shape
+
+    resumed = subprocess.run([sys.executable, "-m", "lorastudio", "train", str(data), "-o", str(out), "--resume",
+                              "-q"], env=_env("fsdp"), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert [e["step"] for e in read_events(out / "events.jsonl") if e["type"] == "resumed"] == [stopped_at]
+    _assert_same_adapter(out, single_run, atol=FSDP_ATOL)

@@ -3,16 +3,20 @@
 Each worker (rank) trains on its share of every optimizer step's packed micro-batches: the schedule
 (which examples in which micro-batch of which step) is the single-process one, and micro-batch j of a
 step goes to rank j mod N. Each rank divides its summed token losses by the step's *global* number of
-target tokens, so one flat all-reduce (SUM) of the LoRA gradients per optimizer step gives exactly the
-single-process gradient of the same step (`allreduce_step`, which also sums the step's loss and token
-counts and the ranks' stop requests). Only rank 0 writes events, checkpoints and the adapter.
+target tokens, so the sum of the ranks' LoRA gradients is exactly the single-process gradient of the
+same step. Only rank 0 writes events, checkpoints and the adapter.
 
-Strategy:
-- DDP-style (what the trainer runs): every GPU holds the whole bf16 base; only the LoRA gradients
-  (tens of MB) are reduced — no wrapper around the model, so the fast path (`gpu.packed_lm_loss`) runs
-  unchanged.
-- FSDP (`apply_fsdp`, fully_shard per decoder layer) is what `choose_strategy` asks for when the bf16
-  base would take more than half of one GPU; the trainer does not use it yet (it warns and replicates).
+Strategy (`pick_strategy`; LORASTUDIO_DIST_STRATEGY=ddp|fsdp forces one):
+- "ddp": every GPU holds the whole bf16 base; one flat all-reduce (SUM) of the LoRA gradients per
+  optimizer step (`allreduce_step`, which also sums the step's loss, tokens and stop requests). No
+  wrapper around the model, so the fast path (`gpu.packed_lm_loss`) runs unchanged.
+- "fsdp" (`choose_strategy`'s pick when the bf16 base takes more than half of one GPU): `apply_fsdp`
+  shards the base with `fully_shard` (one unit per decoder layer, the backbone as root). FSDP
+  reduce-scatters the LoRA gradients in backward (it averages: the trainer scales each rank's loss by
+  the world size to keep the sum), every rank runs the same number of forward/backward passes per
+  step (a rank short of micro-batches runs a zero-weighted one), and checkpoints gather the full LoRA
+  weights and optimizer state (`full_state`, `full_optimizer_state`) into the single-process format,
+  so FSDP and DDP runs resume each other's checkpoints. Needs torch ≥ 2.10 (`fsdp_problem`).
 
 Backend: NCCL on CUDA. `LORASTUDIO_DIST_BACKEND=gloo` runs the ranks on the CPU (for tests: several
 CPU processes share the same cores and train no faster than one).
@@ -23,6 +27,7 @@ The launcher and the strategy choice are pure functions (tested on the CPU); the
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -69,6 +74,7 @@ def torchrun_command(argv: list[str], gpus: int, *, python: str | None = None, p
 
 
 BACKEND_ENV = "LORASTUDIO_DIST_BACKEND"
+STRATEGY_ENV = "LORASTUDIO_DIST_STRATEGY"
 RC_FILE_ENV = "LORASTUDIO_DIST_RC_FILE"
 
 
@@ -235,6 +241,52 @@ def choose_strategy(shape: ModelShape, gpu_bytes: int) -> str:
     return "ddp" if shape.n_params * 2 <= 0.5 * gpu_bytes else "fsdp"
 
 
+FSDP_MIN_TORCH = (2, 10)
+"""fully_shard takes frozen bf16 and trainable fp32 (LoRA master) weights in one unit from here on
+(torch 2.7 asserts that a unit's weights share one dtype)."""
+
+
+def fsdp_problem() -> str | None:
+    """Why this torch cannot shard the trainer's model with FSDP (one line), or None."""
+    import torch
+
+    version = tuple(int(part) for part in re.findall(r"\d+", torch.__version__)[:2])
+    if version < FSDP_MIN_TORCH:
+        return (f"FSDP needs torch ≥ {'.'.join(map(str, FSDP_MIN_TORCH))} here (bf16 base and fp32 LoRA weights "
+                f"in one shard group); this is torch {torch.__version__}")
+    return None
+
+
+def pick_strategy(base: str, device: str) -> str:
+    """The strategy of a run on several ranks: LORASTUDIO_DIST_STRATEGY if set, else `choose_strategy`
+    from the base's config and this GPU's memory ("ddp" on the CPU, if the config is unreadable, or if
+    this torch cannot shard the model)."""
+    from lorastudio.train.config import ConfigError
+
+    forced = os.environ.get(STRATEGY_ENV, "").strip().lower()
+    if forced:
+        if forced not in ("ddp", "fsdp"):
+            raise ConfigError(f"{STRATEGY_ENV}={forced!r}: use ddp (replicate the base) or fsdp (shard it)")
+        problem = fsdp_problem() if forced == "fsdp" else None
+        if problem:
+            raise ConfigError(f"{STRATEGY_ENV}=fsdp: {problem}")
+        return forced
+    if device != "cuda":
+        return "ddp"
+    try:
+        import torch
+        from transformers import AutoConfig
+
+        from lorastudio.models import resolve_model
+
+        shape = ModelShape.from_config(AutoConfig.from_pretrained(resolve_model(base)))
+        total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    except Exception:  # the loader reports a bad model itself
+        return "ddp"
+    strategy = choose_strategy(shape, total)
+    return "ddp" if strategy == "fsdp" and fsdp_problem() else strategy
+
+
 def init(backend: str | None = None) -> tuple[int, int, int]:
     """Join the process group (NCCL, or gloo on the CPU); returns (rank, world_size, local_rank) and,
     with NCCL, selects this rank's GPU. A rank whose torchrun dies gets SIGTERM (Linux)."""
@@ -334,7 +386,10 @@ def barrier() -> None:
 
 
 def apply_fsdp(model: Any) -> Any:
-    """Shard a (PEFT-wrapped) decoder-only model: one FSDP unit per decoder layer, plus the root."""
+    """Shard a (PEFT-wrapped) decoder-only model in place: one FSDP unit per decoder layer, and the
+    backbone (embeddings, final norm) as the root, since the loss functions call the backbone, not the
+    model. An untied LM head stays replicated (frozen: no gradient to reduce); a tied one keeps
+    referring to the full embedding matrix."""
     from torch.distributed.fsdp import fully_shard
 
     from lorastudio.train.gpu import causal_lm_parts
@@ -342,8 +397,62 @@ def apply_fsdp(model: Any) -> Any:
     backbone, _ = causal_lm_parts(model)
     for layer in backbone.layers:
         fully_shard(layer)
-    fully_shard(model)
+    fully_shard(backbone)
     return model
+
+
+def _full(value: Any) -> Any:
+    """A DTensor's full value (an all-gather: every rank calls it in the same order) as a CPU tensor;
+    anything else unchanged."""
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(value, DTensor):
+        return value.detach().full_tensor().cpu()
+    return value
+
+
+def full_state(model: Any) -> dict[str, Any]:
+    """The trainable (LoRA) parameters by name, full and on the CPU, gathered from their shards.
+    Every rank must call it."""
+    return {name: _full(p) for name, p in model.named_parameters() if p.requires_grad}
+
+
+def full_optimizer_state(optimizer: Any) -> dict[str, Any]:
+    """`optimizer.state_dict()` with every sharded state tensor gathered: the single-process format.
+    Every rank must call it."""
+    state = optimizer.state_dict()
+    state["state"] = {index: {key: _full(value) for key, value in values.items()}
+                      for index, values in sorted(state["state"].items())}
+    return state
+
+
+def _shard_like(tensor: Any, param: Any) -> Any:
+    """`tensor` (full) split like the sharded `param` (a collective: every rank calls it alike)."""
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(tensor.to(param.device, param.dtype), param.device_mesh, param.placements)
+
+
+def shard_adapter_weights(weights: dict[str, Any], params: list[Any]) -> dict[str, Any]:
+    """Full LoRA weights (as saved in an adapter) split like the sharded LoRA `params` (all fully_shard's
+    dim-0 shards on one mesh), ready for `set_peft_model_state_dict`."""
+    like = params[0]
+    return {name: _shard_like(t, like) for name, t in sorted(weights.items())}
+
+
+def load_full_optimizer_state(optimizer: Any, state: dict[str, Any]) -> None:
+    """Load a single-process optimizer state (`full_optimizer_state`'s format) into an optimizer of
+    sharded parameters. Every rank must call it."""
+    from torch.distributed.tensor import DTensor
+
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    sharded = {}
+    for index, values in sorted(state["state"].items()):
+        param = params[index]
+        sharded[index] = {key: _shard_like(value, param)
+                          if isinstance(param, DTensor) and getattr(value, "shape", None) == param.shape
+                          else value for key, value in values.items()}
+    optimizer.load_state_dict({**state, "state": sharded})
 
 
 def cleanup() -> None:

@@ -14,12 +14,15 @@ Pieces, each usable on its own (the trainer and `bench/gpu_bench.py` call the sa
 - `packed_lm_loss(model, batch)`: the backbone on one packed row, then a chunked linear+cross-entropy
   over only the positions that have a target, so the 152k-vocabulary logits never exist in full.
   `liger-kernel`'s fused linear cross-entropy is used instead when asked for and installed.
-- `fused_adamw(params, ...)`: AdamW with the fused CUDA kernel (fp32 master weights: the LoRA params).
+- `fused_adamw(params, ...)`: AdamW with the fused CUDA kernel (fp32 master weights: the LoRA params);
+  the trainer's optimizer on CUDA.
 - `qlora_quantization_config()`: 4-bit base weights through bitsandbytes, if installed.
 
 `customize(cfg, setup)` is the trainer's hook (`trainer.device_setup` calls it on CUDA). Environment
 overrides: LORASTUDIO_COMPILE=0/1 (compile the fused kernels; default: models of ≥ 1 B params),
-LORASTUDIO_CE=liger (liger-kernel's fused linear cross-entropy instead of the built-in chunked one).
+LORASTUDIO_CE=liger (liger-kernel's fused linear cross-entropy instead of the built-in chunked one),
+LORASTUDIO_GPU_MEMORY_GB=24 (train within that much of each GPU: auto-fit plans for it and the
+allocator is capped to it, e.g. to try a 24 GB card's plan on a bigger one).
 Measured numbers: docs/BENCHMARKS.md.
 
 A packed batch is one row: examples concatenated, `position_ids` restarting at 0 for each example,
@@ -134,6 +137,18 @@ class FitPlan:
         return asdict(self)
 
 
+def bf16_weight_bytes(shape: ModelShape, shards: int = 1) -> float:
+    """Bytes of bf16 base weights on one GPU. Sharded by FSDP over `shards` GPUs (`apply_fsdp`): each
+    holds its shard of the decoder layers plus two whole layers (the one running and the one
+    prefetched), the embeddings as shard and whole (the root unit stays whole during a step), and a
+    whole LM head (an untied one is replicated; a tied one keeps the original matrix)."""
+    if shards <= 1:
+        return shape.n_params * 2.0
+    embed = shape.vocab_size * shape.hidden_size
+    layer = (shape.n_params - embed * (1 if shape.tie_embeddings else 2)) / shape.num_layers
+    return 2.0 * (shape.num_layers * layer / shards + 2 * layer + embed * (1 + 1 / shards) + embed)
+
+
 def _round_down(tokens: float, step: int = 512) -> int:
     return int(tokens // step * step)
 
@@ -157,6 +172,7 @@ def autofit(
     fused_elementwise: bool = True,
     gradient_checkpointing: bool | None = None,
     headroom_bytes: int = int(1.5 * GIB),
+    weight_shards: int = 1,
 ) -> FitPlan:
     """Choose gradient checkpointing and micro-batch tokens so training fits `free_bytes` of GPU memory.
 
@@ -166,7 +182,8 @@ def autofit(
     Preference order: no checkpointing with micro-batches of ≥ `min_fast_tokens` (or the whole pack);
     else checkpointing with the largest micro-batch that fits; else a 4-bit base (QLoRA) if bitsandbytes
     is installed. `gradient_checkpointing=True/False` (a user's explicit setting) fixes that choice and
-    only sizes the micro-batch. Raises `MemoryError` with a hint if nothing fits.
+    only sizes the micro-batch. `weight_shards` > 1: the base is sharded over that many GPUs by FSDP
+    (`distributed.apply_fsdp`). Raises `MemoryError` with a hint if nothing fits.
     """
     if pack_tokens < max_length:
         raise ValueError(f"pack_tokens={pack_tokens} must be ≥ max_length={max_length}")
@@ -214,7 +231,7 @@ def autofit(
         return FitPlan(ckpt, tokens, accum, quant, int(peak(weights, tokens, ckpt) + headroom_bytes),
                        chunk, why)
 
-    result = plan(shape.n_params * 2.0, quant=False)
+    result = plan(bf16_weight_bytes(shape, weight_shards), quant=False)
     if result is None and bitsandbytes_available:
         # nf4 with double quantisation ≈ 0.52 bytes/param for the linears; embeddings/head stay bf16
         embed = shape.vocab_size * shape.hidden_size * (1 if shape.tie_embeddings else 2)
@@ -658,13 +675,19 @@ def packed_lm_loss(model: Any, batch: dict[str, Any], *, reduction: str = "mean"
     return total.to(torch.float32)
 
 
-def fused_adamw(params: Any, lr: float, weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999)):
-    """AdamW with the fused CUDA kernel (one launch for all LoRA params); plain AdamW elsewhere."""
+def fused_adamw(params: Any, lr: float, weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999),
+                eps: float = 1e-8):
+    """AdamW with the fused CUDA kernel (one launch for all LoRA params); plain AdamW elsewhere.
+    `params`: tensors, or param groups (dicts with "params" and their own settings)."""
     import torch
 
-    params = [p for p in params if p.requires_grad]
-    fused = bool(params) and all(p.is_cuda and p.dtype in (torch.float32, torch.bfloat16) for p in params)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas, fused=fused)
+    items = list(params)
+    groups = [dict(g) for g in items] if items and isinstance(items[0], dict) else [{"params": items}]
+    for group in groups:
+        group["params"] = [p for p in group["params"] if p.requires_grad]
+    flat = [p for group in groups for p in group["params"]]
+    fused = bool(flat) and all(p.is_cuda and p.dtype in (torch.float32, torch.bfloat16) for p in flat)
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, betas=betas, eps=eps, fused=fused)
 
 
 def configure_allocator() -> None:
@@ -697,6 +720,41 @@ def free_gpu_bytes(device: int | None = None) -> int:
 
     free, _total = torch.cuda.mem_get_info(device)
     return int(free)
+
+
+MEMORY_ENV = "LORASTUDIO_GPU_MEMORY_GB"
+CONTEXT_BYTES = 10**9
+"""What the CUDA context and library workspaces take of a card before training allocates anything."""
+
+
+def memory_budget_bytes() -> int | None:
+    """LORASTUDIO_GPU_MEMORY_GB in bytes (1e9 per GB, as cards are sold), or None when unset."""
+    value = os.environ.get(MEMORY_ENV, "").strip()
+    if not value:
+        return None
+    try:
+        gb = float(value)
+    except ValueError:
+        gb = 0.0
+    if gb <= 0:
+        from lorastudio.train.config import ConfigError
+
+        raise ConfigError(f"{MEMORY_ENV}={value!r}: give the GPU memory to train within in GB, e.g. 24")
+    return int(gb * 1e9)
+
+
+def apply_memory_budget() -> int:
+    """Free bytes to plan for on this process's GPU. With LORASTUDIO_GPU_MEMORY_GB, the caching
+    allocator is capped to that budget and the plan gets the budget less the context."""
+    import torch
+
+    free = free_gpu_bytes()
+    budget = memory_budget_bytes()
+    if budget is None:
+        return free
+    total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, budget / total))
+    return min(free, budget - CONTEXT_BYTES)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -758,13 +816,17 @@ def customize(cfg: Any, setup: Any) -> Any:
         notes.append(f"auto-fit skipped: could not read the model config ({type(err).__name__})")
     compile_kernels = _want_compile(shape)
     ce_chunk = 2048
+    free = apply_memory_budget()
+    if memory_budget_bytes() is not None:
+        notes.append(f"{MEMORY_ENV}: planning for {free / 1e9:.1f} GB of this GPU")
     if shape is not None:
         try:
             fixed = cfg.gradient_checkpointing if isinstance(cfg.gradient_checkpointing, bool) else None
+            shards = getattr(setup, "world", 1) if getattr(setup, "strategy", "ddp") == "fsdp" else 1
             plan = autofit(shape, lora_r=cfg.lora_r, lora_targets=cfg.target_modules, pack_tokens=cfg.batch_tokens,
-                           free_bytes=free_gpu_bytes(), max_length=cfg.max_length,
+                           free_bytes=free, max_length=cfg.max_length,
                            bitsandbytes_available=bitsandbytes_available(), fused_elementwise=compile_kernels,
-                           gradient_checkpointing=fixed)
+                           gradient_checkpointing=fixed, weight_shards=shards)
         except MemoryError as err:
             notes.append(f"auto-fit: {err}")
         else:

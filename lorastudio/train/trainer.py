@@ -84,6 +84,8 @@ class DeviceSetup:
     loss_fn: LossFn                    # (peft_model, batch) -> (sum of token losses, number of target tokens)
     prepare_model: Callable[[Any], Any] | None = None  # e.g. kernel patches, applied before LoRA wrapping
     notes: list[str] = field(default_factory=list)
+    world: int = 1                     # ranks training together (`--gpus N` under torchrun)
+    strategy: str = "ddp"              # several ranks: "ddp" (each holds the base) or "fsdp" (base sharded)
 
 
 def causal_lm_loss(model, batch: dict[str, Any]) -> tuple[Any, int]:
@@ -110,6 +112,7 @@ def device_setup(cfg: TrainConfig) -> DeviceSetup:
     import torch
 
     from lorastudio.models import pick_device, pick_dtype
+    from lorastudio.train import distributed
 
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, device)
@@ -126,6 +129,9 @@ def device_setup(cfg: TrainConfig) -> DeviceSetup:
         gradient_checkpointing=bool(checkpointing),
         loss_fn=causal_lm_loss,
     )
+    _rank, setup.world = distributed.rank_and_world()
+    if setup.world > 1:
+        setup.strategy = distributed.pick_strategy(cfg.base, device)
     if device == "cuda":
         try:
             gpu = importlib.import_module("lorastudio.train.gpu")
@@ -349,6 +355,10 @@ def train(cfg: TrainConfig, on_event: EventCallback | None = None, *, resume: bo
     """
     from lorastudio.train import distributed
 
+    if cfg.device != "cpu":  # before CUDA starts (it may not be used: then this changes nothing)
+        from lorastudio.train.gpu import configure_allocator
+
+        configure_allocator()
     # Under torchrun (`lorastudio train --gpus N`): join the group; only rank 0 writes files and events.
     own_group = distributed.is_worker() and int(os.environ.get("WORLD_SIZE", 1)) > 1 and not _group_joined()
     if own_group:
@@ -378,25 +388,6 @@ def train(cfg: TrainConfig, on_event: EventCallback | None = None, *, resume: bo
             distributed.cleanup()
 
 
-def _fsdp_note(cfg: TrainConfig) -> str:
-    """Every rank holds the whole base (DDP-style); say so when `choose_strategy` would shard it."""
-    try:
-        import torch
-        from transformers import AutoConfig
-
-        from lorastudio.models import resolve_model
-        from lorastudio.train.distributed import choose_strategy
-        from lorastudio.train.gpu import ModelShape
-
-        shape = ModelShape.from_config(AutoConfig.from_pretrained(resolve_model(cfg.base)))
-        if choose_strategy(shape, torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory) == "fsdp":
-            return ("; this base takes over half of one GPU: FSDP would shard it, but the trainer replicates "
-                    "it on every GPU (FSDP is not wired in yet)")
-    except Exception:  # only a note
-        pass
-    return ""
-
-
 def _group_joined() -> bool:
     try:
         import torch.distributed as dist
@@ -420,6 +411,7 @@ class _Run:
         from lorastudio.train.distributed import rank_and_world
 
         self.rank, self.world = rank_and_world()  # (0, 1) in one process
+        self.fsdp = False  # several ranks with the base sharded (set in _prepare)
 
     # -- prepare -----------------------------------------------------------------------------
     def _prepare(self) -> None:
@@ -429,6 +421,7 @@ class _Run:
 
         cfg = self.cfg
         self.setup = device_setup(cfg)
+        self.fsdp = self.world > 1 and self.setup.strategy == "fsdp"
         if self.world > 1:
             self._fit_world()
         self.log.stage("prepare", f"reading {cfg.data or 'the given conversations'} and {cfg.base}")
@@ -467,6 +460,11 @@ class _Run:
             self._neftune_lengths: list[list[int]] = [[]]
             self.model.get_input_embeddings().register_forward_hook(
                 _neftune_hook(cfg.neftune_alpha, self._neftune_lengths))
+        if self.fsdp:
+            from lorastudio.train.distributed import apply_fsdp
+
+            apply_fsdp(self.model)
+            self.trainable = [p for p in self.model.parameters() if p.requires_grad]  # now sharded
 
     def _fit_world(self) -> None:
         """Several ranks share each optimizer step's micro-batches (micro-batch j → rank j mod world);
@@ -481,8 +479,10 @@ class _Run:
             cfg.gradient_accumulation *= factor
             note += (f"; batch_tokens {cfg.batch_tokens} × gradient_accumulation {cfg.gradient_accumulation} "
                      "so that every rank has a micro-batch in each step")
-        if self.setup.device == "cuda":
-            note += _fsdp_note(cfg)
+        if self.fsdp:
+            note += "; FSDP: the base is sharded over the ranks (fully_shard per decoder layer)"
+        elif self.setup.device == "cuda":
+            note += "; DDP: every GPU holds the whole base, the LoRA gradients are all-reduced"
         self.setup.notes.append(note)
         self.log.stage("prepare", note)
 
@@ -577,11 +577,15 @@ class _Run:
         self.model.eval()
         total, count = 0.0, 0
         batches = pack([e.num_tokens for e in self.val_examples], range(len(self.val_examples)), self.cfg.batch_tokens)
+        share = batches[self.rank::self.world]
+        fillers = math.ceil(len(batches) / self.world) - len(share) if self.fsdp else 0
         with torch.no_grad():
-            for indices in batches[self.rank::self.world]:
+            for indices in share:
                 loss_sum, n = self._forward_loss(indices, self.val_examples)
                 total += float(loss_sum)
                 count += n
+            for _ in range(fillers):  # FSDP: every rank takes part in every forward's all-gathers
+                self._forward_loss(batches[0][:1], self.val_examples)
         if self.world > 1:
             from lorastudio.train.distributed import allreduce_step
 
@@ -589,17 +593,37 @@ class _Run:
         self.model.train()
         return total / max(1, count)
 
+    def _gathered_weights(self) -> dict[str, Any] | None:
+        """FSDP: the full LoRA weights (every rank must call this); else None (the model holds them)."""
+        if not self.fsdp:
+            return None
+        from lorastudio.train.distributed import full_state
+
+        return full_state(self.model)
+
+    def _write_adapter(self, path: Path, weights: dict[str, Any] | None) -> None:
+        if weights is None:
+            self.model.save_pretrained(path)
+        else:
+            self.model.save_pretrained(path, state_dict=weights)
+
     def _save_checkpoint(self, step: int, train_loss: float | None, valid_loss: float | None) -> Path:
         import torch
 
-        if self.rank != 0:  # every rank holds the same state; rank 0 writes it
+        weights = self._gathered_weights()
+        optimizer = None
+        if self.fsdp:
+            from lorastudio.train.distributed import full_optimizer_state
+
+            optimizer = full_optimizer_state(self.optimizer)
+        if self.rank != 0:  # every rank holds the same state (or its shards); rank 0 writes it
             return self.output_dir / CHECKPOINTS / f"step-{step:08d}"
 
         def write(tmp: Path) -> None:
-            self.model.save_pretrained(tmp)
+            self._write_adapter(tmp, weights)
             torch.save({
                 "step": step,
-                "optimizer": self.optimizer.state_dict(),
+                "optimizer": optimizer if optimizer is not None else self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler else None,
                 "rng": _rng_state(),
@@ -633,12 +657,21 @@ class _Run:
         # Several ranks: load on the CPU ("cuda" would mean GPU 0 for every rank), copied into place below.
         weights = load_file(str(checkpoint / "adapter_model.safetensors"),
                             device="cpu" if self.world > 1 else self.setup.device)
+        if self.fsdp:
+            from lorastudio.train.distributed import shard_adapter_weights
+
+            weights = shard_adapter_weights(weights, self.trainable)
         result = set_peft_model_state_dict(self.model, weights)
         if getattr(result, "unexpected_keys", None):
             raise ConfigError(f"--resume: {checkpoint} does not match this model's LoRA layout")
-        for param in self.trainable:
-            param.data = param.data.float()
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.fsdp:
+            from lorastudio.train.distributed import load_full_optimizer_state
+
+            load_full_optimizer_state(self.optimizer, state["optimizer"])
+        else:
+            for param in self.trainable:
+                param.data = param.data.float()
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
@@ -660,7 +693,12 @@ class _Run:
         groups = [{"params": decay, "weight_decay": cfg.weight_decay}]
         if no_decay:
             groups.append({"params": no_decay, "weight_decay": 0.0})
-        self.optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.999), eps=1e-8)
+        if self.setup.device == "cuda":  # one fused kernel for all LoRA params instead of one per tensor
+            from lorastudio.train.gpu import fused_adamw
+
+            self.optimizer = fused_adamw(groups, lr=cfg.learning_rate, betas=(0.9, 0.999), eps=1e-8)
+        else:
+            self.optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.999), eps=1e-8)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg, self.total_steps))
         self.scaler = torch.amp.GradScaler("cuda") if self.setup.dtype == torch.float16 else None
         self.best_valid_loss: float | None = None
@@ -687,11 +725,9 @@ class _Run:
             step_tokens = 0
             rng_at_start = _rng_state()
             try:
-                for micro, indices in enumerate(plan.micro_batches):
+                for micro, indices, weight in self._my_micro_batches(plan):
                     if self.stop.requested and self.world == 1:
                         raise _StepAborted
-                    if micro % self.world != self.rank:  # another rank's share of this step
-                        continue
                     # Dropout/NEFTune noise depend on (seed, step, micro-batch) only: the same on any
                     # number of ranks, and after --resume.
                     torch.manual_seed(cfg.seed * 1_000_003 + step * 1_009 + micro)
@@ -699,9 +735,12 @@ class _Run:
                     # Token-level mean over the whole accumulation group, so packing/accumulation never
                     # change what one target token weighs.
                     loss = loss_sum / group_targets
+                    if weight != 1:
+                        loss = loss * weight
                     (self.scaler.scale(loss) if self.scaler else loss).backward()
-                    loss_total += float(loss_sum.detach())
-                    step_tokens += sum(self.train_examples[i].num_tokens for i in indices)
+                    if weight:
+                        loss_total += float(loss_sum.detach())
+                        step_tokens += sum(self.train_examples[i].num_tokens for i in indices)
             except _StepAborted:
                 # Stop asked mid-step: drop the half-computed gradients and checkpoint the last finished
                 # step, with the RNG as it was when this step began, so --resume redoes it identically.
@@ -711,11 +750,12 @@ class _Run:
             stop_now = self.stop.requested
             if self.world > 1:
                 # Sum the LoRA gradients (each rank's share already divided by the step's global target
-                # count: the sum is the single-process gradient), the loss, the tokens and the ranks'
-                # stop requests. Decide to stop only on the summed flag, so every rank stops together.
+                # count: the sum is the single-process gradient; FSDP has reduced them in backward), the
+                # loss, the tokens and the ranks' stop requests. Decide to stop only on the summed flag,
+                # so every rank stops together.
                 from lorastudio.train.distributed import allreduce_step
 
-                loss_total, tokens, stops = allreduce_step(self.trainable,
+                loss_total, tokens, stops = allreduce_step([] if self.fsdp else self.trainable,
                                                            [loss_total, step_tokens, float(stop_now)])
                 step_tokens, stop_now = int(tokens), stops > 0
                 self.stop.peer = self.stop.peer or stop_now
@@ -771,11 +811,25 @@ class _Run:
                 break
         return step, early_stopped
 
+    def _my_micro_batches(self, plan: Step) -> list[tuple[int, list[int], float]]:
+        """(micro-batch number, example indices, loss weight) of the passes this rank runs in one step:
+        micro-batch j goes to rank j mod world. Under FSDP, whose collectives need every rank in every
+        pass, a rank short of micro-batches adds zero-weighted passes over one example, and the weight
+        is the world size (FSDP averages the ranks' gradients; the step needs their sum)."""
+        batches = plan.micro_batches
+        weight = float(self.world) if self.fsdp else 1.0
+        mine = [(m, batches[m], weight) for m in range(self.rank, len(batches), self.world)]
+        if self.fsdp:
+            short = math.ceil(len(batches) / self.world) - len(mine)
+            mine += [(len(batches) + k, batches[0][:1], 0.0) for k in range(short)]
+        return mine
+
     def _interrupt(self, step: int, last_saved: int, train_loss: float | None = None,
                    valid_loss: float | None = None) -> None:
         """Checkpoint ``step`` (unless just saved), report, and raise TrainingInterrupted."""
         path = self.output_dir / CHECKPOINTS / f"step-{step:08d}"
-        if last_saved != step or not (path / STATE_FILE).is_file():
+        # Several ranks decide alike without looking at rank 0's files (FSDP gathers on every rank).
+        if last_saved != step or (self.world == 1 and not (path / STATE_FILE).is_file()):
             path = self._save_checkpoint(step, train_loss, valid_loss)
         if self.world > 1:  # no rank leaves (torchrun would stop the others) before rank 0 has saved
             from lorastudio.train.distributed import barrier
@@ -812,9 +866,11 @@ class _Run:
         if self.best_valid_loss is None or valid_loss < self.best_valid_loss - 1e-4:
             self.best_valid_loss = valid_loss
             self.bad_evals = 0
-            if self.cfg.early_stopping_patience and self.rank == 0:
-                _atomic_dir(self.output_dir / CHECKPOINTS / "best", self.model.save_pretrained)
-                (self.output_dir / CHECKPOINTS / "best" / "step.txt").write_text(str(step))
+            if self.cfg.early_stopping_patience:
+                weights = self._gathered_weights()
+                if self.rank == 0:
+                    _atomic_dir(self.output_dir / CHECKPOINTS / "best", lambda tmp: self._write_adapter(tmp, weights))
+                    (self.output_dir / CHECKPOINTS / "best" / "step.txt").write_text(str(step))
             return False
         self.bad_evals += 1
         patience = self.cfg.early_stopping_patience
@@ -827,6 +883,7 @@ class _Run:
     # -- save ----------------------------------------------------------------------------------
     def _save(self, steps: int, early_stopped: bool) -> TrainResult:
         cfg = self.cfg
+        weights = self._gathered_weights()
         if self.rank != 0:  # rank 0 writes the adapter, config, model card and the `done` event
             return TrainResult(adapter_dir=str(self.output_dir), steps=steps, early_stopped=early_stopped)
         self.log.stage("save", f"writing the adapter to {self.output_dir}")
@@ -838,7 +895,7 @@ class _Run:
             for name in ("adapter_model.safetensors", "adapter_config.json"):
                 shutil.copy2(best / name, self.output_dir / name)
         else:
-            self.model.save_pretrained(self.output_dir)
+            self._write_adapter(self.output_dir, weights)
         # Plain PEFT must find the base: point at the resolved local directory, never a bare "default".
         config_path = self.output_dir / "adapter_config.json"
         adapter_config = json.loads(config_path.read_text(encoding="utf-8"))
@@ -862,6 +919,13 @@ class _Run:
             "device": self.setup.device, "dtype": str(self.setup.dtype).split(".")[-1],
             "cost": round(elapsed / 3600.0 * cfg.price_per_hour, 4),
         }
+        if self.setup.device == "cuda":  # this process's (rank 0's) GPU, model load included
+            import torch
+
+            metrics["gpu_peak_allocated_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 2)
+            metrics["gpu_peak_reserved_gb"] = round(torch.cuda.max_memory_reserved() / 1e9, 2)
+        if self.world > 1:
+            metrics["strategy"] = self.setup.strategy
         cfg.to_yaml(self.output_dir / "train_config.yaml")
         (self.output_dir / "data_report.json").write_text(
             json.dumps(self.data_report, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
