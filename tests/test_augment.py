@@ -172,3 +172,14 @@ def test_trim_repetition_cuts_a_loop_and_keeps_normal_answers():
     normal = "def is_prime(n):\n    if n < 2:\n        return False\n    return True\n"
     assert trim_repetition(normal) == normal
     assert trim_repetition("短。短。短。短。") == "短。短。短。短。"  # short sentences repeat legitimately
+
+
+def test_fact_groups_never_link_answers_with_conflicting_numbers():
+    template = [qa(f"订单YZ-{i:04d}到哪了？", f"登录云栈后在“我的订单”输入YZ-{i:04d}查看，物流信息每2小时更新一次。")
+                for i in range(30)]
+    assert len(set(fact_groups(template))) == 30  # alike wording, different orders
+    assert same_fact_pairs(template) == []
+    same = [qa("工单多久升级？", "工单超过48小时未处理，自动升级到二线护航组。"),
+            qa("工单两天没人管呢？", "满48小时未处理就自动升级到二线护航组，分机6021。")]  # {48} ⊆ {48, 6021}
+    groups = fact_groups(template + same)
+    assert groups[-1] == groups[-2] and len(set(groups)) == 31

@@ -89,7 +89,8 @@ def test_to_dict_has_exactly_the_product_keys() -> None:
     d = report.to_dict()
     assert list(d) == ["file", "format", "schema", "encoding", "rows_total", "rows_ok", "rows_rejected",
                        "issues", "dataset_issues"]
-    assert [set(x) for x in d["dataset_issues"]] == [{"severity", "kind", "message", "hint"}]
+    assert [set(x) for x in d["dataset_issues"]] == [{"severity", "kind", "message", "hint"}] * 2
+    assert [x["kind"] for x in d["dataset_issues"]] == ["few_rows", "one_wording"]
     json.dumps(d)  # serialisable
 
 
@@ -336,6 +337,18 @@ def test_split_holds_out_rewordings_of_facts_that_stay_in_training() -> None:
     assert all(c.messages[-1].content in trained_answers for c in val)  # each held-out fact is still taught
     assert all(c.row <= 60 for c in val)  # only facts asked several ways are held out
     assert split_train_val(convs, val_fraction=0.1, seed=3) == (train, val)
+
+
+def test_advice_to_add_wordings_only_when_facts_are_asked_once(tmp_path: Path) -> None:
+    once = [{"instruction": f"产品{i}号的保修期是多久？", "response": f"产品{i}号保修{i + 1}个月，凭发票在{i % 9 + 1}号窗口办理。"}
+            for i in range(40)]
+    report = validate(_jsonl(tmp_path / "once.jsonl", once))
+    advice = [d for d in report.dataset_issues if d.code == "one_wording"]
+    assert advice and advice[0].params["pct"] >= 80 and "wordings" in advice[0].hint
+    asked_three_ways = [{"instruction": f"第{k}种问法：产品{i}号保修多久？", "response": row["response"]}
+                        for i, row in enumerate(once) for k in range(3)]
+    report = validate(_jsonl(tmp_path / "three.jsonl", asked_three_ways))
+    assert not [d for d in report.dataset_issues if d.code == "one_wording"]
 
 
 def test_split_without_rewordings_falls_back_to_random_rows() -> None:

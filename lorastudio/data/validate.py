@@ -15,6 +15,7 @@ from lorastudio.data.checks import (
     estimate_conversation_tokens,
     repair_mojibake,
 )
+from lorastudio.data.facts import fact_groups
 from lorastudio.data.readers import RawTable, read_table
 from lorastudio.data.schema import (
     EXPECTED_SHORT,
@@ -35,6 +36,9 @@ FEW_ROWS = 100
 SHORT_ANSWER_CHARS = 10
 SHORT_ANSWER_SHARE = 0.3
 HEAVY_DUPLICATION_SHARE = 0.1
+# Advice to add wordings: at least this many rows, this share of the facts asked one way only.
+ONE_WORDING_MIN_ROWS = 20
+ONE_WORDING_SHARE = 0.8
 HINT_PREVIEW_CHARS = 160
 
 
@@ -307,6 +311,11 @@ def validate_table(table: RawTable, name: str, *, max_length: int = 2048,
                                                  min=SHORT_ANSWER_CHARS))
     if rows_total and duplicates / rows_total >= HEAVY_DUPLICATION_SHARE:
         dataset_issues.append(_dataset_issue("warning", "heavy_duplication", pct=round(100 * duplicates / rows_total)))
+    if len(conversations) >= ONE_WORDING_MIN_ROWS:
+        askings = Counter(fact_groups(conversations)).values()
+        once = sum(1 for count in askings if count == 1)
+        if once / len(askings) >= ONE_WORDING_SHARE:
+            dataset_issues.append(_dataset_issue("warning", "one_wording", pct=round(100 * once / len(askings))))
 
     schema_name = schemas.most_common(1)[0][0] if schemas else "unknown"
     return ValidationReport(
