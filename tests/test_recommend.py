@@ -146,3 +146,18 @@ def test_small_data_gets_about_eight_rows_per_step():
     stats = DataStats(rows=150, mean_tokens=78, max_tokens=120)
     rec = recommend(stats, "default", hardware=CPU)
     assert 6 * 78 <= rec.settings["batch_tokens"] <= 10 * 78
+
+
+def test_gpu_recommendation_shows_the_auto_fit_plan(tmp_path):
+    import json
+
+    qwen7b = {"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28, "num_attention_heads": 28,
+              "num_key_value_heads": 4, "vocab_size": 152064, "tie_word_embeddings": False}
+    (tmp_path / "config.json").write_text(json.dumps(qwen7b))
+    small = recommend(rows(150), str(tmp_path), "qa", hardware={"device": "cuda", "gpu_memory_gb": 24, "bf16": True})
+    assert small.settings["gradient_checkpointing"] == "auto"
+    assert "auto-fit for 24 GB" in small.reasons["gradient_checkpointing"]
+    big = recommend(rows(5000), str(tmp_path), "qa", hardware={"device": "cuda", "gpu_memory_gb": 141, "bf16": True})
+    assert "no gradient checkpointing" in big.reasons["gradient_checkpointing"]
+    tiny_card = recommend(rows(150), str(tmp_path), "qa", hardware={"device": "cuda", "gpu_memory_gb": 8, "bf16": True})
+    assert any("does not fit" in w for w in tiny_card.warnings)

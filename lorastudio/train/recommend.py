@@ -13,6 +13,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 TASKS = ("qa", "copywriting", "consulting")
@@ -332,11 +333,18 @@ def recommend(rows_or_stats: Any, base: str = "default", task: str = "qa", hardw
     s["dtype"] = "bf16" if hw.bf16 else ("fp16" if on_gpu else "fp32")
     r["dtype"] = ("bf16: half the memory, 2–3× faster, stable for LoRA" if hw.bf16 else
                   "fp16 (this GPU has no bf16)" if on_gpu else "fp32: this CPU has no fast bf16")
-    weights_gb = size * (2 if s["dtype"] != "fp32" else 4)
-    need_ckpt = on_gpu and hw.gpu_memory_gb and weights_gb * 3 > hw.gpu_memory_gb
-    s["gradient_checkpointing"] = bool(need_ckpt)
-    r["gradient_checkpointing"] = ("on: the model barely fits this GPU's memory" if need_ckpt else
-                                   "off: memory is sufficient, and it costs ~30 % speed")
+    plan = _gpu_plan(base, s, hw, warnings) if on_gpu else None
+    if plan is not None:
+        # The trainer re-plans at start from the memory free then (`gpu.customize`); shown here so the
+        # user sees what a card of this size gets.
+        s["gradient_checkpointing"] = "auto"
+        r["gradient_checkpointing"] = f"auto-fit for {hw.gpu_memory_gb:.0f} GB: {plan.reason}"
+    else:
+        weights_gb = size * (2 if s["dtype"] != "fp32" else 4)
+        need_ckpt = on_gpu and hw.gpu_memory_gb and weights_gb * 3 > hw.gpu_memory_gb
+        s["gradient_checkpointing"] = bool(need_ckpt)
+        r["gradient_checkpointing"] = ("on: the model barely fits this GPU's memory" if need_ckpt else
+                                       "off: memory is sufficient, and it costs ~30 % speed")
     s["device"] = "cuda" if on_gpu else "cpu"
     r["device"] = f"train on {hw.label}"
     price = float(price_per_hour) if price_per_hour is not None else 0.0
@@ -383,6 +391,45 @@ def recommend(rows_or_stats: Any, base: str = "default", task: str = "qa", hardw
     if rows < 100:
         warnings.append(f"only {rows} usable rows: the model will learn little; 500–1000 are advised")
     return Recommendation(settings=s, reasons=r, estimate=estimate, warnings=warnings)
+
+
+def _local_config(base: str) -> dict | None:
+    """The base's config.json when it is on this machine (the cached default, a model directory)."""
+    import json
+
+    candidates = [Path(base).expanduser()]
+    if base in ("default", "tiny-random"):
+        from lorastudio.models.cache import lorastudio_home
+
+        candidates.insert(0, lorastudio_home() / "models" / base)
+    for directory in candidates:
+        try:
+            return json.loads((directory / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def _gpu_plan(base: str, s: Mapping[str, Any], hw: Hardware, warnings: list[str]) -> Any:
+    """`gpu.autofit`'s plan for this base on this GPU (None when the base's shape is not known here)."""
+    config = _local_config(base)
+    if not config or not hw.gpu_memory_gb:
+        return None
+    from types import SimpleNamespace
+
+    from lorastudio.train.gpu import GIB, ModelShape, autofit, bitsandbytes_available
+
+    try:
+        shape = ModelShape.from_config(SimpleNamespace(**config))
+    except (AttributeError, TypeError):  # not a decoder-only config we can read
+        return None
+    try:
+        return autofit(shape, lora_r=int(s["lora_r"]), pack_tokens=int(s["batch_tokens"]),
+                       max_length=int(s["max_length"]), free_bytes=int(hw.gpu_memory_gb * 0.95 * GIB),
+                       bitsandbytes_available=bitsandbytes_available())
+    except MemoryError as error:
+        warnings.append(f"does not fit this GPU: {error}")
+        return None
 
 
 def _estimate(s: Mapping[str, Any], stats: DataStats, hw: Hardware, size: float, price: float,
