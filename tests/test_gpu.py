@@ -65,6 +65,13 @@ def test_too_small_card_needs_qlora_or_says_why():
     assert plan.quantize_4bit and "QLoRA" in plan.reason
 
 
+def test_forced_4bit_plans_a_quantized_base_even_where_bf16_fits():
+    roomy = autofit(QWEN_7B, pack_tokens=16384, free_bytes=80 * GIB)
+    forced = autofit(QWEN_7B, pack_tokens=16384, free_bytes=80 * GIB, force_4bit=True)
+    assert not roomy.quantize_4bit and forced.quantize_4bit
+    assert forced.micro_batch_tokens > roomy.micro_batch_tokens  # the ≈ 10 GB saved go to activations
+
+
 def test_fsdp_shards_let_7b_train_where_the_whole_base_does_not_fit():
     from lorastudio.train.gpu import bf16_weight_bytes
 

@@ -233,3 +233,39 @@ def test_stop_in_the_middle_of_a_step_checkpoints_the_last_finished_step(tmp_pat
     a, b = lora_weights(Path(full.adapter_dir)), lora_weights(Path(resumed.adapter_dir))
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_qlora_trains_on_a_4bit_base_and_the_adapter_applies_to_the_full_base(tmp_path, small_model_dir):
+    pytest.importorskip("bitsandbytes")
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    data = write_rows(tmp_path / "faq.jsonl")
+    events = []
+    cfg = TrainConfig(data=str(data), base=small_model_dir, output_dir=str(tmp_path / "q"), num_epochs=20,
+                      batch_tokens=1024, max_length=256, learning_rate=1e-2, lora_r=8, lora_alpha=16,
+                      warmup_ratio=0.0, dtype="bf16", quantize_base="4bit")
+    result = train(cfg, on_event=events.append)
+    assert any("QLoRA" in e.get("message", "") for e in events if e["type"] == "stage")
+    assert result.metrics["train_loss"] < 0.6 * result.metrics["first_train_loss"]  # it learns
+    # The adapter is an ordinary one: it loads onto the bf16 base with plain PEFT.
+    base = AutoModelForCausalLM.from_pretrained(small_model_dir, dtype=torch.bfloat16)
+    tuned = PeftModel.from_pretrained(base, result.adapter_dir)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        tuned_logits = tuned(input_ids=ids).logits
+        with tuned.disable_adapter():
+            base_logits = tuned(input_ids=ids).logits
+    assert not torch.equal(tuned_logits, base_logits)
+    assert TrainConfig.from_yaml(Path(result.adapter_dir) / "train_config.yaml").quantize_base == "4bit"
+
+
+def test_qlora_without_bitsandbytes_is_a_clear_error(tmp_path, small_model_dir, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
+    cfg = TrainConfig(data=str(write_rows(tmp_path / "faq.jsonl")), base=small_model_dir,
+                      output_dir=str(tmp_path / "q"), max_steps=1, quantize_base="4bit")
+    with pytest.raises(ConfigError, match="bitsandbytes"):
+        train(cfg)

@@ -133,8 +133,12 @@ def load_tokenizer(model_id: str, *, trust_remote_code: bool = False):
 
 
 def load_model(model_id: str, dtype: Any = None, device: str | None = None, *,
-               trust_remote_code: bool = False, attn_implementation: str | None = None):
-    """(model, tokenizer) for any model id, in eval mode, on ``device`` (auto: CUDA if present)."""
+               trust_remote_code: bool = False, attn_implementation: str | None = None,
+               quantization_config: Any = None):
+    """(model, tokenizer) for any model id, in eval mode, on ``device`` (auto: CUDA if present).
+
+    `quantization_config` (e.g. a transformers BitsAndBytesConfig): the weights are quantized while
+    loading, straight onto ``device``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_model(model_id)
@@ -143,6 +147,8 @@ def load_model(model_id: str, dtype: Any = None, device: str | None = None, *,
     kwargs: dict[str, Any] = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
+    if quantization_config is not None:  # quantized weights cannot be moved afterwards
+        kwargs.update(quantization_config=quantization_config, device_map={"": device})
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, **kwargs)
@@ -156,6 +162,7 @@ def load_model(model_id: str, dtype: Any = None, device: str | None = None, *,
     if tokenizer.pad_token is None:
         # Needed by batched generation; the EOS token is never a training label position we pad with.
         tokenizer.pad_token = tokenizer.eos_token
-    model.to(device)
+    if quantization_config is None:
+        model.to(device)
     model.eval()
     return model, tokenizer

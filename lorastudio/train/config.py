@@ -102,6 +102,9 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     gradient_checkpointing: bool | Literal["auto"] = "auto"
+    quantize_base: Literal["auto", "none", "4bit"] = "auto"
+    """4-bit NF4 base weights through bitsandbytes (QLoRA): "4bit" always, "auto" only when the bf16
+    base does not fit the GPU (auto-fit, bitsandbytes installed), "none" never."""
     gpus: int = 1
     price_per_hour: float = 0.0
     """Price of the device per hour, for the cost shown during training (CPU: 0)."""
@@ -138,6 +141,7 @@ class TrainConfig:
         need(self.replay_rows >= 0, "replay_rows", "must be ≥ 0")
         need(self.device in ("auto", "cpu", "cuda"), "device", "auto, cpu or cuda")
         need(self.dtype in ("auto", "bf16", "fp16", "fp32"), "dtype", "auto, bf16, fp16 or fp32")
+        need(self.quantize_base in ("auto", "none", "4bit"), "quantize_base", "auto, none or 4bit")
         need(self.gpus >= 1, "gpus", "must be ≥ 1")
         need(self.price_per_hour >= 0, "price_per_hour", "must be ≥ 0")
         need(

@@ -173,6 +173,7 @@ def autofit(
     gradient_checkpointing: bool | None = None,
     headroom_bytes: int = int(1.5 * GIB),
     weight_shards: int = 1,
+    force_4bit: bool = False,
 ) -> FitPlan:
     """Choose gradient checkpointing and micro-batch tokens so training fits `free_bytes` of GPU memory.
 
@@ -183,7 +184,8 @@ def autofit(
     else checkpointing with the largest micro-batch that fits; else a 4-bit base (QLoRA) if bitsandbytes
     is installed. `gradient_checkpointing=True/False` (a user's explicit setting) fixes that choice and
     only sizes the micro-batch. `weight_shards` > 1: the base is sharded over that many GPUs by FSDP
-    (`distributed.apply_fsdp`). Raises `MemoryError` with a hint if nothing fits.
+    (`distributed.apply_fsdp`). `force_4bit`: plan for a 4-bit base whatever fits (the user asked for
+    QLoRA). Raises `MemoryError` with a hint if nothing fits.
     """
     if pack_tokens < max_length:
         raise ValueError(f"pack_tokens={pack_tokens} must be ≥ max_length={max_length}")
@@ -231,11 +233,12 @@ def autofit(
         return FitPlan(ckpt, tokens, accum, quant, int(peak(weights, tokens, ckpt) + headroom_bytes),
                        chunk, why)
 
-    result = plan(bf16_weight_bytes(shape, weight_shards), quant=False)
-    if result is None and bitsandbytes_available:
-        # nf4 with double quantisation ≈ 0.52 bytes/param for the linears; embeddings/head stay bf16
-        embed = shape.vocab_size * shape.hidden_size * (1 if shape.tie_embeddings else 2)
-        result = plan((shape.n_params - embed) * 0.52 + embed * 2.0, quant=True)
+    # nf4 with double quantisation ≈ 0.52 bytes/param for the linears; embeddings/head stay bf16
+    embed = shape.vocab_size * shape.hidden_size * (1 if shape.tie_embeddings else 2)
+    four_bit = (shape.n_params - embed) * 0.52 + embed * 2.0
+    result = None if force_4bit else plan(bf16_weight_bytes(shape, weight_shards), quant=False)
+    if result is None and (bitsandbytes_available or force_4bit):
+        result = plan(four_bit, quant=True)
     if result is None:
         need = shape.n_params * 2 / GIB
         hint = "" if bitsandbytes_available else "; install bitsandbytes for 4-bit QLoRA"
@@ -825,8 +828,9 @@ def customize(cfg: Any, setup: Any) -> Any:
             shards = getattr(setup, "world", 1) if getattr(setup, "strategy", "ddp") == "fsdp" else 1
             plan = autofit(shape, lora_r=cfg.lora_r, lora_targets=cfg.target_modules, pack_tokens=cfg.batch_tokens,
                            free_bytes=free, max_length=cfg.max_length,
-                           bitsandbytes_available=bitsandbytes_available(), fused_elementwise=compile_kernels,
-                           gradient_checkpointing=fixed, weight_shards=shards)
+                           bitsandbytes_available=bitsandbytes_available() and cfg.quantize_base != "none",
+                           fused_elementwise=compile_kernels, gradient_checkpointing=fixed, weight_shards=shards,
+                           force_4bit=cfg.quantize_base == "4bit")
         except MemoryError as err:
             notes.append(f"auto-fit: {err}")
         else:
@@ -835,9 +839,7 @@ def customize(cfg: Any, setup: Any) -> Any:
             if plan.micro_batch_tokens < cfg.batch_tokens:
                 cfg.batch_tokens = plan.micro_batch_tokens
                 cfg.gradient_accumulation *= plan.gradient_accumulation
-            if plan.quantize_4bit:
-                notes.append("QLoRA recommended (bitsandbytes is installed): load the base with "
-                             "lorastudio.train.gpu.qlora_quantization_config()")
+            setup.quantize_4bit = plan.quantize_4bit
             notes.append(f"auto-fit: {plan.reason}")
             cfg.extra = {**getattr(cfg, "extra", {}), "gpu_plan": plan.to_dict()}
     if setup.dtype == torch.bfloat16:

@@ -345,6 +345,10 @@ def recommend(rows_or_stats: Any, base: str = "default", task: str = "qa", hardw
         s["gradient_checkpointing"] = bool(need_ckpt)
         r["gradient_checkpointing"] = ("on: the model barely fits this GPU's memory" if need_ckpt else
                                        "off: memory is sufficient, and it costs ~30 % speed")
+    s["quantize_base"] = "auto"
+    r["quantize_base"] = ("auto: 4-bit base weights (QLoRA): the bf16 base does not fit this GPU"
+                          if plan is not None and plan.quantize_4bit else
+                          "auto: full-precision base; 4-bit (QLoRA, bitsandbytes) only if it would not fit the GPU")
     s["device"] = "cuda" if on_gpu else "cpu"
     r["device"] = f"train on {hw.label}"
     price = float(price_per_hour) if price_per_hour is not None else 0.0

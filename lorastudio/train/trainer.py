@@ -13,7 +13,7 @@ continues from the latest checkpoint exactly (same data order, optimizer, schedu
 from __future__ import annotations
 
 import contextlib
-import importlib
+import importlib.util
 import json
 import math
 import os
@@ -40,7 +40,7 @@ _RESUME_KEYS = ("data", "base", "validation_data", "task", "system_prompt", "lor
                 "lora_dropout", "target_modules", "learning_rate", "lr_scheduler", "warmup_ratio",
                 "weight_decay", "num_epochs", "max_steps", "batch_tokens", "gradient_accumulation",
                 "max_length", "seed", "val_fraction", "augment_paraphrases", "augment_same_fact", "augment_turns",
-                "replay_rows")
+                "replay_rows", "quantize_base")
 
 
 class TrainingInterrupted(Exception):
@@ -86,6 +86,7 @@ class DeviceSetup:
     notes: list[str] = field(default_factory=list)
     world: int = 1                     # ranks training together (`--gpus N` under torchrun)
     strategy: str = "ddp"              # several ranks: "ddp" (each holds the base) or "fsdp" (base sharded)
+    quantize_4bit: bool = False        # load the base in 4-bit NF4 (QLoRA, bitsandbytes)
 
 
 def causal_lm_loss(model, batch: dict[str, Any]) -> tuple[Any, int]:
@@ -143,6 +144,15 @@ def device_setup(cfg: TrainConfig) -> DeviceSetup:
         from lorastudio.train import cpu  # fused LoRA, no autocast copies, per-document attention
 
         setup = cpu.customize(cfg, setup)
+    if cfg.quantize_base == "4bit":
+        setup.quantize_4bit = True
+    if setup.quantize_4bit:
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise ConfigError("quantize_base=4bit needs bitsandbytes: `pip install bitsandbytes` (or 'lorastudio[gpu]'), "
+                              "or set quantize_base=none")
+        setup.notes.append("QLoRA: the base is loaded in 4-bit NF4 (bitsandbytes), LoRA trains in bf16/fp32")
+        if setup.strategy == "fsdp":  # a 4-bit base fits one GPU: replicate it instead of sharding
+            setup.strategy = "ddp"
     return setup
 
 
@@ -422,6 +432,8 @@ class _Run:
         cfg = self.cfg
         self.setup = device_setup(cfg)
         self.fsdp = self.world > 1 and self.setup.strategy == "fsdp"
+        for note in self.setup.notes:  # auto-fit plan, QLoRA, fast paths: what the device setup decided
+            self.log.stage("prepare", note)
         if self.world > 1:
             self._fit_world()
         self.log.stage("prepare", f"reading {cfg.data or 'the given conversations'} and {cfg.base}")
@@ -444,8 +456,14 @@ class _Run:
             train_convs, val_convs = _split(train_convs, cfg)
         self.log.stage("prepare", f"loading {cfg.base} on {self.setup.device} "
                                   f"({str(self.setup.dtype).split('.')[-1]})")
+        quantization = None
+        if self.setup.quantize_4bit:
+            from lorastudio.train.gpu import qlora_quantization_config
+
+            quantization = qlora_quantization_config()
         model, _ = load_model(self.model_dir, dtype=self.setup.dtype, device=self.setup.device,
-                              attn_implementation=self.setup.attn_implementation)
+                              attn_implementation=self.setup.attn_implementation,
+                              quantization_config=quantization)
         train_convs = self._augment(train_convs, model, tokenizer)
         self.train_convs, self.val_convs = train_convs, val_convs
 

@@ -17,14 +17,14 @@ const TASK_KEY = "lorastudio.task";
 const ADVANCED_FIELDS = [
   "num_epochs", "max_steps", "learning_rate", "lr_scheduler", "warmup_ratio", "lora_r", "lora_alpha",
   "lora_dropout", "batch_tokens", "gradient_accumulation", "max_length", "augment_paraphrases", "replay_rows",
-  "val_fraction", "early_stopping_patience", "eval_every", "save_every", "seed",
+  "val_fraction", "early_stopping_patience", "eval_every", "save_every", "seed", "quantize_base",
 ];
 // The settings shown with their reasons in the summary list (the rest are in the advanced panel).
 const MAIN_SETTINGS = [
   "num_epochs", "learning_rate", "lora_r", "max_length", "batch_tokens", "augment_same_fact",
   "augment_turns", "augment_paraphrases", "replay_rows", "val_fraction", "device", "dtype",
 ];
-const CHOICES = { lr_scheduler: ["linear", "cosine", "constant"] };
+const CHOICES = { lr_scheduler: ["linear", "cosine", "constant"], quantize_base: ["auto", "none", "4bit"] };
 
 const state = {
   models: [],
