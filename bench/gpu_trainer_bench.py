@@ -19,7 +19,8 @@ Variants, in this order; one that the time left (--budget-s) cannot cover is ski
 running at the deadline is stopped (SIGTERM: it checkpoints) and its steps so far are still measured:
 each size of --sizes on 1 GPU, then on each N > 1 of --gpus-list; then --extras: `24gb` (the largest
 size on 1 GPU with LORASTUDIO_GPU_MEMORY_GB=24: the auto-fit plan of a 24 GB card) and `fsdp` (the
-smallest size on the most GPUs with LORASTUDIO_DIST_STRATEGY=fsdp).
+smallest size on the most GPUs with LORASTUDIO_DIST_STRATEGY=fsdp) and `qlora` (the largest size on 1 GPU
+with quantize_base=4bit: bitsandbytes must be importable, e.g. a carried wheel).
 Settings of every run: LoRA r16 α32 on all linear layers, bf16, batch_tokens 16384 × gradient
 accumulation 2 (one and two GPUs run the same steps; on two, each GPU takes one 16k pack per step), no
 validation, replay or augmentation, max_steps --steps, one checkpoint after the last step.
@@ -285,7 +286,7 @@ class Bench:
         gpus_list = sorted({int(g) for g in self.a.gpus_list.split(",") if g})
         extras = {x for x in self.a.extras.split(",") if x}
         out = []
-        for size in self.sizes:
+        for size in ([] if self.a.only_extras else self.sizes):
             for gpus in gpus_list:
                 out.append({"label": f"{size}-{gpus}gpu", "size": size, "gpus": gpus, "env": {}})
         by_size = sorted(self.sizes, key=lambda s: model_shape(s).n_params)
@@ -295,6 +296,9 @@ class Bench:
         if "fsdp" in extras and max(gpus_list) > 1:
             out.append({"label": f"{by_size[0]}-{max(gpus_list)}gpu-fsdp", "size": by_size[0],
                         "gpus": max(gpus_list), "env": {"LORASTUDIO_DIST_STRATEGY": "fsdp"}})
+        if "qlora" in extras:
+            out.append({"label": f"{by_size[-1]}-1gpu-qlora", "size": by_size[-1], "gpus": 1, "env": {},
+                        "set": {"quantize_base": "4bit"}})
         return out
 
     def estimate(self, v: dict[str, Any]) -> float:
@@ -330,6 +334,7 @@ class Bench:
         log.parent.mkdir(parents=True, exist_ok=True)
         self.logs.append((f"run {v['label']}", log))
         cmd = train_command(self.data, model_dir, run_dir, v["gpus"], self.a.steps, self.a.smoke)
+        cmd += [arg for key, value in v.get("set", {}).items() for arg in ("--set", f"{key}={value}")]
         print(f"running {v['label']} ({self.left():.0f}s left): {' '.join(cmd[1:])}", flush=True)
         t = time.time()
         timed_out = False
@@ -468,7 +473,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, help="optimizer steps per run (default 12; smoke: 3)")
     p.add_argument("--warmup-steps", type=int, help="first steps left out of the throughput (default 3; smoke: 1)")
     p.add_argument("--gpus-list", default="1,2", help="GPU counts to run each size on")
-    p.add_argument("--extras", help="comma-separated: 24gb, fsdp (default both; smoke: fsdp)")
+    p.add_argument("--only-extras", action="store_true", help="run only the --extras variants")
+    p.add_argument("--extras", help="comma-separated: 24gb, fsdp, qlora (default 24gb,fsdp; smoke: fsdp)")
     p.add_argument("--tokenizer", help="directory with a Qwen2.5 tokenizer (smoke: tiny-random's by default)")
     p.add_argument("--work", help="where models and run outputs go (default /dev/shm if roomy, else the temp dir)")
     p.add_argument("--budget-s", type=float, default=420.0, help="start no run that cannot finish by then")
