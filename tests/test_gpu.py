@@ -69,7 +69,10 @@ def test_forced_4bit_plans_a_quantized_base_even_where_bf16_fits():
     roomy = autofit(QWEN_7B, pack_tokens=16384, free_bytes=80 * GIB)
     forced = autofit(QWEN_7B, pack_tokens=16384, free_bytes=80 * GIB, force_4bit=True)
     assert not roomy.quantize_4bit and forced.quantize_4bit
-    assert forced.micro_batch_tokens > roomy.micro_batch_tokens  # the ≈ 10 GB saved go to activations
+    assert "as asked" in forced.reason and forced.estimated_peak_bytes <= 80 * GIB
+    # Calibration: 7B QLoRA, 16,384 tokens, no checkpointing peaked at 138.2 GB allocated on an H200.
+    measured = autofit(QWEN_7B, pack_tokens=16384, free_bytes=int(160 * GIB), force_4bit=True)
+    assert measured.micro_batch_tokens == 16384 and 125e9 < measured.estimated_peak_bytes < 150e9
 
 
 def test_fsdp_shards_let_7b_train_where_the_whole_base_does_not_fit():
