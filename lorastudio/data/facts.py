@@ -16,7 +16,7 @@ def fact_groups(conversations: Sequence[Conversation], threshold: float = 0.3) -
     """A group id per conversation: rows whose last answers state the same fact share one.
 
     TF-IDF cosine of character bigrams ≥ threshold, single link (works for Chinese and English; on the
-    demo file: 44 groups for its 40 facts). Two answers whose numbers conflict (neither set of digit
+    demo file: 46 groups for its 40 facts). Two answers whose numbers conflict (neither set of digit
     strings contains the other: "订单YZ-0001…" vs "订单YZ-0002…") never link, so templated rows about
     different orders, products or prices stay apart however alike their wording.
     """
