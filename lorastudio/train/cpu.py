@@ -25,9 +25,10 @@ the cross-entropy kept two fp32 copies of the (targets × 151k) logits. Here, wi
 from __future__ import annotations
 
 import os
-import types
 from pathlib import Path
 from typing import Any
+
+from lorastudio.train.lora_patch import patch_forward, plain_lora_linears
 
 ATTN_IMPLEMENTATION = "lorastudio_cpu_docs"
 
@@ -100,10 +101,10 @@ _LORA_FN: Any = None
 
 def _fused_lora_forward(self: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
     if self.disable_adapters or self.merged or args or kwargs or len(self.active_adapters) != 1:
-        return self._lorastudio_cpu_forward(x, *args, **kwargs)
+        return self._lorastudio_original_forward(x, *args, **kwargs)
     name = self.active_adapters[0]
     if name not in self.lora_A:
-        return self._lorastudio_cpu_forward(x, *args, **kwargs)
+        return self._lorastudio_original_forward(x, *args, **kwargs)
     import torch
 
     dropout = self.lora_dropout[name]
@@ -114,24 +115,14 @@ def _fused_lora_forward(self: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 def fuse_lora_linears(model: Any) -> int:
-    """Patch every vanilla PEFT LoRA linear (plain nn.Linear base, no DoRA/variants) to the fused
-    function. Returns how many were patched; any other keeps PEFT's own forward."""
+    """Patch every vanilla PEFT LoRA linear (plain nn.Linear base, no DoRA/variants; LoRA dropout is
+    fine) to the fused function. Returns how many were patched; any other keeps PEFT's own forward."""
     global _LORA_FN
-    import torch
-    from peft.tuners.lora import Linear as LoraLinear
-
     if _LORA_FN is None:
         _LORA_FN = _lora_linear_fn()
     count = 0
-    for module in model.modules():
-        if not isinstance(module, LoraLinear) or type(module.base_layer) is not torch.nn.Linear:
-            continue
-        if getattr(module, "lora_variant", None) and any(module.lora_variant.values()):
-            continue
-        if getattr(module, "fan_in_fan_out", False) or hasattr(module, "_lorastudio_cpu_forward"):
-            continue
-        module._lorastudio_cpu_forward = module.forward
-        module.forward = types.MethodType(_fused_lora_forward, module)
+    for module in plain_lora_linears(model, allow_dropout=True):
+        patch_forward(module, _fused_lora_forward)
         count += 1
     return count
 

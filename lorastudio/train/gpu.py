@@ -42,6 +42,8 @@ from dataclasses import asdict, dataclass
 from itertools import accumulate
 from typing import TYPE_CHECKING, Any
 
+from lorastudio.train.lora_patch import patch_forward, plain_lora_linears
+
 if TYPE_CHECKING:  # torch stays an optional import for the pure parts (autofit)
     import torch
 
@@ -434,23 +436,11 @@ def fuse_lora_linears(model: Any) -> int:
     """Patch every eligible PEFT LoRA linear (plain nn.Linear base, no dropout, no DoRA/variants) to the
     fused autograd function. Returns how many were patched; others keep PEFT's own forward."""
     global _LORA_FN
-    import torch
-    from peft.tuners.lora import Linear as LoraLinear
-
     if _LORA_FN is None:
         _LORA_FN = _lora_linear_fn()
     count = 0
-    for module in model.modules():
-        if not isinstance(module, LoraLinear) or type(module.base_layer) is not torch.nn.Linear:
-            continue
-        if getattr(module, "lora_variant", None) and any(module.lora_variant.values()):
-            continue
-        if any(not isinstance(d, torch.nn.Identity) for d in module.lora_dropout.values()):
-            continue
-        if getattr(module, "fan_in_fan_out", False):
-            continue
-        module._lorastudio_original_forward = module.forward
-        module.forward = types.MethodType(_fused_lora_forward, module)
+    for module in plain_lora_linears(model, allow_dropout=False):
+        patch_forward(module, _fused_lora_forward)
         count += 1
     return count
 
