@@ -83,6 +83,12 @@ def get_job_or_404(request: Request, job_id: str) -> dict:
     return job
 
 
+def _tell_worker(request: Request, job_id: str, message: str) -> None:
+    """Record why the job changed (a job event) and wake the worker to act on it now."""
+    request.app.state.worker_event(job_id, message)
+    request.app.state.wake_worker()
+
+
 @router.post("", summary="Create a fine-tuning job")
 def create_job(request: Request, body: JobCreate) -> dict:
     store = request.app.state.store
@@ -106,8 +112,7 @@ def create_job(request: Request, body: JobCreate) -> dict:
     job = store.add_job(id=job_id, model=body.model, training_file=body.training_file,
                         validation_file=body.validation_file, suffix=body.suffix, hyperparameters=hp,
                         status="validating_files", seed=body.seed, metadata=body.metadata, job_dir=str(job_dir))
-    request.app.state.worker_event(job_id, "Validating training file")
-    request.app.state.wake_worker()
+    _tell_worker(request, job_id, "Validating training file")
     return job_object(job)
 
 
@@ -133,8 +138,7 @@ def cancel_job(request: Request, job_id: str) -> dict:
     unfinished = ("validating_files", "queued", "running", "paused")
     if store.update_job(job_id, only_if_status=unfinished, status="cancelled",
                         finished_at=now(), estimated_finish=None):
-        request.app.state.worker_event(job_id, "Job cancelled by request.")
-        request.app.state.wake_worker()
+        _tell_worker(request, job_id, "Job cancelled by request.")
     return job_object(store.get_job(job_id))
 
 
@@ -149,8 +153,7 @@ def pause_job(request: Request, job_id: str) -> dict:
                             estimated_finish=None):
         raise APIError(409, f"Job {job_id} is {job['status']}; only queued or running jobs can be paused.",
                        param="fine_tuning_job_id", code="job_not_pausable")
-    request.app.state.worker_event(job_id, "Job paused by request.")
-    request.app.state.wake_worker()
+    _tell_worker(request, job_id, "Job paused by request.")
     return job_object(store.get_job(job_id))
 
 
@@ -161,8 +164,7 @@ def resume_job(request: Request, job_id: str) -> dict:
     if not store.update_job(job_id, only_if_status=("paused",), status="queued"):
         raise APIError(409, f"Job {job_id} is {job['status']}, not paused.", param="fine_tuning_job_id",
                        code="job_not_paused")
-    request.app.state.worker_event(job_id, "Job resumed by request; queued.")
-    request.app.state.wake_worker()
+    _tell_worker(request, job_id, "Job resumed by request; queued.")
     return job_object(store.get_job(job_id))
 
 

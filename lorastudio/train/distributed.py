@@ -275,11 +275,8 @@ def pick_strategy(base: str, device: str) -> str:
         return "ddp"
     try:
         import torch
-        from transformers import AutoConfig
 
-        from lorastudio.models import resolve_model
-
-        shape = ModelShape.from_config(AutoConfig.from_pretrained(resolve_model(base)))
+        shape = ModelShape.of(base)
         total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
     except Exception:  # the loader reports a bad model itself
         return "ddp"

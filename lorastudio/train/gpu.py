@@ -86,6 +86,15 @@ class ModelShape:
         return self.n_params - embed + (embed if self.tie_embeddings else 0)
 
     @classmethod
+    def of(cls, base: str) -> ModelShape:
+        """The shape of a model id (`default`, a directory, …) from its config; raises when unreadable."""
+        from transformers import AutoConfig
+
+        from lorastudio.models import resolve_model
+
+        return cls.from_config(AutoConfig.from_pretrained(resolve_model(base)))
+
+    @classmethod
     def from_config(cls, config: Any, n_params: int | None = None) -> ModelShape:
         """From a Hugging Face config (Qwen2/Llama-style field names)."""
         hidden = config.hidden_size
@@ -807,11 +816,7 @@ def customize(cfg: Any, setup: Any) -> Any:
     notes = list(getattr(setup, "notes", []))
     shape = None
     try:
-        from transformers import AutoConfig
-
-        from lorastudio.models import resolve_model
-
-        shape = ModelShape.from_config(AutoConfig.from_pretrained(resolve_model(cfg.base)))
+        shape = ModelShape.of(cfg.base)
     except Exception as err:  # the loader reports a bad model itself; keep the defaults here
         notes.append(f"auto-fit skipped: could not read the model config ({type(err).__name__})")
     compile_kernels = _want_compile(shape)
