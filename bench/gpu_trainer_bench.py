@@ -52,14 +52,14 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-PEAK_FLOPS = 790e12  # the yardstick of docs/BENCHMARKS.md (bf16 dense, per GPU)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_bench import MODELS  # noqa: E402  (the one table of benchmark shapes)
+from gpu_bench import PEAK_790 as PEAK_FLOPS  # noqa: E402  (the yardstick of docs/BENCHMARKS.md, per GPU)
 
-# Qwen2.5 shapes (the published configs); all bf16, random normal(0, 0.02) weights.
+# Qwen2.5 shapes: gpu_bench's (the published configs); all bf16, random normal(0, 0.02) weights.
 SIZES: dict[str, dict[str, Any]] = {
-    "1.5B": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
-                 num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
-    "7B": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-               num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False),
+    "1.5B": MODELS["1.5b"],
+    "7B": MODELS["7b"],
     # the shape of the catalog's tiny-random, for the CPU smoke run
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),

@@ -9,7 +9,6 @@ Each launch costs ~10 s of start-up.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -19,18 +18,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from train_fixtures import ROWS, write_rows
 
 from lorastudio.cli import main
 from lorastudio.train import read_events
 
-ROWS = [
-    ("工单超过多久没处理会自动升级？", "工单超过48小时未处理，会自动升级到二线护航组。"),
-    ("满意度评分多少才能关单？", "满意度评分≥3分才能关单，低于3分自动重开。"),
-    ("观星3.2的型号和售价？", "型号YZ-LD2406，售价299元。"),
-    ("客服电话分机是多少？", "分机6021，工作日9点到18点。"),
-    ("What is the price of YZ-LD2406?", "It costs 299 yuan."),
-    ("栈台当前版本是什么？", "栈台当前版本为V5.3，代号青鸾。"),
-]
 STEPS = 8
 # Two micro-batches per step (the last step of each epoch has one: rank 1 then has nothing to do and
 # still joins the all-reduce). LoRA dropout on, so the per-micro-batch seeding is tested too.
@@ -42,10 +34,7 @@ SETTINGS = ["--no-recommend", "-q", "--set", f"max_steps={STEPS}", "--set", "bat
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     rows = ROWS + [(q + " 请回答。", a) for q, a in ROWS]
-    path = tmp_path_factory.mktemp("dist-data") / "faq.jsonl"
-    path.write_text("\n".join(json.dumps({"instruction": q, "response": a}, ensure_ascii=False) for q, a in rows)
-                    + "\n", encoding="utf-8")
-    return path
+    return write_rows(tmp_path_factory.mktemp("dist-data") / "faq.jsonl", rows)
 
 
 @pytest.fixture(scope="module")

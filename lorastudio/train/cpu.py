@@ -28,7 +28,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from lorastudio.train.lora_patch import patch_forward, plain_lora_linears
+from lorastudio.train.lora_patch import patch_lora_linears
 
 ATTN_IMPLEMENTATION = "lorastudio_cpu_docs"
 
@@ -120,11 +120,7 @@ def fuse_lora_linears(model: Any) -> int:
     global _LORA_FN
     if _LORA_FN is None:
         _LORA_FN = _lora_linear_fn()
-    count = 0
-    for module in plain_lora_linears(model, allow_dropout=True):
-        patch_forward(module, _fused_lora_forward)
-        count += 1
-    return count
+    return patch_lora_linears(model, _fused_lora_forward, allow_dropout=True)
 
 
 # ------------------------------------------------------------------------------------------------

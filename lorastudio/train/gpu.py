@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass
 from itertools import accumulate
 from typing import TYPE_CHECKING, Any
 
-from lorastudio.train.lora_patch import patch_forward, plain_lora_linears
+from lorastudio.train.lora_patch import patch_lora_linears
 
 if TYPE_CHECKING:  # torch stays an optional import for the pure parts (autofit)
     import torch
@@ -447,11 +447,7 @@ def fuse_lora_linears(model: Any) -> int:
     global _LORA_FN
     if _LORA_FN is None:
         _LORA_FN = _lora_linear_fn()
-    count = 0
-    for module in plain_lora_linears(model, allow_dropout=False):
-        patch_forward(module, _fused_lora_forward)
-        count += 1
-    return count
+    return patch_lora_linears(model, _fused_lora_forward, allow_dropout=False)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -29,7 +29,11 @@ def plain_lora_linears(model: Any, *, allow_dropout: bool) -> Iterator[Any]:
         yield module
 
 
-def patch_forward(module: Any, forward: Callable[..., Any]) -> None:
-    """Make `forward(module, x, ...)` the module's forward; PEFT's own stays at `ORIGINAL_FORWARD`."""
-    setattr(module, ORIGINAL_FORWARD, module.forward)
-    module.forward = types.MethodType(forward, module)
+def patch_lora_linears(model: Any, forward: Callable[..., Any], *, allow_dropout: bool) -> int:
+    """Make `forward(module, x, ...)` the forward of every `plain_lora_linears` module (PEFT's own stays
+    at `ORIGINAL_FORWARD`); returns how many were patched."""
+    modules = list(plain_lora_linears(model, allow_dropout=allow_dropout))
+    for module in modules:
+        setattr(module, ORIGINAL_FORWARD, module.forward)
+        module.forward = types.MethodType(forward, module)
+    return len(modules)
