@@ -58,6 +58,21 @@ RECIPES: dict[str, dict] = {
     "e3_noturns": {"num_epochs": 3, "augment_turns": False},
     "nosame": {"augment_same_fact": False},
 }
+# Session 3: the replay mix (short factual prompts next to open ones), three seeds each.
+MIXES: dict[str, dict] = {
+    "ctl": {"replay_fact_share": 0.0},                                   # open prompts only (before)
+    "mix30": {"replay_fact_share": 0.5},                                 # 30 open + 30 factual
+    "mix90": {"replay_rows": 90, "replay_fact_share": 1 / 3},            # 60 open + 30 factual
+    "mix30_e3.5": {"replay_fact_share": 0.5, "num_epochs": 3.5},
+    "mix80_e3.5": {"replay_rows": 80, "replay_fact_share": 0.5, "num_epochs": 3.5},
+    "mix60f_e3.5": {"replay_fact_share": 2 / 3, "num_epochs": 3.5},      # 20 open + 40 factual
+    "mix30_lr1.5e-3": {"replay_fact_share": 0.5, "learning_rate": 1.5e-3},
+    "mix30_e4": {"replay_fact_share": 0.5, "num_epochs": 4},
+}
+for _name, _settings in MIXES.items():
+    RECIPES[_name] = _settings
+    for _seed in (1, 2):
+        RECIPES[f"{_name}_s{_seed}"] = {**_settings, "seed": _seed}
 
 
 def laptop_settings(data: str, base: str) -> dict:
@@ -77,6 +92,15 @@ def run_recipe(name: str, settings: dict, args: argparse.Namespace, gpu: str | N
         env["CUDA_VISIBLE_DEVICES"] = gpu
     pin = out / "pinned.yaml"
     import yaml
+
+    settings = dict(settings)
+    share = settings.pop("replay_fact_share", None)
+    if share is not None:  # a replay mix other than the built-in one: its prompts as a file of their own
+        from lorastudio.train.replay import ordered_prompts
+
+        prompts_file = out / "replay_prompts.txt"
+        prompts_file.write_text("\n".join(ordered_prompts(float(share))[:settings["replay_rows"]]) + "\n", "utf-8")
+        settings["replay_prompts"] = str(prompts_file)
 
     pin.write_text(yaml.safe_dump(settings, allow_unicode=True), encoding="utf-8")
     cmd = [sys.executable, "-m", "lorastudio", "train", args.data, "--base", args.base, "--output", str(out),
@@ -111,6 +135,20 @@ def run_recipe(name: str, settings: dict, args: argparse.Namespace, gpu: str | N
     return record
 
 
+def warm_replay(base: str, device: str) -> None:
+    """Answer every built-in general prompt once with the base model (into the replay cache), so the
+    recipes running in parallel only read it."""
+    from lorastudio.models import load_model
+    from lorastudio.train.replay import general_prompts, general_replay
+
+    model, tokenizer = load_model(base)
+    model = model.to(device)
+    t0 = time.time()
+    rows = general_replay(base, len(general_prompts()), model=model, tokenizer=tokenizer)
+    print(f"replay cache: {len(rows)} answers ready in {time.time() - t0:.0f}s", flush=True)
+    del model
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True)
@@ -124,6 +162,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=0, help="max steps per recipe (smoke runs)")
     ap.add_argument("--score-batch", type=int, default=64)
     ap.add_argument("--budget-s", type=float, default=0, help="start no recipe after this many seconds")
+    ap.add_argument("--warm-replay", action="store_true", help="answer all built-in general prompts first")
     args = ap.parse_args()
 
     recipes = dict(RECIPES, **(json.loads(args.extra) if args.extra else {}))
@@ -131,6 +170,8 @@ def main() -> None:
     unknown = [n for n in names if n not in recipes]
     if unknown:
         sys.exit(f"unknown recipe(s) {unknown}; known: {', '.join(recipes)}")
+    if args.warm_replay:
+        warm_replay(args.base, args.device)
     base_settings = laptop_settings(args.data, args.base)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     print("laptop recommendation:", json.dumps(base_settings, ensure_ascii=False), flush=True)

@@ -26,18 +26,67 @@ from lorastudio.data.types import Conversation, Message
 
 MAX_NEW_TOKENS = 192
 """Long enough for the prompts' short answers; the sweep generated replay answers with this cap."""
-_ORDER_SEED = 1  # the prompts' fixed shuffled order: n rows = the first n of it (as in the sweep)
+_ORDER_SEED = 1  # each kind's fixed shuffled order: n rows = the first n of the merged order
+FACT_SHARE = 0.5
+"""Share of the replay rows that are short factual questions (kind "fact": capitals, units, authors,
+arithmetic); the rest are open prompts (explain, write, advise). What a small model forgets first on
+number-dense company data is short world facts ("一周有29天"), so they are replayed too."""
 
 
 def general_prompts() -> list[dict]:
-    """The built-in general prompts: `{"prompt", "lang"}` per line of assets/general_prompts.jsonl."""
+    """The built-in general prompts: `{"prompt", "lang", "kind"}` per line of assets/general_prompts.jsonl
+    (kind "open" or "fact")."""
     text = resources.files("lorastudio").joinpath("assets", "general_prompts.jsonl").read_text(encoding="utf-8")
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    return [{"kind": "open", **json.loads(line)} for line in text.splitlines() if line.strip()]
 
 
-def _ordered_prompts() -> list[str]:
-    prompts = [p["prompt"] for p in general_prompts()]
-    random.Random(_ORDER_SEED).shuffle(prompts)
+def ordered_prompts(fact_share: float = FACT_SHARE) -> list[str]:
+    """Every built-in prompt in replay order: each kind shuffled once (fixed seed), then merged so that
+    any first n hold round(n × fact_share) factual ones while both kinds last."""
+    by_kind: dict[str, list[str]] = {"open": [], "fact": []}
+    for p in general_prompts():
+        by_kind[p["kind"]].append(p["prompt"])
+    for prompts in by_kind.values():
+        random.Random(_ORDER_SEED).shuffle(prompts)
+    opens, facts = by_kind["open"], by_kind["fact"]
+    merged: list[str] = []
+    n_fact = 0
+    while opens or facts:
+        due = round((len(merged) + 1) * fact_share) > n_fact
+        if facts and (due or not opens):
+            merged.append(facts.pop(0))
+            n_fact += 1
+        else:
+            merged.append(opens.pop(0))
+    return merged
+
+
+def read_prompts(path: str | Path) -> list[str]:
+    """Prompts of a user's own replay file: TXT (one per line) or JSONL (`prompt` per line)."""
+    from lorastudio.train.config import ConfigError
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ConfigError(f"replay_prompts={str(path)!r}: no such file; give a .txt with one general question "
+                          "per line or a .jsonl with a \"prompt\" per line")
+    prompts: list[str] = []
+    for number, line in enumerate(file.read_text(encoding="utf-8-sig").splitlines(), 1):
+        if not line.strip():
+            continue
+        if file.suffix.lower() == ".jsonl":
+            try:
+                row = json.loads(line)
+                prompt = row["prompt"] if isinstance(row, dict) else None
+            except (json.JSONDecodeError, KeyError):
+                prompt = None
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise ConfigError(f"{file}, line {number}: expected a JSON object with a \"prompt\" text, "
+                                  f"got {line[:60]!r}")
+            prompts.append(prompt.strip())
+        else:
+            prompts.append(line.strip())
+    if not prompts:
+        raise ConfigError(f"{file}: no prompts in it; one general question per line")
     return prompts
 
 
@@ -104,16 +153,17 @@ def _read_cache(path: Path) -> dict[str, str]:
 
 
 def general_replay(base: str, n: int, *, model: Any = None, tokenizer: Any = None,
-                   model_dir: str | Path | None = None,
+                   model_dir: str | Path | None = None, prompts: Sequence[str] | None = None,
                    on_progress: Callable[[int, int], None] | None = None) -> list[Conversation]:
-    """n conversations: a built-in general prompt and the base model's own greedy answer to it.
+    """n conversations: a general prompt (the first n of `prompts`, else of the built-in order) and the
+    base model's own greedy answer to it.
 
     Answers come from the cache when present; missing ones are generated (batched) with `model` /
     `tokenizer`, or with the base model loaded here, and added to the cache.
     """
     if n <= 0:
         return []
-    prompts = _ordered_prompts()[:n]
+    prompts = list(dict.fromkeys(prompts if prompts is not None else ordered_prompts()))[:n]
     key = model_key(base, model_dir)
     shipped, cached = _cache_paths(key)
     answers = {**_read_cache(shipped), **_read_cache(cached)}
@@ -138,7 +188,8 @@ def general_replay(base: str, n: int, *, model: Any = None, tokenizer: Any = Non
 
 def replay_conversations(conversations: Sequence[Conversation], *, model: Any = None, tokenizer: Any = None,
                          cfg: Any = None, on_event: Callable[[dict], None] | None = None) -> list[Conversation]:
-    """The trainer's hook: the training conversations plus `cfg.replay_rows` replay rows."""
+    """The trainer's hook: the training conversations plus `cfg.replay_rows` replay rows (prompts from
+    `cfg.replay_prompts` when the user gives a file of their own)."""
     n = int(getattr(cfg, "replay_rows", 0) or 0)
     base = str(getattr(cfg, "base", "default"))
 
@@ -150,8 +201,11 @@ def replay_conversations(conversations: Sequence[Conversation], *, model: Any = 
     model_dir = None
     if base not in ("default", "tiny-random") and Path(base).expanduser().is_dir():
         model_dir = Path(base).expanduser()
-    replay = general_replay(base, n, model=model, tokenizer=tokenizer, model_dir=model_dir, on_progress=progress)
+    own = getattr(cfg, "replay_prompts", None)
+    replay = general_replay(base, n, model=model, tokenizer=tokenizer, model_dir=model_dir,
+                            prompts=read_prompts(own) if own else None, on_progress=progress)
     return list(conversations) + replay
 
 
-__all__ = ["general_prompts", "general_replay", "model_key", "replay_conversations", "trim_repetition"]
+__all__ = ["general_prompts", "general_replay", "model_key", "ordered_prompts", "read_prompts",
+           "replay_conversations", "trim_repetition"]
