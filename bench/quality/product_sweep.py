@@ -68,6 +68,7 @@ MIXES: dict[str, dict] = {
     "mix60f_e3.5": {"replay_fact_share": 2 / 3, "num_epochs": 3.5},      # 20 open + 40 factual
     "mix30_lr1.5e-3": {"replay_fact_share": 0.5, "learning_rate": 1.5e-3},
     "mix30_e4": {"replay_fact_share": 0.5, "num_epochs": 4},
+    "mix30_bt448": {"replay_fact_share": 0.5, "batch_tokens": 448},      # more, smaller steps
 }
 for _name, _settings in MIXES.items():
     RECIPES[_name] = _settings
