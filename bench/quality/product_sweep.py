@@ -70,6 +70,17 @@ MIXES: dict[str, dict] = {
     "mix30_e4": {"replay_fact_share": 0.5, "num_epochs": 4},
     "mix30_bt448": {"replay_fact_share": 0.5, "batch_tokens": 448},      # more, smaller steps
 }
+MLP = {"target_modules": ["gate_proj", "up_proj", "down_proj"]}
+MIXES.update({  # LoRA on the MLP only; the adapter scored at lower strengths (WiSE-FT-like interpolation)
+    "mlp16": MLP,
+    "mlp32": {**MLP, **R32},
+    "mlp16_lr2e-3": {**MLP, "learning_rate": 2e-3},
+    "ctl_sc": {"score_scales": [1, 0.9, 0.8]},
+    "e4_sc": {"num_epochs": 4, "score_scales": [1, 0.85, 0.7]},
+    "lr1.5e-3_sc": {"learning_rate": 1.5e-3, "score_scales": [1, 0.85, 0.7]},
+    "lr2e-3_sc": {"learning_rate": 2e-3, "score_scales": [1, 0.8, 0.6]},
+    "mlp16_e4_sc": {**MLP, "num_epochs": 4, "score_scales": [1, 0.85, 0.7]},
+})
 for _name, _settings in MIXES.items():
     RECIPES[_name] = _settings
     for _seed in (1, 2):
@@ -95,6 +106,7 @@ def run_recipe(name: str, settings: dict, args: argparse.Namespace, gpu: str | N
     import yaml
 
     settings = dict(settings)
+    scales = [float(x) for x in settings.pop("score_scales", [1.0])]
     share = settings.pop("replay_fact_share", None)
     if share is not None:  # a replay mix other than the built-in one: its prompts as a file of their own
         from lorastudio.train.replay import ordered_prompts
@@ -123,7 +135,8 @@ def run_recipe(name: str, settings: dict, args: argparse.Namespace, gpu: str | N
             record.update(steps=m["steps"], train_loss=m["train_loss"], train_s=m["elapsed_s"],
                           tokens_per_s=m["tokens_per_s"], tokens=round(m["tokens_per_s"] * m["elapsed_s"]))
     score_cmd = [sys.executable, str(ROOT / "bench/quality/score.py"), "--base", args.base, "--adapter", str(out),
-                 "--out", str(out / "quality.json"), "--batch-size", str(args.score_batch)]
+                 "--out", str(out / "quality.json"), "--batch-size", str(args.score_batch),
+                 "--scales", ",".join(f"{x:g}" for x in scales)]
     with open(out / "score.log", "w") as log:
         code = subprocess.call(score_cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     if code != 0:
@@ -133,6 +146,10 @@ def run_recipe(name: str, settings: dict, args: argparse.Namespace, gpu: str | N
     record.update(facts=q["facts"], facts_n=q["facts_n"], whole_facts=q["facts_by_fact"], general=q["general"],
                   general_n=q["general_n"], eval_s=q["eval_s"],
                   **{k: q[k] for k in ("fact_ok", "general_ok", "fact_answers", "general_answers")})
+    for scale in scales[1:]:  # the same adapter at a lower LoRA strength
+        q = json.loads((out / f"quality_x{scale:g}.json").read_text())
+        record.setdefault("scaled", {})[f"{scale:g}"] = {
+            k: q[k] for k in ("facts", "facts_by_fact", "general", "fact_ok", "general_ok")}
     return record
 
 
@@ -206,6 +223,9 @@ def main() -> None:
                           f"general {record['general']}/{record['general_n']} tokens {record['tokens']} "
                           f"steps {record['steps']} train {record['train_s']}s eval {record['eval_s']}s "
                           f"(t+{time.time() - start:.0f}s)", flush=True)
+                    for scale, q in record.get("scaled", {}).items():
+                        print(f"{name} x{scale}: facts {q['facts']}/{record['facts_n']} whole {q['facts_by_fact']} "
+                              f"general {q['general']}/{record['general_n']}", flush=True)
 
     threads = [threading.Thread(target=worker, args=(gpu,)) for gpu in slots]
     for t in threads:

@@ -26,13 +26,14 @@ def main() -> None:
     from sweep import fact_score, read_jsonl, score  # the sweep's scoring, unchanged
 
     from lorastudio.models import load_model
-    from lorastudio.train.augment import generate_batch
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--base", default="default")
     ap.add_argument("--adapter", default=None)
     ap.add_argument("--out", required=True)
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--scales", default="1", help="comma-separated LoRA strengths to score the adapter at "
+                    "(1 = as trained); each after the first writes OUT with _x<scale> before .json")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     model, tok = load_model(args.base)
@@ -43,6 +44,19 @@ def main() -> None:
     model.eval()
     facts = read_jsonl(ROOT / "evalsets/yunzhan_paraphrase.jsonl")
     general = read_jsonl(ROOT / "evalsets/general.jsonl")
+    layers = [m for m in model.modules() if isinstance(getattr(m, "scaling", None), dict)]
+    trained = [dict(m.scaling) for m in layers]
+    for i, scale in enumerate(float(x) for x in args.scales.split(",")):
+        for m, orig in zip(layers, trained, strict=True):
+            m.scaling = {k: v * scale for k, v in orig.items()}
+        out = Path(args.out)
+        answer(model, tok, facts, general, args, out if i == 0 else out.with_name(f"{out.stem}_x{scale:g}.json"),
+               scale, fact_score, score)
+
+
+def answer(model, tok, facts, general, args, out: Path, scale: float, fact_score, score) -> None:
+    from lorastudio.train.augment import generate_batch
+
     t0 = time.time()
     fa = generate_batch(model, tok, [[{"role": "user", "content": f["question"]}] for f in facts],
                         max_new_tokens=128, batch_size=args.batch_size)
@@ -50,12 +64,12 @@ def main() -> None:
                         max_new_tokens=160, batch_size=args.batch_size)
     fs, fok = score(fa, facts)
     gs, gok = score(ga, general)
-    res = {"base": args.base, "adapter": args.adapter, "facts": fs, "facts_n": len(facts),
+    res = {"base": args.base, "adapter": args.adapter, "scale": scale, "facts": fs, "facts_n": len(facts),
            "facts_a": sum(fok[0::2]), "facts_b": sum(fok[1::2]), "facts_by_fact": fact_score(fok, facts),
            "general": gs, "general_n": len(general), "eval_s": round(time.time() - t0, 1),
            "fact_answers": fa, "fact_ok": fok, "general_answers": ga, "general_ok": gok}
-    Path(args.out).write_text(json.dumps(res, ensure_ascii=False, indent=1), encoding="utf-8")
-    print(f"facts {fs}/{len(facts)} (whole facts {res['facts_by_fact']}/40), general {gs}/{len(general)}, "
+    out.write_text(json.dumps(res, ensure_ascii=False, indent=1), encoding="utf-8")
+    print(f"x{scale:g}: facts {fs}/{len(facts)} (whole facts {res['facts_by_fact']}/40), general {gs}/{len(general)}, "
           f"{res['eval_s']} s")
 
 

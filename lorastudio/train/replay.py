@@ -27,7 +27,7 @@ from lorastudio.data.types import Conversation, Message
 MAX_NEW_TOKENS = 192
 """Long enough for the prompts' short answers; the sweep generated replay answers with this cap."""
 _ORDER_SEED = 1  # each kind's fixed shuffled order: n rows = the first n of the merged order
-FACT_SHARE = 0.5
+FACT_SHARE = 0.0
 """Share of the replay rows that are short factual questions (kind "fact": capitals, units, authors,
 arithmetic); the rest are open prompts (explain, write, advise). What a small model forgets first on
 number-dense company data is short world facts ("一周有29天"), so they are replayed too."""
