@@ -80,6 +80,11 @@ MIXES.update({  # LoRA on the MLP only; the adapter scored at lower strengths (W
     "lr1.5e-3_sc": {"learning_rate": 1.5e-3, "score_scales": [1, 0.85, 0.7]},
     "lr2e-3_sc": {"learning_rate": 2e-3, "score_scales": [1, 0.8, 0.6]},
     "mlp16_e4_sc": {**MLP, "num_epochs": 4, "score_scales": [1, 0.85, 0.7]},
+    # a fresh same-fact sibling answer and fresh replay prompts every epoch (augment_per_epoch)
+    "pe": {"augment_per_epoch": True},
+    "pe_mlp16": {**MLP, "augment_per_epoch": True},
+    "pe_e3.5": {"augment_per_epoch": True, "num_epochs": 3.5},
+    "pe_rp40": {"augment_per_epoch": True, "replay_rows": 40},
 })
 for _name, _settings in MIXES.items():
     RECIPES[_name] = _settings

@@ -21,6 +21,9 @@ class Conversation:
 
     messages: list[Message]
     row: int | None = None  # 1-based row in the source file (see PRODUCT.md for what a row is)
+    rotation: tuple[int, int] | None = None
+    """(k, n): an augmented row trained only in epochs e with e % n == k (a fresh variant each epoch);
+    None: every epoch."""
 
     @property
     def system(self) -> str | None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import os
 import random
 import re
@@ -185,8 +186,13 @@ def standalone_turns(conversations: Sequence[Conversation]) -> list[Conversation
     return out
 
 
-def same_fact_pairs(conversations: Sequence[Conversation], per_row: int = 1, seed: int = 0) -> list[Conversation]:
-    """Each single-turn question paired with the answer(s) of other rows of the same fact."""
+def same_fact_pairs(conversations: Sequence[Conversation], per_row: int = 1, seed: int = 0,
+                    cycle: int = 1) -> list[Conversation]:
+    """Each single-turn question paired with the answer(s) of other rows of the same fact.
+
+    `cycle` > 1: a different sibling's answer for each of `cycle` epochs (rows carry `rotation`), as far
+    as the fact has siblings; a question with one sibling keeps that one pair every epoch.
+    """
     convs = list(conversations)
     single = [i for i, c in enumerate(convs) if _single_turn(c)]
     groups = fact_groups([convs[i] for i in single])
@@ -194,11 +200,23 @@ def same_fact_pairs(conversations: Sequence[Conversation], per_row: int = 1, see
     out: list[Conversation] = []
     for k, i in enumerate(single):
         others = [single[m] for m in range(len(single)) if m != k and groups[m] == groups[k]]
-        for j in rng.sample(others, min(per_row, len(others))):
+        if cycle > 1 and len(others) > per_row:
+            picks = rng.sample(others, len(others))
+            chosen = [(picks[(e * per_row + p) % len(picks)], (e, cycle)) for e in range(cycle) for p in range(per_row)]
+        else:
+            chosen = [(j, None) for j in rng.sample(others, min(per_row, len(others)))]
+        for j, rotation in chosen:
             messages = [Message(m.role, m.content) for m in convs[i].messages[:-1]]
             messages.append(Message("assistant", strip_verdict(convs[j].messages[-1].content)))
-            out.append(Conversation(messages, row=convs[i].row))
+            out.append(Conversation(messages, row=convs[i].row, rotation=rotation))
     return out
+
+
+def epoch_cycle(cfg: Any) -> int:
+    """How many epochs get a variant of their own under `augment_per_epoch` (1 = off)."""
+    if not getattr(cfg, "augment_per_epoch", False):
+        return 1
+    return max(1, math.ceil(float(getattr(cfg, "num_epochs", 1) or 1)))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -218,7 +236,7 @@ def augment_conversations(conversations: Sequence[Conversation], *, model: Any =
     if getattr(cfg, "augment_same_fact", False):
         # the standalone turns join the pool: a fact told in a follow-up also pairs with its other askings
         pool = conversations + [c for source, c in added if source == "turn"]
-        added += [("same_fact", c) for c in same_fact_pairs(pool, seed=seed)]
+        added += [("same_fact", c) for c in same_fact_pairs(pool, seed=seed, cycle=epoch_cycle(cfg))]
     n = int(getattr(cfg, "augment_paraphrases", 0) or 0)
     if n and model is not None:
         def progress(done: int, total: int) -> None:
@@ -239,9 +257,11 @@ def write_augmented(path: Path, rows: list[tuple[str, Conversation]]) -> None:
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # own temp file: under --gpus every rank writes it
     with open(tmp, "w", encoding="utf-8") as f:
         for source, conv in rows:
-            f.write(json.dumps({**conv.to_dict(), "source": source, "row": conv.row}, ensure_ascii=False) + "\n")
+            extra = {"epoch": conv.rotation[0] + 1, "every": conv.rotation[1]} if conv.rotation else {}
+            f.write(json.dumps({**conv.to_dict(), "source": source, "row": conv.row, **extra},
+                               ensure_ascii=False) + "\n")
     tmp.replace(path)
 
 
-__all__ = ["augment_conversations", "fact_groups", "is_good_paraphrase", "paraphrase_questions",
+__all__ = ["augment_conversations", "epoch_cycle", "fact_groups", "is_good_paraphrase", "paraphrase_questions",
            "parse_paraphrases", "same_fact_pairs", "standalone_turns", "strip_verdict"]

@@ -97,6 +97,9 @@ class TrainConfig:
     fact stated in turn 3 is found by a question asked without that conversation before it."""
     replay_rows: int = 0
     """Rows of the base model's own answers to built-in general prompts mixed in (0 = off)."""
+    augment_per_epoch: bool = False
+    """A fresh variant each epoch instead of repeating one: same-fact pairs borrow another sibling's
+    answer and replay takes new general prompts every epoch (same tokens per epoch, more variety)."""
     replay_prompts: str | None = None
     """Your own general prompts for replay instead of the built-in set: a .txt (one per line) or .jsonl
     (`prompt` per line), the first `replay_rows` used; answers cached per base model like the built-in ones."""

@@ -202,8 +202,16 @@ def replay_conversations(conversations: Sequence[Conversation], *, model: Any = 
     if base not in ("default", "tiny-random") and Path(base).expanduser().is_dir():
         model_dir = Path(base).expanduser()
     own = getattr(cfg, "replay_prompts", None)
-    replay = general_replay(base, n, model=model, tokenizer=tokenizer, model_dir=model_dir,
-                            prompts=read_prompts(own) if own else None, on_progress=progress)
+    prompts = read_prompts(own) if own else ordered_prompts()
+    from lorastudio.train.augment import epoch_cycle
+
+    # augment_per_epoch: new prompts every epoch, as many epochs as the prompts last
+    cycle = max(1, min(epoch_cycle(cfg), len(dict.fromkeys(prompts)) // n))
+    replay = general_replay(base, n * cycle, model=model, tokenizer=tokenizer, model_dir=model_dir,
+                            prompts=prompts, on_progress=progress)
+    if cycle > 1:
+        for index, row in enumerate(replay):
+            row.rotation = (index // n % cycle, cycle)
     return list(conversations) + replay
 
 

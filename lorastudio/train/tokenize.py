@@ -122,6 +122,7 @@ class Example:
     input_ids: list[int]
     labels: list[int]
     row: int | None = None
+    rotation: tuple[int, int] | None = None  # the conversation's: which epochs train it (None = all)
 
     @property
     def num_tokens(self) -> int:
@@ -164,6 +165,7 @@ def encode_dataset(conversations: Sequence[Any], tokenizer, max_length: int,
         row = getattr(conversation, "row", None) or index + 1
         messages = conversation.messages if hasattr(conversation, "messages") else conversation
         example = encode_conversation(messages, tokenizer, system_prompt, row=row)
+        example.rotation = getattr(conversation, "rotation", None)
         if example.num_tokens > max_length:
             result.too_long.append({"row": row, "tokens": example.num_tokens})
         elif example.num_target_tokens == 0:

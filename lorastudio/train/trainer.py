@@ -167,13 +167,17 @@ class Step:
     epoch_end: bool
 
 
-def build_schedule(lengths: Sequence[int], cfg: TrainConfig) -> list[Step]:
+def build_schedule(lengths: Sequence[int], cfg: TrainConfig,
+                   rotation: Sequence[tuple[int, int] | None] | None = None) -> list[Step]:
+    """`rotation[i]` = (k, n): example i is trained only in epochs e with e % n == k (None: every epoch)."""
     steps: list[Step] = []
     accumulation = cfg.gradient_accumulation
     epoch = 0
     while True:
         order = list(range(len(lengths)))
         random.Random(cfg.seed * 1_000_003 + epoch).shuffle(order)
+        if rotation is not None:
+            order = [i for i in order if rotation[i] is None or rotation[i][0] == epoch % rotation[i][1]]
         batches = pack(lengths, order, cfg.batch_tokens)
         if cfg.max_steps is None:
             remaining = cfg.num_epochs - epoch
@@ -564,7 +568,7 @@ class _Run:
             "max_tokens": max(lengths), "mean_tokens": round(sum(lengths) / len(lengths), 1),
             "skipped_too_long": skipped, "skipped_no_answer": train.no_targets + val.no_targets,
         }
-        self.schedule = build_schedule(lengths, cfg)
+        self.schedule = build_schedule(lengths, cfg, [e.rotation for e in train.examples])
         self.total_steps = len(self.schedule)
         self.log.stage("tokenize", f"{len(lengths)} examples, {sum(lengths):,} tokens, "
                                    f"{self.total_steps} optimizer steps of ≤ {cfg.batch_tokens} tokens")
