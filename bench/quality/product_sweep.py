@@ -85,10 +85,13 @@ MIXES.update({  # LoRA on the MLP only; the adapter scored at lower strengths (W
     "pe_mlp16": {**MLP, "augment_per_epoch": True},
     "pe_e3.5": {"augment_per_epoch": True, "num_epochs": 3.5},
     "pe_rp40": {"augment_per_epoch": True, "replay_rows": 40},
+    "pe_mlp16_e3.5": {**MLP, "augment_per_epoch": True, "num_epochs": 3.5},
+    "pe_mlp16_lr1.5e-3": {**MLP, "augment_per_epoch": True, "learning_rate": 1.5e-3},
+    "pe_mlp32": {**MLP, **R32, "augment_per_epoch": True},
 })
 for _name, _settings in MIXES.items():
     RECIPES[_name] = _settings
-    for _seed in (1, 2):
+    for _seed in (1, 2, 3, 4, 5):
         RECIPES[f"{_name}_s{_seed}"] = {**_settings, "seed": _seed}
 
 
