@@ -88,6 +88,9 @@ MIXES.update({  # LoRA on the MLP only; the adapter scored at lower strengths (W
     "pe_mlp16_e3.5": {**MLP, "augment_per_epoch": True, "num_epochs": 3.5},
     "pe_mlp16_lr1.5e-3": {**MLP, "augment_per_epoch": True, "learning_rate": 1.5e-3},
     "pe_mlp32": {**MLP, **R32, "augment_per_epoch": True},
+    "pe_mlp16_lr1.2e-3": {**MLP, "augment_per_epoch": True, "learning_rate": 1.2e-3},
+    "pe_mlp16_rp80_lr1.5e-3": {**MLP, "augment_per_epoch": True, "replay_rows": 80, "learning_rate": 1.5e-3},
+    "pe_mlp16_bt448": {**MLP, "augment_per_epoch": True, "batch_tokens": 448},
 })
 for _name, _settings in MIXES.items():
     RECIPES[_name] = _settings
