@@ -60,6 +60,7 @@ class TrainConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.0
     target_modules: list[str] | str = "all-linear"
+    """"all-linear", "all-mlp" (the linear layers of the feed-forward blocks) or a list of module names."""
 
     # --- optimisation -------------------------------------------------------------------------
     learning_rate: float = 5e-4
@@ -151,9 +152,9 @@ class TrainConfig:
         need(self.gpus >= 1, "gpus", "must be ≥ 1")
         need(self.price_per_hour >= 0, "price_per_hour", "must be ≥ 0")
         need(
-            isinstance(self.target_modules, list) or self.target_modules == "all-linear",
+            isinstance(self.target_modules, list) or self.target_modules in ("all-linear", "all-mlp"),
             "target_modules",
-            'a list of module names or "all-linear"',
+            'a list of module names, "all-linear" or "all-mlp" (the feed-forward layers)',
         )
 
     # ------------------------------------------------------------------------------------------

@@ -115,7 +115,8 @@ class ModelShape:
         h, i, kv = self.hidden_size, self.intermediate_size, self.kv_dim
         io = {"q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h),
               "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
-        names = list(io) if targets == "all-linear" else [t for t in targets if t in io]
+        names = (list(io) if targets == "all-linear" else ["gate_proj", "up_proj", "down_proj"]
+                 if targets == "all-mlp" else [t for t in targets if t in io])
         return self.num_layers * sum(r * (io[n][0] + io[n][1]) for n in names)
 
     def activation_bytes_per_token(self, fused: bool = True) -> int:

@@ -156,6 +156,18 @@ def device_setup(cfg: TrainConfig) -> DeviceSetup:
     return setup
 
 
+_MLP_BLOCKS = ("mlp", "feed_forward", "ffn", "block_sparse_moe")
+
+
+def mlp_linears(model) -> list[str]:
+    """Full names of the linear layers inside the feed-forward blocks (`….mlp.gate_proj`, `….mlp.c_fc`),
+    the `target_modules="all-mlp"` choice; empty when the model has no block named like one."""
+    import torch
+
+    return [name for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and any(part in _MLP_BLOCKS for part in name.split(".")[:-1])]
+
+
 # ----------------------------------------------------------------------------------------------
 # The schedule: which examples go in which micro-batch of which step, fixed by the seed up front,
 # so the total step count is known for the progress bar and a resumed run replays the same order.
@@ -536,8 +548,15 @@ class _Run:
         if self.setup.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.enable_input_require_grads()
+        targets = cfg.target_modules
+        if targets == "all-mlp":
+            targets = mlp_linears(model)
+            if not targets:
+                targets = "all-linear"
+                self.log.stage("prepare", f"target_modules=all-mlp: {cfg.base} has no recognisable feed-forward "
+                                          "blocks, so LoRA goes on all linear layers")
         lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                          target_modules=cfg.target_modules, task_type="CAUSAL_LM", bias="none")
+                          target_modules=targets, task_type="CAUSAL_LM", bias="none")
         try:
             peft_model = get_peft_model(model, lora)
         except ValueError as error:
