@@ -183,3 +183,90 @@ def test_fact_groups_never_link_answers_with_conflicting_numbers():
             qa("工单两天没人管呢？", "满48小时未处理就自动升级到二线护航组，分机6021。")]  # {48} ⊆ {48, 6021}
     groups = fact_groups(template + same)
     assert groups[-1] == groups[-2] and len(set(groups)) == 31
+
+
+def test_same_fact_pairs_rotate_siblings_over_epochs():
+    convs = [qa(f"退款多久到账{i}？", f"原路退回3个工作日内到账，第{i}种说法。", row=i) for i in (1, 2, 3)]
+    convs.append(qa("栖夏多少钱？", "栖夏亚麻连衣裙售价299元。", row=4))
+    convs.append(qa("工单多久升级？", "工单超过48小时未处理，自动升级。", row=5))
+    convs.append(qa("工单放两天会怎样？", "工单满48小时未处理就自动升级。", row=6))
+    pairs = same_fact_pairs(convs, cycle=3)
+    by_row: dict[int, list] = {}
+    for p in pairs:
+        by_row.setdefault(p.row, []).append(p)
+    # two siblings each: a different one in consecutive epochs, one row per epoch
+    for row in (1, 2, 3):
+        assert sorted(p.rotation for p in by_row[row]) == [(0, 3), (1, 3), (2, 3)]
+        answers = [p.messages[-1].content for p in sorted(by_row[row], key=lambda p: p.rotation)]
+        assert answers[0] != answers[1] and f"第{row}种" not in "".join(answers)
+    # one sibling: the single pair, every epoch; no sibling: nothing
+    assert [p.rotation for p in by_row[5]] == [None] and [p.rotation for p in by_row[6]] == [None]
+    assert 4 not in by_row
+
+
+def test_augment_per_epoch_writes_the_epoch_of_each_variant(tmp_path):
+    convs = [qa(f"退款多久到账{i}？", f"原路退回3个工作日内到账，第{i}种说法。") for i in (1, 2, 3)]
+    cfg = TrainConfig(output_dir=str(tmp_path), augment_same_fact=True, augment_per_epoch=True, num_epochs=2.5)
+    out = augment_conversations(convs, cfg=cfg)
+    assert len(out) == 3 + 3 * 3  # three epochs (2.5 rounded up), a variant each
+    lines = [json.loads(x) for x in (tmp_path / "augmented.jsonl").read_text("utf-8").splitlines()]
+    assert sorted({(x["epoch"], x["every"]) for x in lines}) == [(1, 3), (2, 3), (3, 3)]
+
+
+def _fill_cache(home: Path, base: str, prompts: list[str]) -> None:
+    cache = home / "replay" / f"{model_key(base)}.jsonl"
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with open(cache, "w", encoding="utf-8") as f:
+        for p in prompts:
+            f.write(json.dumps({"prompt": p, "answer": "A:" + p}, ensure_ascii=False) + "\n")
+
+
+def test_replay_per_epoch_takes_new_prompts_each_epoch(tmp_path, monkeypatch):
+    from lorastudio.train.replay import ordered_prompts, replay_conversations
+
+    monkeypatch.setenv("LORASTUDIO_HOME", str(tmp_path))
+    _fill_cache(tmp_path, "some/model", ordered_prompts())
+    cfg = TrainConfig(base="some/model", replay_rows=20, augment_per_epoch=True, num_epochs=3)
+    rows = replay_conversations([], cfg=cfg)
+    assert len(rows) == 60 and len({r.messages[0].content for r in rows}) == 60
+    assert [sum(r.rotation == (e, 3) for r in rows) for e in range(3)] == [20, 20, 20]
+    # more epochs than the prompts last: as many epochs as they do, then repeats
+    many = replay_conversations([], cfg=cfg.with_overrides({"replay_rows": 100}))
+    assert len(many) == 100 * (len(ordered_prompts()) // 100)
+    plain = replay_conversations([], cfg=cfg.with_overrides({"augment_per_epoch": False}))
+    assert len(plain) == 20 and all(r.rotation is None for r in plain)
+
+
+def test_ordered_prompts_mix_kinds_in_every_prefix():
+    from lorastudio.train.replay import ordered_prompts
+
+    kinds = {p["prompt"]: p["kind"] for p in general_prompts()}
+    assert set(kinds.values()) == {"open", "fact"}
+    half = ordered_prompts(0.5)
+    assert sorted(half) == sorted(kinds) and len(set(half)) == len(half)
+    assert sum(kinds[p] == "fact" for p in half[:40]) == 20
+    assert all(kinds[p] == "open" for p in ordered_prompts(0.0)[:100])
+
+
+def test_own_replay_prompts_file(tmp_path, monkeypatch):
+    from lorastudio.train.config import ConfigError
+    from lorastudio.train.replay import read_prompts, replay_conversations
+
+    monkeypatch.setenv("LORASTUDIO_HOME", str(tmp_path))
+    txt = tmp_path / "mine.txt"
+    txt.write_text("什么是复利？\n\nWhat is a haiku?\n", encoding="utf-8")
+    jsonl = tmp_path / "mine.jsonl"
+    jsonl.write_text('{"prompt": "什么是复利？"}\n{"prompt": "What is a haiku?"}\n', encoding="utf-8")
+    assert read_prompts(txt) == read_prompts(jsonl) == ["什么是复利？", "What is a haiku?"]
+    _fill_cache(tmp_path, "some/model", ["什么是复利？", "What is a haiku?"])
+    rows = replay_conversations([], cfg=TrainConfig(base="some/model", replay_rows=5, replay_prompts=str(txt)))
+    assert [r.messages[0].content for r in rows] == ["什么是复利？", "What is a haiku?"]
+    with pytest.raises(ConfigError, match="no such file"):
+        read_prompts(tmp_path / "missing.txt")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "ok?"}\n{"question": "x"}\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"bad.jsonl, line 2"):
+        read_prompts(bad)
+    (tmp_path / "empty.txt").write_text("\n\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="no prompts"):
+        read_prompts(tmp_path / "empty.txt")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import threading
 from pathlib import Path
 
@@ -166,6 +167,32 @@ def test_schedule_epochs_accumulation_and_max_steps():
     assert build_schedule(lengths, cfg) == steps  # deterministic: resume replays the same order
     capped = build_schedule(lengths, cfg.with_overrides({"max_steps": 7}))
     assert len(capped) == 7 and capped[-1].epoch_end
+
+
+def test_schedule_rotation_trains_each_variant_in_its_epochs_only():
+    cfg = TrainConfig(num_epochs=3, batch_tokens=100, max_length=100)
+    lengths = [30] * 7
+    rotation = [None, None, None, (0, 2), (1, 2), (0, 3), (2, 3)]
+    steps = build_schedule(lengths, cfg, rotation)
+    epochs: list[set[int]] = [set(), set(), set()]
+    for step in steps:
+        for mb in step.micro_batches:
+            epochs[math.ceil(step.epoch) - 1].update(mb)  # step.epoch: epochs done when it ends
+    assert epochs == [{0, 1, 2, 3, 5}, {0, 1, 2, 4}, {0, 1, 2, 3, 6}]
+    assert build_schedule(lengths, cfg, [None] * 7) == build_schedule(lengths, cfg)
+
+
+def test_all_mlp_targets_the_feed_forward_linears_only(tiny_random_dir):
+    from transformers import AutoModelForCausalLM
+
+    from lorastudio.train.trainer import mlp_linears
+
+    names = mlp_linears(AutoModelForCausalLM.from_pretrained(tiny_random_dir))
+    assert names and all(".mlp." in n for n in names)
+    assert {n.rsplit(".", 1)[1] for n in names} == {"gate_proj", "up_proj", "down_proj"}
+    assert TrainConfig(target_modules="all-mlp").target_modules == "all-mlp"
+    with pytest.raises(ConfigError, match="all-mlp"):
+        TrainConfig(target_modules="all-attention")
 
 
 def test_neftune_noise_only_while_training():

@@ -589,8 +589,10 @@ class _Run:
         }
         self.schedule = build_schedule(lengths, cfg, [e.rotation for e in train.examples])
         self.total_steps = len(self.schedule)
-        self.log.stage("tokenize", f"{len(lengths)} examples, {sum(lengths):,} tokens, "
-                                   f"{self.total_steps} optimizer steps of ≤ {cfg.batch_tokens} tokens")
+        variants = sum(1 for e in train.examples if e.rotation)
+        self.log.stage("tokenize", f"{len(lengths)} examples, {sum(lengths):,} tokens"
+                                   + (f" ({variants} of them variants trained in one epoch each)" if variants else "")
+                                   + f", {self.total_steps} optimizer steps of ≤ {cfg.batch_tokens} tokens")
 
     # -- train ---------------------------------------------------------------------------------
     def _autocast(self):
