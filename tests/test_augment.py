@@ -206,9 +206,10 @@ def test_same_fact_pairs_rotate_siblings_over_epochs():
 
 def test_augment_per_epoch_writes_the_epoch_of_each_variant(tmp_path):
     convs = [qa(f"退款多久到账{i}？", f"原路退回3个工作日内到账，第{i}种说法。") for i in (1, 2, 3)]
+    convs.append(qa("栖夏多少钱？", "栖夏亚麻连衣裙售价299元。"))
     cfg = TrainConfig(output_dir=str(tmp_path), augment_same_fact=True, augment_per_epoch=True, num_epochs=2.5)
     out = augment_conversations(convs, cfg=cfg)
-    assert len(out) == 3 + 3 * 3  # three epochs (2.5 rounded up), a variant each
+    assert len(out) == 4 + 3 * 3  # three epochs (2.5 rounded up), a variant for each of the 3 siblings
     lines = [json.loads(x) for x in (tmp_path / "augmented.jsonl").read_text("utf-8").splitlines()]
     assert sorted({(x["epoch"], x["every"]) for x in lines}) == [(1, 3), (2, 3), (3, 3)]
 
