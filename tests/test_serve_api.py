@@ -155,6 +155,9 @@ def test_bad_requests_are_openai_shaped(client):
                                                                   "hyperparameters": {"output_dir": "/etc"}}),
                         400, "invalid_value", "hyperparameters.output_dir")
     assert_openai_error(client.post("/v1/fine_tuning/jobs", json={"model": "tiny-random", "training_file": fid,
+                                                                  "hyperparameters": {"replay_prompts": "/etc/passwd"}}),
+                        400, "invalid_value", "hyperparameters.replay_prompts")
+    assert_openai_error(client.post("/v1/fine_tuning/jobs", json={"model": "tiny-random", "training_file": fid,
                                                                   "suffix": "../x"}), 400, "invalid_value", "suffix")
     assert_openai_error(client.get("/v1/fine_tuning/jobs/ftjob-nope"), 404, "job_not_found")
     assert_openai_error(client.get("/v1/nothing-here"), 404, "unknown_url")

@@ -31,8 +31,9 @@ log = logging.getLogger("lorastudio.serve")
 
 # Job hyperparameters with OpenAI names; everything else must be a TrainConfig field.
 OPENAI_HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier")
-# TrainConfig fields the job itself decides; a client may not point them elsewhere.
-RESERVED_FIELDS = ("data", "base", "output_dir", "validation_data", "extra")
+# TrainConfig fields the job itself decides; a client may not point them elsewhere (nor at the server's
+# files: `replay_prompts` is a path).
+RESERVED_FIELDS = ("data", "base", "output_dir", "validation_data", "extra", "replay_prompts")
 
 # The trainer runs through distributed.PDEATHSIG_LAUNCHER, so a SIGKILLed server never leaves an
 # orphan trainer writing into a job directory (SIGTERM makes the trainer save a checkpoint first).
