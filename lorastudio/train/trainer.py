@@ -40,7 +40,7 @@ _RESUME_KEYS = ("data", "base", "validation_data", "task", "system_prompt", "lor
                 "lora_dropout", "target_modules", "learning_rate", "lr_scheduler", "warmup_ratio",
                 "weight_decay", "num_epochs", "max_steps", "batch_tokens", "gradient_accumulation",
                 "max_length", "seed", "val_fraction", "augment_paraphrases", "augment_same_fact", "augment_turns",
-                "replay_rows", "quantize_base")
+                "augment_per_epoch", "replay_rows", "replay_prompts", "quantize_base")
 
 
 class TrainingInterrupted(Exception):
