@@ -691,10 +691,12 @@ class _Run:
         from safetensors.torch import load_file
 
         state = torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=False)
-        saved = state.get("config", {})
-        changed = [k for k in _RESUME_KEYS if saved.get(k) != self.cfg.to_dict().get(k)]
+        # A checkpoint written before a setting existed trained with that setting's default.
+        saved = {**TrainConfig().to_dict(), **state.get("config", {})}
+        current = self.cfg.to_dict()
+        changed = [k for k in _RESUME_KEYS if saved.get(k) != current.get(k)]
         if changed:
-            details = ", ".join(f"{k}: {saved.get(k)!r} → {getattr(self.cfg, k)!r}" for k in changed)
+            details = ", ".join(f"{k}: {saved.get(k)!r} → {current.get(k)!r}" for k in changed)
             raise ConfigError(f"--resume: settings differ from the interrupted run ({details}); "
                               "resume with the same settings, or start a new output directory")
         # Several ranks: load on the CPU ("cuda" would mean GPU 0 for every rank), copied into place below.
