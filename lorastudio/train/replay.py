@@ -63,7 +63,7 @@ def ordered_prompts(fact_share: float = FACT_SHARE) -> list[str]:
 
 
 def read_prompts(path: str | Path) -> list[str]:
-    """Prompts of a user's own replay file: TXT (one per line) or JSONL (`prompt` per line)."""
+    """Prompts of a user's own replay file: TXT (one per line) or JSONL (`prompt` per line), each once."""
     from lorastudio.train.config import ConfigError
 
     file = Path(path).expanduser()
@@ -88,7 +88,7 @@ def read_prompts(path: str | Path) -> list[str]:
             prompts.append(line.strip())
     if not prompts:
         raise ConfigError(f"{file}: no prompts in it; one general question per line")
-    return prompts
+    return list(dict.fromkeys(prompts))
 
 
 def model_key(base: str, model_dir: str | Path | None = None) -> str:
@@ -207,12 +207,12 @@ def replay_conversations(conversations: Sequence[Conversation], *, model: Any = 
     from lorastudio.train.augment import epoch_cycle
 
     # augment_per_epoch: new prompts every epoch, as many epochs as the prompts last
-    cycle = max(1, min(epoch_cycle(cfg), len(dict.fromkeys(prompts)) // n))
+    cycle = max(1, min(epoch_cycle(cfg), len(prompts) // n))
     replay = general_replay(base, n * cycle, model=model, tokenizer=tokenizer, model_dir=model_dir,
                             prompts=prompts, on_progress=progress)
     if cycle > 1:
         for index, row in enumerate(replay):
-            row.rotation = (index // n % cycle, cycle)
+            row.rotation = (index // n, cycle)
     return list(conversations) + replay
 
 
