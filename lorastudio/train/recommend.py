@@ -8,6 +8,7 @@ the whole plan with a time/cost estimate. The numbers behind the defaults are in
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -358,6 +359,9 @@ def recommend(rows_or_stats: Any, base: str = "default", task: str = "qa", hardw
     r["price_per_hour"] = (f"{price:g} {currency}/hour, used for the cost shown while training" if price
                            else "no price given: cost shown as 0")
 
+    # Fresh variants each epoch where there is something to vary (settled below, once epochs are fitted).
+    s["augment_per_epoch"] = bool(s["augment_same_fact"] or s["replay_rows"])
+
     # --- time/cost estimate, and fitting the CPU budget ----------------------------------------
     estimate = _estimate(s, stats, hw, size, price, currency, base)
     if not on_gpu and estimate["seconds"] > CPU_BUDGET_S and rows:
@@ -379,7 +383,7 @@ def recommend(rows_or_stats: Any, base: str = "default", task: str = "qa", hardw
                        f"{rows} rows to be recalled, few enough not to overwrite the base model"
                        + (f" (a 4th: one pass is only {one_pass:,} tokens)" if small else "")
                        + (" (fewer, to fit a CPU run)" if fitted else ""))
-    s["augment_per_epoch"] = bool(s["num_epochs"] > 1 and (s["augment_same_fact"] or s["replay_rows"]))
+    s["augment_per_epoch"] = bool(s["augment_per_epoch"] and s["num_epochs"] > 1)
     r["augment_per_epoch"] = (
         "each pass gets fresh variants (another same-fact answer, new general questions) instead of repeats: "
         "18.7 of 24 general answers kept vs 17.3 (MLP LoRA, 6 and 3 seeds), facts 65.2 vs 66.7 of 80"
@@ -403,6 +407,13 @@ def recommend(rows_or_stats: Any, base: str = "default", task: str = "qa", hardw
     if rows < 100:
         warnings.append(f"only {rows} usable rows: the model will learn little; 500–1000 are advised")
     return Recommendation(settings=s, reasons=r, estimate=estimate, warnings=warnings)
+
+
+@functools.cache
+def _builtin_prompt_count() -> int:
+    from lorastudio.train.replay import general_prompts
+
+    return len(general_prompts())
 
 
 def _local_config(base: str) -> dict | None:
@@ -462,9 +473,11 @@ def _estimate(s: Mapping[str, Any], stats: DataStats, hw: Hardware, size: float,
     # Paraphrases: one prompt per question asking for n rewordings (~1.3 × question tokens each).
     gen_tokens = (rows * question_tokens * 1.3 * int(s.get("augment_paraphrases") or 0)) if paraphrase_rows else 0
     # Replay answers are cached per base model (shipped for `default`); a first run of another model
-    # writes them once.
+    # writes them once: for every epoch's prompts under augment_per_epoch.
     if replay and base != "default":
-        gen_tokens += replay * REPLAY_ANSWER_TOKENS
+        epochs = math.ceil(float(s.get("num_epochs") or 1))
+        cycles = min(epochs, _builtin_prompt_count() // replay) if s.get("augment_per_epoch") else 1
+        gen_tokens += replay * max(1, cycles) * REPLAY_ANSWER_TOKENS
     per_epoch = (rows + paraphrase_rows) * stats.mean_tokens + replay * REPLAY_ROW_TOKENS
     # Later turns as rows of their own, and same-fact pairs (single-turn rows and those turns), each
     # about one turn long.
