@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 def main() -> None:
     import torch
-    from sweep import fact_score, read_jsonl, score  # the sweep's scoring, unchanged
+    from sweep import read_jsonl
 
     from lorastudio.models import load_model
 
@@ -51,10 +51,13 @@ def main() -> None:
             m.scaling = {k: v * scale for k, v in orig.items()}
         out = Path(args.out)
         answer(model, tok, facts, general, args, out if i == 0 else out.with_name(f"{out.stem}_x{scale:g}.json"),
-               scale, fact_score, score)
+               scale)
 
 
-def answer(model, tok, facts, general, args, out: Path, scale: float, fact_score, score) -> None:
+def answer(model, tok, facts, general, args, out: Path, scale: float) -> None:
+    """Greedy answers of `model` (its LoRA at `scale`) to both sets, scored the sweep's way, into `out`."""
+    from sweep import fact_score, score  # the sweep's scoring, unchanged
+
     from lorastudio.train.augment import generate_batch
 
     t0 = time.time()
