@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lorastudio.data.columns import header_score, is_record
 from lorastudio.data.types import DataError
 
 TEXT_FORMATS = ("jsonl", "json", "csv", "tsv", "txt")
@@ -161,8 +162,6 @@ def read_table(path: str | Path, *, sheet: str | None = None) -> RawTable:
 
 
 def read_bytes(data: bytes, *, name: str = "file", suffix: str = "", sheet: str | None = None) -> RawTable:
-    from lorastudio.data.schema import header_score  # schema knows the column names
-
     if not data.strip(b" \t\r\n\x00") or data in (codecs.BOM_UTF8, codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
         raise DataError.of("empty_file", file=name)
     if data.startswith(b"PK\x03\x04"):
@@ -238,8 +237,6 @@ _LIST_KEYS = ("data", "rows", "records", "items", "examples", "samples", "train"
 
 
 def _json_object_table(obj: object, text: str, name: str, encoding: str) -> RawTable:
-    from lorastudio.data.schema import is_record
-
     if isinstance(obj, list):
         records = [_keyed_record(i, item) for i, item in enumerate(obj, start=1)]
         return RawTable("json", encoding, records, keyed=True)
@@ -530,8 +527,6 @@ def _read_xlsx(data: bytes, name: str, sheet: str | None) -> RawTable:
         wb.close()
     if not rows:
         raise DataError.of("empty_file", file=f"{name} (sheet '{ws.title}')")
-    from lorastudio.data.schema import header_score
-
     # The header is the first row naming known columns (a title row may sit above it), else row one.
     at = next((i for i, (_, cells) in enumerate(rows[:HEADER_SEARCH_LINES]) if header_score(cells) >= 2), 0)
     header_row, header_cells = rows[at]

@@ -3,35 +3,18 @@
 Every input layout (single-turn with its many column aliases, Alpaca, the seed's multi-turn
 ``conversation``, ShareGPT ``conversations``, OpenAI ``messages``) is turned into a list of
 :class:`Turn` (role, text, where it came from) plus structural issues. ``validate`` then applies the
-same content checks to every layout.
+same content checks to every layout. The column-name vocabulary itself (aliases, fuzzy matching)
+lives in ``columns``, which ``readers`` uses too.
 """
 
 from __future__ import annotations
 
-import unicodedata
 from dataclasses import dataclass, field
 
+from lorastudio.data.columns import SCHEMA_KEYS, exact_canonical, fuzzy_candidates, norm_name
 from lorastudio.data.readers import RawRecord, RawTable
 from lorastudio.data.types import DataError
 
-# Canonical field → accepted names (compared after _norm: case, spaces, "_" and "-" ignored).
-ALIASES: dict[str, tuple[str, ...]] = {
-    "instruction": (
-        "instruction", "instructions", "question", "questions", "prompt", "query", "q", "ask", "user_question",
-        "问题", "问", "提问", "指令", "用户问题", "问句", "用户提问", "客户问题", "题目",
-    ),
-    "input": ("input", "inputs", "context", "输入", "补充输入", "上下文"),
-    "response": (
-        "response", "responses", "answer", "answers", "completion", "output", "outputs", "reply", "a", "target",
-        "答案", "答", "回答", "回复", "输出", "应答", "标准答案", "标准回答", "客服回复",
-    ),
-    "system": ("system", "system_prompt", "sys", "系统", "系统提示", "系统提示词", "人设"),
-    "history": ("history", "历史", "对话历史"),
-    "messages": ("messages",),
-    "conversations": ("conversations",),
-    "conversation": ("conversation", "dialog", "dialogue", "对话"),
-}
-SCHEMA_KEYS = ("messages", "conversations", "conversation")
 EXPECTED_SHORT = "instruction, response, question, answer, 问题, 答案"
 
 # Inside turns of the seed's multi-turn layout.
@@ -47,84 +30,6 @@ ROLE_ALIASES = {
     "chatgpt": "assistant", "ai": "assistant", "助手": "assistant",
 }
 IGNORED_PREFIX = "lorastudio_"  # columns that write_rejected adds; ignored when the file comes back
-
-
-def _norm(name: object) -> str:
-    text = unicodedata.normalize("NFKC", str(name)).strip().lower()
-    return "".join(ch for ch in text if ch not in " _-.\t")
-
-
-def _garble(name: str) -> str:
-    # Letters that PDF extraction and OCR confuse: "instructlon", "Questlon", "0utput".
-    return name.replace("rn", "m").replace("l", "i").replace("1", "i").replace("|", "i").replace("0", "o")
-
-
-_ALIAS_INDEX = {_norm(a): canon for canon, names in ALIASES.items() for a in names}
-_FUZZY_POOL = [(_garble(_norm(a)), canon) for canon, names in ALIASES.items() for a in names if a.isascii()]
-
-
-def _distance(a: str, b: str, limit: int) -> int:
-    """Optimal-string-alignment edit distance, giving up (limit + 1) beyond ``limit``."""
-    if abs(len(a) - len(b)) > limit:
-        return limit + 1
-    prev2: list[int] | None = None
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, start=1):
-        cur = [i] + [0] * len(b)
-        for j, cb in enumerate(b, start=1):
-            cost = 0 if ca == cb else 1
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
-            if prev2 is not None and i > 1 and j > 1 and ca == b[j - 2] and a[i - 2] == cb:
-                cur[j] = min(cur[j], prev2[j - 2] + 1)
-        if min(cur) > limit:
-            return limit + 1
-        prev2, prev = prev, cur
-    return prev[-1]
-
-
-def _fuzzy_limit(norm: str) -> int:
-    if len(norm) >= 7:
-        return 2
-    if len(norm) >= 4:
-        return 1
-    return 0
-
-
-def fuzzy_candidates(name: str, limit: int | None = None) -> dict[str, int]:
-    """canonical → best distance for a name that is not an exact alias."""
-    norm = _norm(name)
-    if not norm.isascii() or not norm:
-        return {}
-    g = _garble(norm)
-    lim = _fuzzy_limit(norm) if limit is None else limit
-    best: dict[str, int] = {}
-    for alias, canon in _FUZZY_POOL:
-        d = _distance(g, alias, lim)
-        if d <= lim and d < best.get(canon, lim + 1):
-            best[canon] = d
-    return best
-
-
-def exact_canonical(name: object) -> str | None:
-    return _ALIAS_INDEX.get(_norm(name))
-
-
-def header_score(cells: list[str]) -> int:
-    """How many cells look like known column names (used to pick the delimiter)."""
-    score = 0
-    for c in cells:
-        if exact_canonical(c):
-            score += 1
-        else:
-            cands = fuzzy_candidates(c)
-            if len(cands) == 1:
-                score += 1
-    return score
-
-
-def is_record(obj: dict) -> bool:
-    """A JSON object that is itself one row (rather than a wrapper holding a list of rows)."""
-    return any(exact_canonical(k) in ("instruction", "input", "response", *SCHEMA_KEYS) for k in obj)
 
 
 @dataclass
@@ -200,7 +105,7 @@ def resolve_columns(columns: list[str], name: str, *, table: bool,
         found = ", ".join(f"'{c}'" for c in columns) or "no columns"
         suggestions = []
         for col in cmap.ignored:
-            near = fuzzy_candidates(col, limit=max(1, min(3, len(_norm(col)) // 3)))
+            near = fuzzy_candidates(col, limit=max(1, min(3, len(norm_name(col)) // 3)))
             if near:
                 best = min(near.values())
                 targets = " or ".join(f"'{c}'" for c in sorted(near) if near[c] == best)
@@ -365,14 +270,14 @@ def record_turns(rec: RawRecord, cmap: ColumnMap, schema: str, *, keyed: bool) -
 
 
 def _seed_turns(items: list, src: str, turns: list[Turn], issues: list[RowIssue]) -> None:
-    aliases = {_norm(a): canon for canon, names in TURN_ALIASES.items() for a in names}
+    aliases = {norm_name(a): canon for canon, names in TURN_ALIASES.items() for a in names}
     for i, item in enumerate(items):
         path = f"{src}[{i}]"
         if not isinstance(item, dict):
             issues.append(RowIssue("error", "malformed_row", "malformed_row.turn", path,
                                    {"field": path, "example": '{"input": "…", "output": "…"}'}))
             continue
-        found = {aliases.get(_norm(k)): k for k in item}
+        found = {aliases.get(norm_name(k)): k for k in item}
         if "system" in found:
             key = found["system"]
             text = _as_text(item[key], f"{path}.{key}", issues, keyed=True)
@@ -412,7 +317,7 @@ def _role_turns(items: list, src: str, turns: list[Turn], issues: list[RowIssue]
                                    {"field": path, "example": '{"role": "user", "content": "…"}'}))
             continue
         raw_role = item[role_key]
-        role = ROLE_ALIASES.get(_norm(raw_role)) if isinstance(raw_role, str) else None
+        role = ROLE_ALIASES.get(norm_name(raw_role)) if isinstance(raw_role, str) else None
         fld = f"{path}.{content_key}"
         if role is None:
             issues.append(RowIssue("error", "unsupported_role", "unsupported_role", f"{path}.{role_key}",
