@@ -253,6 +253,314 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "Wrote {n} rejected rows with their reasons to {path}", "已将 {n} 行被拒绝的数据及原因写入 {path}"),
     "cli.internal_error": (
         "internal error while validating ({error}); please report it", "校验时发生内部错误（{error}）；请反馈此问题"),
+    # --- recommender: reasons (rec.<setting>.<case>), warnings (warn.*), estimate (estimate.*) --------
+    # Rendered by lorastudio.train.recommend (English .reasons/.warnings), the CLI and the studio page
+    # (GET /studio/messages). Parameters are plain numbers/strings; no format specs.
+    "rec.target_modules.mlp": (
+        "Adapts only the feed-forward layers, where the model keeps its facts: the facts of your {rows} rows are "
+        "written where the model looks them up, while its grammar and general skills stay as they were. In our "
+        "tests adapting every layer learnt no more facts (65.5 vs 66.7 of 80 reworded questions) and kept fewer "
+        "general answers (16.7 vs 17.3 of 24).",
+        "只调整前馈层，也就是模型存放知识的地方：你这 {rows} 行里的知识会写进模型查找知识的位置，语法和通用能力保持原样。"
+        "我们测试中调整所有层并没有多记住知识（80 个换了说法的问题答对 65.5 比 66.7 个），通用问题反而保住得更少"
+        "（24 个中 16.7 比 17.3 个）。"),
+    "rec.lora_r": (
+        "Rank {rank}: how much the adapter can hold, enough for the facts of {rows} rows on a {size}B model. "
+        "Doubling it trained slower and recalled no more in our tests; a much smaller rank may not hold every fact.",
+        "秩 {rank}：决定适配器能装下多少内容，足够容纳这 {rows} 行里的知识（{size}B 模型）。我们测试中把它翻倍后"
+        "训练更慢，也没有多记住知识；调得太小则可能装不下全部知识。"),
+    "rec.lora_alpha": (
+        "{alpha}, twice the rank ({rank}): the usual strength of the adapter's changes, the one the learning rate "
+        "below was measured with. Changing it works like changing the learning rate.",
+        "{alpha}，即秩（{rank}）的两倍：适配器改动的常用力度，下面的学习率就是在这个力度下测出来的。改它的效果相当于改学习率。"),
+    "rec.lora_dropout.off": (
+        "Off: the extra wordings and general questions mixed into your {rows} rows already keep the model from "
+        "repeating them word for word; dropout would only slow down learning them.",
+        "关闭：混入这 {rows} 行的额外问法和通用问题已经能防止模型逐字照搬；再加 dropout 只会让学习变慢。"),
+    "rec.lora_dropout.off_plain": (
+        "Off: {rows} rows trained for a few passes are not learnt by rote; dropout would only slow learning.",
+        "关闭：{rows} 行数据只训练几轮，不会被死记硬背；dropout 只会让学习变慢。"),
+    "rec.learning_rate": (
+        "{lr}: the size of each learning step, chosen so a {size}B model takes in the facts of your {rows} rows "
+        "in the {epochs}-pass schedule. In our tests a 1.5× higher rate learnt about as many facts but kept fewer "
+        "general answers (16.7 vs 18.7 of 24); a lower one (0.7×) learnt fewer facts (64 vs 70 of 80).",
+        "{lr}：每一步学习的幅度，按 {size}B 模型在 {epochs} 轮训练内学会这 {rows} 行知识来选。我们测试中调高到 1.5 倍，"
+        "记住的知识差不多，但通用问题保住得更少（24 个中 16.7 比 18.7 个）；调低到 0.7 倍则记住的知识更少（80 个中 64 比 70 个）。"),
+    "rec.learning_rate.style": (
+        "{lr}: the size of each learning step, chosen so a {size}B model picks up the style of your {rows} rows in "
+        "the {epochs}-pass schedule. A higher rate imitates faster but forgets more of what the model knew; a "
+        "lower one changes it less.",
+        "{lr}：每一步学习的幅度，按 {size}B 模型在 {epochs} 轮训练内学会这 {rows} 行的文风来选。调高模仿得更快，但会忘掉更多原有能力；"
+        "调低则改变更小。"),
+    "rec.learning_rate.big": (
+        "{lr}, half the usual rate: with {rows} rows one pass already takes many steps, and smaller steps keep "
+        "the model from drifting away from what it knew ({epochs}-pass schedule). A higher rate risks forgetting.",
+        "{lr}，常用值的一半：{rows} 行数据一轮就有很多步，步子小一些能防止模型偏离原有能力（共 {epochs} 轮）。调高有遗忘的风险。"),
+    "rec.lr_scheduler.linear": (
+        "The step size falls steadily to zero over the {epochs}-pass schedule, so the last pass settles the facts "
+        "instead of shaking them loose. A constant rate keeps changing the model to the end; cosine measured the same.",
+        "学习幅度在 {epochs} 轮训练中逐步降到零，最后一轮是在巩固知识，而不是把它们打乱。固定幅度会让模型一直改到最后；"
+        "余弦衰减实测效果相同。"),
+    "rec.warmup_ratio": (
+        "The first {steps} of about {total_steps} learning steps ({pct}%) start gently, so the fresh adapter's first "
+        "updates do not jolt the model. Without it the first steps can damage what the model already knows.",
+        "约 {total_steps} 步中的前 {steps} 步（{pct}%）从小幅度起步，让新适配器最初的更新不至于冲击模型。去掉它，最初几步可能损坏模型原有的能力。"),
+    "rec.weight_decay.off": (
+        "Off: the adapter starts at zero and trains for only about {total_steps} steps; decay would just pull it "
+        "back and slow the learning.",
+        "关闭：适配器从零开始，只训练约 {total_steps} 步；权重衰减只会把它往回拉，让学习变慢。"),
+    "rec.augment_same_fact.on": (
+        "Each question is also trained with the answer of another row about the same fact, so the model learns the "
+        "fact rather than one sentence. It taught the most per minute in our tests (59 vs 47 of 80 reworded "
+        "questions). Turning it off makes training about {saved_pct}% shorter and recalls less.",
+        "每个问题还会配上另一行讲同一知识的回答一起训练，让模型学会的是知识本身，而不是某一句话。我们测试中它是每分钟收益最大的做法"
+        "（80 个换了说法的问题答对 59 比 47 个）。关掉它训练时间约少 {saved_pct}%，但记住的更少。"),
+    "rec.augment_same_fact.off_style": (
+        "Off: copywriting rows teach a style, not facts asked in several ways.",
+        "关闭：文案数据教的是文风，不是用多种问法询问的知识。"),
+    "rec.augment_same_fact.off_big": (
+        "Off: {rows} rows are too many to compare every pair of answers quickly, and so many rows usually word "
+        "each fact several ways already.",
+        "关闭：{rows} 行数据太多，无法快速两两比较回答；而且这么多数据通常已经包含同一知识的多种说法。"),
+    "rec.augment_paraphrases.on": (
+        "Before training, the model writes {n} rewordings of each of your {rows} questions (about {minutes} min), "
+        "so customers' own phrasings find the fact. Turning it off saves that time and recognises fewer new wordings.",
+        "训练前，模型会为这 {rows} 个问题各写 {n} 种不同问法（约 {minutes} 分钟），让客户自己的说法也能找到对应知识。"
+        "关掉可以省下这段时间，但能识别的新问法会变少。"),
+    "rec.augment_paraphrases.off_style": (
+        "Off: copywriting learns a style, not facts asked in many ways.",
+        "关闭：文案学的是文风，不是用多种问法询问的知识。"),
+    "rec.augment_paraphrases.off_big": (
+        "Off: {rows} rows already phrase things many ways.",
+        "关闭：{rows} 行数据本身已经有很多种说法。"),
+    "rec.augment_paraphrases.off_cpu": (
+        "Off: writing rewordings with the model would add about {minutes} min on this machine, and pairing answers "
+        "of the same fact (above) gives more per minute. On a GPU it takes moments and is on.",
+        "关闭：在这台机器上让模型改写问法要多花约 {minutes} 分钟，而上面的同知识配对每分钟收益更大。在 GPU 上只需片刻，会默认开启。"),
+    "rec.augment_paraphrases.budget": (
+        "{n} rewordings per question instead of {full}, to fit your {budget_minutes}-minute limit: fewer of "
+        "customers' own phrasings will be recognised.",
+        "为了控制在你设定的 {budget_minutes} 分钟内，每个问题只改写 {n} 种问法（原为 {full} 种）：能识别的客户说法会变少。"),
+    "rec.augment_turns.on": (
+        "Your {rows} conversations have about {turns} answers each; every later turn is also trained as a question "
+        "of its own, because customers ask it without the conversation before it. In our tests this recalled far "
+        "more facts (20 vs 12 of 80); without it, facts told late in a conversation are found mostly inside that "
+        "conversation.",
+        "这 {rows} 段对话平均每段约 {turns} 轮回答；后面的每一轮也会单独作为一个问题来训练，因为客户往往不经过前面的对话就直接问。"
+        "我们测试中这样能多记住很多知识（80 个中 20 比 12 个）；不这样做，对话后半段讲到的知识基本只有在同一段对话里才答得出。"),
+    "rec.augment_turns.off_single": (
+        "Off: every row is a single question and answer.",
+        "关闭：每一行都是单独的一问一答。"),
+    "rec.augment_turns.off_style": (
+        "Off: copywriting conversations teach a style, not facts.",
+        "关闭：文案对话教的是文风，不是知识。"),
+    "rec.replay_rows.on": (
+        "{n} general questions, answered by the base model itself, are mixed in with your {rows} rows, so the model "
+        "keeps its general knowledge while learning yours. In our tests 60 kept more general answers than 40 "
+        "(17 vs 15 of 24) with the same facts learnt; more than that did not help and cost time.",
+        "在这 {rows} 行之外混入 {n} 个通用问题（由基础模型自己作答），让模型学你的知识时不丢掉原有的常识。"
+        "我们测试中混入 60 个比 40 个保住的通用回答更多（24 个中 17 比 15 个），记住的知识一样多；再多则没有帮助，还费时间。"),
+    "rec.replay_rows.off": (
+        "Off: there are no rows of yours to balance.",
+        "关闭：没有需要平衡的数据。"),
+    "rec.augment_per_epoch.on": (
+        "Each pass gets fresh variants (another same-fact answer, new general questions) instead of repeating the "
+        "same ones: in our tests the model kept more general knowledge (18.7 vs 17.3 of 24 answers) with about the "
+        "same facts learnt, at no extra time.",
+        "每一轮都换一批新的变体（换一个同知识的回答、换一批通用问题），而不是重复同样的内容：我们测试中模型保住的常识更多"
+        "（24 个中 18.7 比 17.3 个），记住的知识差不多，也不多花时间。"),
+    "rec.augment_per_epoch.off_one_pass": (
+        "Off: a single pass has nothing to vary between passes.",
+        "关闭：只训练一轮，没有轮与轮之间可以变换的内容。"),
+    "rec.augment_per_epoch.off_nothing": (
+        "Off: nothing is added to your rows, so every pass is the same.",
+        "关闭：没有给数据额外添加内容，每一轮都一样。"),
+    "rec.max_length": (
+        "{max_length} tokens: your longest row is about {longest} tokens, so every row fits whole. Longer rows are "
+        "reported and skipped, never cut; a lower limit would skip your longest rows, a higher one only uses more memory.",
+        "{max_length} 个 token：你最长的一行约 {longest} 个 token，每一行都能完整放下。超长的行会被报告并跳过，绝不会被截断；"
+        "调低会跳过你最长的那些行，调高只会多占内存。"),
+    "rec.batch_tokens": (
+        "About {rows_per_step} rows ({tokens} tokens, packed without padding) per learning step: about {steps} steps "
+        "per pass over your data, enough small steps for the facts to settle. Steps twice this size ran faster but "
+        "learnt fewer facts in our tests (65 vs 70 of 80).",
+        "每一步学习约 {rows_per_step} 行（{tokens} 个 token，紧密拼接、不补齐）：每轮约 {steps} 步，步数足够让知识记牢。"
+        "我们测试中把每步加大一倍会更快，但记住的知识更少（80 个中 65 比 70 个）。"),
+    "rec.gradient_accumulation.one": (
+        "1: each learning step is one packed batch, already large enough for steady steps.",
+        "1：每一步就是一个拼好的批次，已经足够大，学习很平稳。"),
+    "rec.num_epochs.full": (
+        "{epochs} passes over your {rows} rows and their variants: the schedule that recalled the most facts in our "
+        "tests (3 passes: 66 of 80 reworded questions, 2 passes: 56). Fewer passes finish sooner but recall far "
+        "fewer facts; a 4th learnt no more and kept fewer general answers.",
+        "在这 {rows} 行及其变体上训练 {epochs} 轮：我们测试中记住知识最多的方案（3 轮：80 个换了说法的问题答对 66 个，2 轮：56 个）。"
+        "轮数少结束得早，但记住的知识少得多；第 4 轮没有多记住知识，反而丢掉了更多通用回答。"),
+    "rec.num_epochs.small": (
+        "{epochs} passes: one pass over your {rows} rows and their variants is only about {tokens} tokens (each fact "
+        "is told once or twice), so a 4th pass costs only minutes and recalled more such facts in our tests "
+        "(23 vs 20 of 80). Fewer passes finish sooner but recall less.",
+        "训练 {epochs} 轮：这 {rows} 行及其变体一轮只有约 {tokens} 个 token（每条知识只讲一两次），多训练第 4 轮只多花几分钟，"
+        "我们测试中能多记住这类知识（80 个中 23 比 20 个）。轮数少结束得早，但记住的更少。"),
+    "rec.num_epochs.style": (
+        "{epochs} passes over your {rows} rows: enough for the model to pick up their style and wording without "
+        "overwriting what it knows. Fewer passes imitate the style less; more risk copying your texts word for word.",
+        "在这 {rows} 行上训练 {epochs} 轮：足以让模型学会它们的文风和措辞，又不会覆盖原有能力。轮数少模仿得不够像；"
+        "轮数多则可能逐字照抄你的文本。"),
+    "rec.num_epochs.big": (
+        "{epochs} pass: with {rows} rows the model sees each kind of question many times in one pass, and the "
+        "held-out rows stop training when it no longer improves. More passes would take much longer and risk "
+        "forgetting general knowledge.",
+        "训练 {epochs} 轮：{rows} 行数据在一轮里就会让模型多次见到每类问题，留出的验证数据会在不再进步时停止训练。"
+        "多训练几轮会耗时很久，还可能丢掉常识。"),
+    "rec.num_epochs.quick": (
+        "1 pass, a quick preview as you asked: about {minutes} min instead of {full_minutes} min for the full "
+        "{full_epochs} passes, but it recalls far fewer facts (in our measurement on a 2-core AVX2 CPU, {quick_facts} "
+        "instead of {full_facts} of {facts}). Use it to check your data and the whole process, then train in full.",
+        "按你的选择做快速预览，只训练 1 轮：约 {minutes} 分钟（完整的 {full_epochs} 轮约 {full_minutes} 分钟），但记住的知识会少得多"
+        "（我们在 2 核 AVX2 CPU 上实测：{facts} 条知识答对 {quick_facts} 条，完整训练为 {full_facts} 条）。适合先检查数据和整个流程，之后再完整训练。"),
+    "rec.num_epochs.budget": (
+        "A {epochs}-pass schedule instead of {full_epochs} passes, to fit your {budget_minutes}-minute limit: fewer "
+        "facts will be recalled. Raise or remove the limit for the full schedule.",
+        "为了控制在你设定的 {budget_minutes} 分钟内，只训练 {epochs} 轮（完整方案为 {full_epochs} 轮）：记住的知识会变少。"
+        "放宽或取消时间限制即可使用完整方案。"),
+    "rec.val_fraction.on": (
+        "About {n} of your {rows} rows ({pct}%; a wording of facts you also ask other ways) are held out to pick the "
+        "best checkpoint: they show how well the model answers a wording it never trained on. Holding out less "
+        "trains on more rows but judges worse.",
+        "从这 {rows} 行中留出约 {n} 行（{pct}%，优先留出有其他问法的知识的某一种问法）用来挑选最好的检查点：它们能看出模型回答"
+        "没训练过的问法的水平。留得少，训练数据多一些，但评判不够准。"),
+    "rec.val_fraction.off": (
+        "No held-out rows: with {rows} rows every row is a fact the model must learn, so all of them train and the "
+        "fixed schedule decides when to stop.",
+        "不留验证数据：只有 {rows} 行时，每一行都是模型必须学会的知识，所以全部用于训练，由固定的轮数决定何时结束。"),
+    "rec.early_stopping_patience.on": (
+        "Training stops after {n} checks in a row without improvement on the held-out rows and keeps the best "
+        "checkpoint, so extra passes cannot make the answers worse.",
+        "如果在留出的数据上连续 {n} 次检查都没有进步，就停止训练并保留最好的检查点，多余的训练不会让回答变差。"),
+    "rec.early_stopping_patience.off": (
+        "Off: {rows} rows are too few for a held-out score that means anything.",
+        "关闭：{rows} 行数据太少，留出一部分打分也说明不了问题。"),
+    "rec.neftune_alpha.off": (
+        "Off: adding noise to the inputs learnt fewer facts in our tests (60 vs about 66 of 80); the variants above "
+        "already vary your questions.",
+        "关闭：我们测试中给输入加噪声反而记住的知识更少（80 个中 60 比约 66 个）；上面的变体已经让问题足够多样。"),
+    "rec.dtype.bf16_cpu": (
+        "bf16: this CPU ({cpu_class}) computes it natively, about twice as fast as fp32 with the same result for LoRA.",
+        "bf16：这颗 CPU（{cpu_class}）原生支持，速度约为 fp32 的两倍，LoRA 训练结果相同。"),
+    "rec.dtype.fp32_cpu": (
+        "fp32: this CPU ({cpu_class}) has no native bf16 arithmetic, so bf16 would bring little or no speed here.",
+        "fp32：这颗 CPU（{cpu_class}）没有原生 bf16 运算，用 bf16 在这里几乎不会更快。"),
+    "rec.dtype.bf16_gpu": (
+        "bf16: half the memory of fp32 and faster on this GPU, stable for LoRA.",
+        "bf16：显存只需 fp32 的一半，在这块 GPU 上更快，LoRA 训练也稳定。"),
+    "rec.dtype.fp16_gpu": (
+        "fp16: this GPU has no bf16; half the memory of fp32.",
+        "fp16：这块 GPU 不支持 bf16；显存只需 fp32 的一半。"),
+    "rec.gradient_checkpointing.auto_full": (
+        "Auto-fit for {gb} GB: no gradient checkpointing needed, {tokens} tokens per micro-batch fit in memory "
+        "({accum} micro-batch(es) per step). Checked again with the memory free when training starts.",
+        "按 {gb} GB 显存自动适配：不需要梯度检查点，每个小批次 {tokens} 个 token 放得下（每步 {accum} 个小批次）。训练开始时会按当时的空闲显存再确认一次。"),
+    "rec.gradient_checkpointing.auto_ckpt": (
+        "Auto-fit for {gb} GB: gradient checkpointing on (recomputes parts of the model to save memory, about 30% "
+        "slower), {tokens} tokens per micro-batch, {accum} micro-batch(es) per step. Checked again when training starts.",
+        "按 {gb} GB 显存自动适配：开启梯度检查点（重算部分中间结果以节省显存，约慢 30%），每个小批次 {tokens} 个 token，每步 {accum} 个小批次。"
+        "训练开始时会再确认一次。"),
+    "rec.gradient_checkpointing.on": (
+        "On: the model barely fits this GPU's memory; it saves memory at about 30% of the speed.",
+        "开启：模型勉强放得进这块 GPU 的显存；它能省显存，代价是约慢 30%。"),
+    "rec.gradient_checkpointing.off": (
+        "Off: memory is sufficient, and it would cost about 30% of the speed.",
+        "关闭：内存充足，开启反而会慢约 30%。"),
+    "rec.quantize_base.auto_4bit": (
+        "4-bit base weights (QLoRA): the full-precision model does not fit {gb} GB. Far less memory, slightly lower quality.",
+        "基础模型用 4 位权重（QLoRA）：全精度模型放不进 {gb} GB 显存。显存占用小得多，质量略有下降。"),
+    "rec.quantize_base.auto": (
+        "Full-precision base weights; 4-bit (QLoRA) only if the model would not fit the GPU.",
+        "基础模型保持全精度；只有放不进 GPU 显存时才用 4 位权重（QLoRA）。"),
+    "rec.device.cpu": (
+        "Trains on this computer's CPU ({cores} cores, {cpu_class}): about {tokens_per_s} tokens per second with this "
+        "model, as measured on this type of CPU. A GPU would be many times faster.",
+        "在这台电脑的 CPU 上训练（{cores} 核，{cpu_class}）：按这类 CPU 的实测，这个模型每秒约 {tokens_per_s} 个 token。用 GPU 会快很多倍。"),
+    "rec.device.cpu_unmeasured": (
+        "Trains on this computer's CPU ({cores} cores, {cpu_class}): this type of CPU was not measured, so the time "
+        "assumes about {tokens_per_s} tokens per second and may be far off. A GPU would be many times faster.",
+        "在这台电脑的 CPU 上训练（{cores} 核，{cpu_class}）：这类 CPU 没有实测过，时间按每秒约 {tokens_per_s} 个 token 估算，可能偏差很大。"
+        "用 GPU 会快很多倍。"),
+    "rec.device.cuda": (
+        "Trains on {gpus} × {name} ({gb} GB), many times faster than a CPU.",
+        "在 {gpus} 块 {name}（{gb} GB）上训练，比 CPU 快很多倍。"),
+    "rec.price_per_hour.set": (
+        "{price} {currency} per hour: used to show the cost while training.",
+        "每小时 {price} {currency}：用于在训练时显示费用。"),
+    "rec.price_per_hour.none": (
+        "No price given: no cost is shown.",
+        "未填写价格：不显示费用。"),
+    "warn.few_rows": (
+        "Only {rows} usable rows: the model will learn little beyond them; 500–1000 are advised.",
+        "只有 {rows} 行可用数据：模型能学到的很有限；建议准备 500–1000 行。"),
+    "warn.long_cpu_run": (
+        "About {minutes} minutes on this CPU. A GPU or a smaller model is faster; a quick preview (1 pass) takes "
+        "about {quick_minutes} minutes but recalls far fewer facts.",
+        "在这颗 CPU 上约需 {minutes} 分钟。用 GPU 或更小的模型会更快；快速预览（只训练 1 轮）约 {quick_minutes} 分钟，但记住的知识会少得多。"),
+    "warn.long_cpu_run.short": (
+        "About {minutes} minutes on this CPU; a GPU or a smaller model is faster.",
+        "在这颗 CPU 上约需 {minutes} 分钟；用 GPU 或更小的模型会更快。"),
+    "warn.quick": (
+        "Quick preview: 1 pass, about {minutes} min instead of {full_minutes} min. It recalls far fewer facts (in our "
+        "measurement on a 2-core AVX2 CPU, {quick_facts} instead of {full_facts} of {facts}): use it to check the "
+        "data and the process, then train in full for real use.",
+        "快速预览：只训练 1 轮，约 {minutes} 分钟（完整训练约 {full_minutes} 分钟）。记住的知识会少得多（我们在 2 核 AVX2 CPU 上实测："
+        "{facts} 条知识答对 {quick_facts} 条，完整训练为 {full_facts} 条）：适合先检查数据和流程，正式使用请完整训练。"),
+    "warn.budget_epochs": (
+        "To fit your {budget_minutes}-minute limit, training runs {epochs} pass(es) instead of {full_epochs}: fewer "
+        "facts will be recalled.",
+        "为了控制在你设定的 {budget_minutes} 分钟内，只训练 {epochs} 轮（完整方案为 {full_epochs} 轮）：记住的知识会变少。"),
+    "warn.budget_paraphrases": (
+        "To fit your {budget_minutes}-minute limit, {n} rewordings per question are written instead of {full}.",
+        "为了控制在你设定的 {budget_minutes} 分钟内，每个问题只改写 {n} 种问法（原为 {full} 种）。"),
+    "warn.budget_unmet": (
+        "Even the shortest schedule takes about {minutes} minutes here, over your {budget_minutes}-minute limit: use a "
+        "GPU, a smaller model or fewer rows.",
+        "即使用最短的方案，这里也需要约 {minutes} 分钟，超过你设定的 {budget_minutes} 分钟：请使用 GPU、更小的模型或更少的数据。"),
+    "warn.gpu_does_not_fit": (
+        "This model does not fit the {gb} GB of this GPU, even with memory-saving settings: choose a smaller model or "
+        "a GPU with more memory.",
+        "即使开启省显存的设置，这个模型也放不进这块 GPU 的 {gb} GB 显存：请换更小的模型，或显存更大的 GPU。"),
+    "warn.cpu_speed_unknown": (
+        "This type of CPU ({cores} cores) was not measured: the time estimate is a guess and may be far off.",
+        "这类 CPU（{cores} 核）没有实测过：时间只是粗略估计，可能偏差很大。"),
+    "estimate.device.cpu": ("CPU, {cores} cores ({cpu_class})", "CPU，{cores} 核（{cpu_class}）"),
+    "estimate.device.gpu": ("{name} ({gb} GB)", "{name}（{gb} GB）"),
+    "estimate.device.gpus": ("{n}× {name} ({gb} GB)", "{n} 块 {name}（每块 {gb} GB）"),
+    "estimate.quick_cost": (
+        "Quick preview: 1 pass instead of {full_epochs}, about {minutes} min instead of {full_minutes} min. Recall cost: "
+        "in our measurement on a 2-core AVX2 CPU, about {quick_facts} of {facts} facts instead of {full_facts}.",
+        "快速预览：只训练 1 轮（完整为 {full_epochs} 轮），约 {minutes} 分钟（完整约 {full_minutes} 分钟）。代价是记住的知识变少："
+        "我们在 2 核 AVX2 CPU 上实测，{facts} 条知识约答对 {quick_facts} 条，完整训练为 {full_facts} 条。"),
+    "estimate.quick_same": (
+        "The full schedule is already {epochs} pass: a quick preview would be no shorter.",
+        "完整方案本来就只训练 {epochs} 轮：快速预览不会更快。"),
+    "estimate.full_gain": (
+        "Full schedule: {full_epochs} passes, about {full_minutes} min. In our measurement on a 2-core AVX2 CPU it "
+        "recalled {full_facts} of {facts} facts where 1 pass recalled {quick_facts}.",
+        "完整方案：训练 {full_epochs} 轮，约 {full_minutes} 分钟。我们在 2 核 AVX2 CPU 上实测，{facts} 条知识答对 {full_facts} 条，"
+        "只训练 1 轮时为 {quick_facts} 条。"),
+    "estimate.stage.load": ("starting and loading the model", "启动并加载模型"),
+    "estimate.stage.augment": ("preparing extra rows", "准备补充数据"),
+    "estimate.stage.tokenize": ("tokenizing", "分词"),
+    "estimate.stage.train": ("training", "训练"),
+    "estimate.stage.evaluate": ("checking on held-out rows", "在留出数据上检查"),
+    "estimate.stage.save": ("saving checkpoints and the adapter", "保存检查点和适配器"),
+    # --- CLI: lorastudio train ---------------------------------------------------------------
+    "cli.train.recommended": ("Recommended settings:", "推荐设置："),
+    "cli.train.estimate": ("estimate: about {time} on {device}", "预计：在 {device} 上约需 {time}"),
+    "cli.train.estimate_cost": (
+        "estimate: about {time} on {device}, cost {cost} {currency}", "预计：在 {device} 上约需 {time}，费用 {cost} {currency}"),
+    "cli.train.note": ("note: {text}", "提示：{text}"),
+    "cli.train.quick_hint": (
+        "option --quick: {text}", "选项 --quick：{text}"),
+    "cli.train.full_hint": (
+        "without --quick/--time-budget: {text}", "不加 --quick/--time-budget：{text}"),
 }
 
 
@@ -298,3 +606,11 @@ def t(key: str, lang: str | None = None, /, **params: object) -> str:
     except (KeyError, IndexError, ValueError):
         # A missing parameter must not turn a helpful message into a crash.
         return template
+
+
+def catalog(lang: str, prefixes: tuple[str, ...] = ()) -> dict[str, str]:
+    """Every message template in `lang` ("en" | "zh"; a missing Chinese text falls back to English),
+    only the keys starting with one of `prefixes` when given. Placeholders stay (str.format names)."""
+    index = 1 if lang == "zh" else 0
+    return {key: (pair[index] or pair[0]) for key, pair in MESSAGES.items()
+            if not prefixes or key.startswith(prefixes)}

@@ -1,13 +1,15 @@
-"""recommend(): pure, every setting valid for TrainConfig and explained, sensible across cases."""
+"""recommend(): pure, every setting valid for TrainConfig and explained (codes rendered from one catalogue
+in both languages), sensible across cases; quality never shrunk unasked; time estimated per CPU class."""
 
 from __future__ import annotations
 
+import re
 import sys
 
 import pytest
 
 from lorastudio.train.config import TrainConfig
-from lorastudio.train.recommend import DataStats, approx_tokens, model_size_b, recommend
+from lorastudio.train.recommend import DataStats, approx_tokens, model_size_b, recommend, render
 
 CPU = {"device": "cpu", "cpu_cores": 2, "bf16": True}
 GPU = {"device": "cuda", "gpu_memory_gb": 80, "gpu_name": "H100", "bf16": True}
@@ -26,11 +28,23 @@ def test_settings_are_valid_and_every_one_has_a_reason(n, task, hardware):
     TrainConfig(**rec.settings)  # validates
     assert set(rec.reasons) == set(rec.settings) - {"task"}
     assert all(isinstance(v, str) and v for v in rec.reasons.values())
+    # the English lines are renderings of the codes, never written separately
+    assert set(rec.reason_codes) == set(rec.reasons)
+    assert rec.reasons == {k: render(v, "en") for k, v in rec.reason_codes.items()}
+    assert rec.warnings == [render(w, "en") for w in rec.warning_codes]
     est = rec.estimate
-    assert set(est) == {"seconds", "tokens", "device", "cost", "currency"}
+    assert {"seconds", "tokens", "device", "device_code", "cpu_class", "stages", "cost", "currency"} <= set(est)
     assert est["seconds"] > 0 and est["tokens"] > 0
+    assert est["seconds"] >= sum(est["stages"].values()) - len(est["stages"])  # stages add up (rounding)
+    assert est["device"] == render(est["device_code"], "en")
+    assert (est["cpu_class"] is None) == (hardware is GPU)
     d = rec.to_dict()
     assert d["settings"] == rec.settings and d["estimate"] == est
+    assert d["reason_codes"] == rec.reason_codes and d["warning_codes"] == rec.warning_codes
+    assert d["schedule"] == "full" and "quick" in d["alternatives"]
+    import json
+
+    json.dumps(d)  # the API returns it as is
 
 
 def test_no_torch_import():
@@ -58,7 +72,7 @@ def test_big_data_fewer_epochs_no_augmentation_early_stopping():
     assert big.estimate["tokens"] > small.estimate["tokens"]
 
 
-def test_cpu_plan_fits_its_budget_and_gpu_is_faster():
+def test_small_file_on_a_bf16_laptop_is_minutes_and_gpu_is_faster():
     data = rows(150)
     cpu = recommend(data, "default", hardware=CPU)
     gpu = recommend(data, "default", hardware=GPU, price_per_hour=3.0)
@@ -71,6 +85,7 @@ def test_cpu_plan_fits_its_budget_and_gpu_is_faster():
 def test_big_data_on_cpu_warns_about_time():
     rec = recommend(DataStats(rows=20000, mean_tokens=300, max_tokens=900), "default", hardware=CPU)
     assert any("minutes" in w for w in rec.warnings)
+    assert any(w["code"].startswith("warn.long_cpu_run") for w in rec.warning_codes)
 
 
 def test_copywriting_vs_qa():
@@ -156,8 +171,280 @@ def test_gpu_recommendation_shows_the_auto_fit_plan(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(qwen7b))
     small = recommend(rows(150), str(tmp_path), "qa", hardware={"device": "cuda", "gpu_memory_gb": 24, "bf16": True})
     assert small.settings["gradient_checkpointing"] == "auto"
-    assert "auto-fit for 24 GB" in small.reasons["gradient_checkpointing"]
+    assert "Auto-fit for 24 GB" in small.reasons["gradient_checkpointing"]
+    assert small.reason_codes["gradient_checkpointing"]["params"]["gb"] == 24
     big = recommend(rows(5000), str(tmp_path), "qa", hardware={"device": "cuda", "gpu_memory_gb": 141, "bf16": True})
     assert "no gradient checkpointing" in big.reasons["gradient_checkpointing"]
+    assert big.reason_codes["gradient_checkpointing"]["code"] == "rec.gradient_checkpointing.auto_full"
     tiny_card = recommend(rows(150), str(tmp_path), "qa", hardware={"device": "cuda", "gpu_memory_gb": 8, "bf16": True})
     assert any("does not fit" in w for w in tiny_card.warnings)
+    assert any(w["code"] == "warn.gpu_does_not_fit" for w in tiny_card.warning_codes)
+
+
+# --- quality is never traded away silently (issue 13) ----------------------------------------------
+CLASSES = ("avx512-bf16", "avx512-fp32", "avx2-fp32", "other")
+DEMO = DataStats(rows=150, mean_tokens=78, max_tokens=110, mean_answer_tokens=41)  # yunzhan_train.jsonl
+
+
+def cpu(klass: str, cores: int = 2) -> dict:
+    return {"device": "cpu", "cpu_cores": cores, "cpu_class": klass}
+
+
+@pytest.mark.parametrize("klass", CLASSES)
+@pytest.mark.parametrize("cores", [1, 2, 8])
+@pytest.mark.parametrize("data", [DEMO, DataStats(rows=3000, mean_tokens=400, max_tokens=900, mean_answer_tokens=200)])
+def test_no_shrink_by_default_on_any_cpu_class(klass, cores, data):
+    on_gpu = recommend(data, "default", hardware=GPU)
+    rec = recommend(data, "default", hardware=cpu(klass, cores))
+    assert rec.settings["num_epochs"] == on_gpu.settings["num_epochs"] == 3.0  # the measured best
+    assert rec.settings["augment_per_epoch"] is True
+    assert rec.schedule == "full" and "full" not in rec.alternatives
+    assert not any(w["code"].startswith(("warn.budget", "warn.quick")) for w in rec.warning_codes)
+    assert rec.reason_codes["num_epochs"]["code"] == "rec.num_epochs.full"
+
+
+def test_slow_cpu_keeps_three_epochs_and_says_how_long():
+    """Issue 13: a 2-core AVX2 CPU got 1 epoch (8/40 facts) to fit 12 minutes; now it keeps 3 and says so."""
+    rec = recommend(DEMO, "default", hardware=cpu("avx2-fp32"))
+    assert rec.settings["num_epochs"] == 3.0
+    assert rec.estimate["seconds"] > 20 * 60  # honest: ≈ 90k tokens at 43 tokens/s
+    long_run = next(w for w in rec.warning_codes if w["code"] == "warn.long_cpu_run")
+    assert long_run["params"]["quick_minutes"] < long_run["params"]["minutes"]
+
+
+def test_quick_gives_one_epoch_and_states_its_cost():
+    full = recommend(DEMO, "default", hardware=cpu("avx2-fp32"))
+    quick_alt = full.alternatives["quick"]
+    assert quick_alt["settings_changes"] == {"num_epochs": 1.0, "augment_per_epoch": False}
+    assert quick_alt["estimate"]["seconds"] < full.estimate["seconds"]
+    cost = quick_alt["cost"]
+    assert cost["code"] == "estimate.quick_cost"
+    assert {k: cost["params"][k] for k in ("quick_facts", "full_facts", "facts")} == \
+        {"quick_facts": 8, "full_facts": 28, "facts": 40}  # issue 13, 2-core AVX2 CPU
+    assert cost["params"]["full_epochs"] == 3
+
+    rec = recommend(DEMO, "default", hardware=cpu("avx2-fp32"), quick=True)
+    assert rec.schedule == "quick"
+    assert rec.settings["num_epochs"] == 1.0 and rec.settings["augment_per_epoch"] is False
+    assert {k: v for k, v in rec.settings.items() if full.settings[k] != v} == quick_alt["settings_changes"]
+    assert rec.estimate["seconds"] == quick_alt["estimate"]["seconds"]
+    assert rec.reason_codes["num_epochs"]["code"] == "rec.num_epochs.quick"
+    warning = next(w for w in rec.warning_codes if w["code"] == "warn.quick")
+    assert warning["params"]["quick_facts"] == 8 and warning["params"]["full_facts"] == 28
+    assert "8" in rec.reasons["num_epochs"] and "28" in rec.reasons["num_epochs"]
+    assert rec.alternatives["full"]["settings_changes"] == {"num_epochs": 3.0, "augment_per_epoch": True}
+    assert rec.alternatives["full"]["cost"]["code"] == "estimate.full_gain"
+    # quick on data whose full schedule is one pass already: nothing changes, and it says so
+    big = recommend(DataStats(rows=20000, mean_tokens=70, max_tokens=150), "default", hardware=GPU, quick=True)
+    assert big.schedule == "full" and big.settings["num_epochs"] == 1.0
+    assert big.alternatives["quick"]["settings_changes"] == {}
+    assert big.alternatives["quick"]["cost"]["code"] == "estimate.quick_same"
+
+
+def test_reasons_agree_with_the_epochs_actually_chosen():
+    for kwargs in ({}, {"quick": True}, {"time_budget_s": 15 * 60}):
+        rec = recommend(DEMO, "default", hardware=cpu("avx2-fp32"), **kwargs)
+        epochs = rec.settings["num_epochs"]
+        for field_name, entry in rec.reason_codes.items():
+            if "epochs" in entry["params"]:
+                assert entry["params"]["epochs"] == epochs, (kwargs, field_name)
+        assert f"{epochs:g}-pass schedule" in rec.reasons["learning_rate"]
+        assert f"{epochs:g}-pass schedule" in rec.reasons["lr_scheduler"]
+
+
+def test_time_budget_shrinks_only_when_given_and_says_so():
+    free = recommend(DEMO, "default", hardware=cpu("avx2-fp32"), time_budget_s=10 * 3600)
+    assert free.schedule == "full" and free.settings["num_epochs"] == 3.0
+    assert not any(w["code"].startswith("warn.budget") for w in free.warning_codes)
+
+    rec = recommend(DEMO, "default", hardware=cpu("avx2-fp32"), time_budget_s=25 * 60)
+    assert rec.schedule == "budget"
+    assert rec.settings["num_epochs"] == 2.0
+    assert rec.estimate["seconds"] <= 25 * 60
+    shrink = next(w for w in rec.warning_codes if w["code"] == "warn.budget_epochs")
+    assert shrink["params"] == {"epochs": 2, "full_epochs": 3, "budget_minutes": 25}
+    assert rec.reason_codes["num_epochs"]["code"] == "rec.num_epochs.budget"
+    assert rec.alternatives["full"]["settings_changes"]["num_epochs"] == 3.0
+
+    # on a GPU the paraphrases (generation) go after the passes; each shrink has its code
+    gpu = recommend(DataStats(rows=2000, mean_tokens=300, max_tokens=600, mean_answer_tokens=150), "default",
+                    hardware=GPU, time_budget_s=60)
+    codes = {w["code"] for w in gpu.warning_codes}
+    assert {"warn.budget_epochs", "warn.budget_paraphrases"} <= codes
+    assert gpu.reason_codes["augment_paraphrases"]["code"] == "rec.augment_paraphrases.budget"
+
+    # a budget nothing fits: the shortest schedule, and a warning with the real time
+    hopeless = recommend(DataStats(rows=20000, mean_tokens=300, max_tokens=900), "default",
+                         hardware=cpu("avx2-fp32"), time_budget_s=60)
+    unmet = next(w for w in hopeless.warning_codes if w["code"] == "warn.budget_unmet")
+    assert unmet["params"]["minutes"] > unmet["params"]["budget_minutes"] == 1
+    with pytest.raises(ValueError):
+        recommend(DEMO, "default", hardware=CPU, time_budget_s=0)
+
+
+# --- calibrated time per CPU class ---------------------------------------------------------------
+def test_estimate_uses_the_measured_throughput_of_the_cpu_class():
+    from lorastudio.train.recommend import cpu_tokens_per_s
+
+    assert cpu_tokens_per_s("avx512-bf16", 2) == 150
+    assert cpu_tokens_per_s("avx512-fp32", 2) == 85
+    assert cpu_tokens_per_s("avx2-fp32", 2) == 43
+    assert cpu_tokens_per_s("avx2-fp32", 4) == 86  # per-core scaling
+    assert cpu_tokens_per_s("avx2-fp32", 2, size_b=1.5) == pytest.approx(43 / 3)
+    est = {k: recommend(DEMO, "default", hardware=cpu(k)).estimate for k in CLASSES}
+    assert est["avx512-bf16"]["seconds"] < est["avx512-fp32"]["seconds"] < est["avx2-fp32"]["seconds"]
+    assert all(est[k]["cpu_class"] == k and est[k]["tokens"] == est["avx2-fp32"]["tokens"] for k in CLASSES)
+    assert est["avx2-fp32"]["stages"]["train"] == pytest.approx(est["avx2-fp32"]["tokens"] / 43, abs=1)
+    # the demo file on 2 bf16 cores: issue-13-era measurement 10 min 40 s for the whole command
+    assert 8 * 60 <= est["avx512-bf16"]["seconds"] <= 13 * 60
+    unknown = recommend(DEMO, "default", hardware=cpu("other"))
+    assert any(w["code"] == "warn.cpu_speed_unknown" for w in unknown.warning_codes)
+    assert unknown.reason_codes["device"]["code"] == "rec.device.cpu_unmeasured"
+
+
+def test_hardware_class_and_bf16_follow_each_other():
+    from lorastudio.train.recommend import Hardware
+
+    assert Hardware.from_any({"device": "cpu", "cpu_class": "avx512-fp32"}).bf16 is False
+    assert Hardware.from_any({"device": "cpu", "cpu_class": "avx512-bf16"}).bf16 is True
+    assert Hardware.from_any({"device": "cpu", "bf16": False}).cpu_class == "avx2-fp32"  # slowest measured fp32
+    assert Hardware.from_any({"device": "cpu", "bf16": True}).cpu_class == "avx512-bf16"
+    assert recommend(DEMO, "default", hardware=cpu("avx2-fp32")).settings["dtype"] == "fp32"
+    assert recommend(DEMO, "default", hardware=cpu("avx512-bf16")).settings["dtype"] == "bf16"
+    label = Hardware.from_any(cpu("avx2-fp32")).label_code
+    assert label == {"code": "estimate.device.cpu", "params": {"cores": 2, "cpu_class": "avx2-fp32"}}
+    gpus = Hardware.from_any({**GPU, "gpus": 2}).label_code
+    assert gpus["code"] == "estimate.device.gpus" and gpus["params"]["n"] == 2
+
+
+def test_detect_hardware_reports_class_and_physical_cores():
+    from lorastudio import hardware
+    from lorastudio.train.recommend import detect_hardware
+
+    hw = detect_hardware()
+    assert hw.cpu_class in hardware.CPU_CLASSES
+    assert hw.cpu_cores == hardware.physical_cores()
+
+
+# --- every code in both languages ----------------------------------------------------------------
+def _all_emitted_codes() -> list[dict]:
+    """Codes from a sweep over tasks, sizes, devices, classes, schedules and budgets."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    multi = {"rows": 30, "mean_tokens": 220, "max_tokens": 500, "mean_answer_tokens": 120, "turns": 2.2}
+    datas = [rows(20), DEMO, multi, DataStats(rows=3000, mean_tokens=300, max_tokens=700),
+             DataStats(rows=20000, mean_tokens=300, max_tokens=900), DataStats(rows=0, mean_tokens=0, max_tokens=0)]
+    hws = [cpu(k, c) for k in CLASSES for c in (1, 2)] + [GPU, {**GPU, "gpus": 2}, {**GPU, "bf16": False},
+                                                          {"device": "cuda", "gpu_memory_gb": 4, "bf16": True}]
+    qwen7b = {"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28, "num_attention_heads": 28,
+              "num_key_value_heads": 4, "vocab_size": 152064, "tie_word_embeddings": False}
+    out: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "config.json").write_text(json.dumps(qwen7b))
+        cases = [(d, "default", task, hw, {}) for d in datas for task in ("qa", "copywriting") for hw in hws]
+        cases += [(d, "default", "qa", hw, kw) for d in datas[1:3] for hw in hws[:4] + hws[8:9]
+                  for kw in ({"quick": True}, {"time_budget_s": 60}, {"time_budget_s": 20 * 60},
+                             {"quick": True, "time_budget_s": 60})]
+        cases += [(DEMO, tmp, "qa", {"device": "cuda", "gpu_memory_gb": gb, "bf16": True}, {}) for gb in (8, 24, 141)]
+        cases += [(DEMO, "default", "consulting", CPU, {"price_per_hour": 0.5})]
+        for data, base, task, hw, kw in cases:
+            rec = recommend(data, base, task, hardware=hw, **kw)
+            out += list(rec.reason_codes.values()) + list(rec.warning_codes) + [rec.estimate["device_code"]]
+            out += [alt["cost"] for alt in rec.alternatives.values()]
+    return out
+
+
+def _placeholders(template: str) -> set[str]:
+    import string
+
+    return {name for _, name, _, _ in string.Formatter().parse(template) if name}
+
+
+def test_every_emitted_code_exists_in_both_languages_with_all_its_params():
+    from lorastudio.i18n import MESSAGES
+
+    emitted = _all_emitted_codes()
+    seen = {e["code"] for e in emitted}
+    # the sweep reaches the codes that matter most
+    assert {"rec.num_epochs.full", "rec.num_epochs.quick", "rec.num_epochs.budget", "rec.num_epochs.small",
+            "rec.num_epochs.big", "rec.num_epochs.style", "warn.quick", "warn.budget_epochs",
+            "warn.budget_paraphrases", "warn.budget_unmet", "warn.long_cpu_run", "warn.few_rows",
+            "warn.gpu_does_not_fit", "warn.cpu_speed_unknown", "estimate.quick_cost", "estimate.quick_same",
+            "estimate.full_gain", "rec.gradient_checkpointing.auto_ckpt", "rec.gradient_checkpointing.auto_full",
+            "rec.augment_turns.on", "rec.dtype.fp32_cpu", "rec.dtype.fp16_gpu"} <= seen
+    for entry in emitted:
+        code, params = entry["code"], entry["params"]
+        assert code in MESSAGES, f"{code} is not in lorastudio.i18n.MESSAGES"
+        en, zh = MESSAGES[code]
+        assert en and zh, f"{code} has no Chinese text"
+        assert _placeholders(en) == _placeholders(zh), code
+        assert _placeholders(en) <= set(params), (code, params)
+        for lang in ("en", "zh"):
+            text = render(entry, lang)
+            assert "{" not in text and "}" not in text, (code, lang, text)
+
+
+def test_the_catalogue_of_recommender_codes_is_complete_in_chinese():
+    import re
+
+    from lorastudio.i18n import MESSAGES, catalog
+
+    codes = [k for k in MESSAGES if k.startswith(("rec.", "warn.", "estimate."))]
+    assert len(codes) > 50
+    for code in codes:
+        en, zh = MESSAGES[code]
+        assert zh and zh != en, f"{code}: no Chinese text"
+        assert re.search(r"[\u4e00-\u9fff]", zh) or code.startswith("estimate.device."), f"{code}: not Chinese"
+        assert _placeholders(en) == _placeholders(zh), code
+    assert set(catalog("zh", ("rec.", "warn.", "estimate."))) == set(codes)
+    assert catalog("zh", ("rec.",))["rec.num_epochs.full"] == MESSAGES["rec.num_epochs.full"][1]
+
+
+def test_reasons_avoid_jargon_and_name_this_data():
+    rec = recommend(DEMO, "default", hardware=cpu("avx2-fp32"))
+    text = " ".join(rec.reasons.values())
+    for jargon in ("KL term", "seeds", "KL"):
+        assert jargon not in text
+    for field_name in ("num_epochs", "learning_rate", "replay_rows", "val_fraction", "lora_r"):
+        assert "150 rows" in rec.reasons[field_name], field_name
+    zh = rec.reasons_in("zh")
+    assert set(zh) == set(rec.reasons) and all(re.search(r"[\u4e00-\u9fff]", v) for v in zh.values())
+    assert "150 行" in zh["num_epochs"]
+
+
+# --- lorastudio.hardware -------------------------------------------------------------------------
+@pytest.mark.parametrize("flags, expected", [
+    ("fpu vme sse sse2 avx avx2 fma", "avx2-fp32"),
+    ("fpu sse2 avx avx2 avx512f avx512dq avx512bw avx512vl", "avx512-fp32"),
+    ("fpu avx2 avx512f avx512_vnni avx512_bf16", "avx512-bf16"),
+    ("fpu avx2 avx512f amx_tile amx_int8 amx_bf16", "avx512-bf16"),
+    ("fpu sse sse2 sse4_2 avx", "other"),
+    ("", "other"),
+    ("processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx avx2 sha_ni\nbogomips\t: 4890\n", "avx2-fp32"),
+    ("processor\t: 0\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics bf16\n", "other"),
+])
+def test_cpu_class_from_flags(flags, expected):
+    from lorastudio.hardware import cpu_class
+
+    assert cpu_class(flags) == expected
+    assert cpu_class(flags.split()) == expected or ":" in flags
+
+
+def test_cpu_class_of_this_machine_and_physical_cores(tmp_path):
+    from lorastudio import hardware
+    from lorastudio.train import cpu as cpu_path
+
+    assert hardware.cpu_class() in hardware.CPU_CLASSES
+    assert 1 <= hardware.physical_cores() <= len(hardware.allowed_cpus())
+    assert cpu_path.physical_cores() == hardware.physical_cores()  # one count everywhere
+    # hyper-thread siblings (same package and core id) count once; unreadable topology counts per CPU
+    for cpu_id, (package, core) in enumerate([(0, 0), (0, 0), (0, 1), (0, 1)]):
+        topo = tmp_path / f"cpu{cpu_id}" / "topology"
+        topo.mkdir(parents=True)
+        (topo / "physical_package_id").write_text(f"{package}\n")
+        (topo / "core_id").write_text(f"{core}\n")
+    pattern = str(tmp_path / "cpu{cpu}" / "topology")
+    assert hardware.physical_cores([0, 1, 2, 3], topology=pattern) == 2
+    assert hardware.physical_cores([0, 2, 7, 8], topology=pattern) == 4  # cpu7/cpu8: unreadable → own core

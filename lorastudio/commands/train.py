@@ -3,6 +3,11 @@
 Settings, later ones winning: TrainConfig defaults → the recommender (data, task, model, hardware)
 → `--config FILE.yaml` → flags (`--epochs`, `--lr`, …) → `--set key=value`. With `--resume` the
 interrupted run's own `train_config.yaml` is the starting point instead.
+
+The recommender's schedule is the one that measured best for quality, on every device; it is never
+shortened unasked. `--quick` asks for a one-pass preview (its measured cost in recall is printed) and
+`--time-budget MIN` lets it shrink passes, then paraphrases, to fit; each shrink is printed. Reasons
+and warnings print in the user's language (lorastudio.i18n).
 Exit codes: 0 done, 2 unusable input, 130 interrupted (checkpoint saved), 1 anything else.
 
 `--gpus N` (TrainConfig.gpus, also from `--config`/`--set`/a resumed run's config) runs the same command
@@ -43,6 +48,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                  "the result equals one GPU's with the same settings)")
     parser.add_argument("--no-recommend", action="store_true",
                         help="start from TrainConfig's defaults instead of the recommender's settings")
+    parser.add_argument("--quick", action="store_true",
+                        help="quick preview: one pass over the data instead of the full schedule (much faster, "
+                             "recalls far fewer facts; the measured cost is printed)")
+    parser.add_argument("--time-budget", type=float, metavar="MIN",
+                        help="wall-time limit in minutes: the recommender shortens the schedule (passes, then "
+                             "paraphrases) to fit it and says what it shortened; without it nothing is shortened")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress output (events.jsonl is still written)")
 
 
@@ -62,17 +73,18 @@ def _fail(message: str, code: int = 2) -> int:
     return code
 
 
-def _recommended(data: str, base: str, task: str, quiet: bool) -> dict[str, Any]:
-    """The recommender's settings for this file (printed with their reasons), or {} if unavailable."""
-    try:
-        from lorastudio.train.recommend import recommend
-    except ImportError:
-        return {}
+def _recommended(data: str, base: str, task: str, quiet: bool, quick: bool = False,
+                 time_budget_min: float | None = None) -> dict[str, Any]:
+    """The recommender's settings for this file (printed with their reasons in the user's language)."""
     from lorastudio.data import validate
+    from lorastudio.i18n import current_lang
+    from lorastudio.train.recommend import recommend
 
     report = validate(data)
-    rec = recommend(report.conversations, base=base, task=task)
+    rec = recommend(report.conversations, base=base, task=task, quick=quick,
+                    time_budget_s=None if time_budget_min is None else time_budget_min * 60)
     settings = dict(rec.settings)
+    settings["extra"] = {"schedule": rec.schedule}  # full | quick | budget, kept in train_config.yaml
     # Augmentation/replay live in optional modules; without them the run still trains, and says so.
     for key, module, func in (("augment_paraphrases", "augment", "augment_conversations"),
                               ("replay_rows", "replay", "replay_conversations")):
@@ -81,18 +93,38 @@ def _recommended(data: str, base: str, task: str, quiet: bool) -> dict[str, Any]
                   "here; training without it", file=sys.stderr)
             settings[key] = 0
     if not quiet:
-        print("Recommended settings:", file=sys.stderr)
-        for key, value in settings.items():
-            reason = rec.reasons.get(key, "")
-            print(f"  {key} = {value}" + (f"  — {reason}" if reason else ""), file=sys.stderr)
-        estimate = rec.estimate or {}
-        if estimate.get("seconds"):
-            print(f"  estimate: about {_duration(estimate['seconds'])} on {estimate.get('device', '?')}"
-                  + (f", cost {estimate['cost']} {estimate.get('currency', '')}" if estimate.get("cost") else ""),
-                  file=sys.stderr)
-        for warning in getattr(rec, "warnings", []) or []:
-            print(f"  note: {warning}", file=sys.stderr)
+        _print_recommendation(rec, settings, current_lang())
     return settings
+
+
+def _print_recommendation(rec: Any, settings: dict[str, Any], lang: str, stream=None) -> None:
+    """Settings with their reasons, the estimate, the other schedule (quick preview or full) and the
+    warnings, all rendered from the recommender's codes in `lang`."""
+    from lorastudio.i18n import t
+    from lorastudio.train.recommend import render
+
+    stream = stream or sys.stderr
+    reasons = rec.reasons_in(lang)
+    print(t("cli.train.recommended", lang), file=stream)
+    for key, value in settings.items():
+        if key == "extra":
+            continue
+        reason = reasons.get(key, "")
+        print(f"  {key} = {value}" + (f"  — {reason}" if reason else ""), file=stream)
+    estimate = rec.estimate or {}
+    if estimate.get("seconds"):
+        device = render(estimate["device_code"], lang) if estimate.get("device_code") else estimate.get("device", "?")
+        key = "cli.train.estimate_cost" if estimate.get("cost") else "cli.train.estimate"
+        print("  " + t(key, lang, time=_duration(estimate["seconds"]), device=device, cost=estimate.get("cost"),
+                       currency=estimate.get("currency", "")), file=stream)
+    alternatives = getattr(rec, "alternatives", {}) or {}
+    quick = alternatives.get("quick")
+    if rec.schedule == "full" and quick and quick.get("settings_changes"):
+        print("  " + t("cli.train.quick_hint", lang, text=render(quick["cost"], lang)), file=stream)
+    if "full" in alternatives:
+        print("  " + t("cli.train.full_hint", lang, text=render(alternatives["full"]["cost"], lang)), file=stream)
+    for warning in rec.warnings_in(lang):
+        print("  " + t("cli.train.note", lang, text=warning), file=stream)
 
 
 def _available(module: str, attribute: str) -> bool:
@@ -189,6 +221,13 @@ def _run(args: argparse.Namespace) -> int:
 
     if not Path(args.data).is_file():
         return _fail(f"{args.data}: no such file")
+    quick, budget = getattr(args, "quick", False), getattr(args, "time_budget", None)
+    if budget is not None and not budget > 0:
+        return _fail(f"--time-budget {budget:g}: give the limit in minutes, more than 0")
+    if (quick or budget is not None) and (args.resume or args.no_recommend or args.config):
+        which = "--resume" if args.resume else "--no-recommend" if args.no_recommend else "--config"
+        return _fail(f"--quick/--time-budget shape the recommended schedule, which {which} does not use; "
+                     "set --epochs instead")
     output = args.output or str(Path("runs") / Path(args.data).stem)
     started = time.time()
     worker = distributed.is_worker()
@@ -203,7 +242,9 @@ def _run(args: argparse.Namespace) -> int:
             cfg = TrainConfig()
             if not args.no_recommend and not args.config:
                 cfg = cfg.with_overrides(_recommended(args.data, args.base or cfg.base, args.task or cfg.task,
-                                                      args.quiet or worker))  # the launcher printed it
+                                                      args.quiet or worker,  # the launcher printed it
+                                                      quick=getattr(args, "quick", False),
+                                                      time_budget_min=getattr(args, "time_budget", None)))
             if args.config:
                 cfg = cfg.with_overrides(TrainConfig.from_yaml(args.config).to_dict())
         cfg = cfg.with_overrides({"data": args.data, "output_dir": output, **_flag_overrides(args)})

@@ -93,9 +93,29 @@ class RecommendRequest(BaseModel):
     model: str = "default"
     task: str = "qa"
     price_per_hour: float | None = Field(None, ge=0)
+    quick: bool = False
+    """The user chose the quick preview (one pass); its recall cost is in the answer."""
+    time_budget_s: float | None = Field(None, gt=0)
+    """The user's wall-time limit: the schedule shrinks to fit it, each shrink stated as a warning code."""
 
 
-@router.post("/recommend", summary="Recommended settings, reasons and a time/cost estimate")
+# The code families the recommender emits; GET /studio/messages serves their templates.
+MESSAGE_PREFIXES = ("rec.", "warn.", "estimate.")
+
+
+@router.get("/messages", summary="Templates of the recommender's reason/warning/estimate codes (lang=en|zh)")
+def studio_messages(request: Request, lang: str | None = None) -> dict:
+    """`{"lang", "messages": {code: template}}`: placeholders are `{name}` (str.format style), filled from a
+    code's `params`. Without `lang`, the Accept-Language header chooses."""
+    from lorastudio.i18n import catalog
+
+    chosen = request_lang(request) if lang is None else lang.strip().lower()
+    if chosen not in ("en", "zh"):
+        raise APIError(400, "lang must be en or zh.", param="lang", code="invalid_value")
+    return {"lang": chosen, "messages": catalog(chosen, MESSAGE_PREFIXES)}
+
+
+@router.post("/recommend", summary="Recommended settings, reasons (codes + English) and a time/cost estimate")
 async def studio_recommend(request: Request, body: RecommendRequest) -> dict:
     from lorastudio.train.config import TASKS
     from lorastudio.train.recommend import recommend
@@ -111,8 +131,8 @@ async def studio_recommend(request: Request, body: RecommendRequest) -> dict:
         if not report.conversations:
             raise APIError(400, f"{record['filename']} has no usable rows; see its report.",
                            param="training_file", code="no_usable_rows")
-        return recommend(report.conversations, body.model, task=body.task,
-                         price_per_hour=body.price_per_hour).to_dict()
+        return recommend(report.conversations, body.model, task=body.task, price_per_hour=body.price_per_hour,
+                         quick=body.quick, time_budget_s=body.time_budget_s).to_dict()
 
     return await run_in_threadpool(work)
 

@@ -25,7 +25,6 @@ the cross-entropy kept two fp32 copies of the (targets × 151k) logits. Here, wi
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 from lorastudio.train.lora_patch import patch_lora_linears
@@ -38,16 +37,11 @@ def enabled() -> bool:
 
 
 def physical_cores() -> int:
-    """Physical cores among the CPUs this process may run on (hyper-thread siblings counted once)."""
-    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
-    cores = set()
-    for cpu in allowed:
-        base = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
-        try:
-            cores.add(((base / "physical_package_id").read_text().strip(), (base / "core_id").read_text().strip()))
-        except OSError:
-            cores.add(("?", str(cpu)))
-    return max(1, len(cores))
+    """Physical cores among the CPUs this process may run on (hyper-thread siblings counted once).
+    The one count used everywhere: `lorastudio.hardware.physical_cores`."""
+    from lorastudio import hardware
+
+    return hardware.physical_cores()
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,0 +1,96 @@
+"""What this machine's CPU is: the one core count and the one CPU class used everywhere.
+
+A leaf module (standard library only, nothing from lorastudio): the recommender's time estimate, the
+CPU fast path's thread count and the trainer's calibration all ask here, so they cannot disagree.
+
+- `physical_cores()`: physical cores among the CPUs this process may run on (its affinity mask, so a
+  container limited to 2 CPUs counts 2), hyper-thread siblings counted once (they slow GEMMs down).
+- `cpu_class()`: which kind of CPU training the machine can do, from the x86 feature flags in
+  /proc/cpuinfo; the recommender keeps a measured throughput per class:
+  * ``"avx512-bf16"``: AVX-512 with native bf16 (`avx512_bf16`) or AMX (`amx_bf16`): bf16 training;
+  * ``"avx512-fp32"``: AVX-512 without native bf16: fp32 training;
+  * ``"avx2-fp32"``: AVX2 only (most laptops and desktops): fp32 training;
+  * ``"other"``: anything else (no AVX2, another architecture, flags unreadable): not measured.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+CPU_CLASSES: tuple[str, ...] = ("avx512-bf16", "avx512-fp32", "avx2-fp32", "other")
+CPUINFO = Path("/proc/cpuinfo")
+_TOPOLOGY = "/sys/devices/system/cpu/cpu{cpu}/topology"
+
+
+def allowed_cpus() -> list[int]:
+    """The logical CPUs this process may run on (affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
+def physical_cores(cpus: Iterable[int] | None = None, topology: str = _TOPOLOGY) -> int:
+    """Physical cores among `cpus` (default: the CPUs this process may use), siblings counted once.
+
+    A CPU whose topology cannot be read counts as a core of its own (what a VM without the sysfs
+    topology reports), so the result is never below 1 and never above the allowed CPUs.
+    """
+    cores: set[tuple[str, str]] = set()
+    for cpu in allowed_cpus() if cpus is None else cpus:
+        base = Path(topology.format(cpu=cpu))
+        try:
+            package = (base / "physical_package_id").read_text().strip()
+            core = (base / "core_id").read_text().strip()
+        except OSError:
+            package, core = "?", f"cpu{cpu}"
+        cores.add((package, core))
+    return max(1, len(cores))
+
+
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The feature flags of the first CPU in /proc/cpuinfo text (read from the file when not given).
+
+    x86 writes them on a `flags` line; other architectures (`Features` on ARM) name other things,
+    which then give the class "other". Unreadable → empty set.
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = CPUINFO.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return set()
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip().lower() in ("flags", "features"):
+            return set(value.split())
+    return set()
+
+
+def cpu_class(flags: str | Iterable[str] | None = None) -> str:
+    """``"avx512-bf16"`` | ``"avx512-fp32"`` | ``"avx2-fp32"`` | ``"other"`` for this CPU.
+
+    `flags`: a flag string ("fpu ... avx2 ..."), a whole /proc/cpuinfo text, an iterable of flags, or
+    None to read this machine's /proc/cpuinfo.
+    """
+    if flags is None:
+        found = cpu_flags()
+    elif isinstance(flags, str):
+        found = cpu_flags(flags) if ":" in flags else set(flags.split())
+    else:
+        found = set(flags)
+    if "avx512_bf16" in found or "amx_bf16" in found:
+        return "avx512-bf16"
+    if "avx512f" in found:
+        return "avx512-fp32"
+    if "avx2" in found:
+        return "avx2-fp32"
+    return "other"
+
+
+def bf16_native(klass: str) -> bool:
+    """Whether a CPU of this class trains fastest in bf16 (native bf16 dot products)."""
+    return klass == "avx512-bf16"
+
+
+__all__ = ["CPU_CLASSES", "allowed_cpus", "bf16_native", "cpu_class", "cpu_flags", "physical_cores"]
