@@ -69,6 +69,28 @@ RECOMMENDATION = {
     "warnings": ["only 28 usable rows: the model will learn little; 500–1000 are advised"],
 }
 
+# What a service with coded recommender messages adds (reason_codes, warning_codes, the estimate's
+# device_code) and its catalogue (GET /studio/messages?lang=…). "rec.learning_rate.unknown" is in no
+# catalogue: the page shows the English line for it.
+CODED = {
+    "reason_codes": {"lora_r": {"code": "rec.lora_r", "params": {"rank": 16, "rows": 28, "size": 0.5}},
+                     "learning_rate": {"code": "rec.learning_rate.unknown", "params": {"lr": 0.0005}},
+                     "device": {"code": "rec.device.cpu", "params": {"cores": 2, "cpu_class": "avx2-fp32"}}},
+    "warning_codes": [{"code": "warn.few_rows", "params": {"rows": 28}}],
+    "estimate": {**RECOMMENDATION["estimate"],
+                 "device_code": {"code": "estimate.device.cpu", "params": {"cores": 2, "cpu_class": "avx2-fp32"}}},
+}
+CATALOGUE = {
+    "en": {"rec.lora_r": "Rank {rank}: enough for the facts of {rows} rows on a {size}B model.",
+           "rec.device.cpu": "Trains on this computer's CPU ({cores} cores, {cpu_class}).",
+           "warn.few_rows": "Only {rows} usable rows: the model will learn little beyond them.",
+           "estimate.device.cpu": "CPU, {cores} cores ({cpu_class})"},
+    "zh": {"rec.lora_r": "秩 {rank}：足够容纳这 {rows} 行里的知识（{size}B 模型）。",
+           "rec.device.cpu": "在这台电脑的 CPU 上训练（{cores} 核，{cpu_class}）。",
+           "warn.few_rows": "只有 {rows} 行可用数据：模型能学到的很有限。",
+           "estimate.device.cpu": "CPU，{cores} 核（{cpu_class}）"},
+}
+
 MODELS = [
     {"id": "default", "name": "Qwen2.5-Coder-0.5B-Instruct (embedded)", "params": "0.49B", "disk_gb": 1.3,
      "min_memory_gb": 4, "description": "Included and offline.", "offline": True, "smoke_test": False},
@@ -80,9 +102,11 @@ MODELS = [
 class FakeStudio:
     """Answers /v1 and /studio like the service would, from a script of job outcomes."""
 
-    def __init__(self, outcome: str = "succeeded", localised_reports: bool = False):
+    def __init__(self, outcome: str = "succeeded", localised_reports: bool = False, coded: bool = False):
         self.outcome = outcome
         self.localised_reports = localised_reports
+        self.coded = coded
+        self.catalogue_requests: list[str] = []
         self.jobs: dict[str, dict] = {}
         self.created: list[dict] = []
 
@@ -114,7 +138,11 @@ class FakeStudio:
             lang = (request.headers.get("accept-language") or "en")[:2]
             return ok(broken_report(lang if self.localised_reports else None))
         if path == "/studio/recommend":
-            return ok(RECOMMENDATION)
+            return ok({**RECOMMENDATION, **CODED} if self.coded else RECOMMENDATION)
+        if path == "/studio/messages" and self.coded:
+            lang = url.query.removeprefix("lang=")
+            self.catalogue_requests.append(lang)
+            return ok({"lang": lang, "messages": CATALOGUE[lang]})
         if path == "/v1/fine_tuning/jobs" and method == "POST":
             body = json.loads(request.post_data)
             self.created.append(body)
@@ -309,5 +337,33 @@ def test_a_localised_report_is_used_and_asked_again_on_language_switch(browser, 
     page.get_by_test_id("lang-toggle").click()
     expect(hint).to_have_text("服务器提示：请修改这一行。")
     check_layout(page, ["yunzhan_broken.csv"])
+    assert errors == []
+    context.close()
+
+
+def test_coded_reasons_are_shown_in_the_page_language(browser, static_server, tmp_path):
+    from playwright.sync_api import expect
+
+    fake = FakeStudio(coded=True)
+    context, page, errors = open_page(browser, static_server, "zh", fake)
+    data = tmp_path / "yunzhan_broken.csv"
+    data.write_text("instruction,response\n", encoding="utf-8")
+    page.get_by_test_id("upload-input").set_input_files(str(data))
+    settings = page.get_by_test_id("recommended-settings")
+    expect(settings).to_contain_text("秩 16：足够容纳这 28 行里的知识（0.5B 模型）。")
+    expect(settings).to_contain_text("在这台电脑的 CPU 上训练（2 核，avx2-fp32）。")
+    expect(page.locator("#rec-warnings")).to_have_text("只有 28 行可用数据：模型能学到的很有限。")
+    expect(page.get_by_test_id("cost-estimate")).to_contain_text("CPU，2 核（avx2-fp32）")
+    # a code missing from the catalogue (or a reason without a code): the service's English line, as data
+    expect(settings.locator("dd.data[lang=en]", has_text=RECOMMENDATION["reasons"]["learning_rate"])).to_have_count(1)
+    check_layout(page, ["yunzhan_broken.csv"])
+    page.get_by_test_id("lang-toggle").click()
+    expect(settings).to_contain_text("Rank 16: enough for the facts of 28 rows on a 0.5B model.")
+    expect(page.locator("#rec-warnings")).to_have_text("Only 28 usable rows: the model will learn little beyond them.")
+    expect(settings.locator("dd.data")).to_have_count(0)
+    check_layout(page, ["yunzhan_broken.csv"])
+    page.get_by_test_id("lang-toggle").click()
+    expect(settings).to_contain_text("秩 16")
+    assert fake.catalogue_requests == ["zh", "en"]  # once per language
     assert errors == []
     context.close()

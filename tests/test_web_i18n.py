@@ -30,7 +30,8 @@ def test_chinese_dictionary_is_chinese():
 
 def test_every_key_the_page_uses_exists():
     en = i18n_keys("en")
-    source = "".join((WEB / name).read_text(encoding="utf-8") for name in ("index.html", "app.js", "i18n.js"))
+    pages = [WEB / "index.html", *sorted(WEB.rglob("*.js"))]  # app.js, its modules and the steps
+    source = "".join(path.read_text(encoding="utf-8") for path in pages)
     used = set(re.findall(r"""\bt\("([\w.-]+)\"""", source)) | set(re.findall(r'data-i18n="([^"]+)"', source))
     for attrs in re.findall(r'data-i18n-attr="([^"]+)"', source):
         used |= {pair.split(":", 1)[1].strip() for pair in attrs.split(";")}

@@ -62,6 +62,7 @@ export const api = {
   rejectedUrl: (id) => `/studio/files/${encodeURIComponent(id)}/rejected`,
   recommend: (trainingFile, model, task) =>
     request("POST", "/studio/recommend", { training_file: trainingFile, model, task }),
+  messages: (code) => request("GET", `/studio/messages?lang=${encodeURIComponent(code)}`),
   createJob: (body) => request("POST", "/v1/fine_tuning/jobs", body),
   job: (id) => request("GET", `/v1/fine_tuning/jobs/${encodeURIComponent(id)}`),
   jobs: () => request("GET", "/v1/fine_tuning/jobs?limit=100"),

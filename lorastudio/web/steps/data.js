@@ -1,0 +1,182 @@
+// Step 1, the data: upload (input or drop zone), the service's validation report, one table line
+// per problem row, the rejected-rows download. The last uploaded file is remembered over a reload.
+
+import { api, ApiError } from "../api.js";
+import { $, errorText, node, showStatus, tNodes } from "../dom.js";
+import { has, lang, t, tOr } from "../i18n.js";
+import * as store from "../store.js";
+
+const FILE_KEY = "lorastudio.file";
+
+/**
+ * Wire the upload controls and the report's render. `dataChanged()` is called when the file or its
+ * report changes (the settings depend on them); its promise is awaited after a report has loaded.
+ */
+export function initData({ dataChanged }) {
+  store.subscribe(["file", "report", "lang"], renderReport);
+  store.subscribe("lang", askAgainInPageLang);
+  const upload = (file) => uploadFile(file, dataChanged);
+  $("upload-input").addEventListener("change", (e) => upload(e.target.files[0]));
+  const dz = $("dropzone");
+  for (const name of ["dragenter", "dragover"]) {
+    dz.addEventListener(name, (e) => { e.preventDefault(); dz.classList.add("dragging"); });
+  }
+  for (const name of ["dragleave", "drop"]) dz.addEventListener(name, () => dz.classList.remove("dragging"));
+  dz.addEventListener("drop", (e) => {
+    e.preventDefault();
+    if (e.dataTransfer?.files?.length) upload(e.dataTransfer.files[0]);
+  });
+}
+
+/** At start: the file uploaded last time and its report, if the service still has it. */
+export async function restoreFile({ dataChanged }) {
+  const id = store.recall(FILE_KEY);
+  if (!id) return;
+  let filename = "";
+  store.set({ file: { id, filename } });
+  try {
+    filename = (await api.file(id)).filename || "";
+  } catch { /* the report call below decides whether the file still exists */ }
+  if (store.get("file")?.id !== id) return;
+  store.set({ file: { id, filename } });
+  await loadReport(dataChanged);
+}
+
+async function uploadFile(file, dataChanged) {
+  if (!file) return;
+  store.set({ file: null, report: null });
+  dataChanged();
+  showStatus("upload-state", "loading", t("data.uploading", { name: file.name }));
+  try {
+    const uploaded = await api.uploadFile(file);
+    store.set({ file: { id: uploaded.id, filename: uploaded.filename || file.name } });
+    store.remember(FILE_KEY, uploaded.id);
+    await loadReport(dataChanged);
+  } catch (err) {
+    showStatus("upload-state", "error", t("data.upload_failed", { name: file.name, message: errorText(err) }));
+  } finally {
+    $("upload-input").value = ""; // so the same (fixed) file name can be chosen again
+  }
+}
+
+async function loadReport(dataChanged) {
+  const file = store.get("file");
+  showStatus("upload-state", "loading", t("data.checking", { name: file.filename }));
+  let report = null;
+  try {
+    report = await api.report(file.id);
+    showStatus("upload-state", "", "");
+  } catch (err) {
+    if (err instanceof ApiError && err.status === 404) {
+      if (store.get("file")?.id === file.id) {
+        store.remember(FILE_KEY, null);
+        store.set({ file: null, report: null });
+      }
+      showStatus("upload-state", "", "");
+      return;
+    }
+    showStatus("upload-state", "error", t("data.report_failed", { message: errorText(err) }));
+  }
+  if (store.get("file")?.id !== file.id) return; // another file was uploaded meanwhile
+  store.set({ file: { ...file, filename: file.filename || report?.file || "" }, report });
+  await dataChanged();
+}
+
+/** A service that localises its report (Accept-Language) is asked again after a language switch. */
+function askAgainInPageLang() {
+  const file = store.get("file");
+  const report = store.get("report");
+  if (!file || !report?.lang || report.lang === lang()) return;
+  api.report(file.id).then((fresh) => {
+    if (store.get("file")?.id === file.id) store.set({ report: fresh });
+  }).catch(() => {});
+}
+
+function groupIssuesByRow(issues) {
+  const rows = new Map();
+  for (const issue of issues) {
+    if (issue.row === null || issue.row === undefined) continue;
+    if (!rows.has(issue.row)) rows.set(issue.row, []);
+    rows.get(issue.row).push(issue);
+  }
+  return [...rows.entries()].sort((a, b) => a[0] - b[0]);
+}
+
+function issueKind(issue) {
+  return tOr(`kind.${issue.kind}`, String(issue.kind || "").replaceAll("_", " "));
+}
+
+// The service's hints carry specifics (e.g. the repaired text): shown when they are in the page's
+// language (a report says which with "lang", English when absent); otherwise our own line per kind.
+function reportSpeaksUiLang() {
+  return (store.get("report")?.lang || "en") === lang();
+}
+
+function issueHint(issue) {
+  if (reportSpeaksUiLang() && issue.hint) return issue.hint;
+  return tOr(`hint.${issue.kind}`, issue.hint || "");
+}
+
+function fieldName(field) {
+  if (!field) return "—";
+  return tOr(`field.${field}`, field);
+}
+
+function renderReport() {
+  const report = store.get("report");
+  const file = store.get("file");
+  const box = $("validation");
+  if (!report) {
+    box.hidden = true;
+    return;
+  }
+  box.hidden = false;
+  const ok = report.rows_ok ?? 0;
+  const total = report.rows_total ?? 0;
+  const rejected = report.rows_rejected ?? Math.max(0, total - ok);
+  const summary = $("validation-summary");
+  summary.className = `summary ${ok === 0 ? "summary-bad" : rejected ? "summary-warn" : "summary-good"}`;
+  const name = file?.filename || report.file || "";
+  if (ok === 0) summary.replaceChildren(...tNodes("data.summary_none", { total, name }));
+  else if (rejected) summary.replaceChildren(...tNodes("data.summary_some", { ok, total, rejected, name }));
+  else summary.replaceChildren(...tNodes("data.summary_all", { ok, name }));
+
+  const link = $("download-rejected");
+  link.hidden = !rejected || !file;
+  if (file) link.href = api.rejectedUrl(file.id);
+
+  const dsList = $("dataset-issues");
+  dsList.replaceChildren();
+  const fileLevel = [
+    ...(report.dataset_issues || []),
+    ...(report.issues || []).filter((i) => i.row === null || i.row === undefined),
+  ];
+  for (const issue of fileLevel) {
+    const sev = issue.severity === "error" ? "error" : "warning";
+    dsList.append(node("li", { class: `ds-issue ds-${sev}` },
+      node("strong", { text: `${t(`severity.${sev}`)}: ` }),
+      node("span", { text: tOr(`dskind.${issue.kind}`, issue.message || "", { ok, total }) }),
+      issue.hint || has(`dshint.${issue.kind}`)
+        ? node("span", { class: "muted", text: ` ${tOr(`dshint.${issue.kind}`, issue.hint || "")}` })
+        : null));
+  }
+
+  const rows = groupIssuesByRow(report.issues || []);
+  $("issues-wrap").hidden = rows.length === 0;
+  const body = $("issues-body");
+  body.replaceChildren();
+  for (const [row, issues] of rows) {
+    // One wrapper per cell: on phones each cell is a two-column grid (label, content).
+    const cell = (label, items, cls = "") => node("td", { "data-label": label, class: cls },
+      node("div", {}, ...items.map((text) => node("div", { text }))));
+    const severe = issues.some((i) => i.severity === "error");
+    const tr = node("tr", { "data-testid": "validation-issue", "data-row": row, class: severe ? "sev-error" : "sev-warning" },
+      node("td", { "data-label": t("data.col_row"), class: "num" }, node("div", {}, node("strong", { text: String(row) }))),
+      cell(t("data.col_kind"), issues.map((i) => `${issueKind(i)}${i.severity === "warning" ? ` (${t("severity.warning")})` : ""}`), "kind"),
+      cell(t("data.col_field"), issues.map((i) => fieldName(i.field))),
+      cell(t("data.col_message"), issues.map((i) => i.message || ""), "data"),
+      // In English the service's own hints are shown (they may quote the row's text): data, not UI.
+      cell(t("data.col_hint"), issues.map(issueHint), reportSpeaksUiLang() ? "hint data" : "hint"));
+    body.append(tr);
+  }
+}
