@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from lorastudio.serve.settings import Settings, SettingsError
 from lorastudio.serve.store import SQLiteStore
-from lorastudio.serve.worker import JobWorker, fine_tuned_model_name, latest_checkpoint, translate_event
+from lorastudio.serve.worker import JobWorker, fine_tuned_model_name, translate_event
+from lorastudio.train.checkpoints import STATE_FILE, latest, prune
 
 
 def test_core_packages_never_import_fastapi():
@@ -141,9 +142,14 @@ def test_helpers(tmp_path):
         "ft:my-base:lorastudio:ftjob-9"
     for step in (5, 50, 10):
         (tmp_path / "checkpoints" / f"step-{step:08d}").mkdir(parents=True)
+        (tmp_path / "checkpoints" / f"step-{step:08d}" / STATE_FILE).write_bytes(b"x")
     (tmp_path / "checkpoints" / "step-junk").mkdir()
-    assert latest_checkpoint(tmp_path)[0] == 50
-    assert latest_checkpoint(tmp_path / "none") is None
+    (tmp_path / "checkpoints" / "step-00000099").mkdir()  # no state file: a half-written checkpoint
+    assert latest(tmp_path).step == 50
+    assert latest(tmp_path / "none") is None
+    prune(tmp_path, keep=2)  # the trainer and the service share one rule for what is kept
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "step-00000010", "step-00000050", "step-junk"]
 
 
 def test_one_server_per_data_dir(tmp_path):

@@ -11,8 +11,16 @@ import pytest
 import torch
 from train_fixtures import ROWS, write_rows
 
-from lorastudio.train import ConfigError, DataUnusable, TrainConfig, TrainingInterrupted, read_events, train
-from lorastudio.train.trainer import build_schedule, latest_checkpoint
+from lorastudio.train import (
+    ConfigError,
+    DataUnusable,
+    TrainConfig,
+    TrainingInterrupted,
+    latest_checkpoint,
+    read_events,
+    train,
+)
+from lorastudio.train.schedule import build_schedule
 
 METRIC_KEYS = {"time", "type", "step", "total_steps", "epoch", "percent", "eta_s", "tokens_per_s", "loss",
                "lr", "elapsed_s", "cost"}
@@ -101,7 +109,7 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path, small_model_di
     with pytest.raises(TrainingInterrupted) as info:
         train(cfg, on_event=stop_after_three, stop=stop)
     assert info.value.step == 3
-    assert latest_checkpoint(cfg.output_dir).name == "step-00000003"
+    assert latest_checkpoint(cfg.output_dir).path.name == "step-00000003"
     assert not (Path(cfg.output_dir) / "adapter_model.safetensors").exists()
 
     resumed = train(cfg, resume=True)
@@ -185,7 +193,7 @@ def test_schedule_rotation_trains_each_variant_in_its_epochs_only():
 def test_all_mlp_targets_the_feed_forward_linears_only(tiny_random_dir):
     from transformers import AutoModelForCausalLM
 
-    from lorastudio.train.trainer import mlp_linears
+    from lorastudio.train.adapters import mlp_linears
 
     names = mlp_linears(AutoModelForCausalLM.from_pretrained(tiny_random_dir))
     assert names and all(".mlp." in n for n in names)
@@ -198,11 +206,11 @@ def test_all_mlp_targets_the_feed_forward_linears_only(tiny_random_dir):
 def test_neftune_noise_only_while_training():
     import torch.nn as nn
 
-    from lorastudio.train.trainer import _neftune_hook
+    from lorastudio.train.adapters import neftune_hook
 
     embed = nn.Embedding(10, 8)
     lengths = [[2, 3]]
-    embed.register_forward_hook(_neftune_hook(5.0, lengths))
+    embed.register_forward_hook(neftune_hook(5.0, lengths))
     ids = torch.tensor([[1, 2, 3, 4, 5]])
     clean = embed.weight[ids].detach()
     embed.train()
@@ -219,13 +227,13 @@ def test_neftune_noise_only_while_training():
 def test_stop_in_the_middle_of_a_step_checkpoints_the_last_finished_step(tmp_path, small_model_dir, monkeypatch):
     """A stop request cuts into a running step (CPU steps can take minutes); the half step is dropped and
     resuming redoes it, reproducing the uninterrupted run."""
-    from lorastudio.train import trainer
+    from lorastudio.train import device
 
     full = train(_config(tmp_path, small_model_dir, "full", gradient_accumulation=2))
 
     stop = threading.Event()
     calls = {"n": 0}
-    real_loss = trainer.causal_lm_loss
+    real_loss = device.causal_lm_loss
 
     def loss_that_stops_during_step_3(model, batch):
         calls["n"] += 1
@@ -233,15 +241,15 @@ def test_stop_in_the_middle_of_a_step_checkpoints_the_last_finished_step(tmp_pat
             stop.set()
         return real_loss(model, batch)
 
-    monkeypatch.setattr(trainer, "causal_lm_loss", loss_that_stops_during_step_3)
+    monkeypatch.setattr(device, "causal_lm_loss", loss_that_stops_during_step_3)
     cfg = _config(tmp_path, small_model_dir, "cut", gradient_accumulation=2)
     with pytest.raises(TrainingInterrupted) as info:
         train(cfg, stop=stop)
-    assert info.value.step == 2 and latest_checkpoint(cfg.output_dir).name == "step-00000002"
+    assert info.value.step == 2 and latest_checkpoint(cfg.output_dir).path.name == "step-00000002"
     events = read_events(Path(cfg.output_dir) / "events.jsonl")
     assert max(e["step"] for e in events if e["type"] == "metrics") == 2
 
-    monkeypatch.setattr(trainer, "causal_lm_loss", real_loss)
+    monkeypatch.setattr(device, "causal_lm_loss", real_loss)
     resumed = train(cfg, resume=True)
     a, b = lora_weights(Path(full.adapter_dir)), lora_weights(Path(resumed.adapter_dir))
     for name in a:

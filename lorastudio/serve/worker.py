@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -25,6 +24,7 @@ from typing import Any
 
 from lorastudio.serve.settings import Settings
 from lorastudio.serve.store import Store, now
+from lorastudio.train import checkpoints
 from lorastudio.train.distributed import PDEATHSIG_LAUNCHER
 
 log = logging.getLogger("lorastudio.serve")
@@ -44,15 +44,6 @@ def fine_tuned_model_name(job: dict) -> str:
     base = Path(job["model"]).name if ("/" in job["model"] or os.sep in job["model"]) else job["model"]
     suffix = job.get("suffix") or "lorastudio"
     return f"ft:{base}:{suffix}:{job['id']}"
-
-
-def latest_checkpoint(job_dir: Path) -> tuple[int, Path] | None:
-    best: tuple[int, Path] | None = None
-    for path in (job_dir / "checkpoints").glob("step-*"):
-        match = re.fullmatch(r"step-(\d+)", path.name)
-        if match and path.is_dir() and (best is None or int(match.group(1)) > best[0]):
-            best = (int(match.group(1)), path)
-    return best
 
 
 def _pid_runs_job(pid: int, job_dir: str) -> bool:
@@ -117,8 +108,13 @@ def translate_event(raw: dict) -> tuple[str, str, str, dict | None]:
     if kind == "done":
         metrics = raw.get("metrics") if isinstance(raw.get("metrics"), dict) else None
         return "info", "message", "Training finished; adapter saved", metrics
+    if kind == "estimate":
+        data = {k: raw.get(k) for k in ("tokens_per_s", "remaining_s", "finish_s", "estimated_s", "steps_measured")}
+        minutes = (raw.get("remaining_s") or 0) / 60
+        return "info", "metrics", (f"Speed measured over {raw.get('steps_measured')} steps: "
+                                   f"{_fmt(raw.get('tokens_per_s'), 1)} tokens/s; about {minutes:.1f} min left"), data
     if kind == "error":
-        return "error", "message", str(raw.get("message") or "training error"), None
+        return "error", "message", str(raw.get("message") or "training error"), {"code": raw.get("code")}
     return "info", "message", str(raw.get("message") or json.dumps(raw, ensure_ascii=False)), None
 
 
@@ -202,12 +198,12 @@ class JobWorker:
                         _kill_group(pid, signal.SIGKILL)
                         _wait_gone(pid, 10)
             self._pump(job["id"])
-            ckpt = latest_checkpoint(Path(job["job_dir"]))
-            where = f"its last checkpoint (step {ckpt[0]})" if ckpt else "the beginning (no checkpoint was saved yet)"
+            ckpt = checkpoints.latest(Path(job["job_dir"]))
+            where = f"its last checkpoint (step {ckpt.step})" if ckpt else "the beginning (no checkpoint was saved yet)"
             self.store.update_job(job["id"], status="queued", pid=None, resume=1)
             self.message_event(job["id"], f"The server restarted while this job was running; the job was "
                                f"re-queued and will resume from {where}.",
-                               data={"resumed_from_step": ckpt[0] if ckpt else None})
+                               data={"resumed_from_step": ckpt.step if ckpt else None})
 
     # --- the loop ------------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -410,7 +406,7 @@ class JobWorker:
             self._pump(job["id"])
             events.rename(job_dir / f"events.attempt-{job['attempts']}.jsonl")
         self.store.update_job(job["id"], events_offset=0)
-        ckpt = latest_checkpoint(job_dir) if job["resume"] else None
+        ckpt = checkpoints.latest(job_dir) if job["resume"] else None
         cmd = [*self.settings.trainer_command, training["path"], "--base", job["model"],
                "--output", str(job_dir), "--config", str(config)]
         if ckpt:
@@ -445,8 +441,8 @@ class JobWorker:
                                      attempts=job["attempts"] + 1):
             return
         if ckpt:
-            self.message_event(job["id"], f"Resuming training from the checkpoint at step {ckpt[0]}.",
-                               data={"resumed_from_step": ckpt[0]})
+            self.message_event(job["id"], f"Resuming training from the checkpoint at step {ckpt.step}.",
+                               data={"resumed_from_step": ckpt.step})
         else:
             where = f"device slot {slot} ({device})" if len(slots) == 1 else \
                 f"{len(slots)} GPUs (slots {', '.join(map(str, slots))}: {device})"
@@ -486,10 +482,10 @@ class JobWorker:
                 if job["status"] == "cancelled":
                     self.message_event(job["id"], "The training process stopped; the device is free.")
                 elif job["status"] == "paused":
-                    ckpt = latest_checkpoint(run.job_dir)
-                    where = f"the checkpoint at step {ckpt[0]}" if ckpt else "the beginning (no checkpoint yet)"
+                    ckpt = checkpoints.latest(run.job_dir)
+                    where = f"the checkpoint at step {ckpt.step}" if ckpt else "the beginning (no checkpoint yet)"
                     self.message_event(job["id"], f"Training paused; the device is free. Resuming continues "
-                                       f"from {where}.", data={"checkpoint_step": ckpt[0] if ckpt else None})
+                                       f"from {where}.", data={"checkpoint_step": ckpt.step if ckpt else None})
             return
         if rc == 0:
             if not (run.job_dir / "adapter_config.json").exists():
@@ -505,8 +501,8 @@ class JobWorker:
                 self.message_event(job["id"], f"The job has successfully completed: {name}",
                                    data={"fine_tuned_model": name})
             return
-        reason = self._last_error(job["id"], run.job_dir)
-        if rc == 2 and reason and "ConfigError" in reason:
+        reason, code = self._last_error(job["id"], run.job_dir)
+        if rc == 2 and code == "invalid_hyperparameters":
             self._fail(job["id"], reason, code="invalid_hyperparameters", param="hyperparameters",
                        only_if=("running",))
         elif rc == 2:
@@ -528,16 +524,17 @@ class JobWorker:
                 return int(raw["tokens_per_s"] * raw["elapsed_s"])
         return None
 
-    def _last_error(self, job_id: str, job_dir: Path) -> str | None:
+    def _last_error(self, job_id: str, job_dir: Path) -> tuple[str | None, str | None]:
+        """(message, code) of the trainer's error event, else the last line of its log and no code."""
         events, _ = self.store.list_events(job_id, limit=5)
         for event in events:
             if event["level"] == "error" and not event["message"].startswith("Job failed"):
-                return event["message"]
+                return event["message"], (event.get("data") or {}).get("code")
         try:
             lines = [ln.strip() for ln in (job_dir / "train.log").read_text(errors="replace").splitlines() if ln.strip()]
         except OSError:
-            return None
-        return lines[-1][:500] if lines else None
+            return None, None
+        return (lines[-1][:500] if lines else None), None
 
 
 def _job_gpus(job: dict) -> int:

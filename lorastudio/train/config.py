@@ -24,6 +24,17 @@ _INT_FIELDS = {"lora_r", "lora_alpha", "max_steps", "batch_tokens", "gradient_ac
                "replay_rows", "gpus"}
 
 
+def _resume(default: Any) -> Any:
+    """A setting that changes what a training step computes: `--resume` refuses a changed value (it
+    would not continue the interrupted run but start another one from its middle)."""
+    return field(default=default, metadata={"resume": True})
+
+
+def resume_keys() -> tuple[str, ...]:
+    """The settings a resumed run must share with its checkpoint (declared on the fields below)."""
+    return tuple(f.name for f in fields(TrainConfig) if f.metadata.get("resume"))
+
+
 def _coerce(key: str, value: Any) -> Any:
     """YAML reads `1e-3` as a string and users type `16.0`; accept both where a number is meant."""
     if value is None or isinstance(value, bool):
@@ -44,42 +55,42 @@ def _coerce(key: str, value: Any) -> Any:
 @dataclass
 class TrainConfig:
     # --- what to train on -------------------------------------------------------------------
-    data: str = ""
+    data: str = _resume("")
     """Training file (any format of lorastudio.data)."""
-    base: str = "default"
+    base: str = _resume("default")
     """Model id (`default`, `tiny-random`), a local HF directory, a .gguf file or a hub id."""
     output_dir: str = "runs/latest"
-    validation_data: str | None = None
+    validation_data: str | None = _resume(None)
     """Optional validation file; otherwise a seeded split of the training data (if big enough)."""
-    task: Task = "qa"
-    system_prompt: str | None = None
+    task: Task = _resume("qa")
+    system_prompt: str | None = _resume(None)
     """Used for rows that bring no system message of their own."""
 
     # --- LoRA ---------------------------------------------------------------------------------
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    target_modules: list[str] | str = "all-linear"
+    lora_r: int = _resume(16)
+    lora_alpha: int = _resume(32)
+    lora_dropout: float = _resume(0.0)
+    target_modules: list[str] | str = _resume("all-linear")
     """"all-linear", "all-mlp" (the linear layers of the feed-forward blocks) or a list of module names."""
 
     # --- optimisation -------------------------------------------------------------------------
-    learning_rate: float = 5e-4
-    lr_scheduler: Literal["linear", "cosine", "constant"] = "linear"
-    warmup_ratio: float = 0.05
-    weight_decay: float = 0.0
-    num_epochs: float = 4.0
-    max_steps: int | None = None
+    learning_rate: float = _resume(5e-4)
+    lr_scheduler: Literal["linear", "cosine", "constant"] = _resume("linear")
+    warmup_ratio: float = _resume(0.05)
+    weight_decay: float = _resume(0.0)
+    num_epochs: float = _resume(4.0)
+    max_steps: int | None = _resume(None)
     """Overrides num_epochs when set."""
-    batch_tokens: int = 4096
+    batch_tokens: int = _resume(4096)
     """Real (unpadded) tokens packed into one micro-batch."""
-    gradient_accumulation: int = 1
-    max_length: int = 1024
+    gradient_accumulation: int = _resume(1)
+    max_length: int = _resume(1024)
     """Longest conversation in tokens; longer ones are reported and skipped, never cut silently."""
-    neftune_alpha: float | None = None
-    seed: int = 0
+    neftune_alpha: float | None = _resume(None)
+    seed: int = _resume(0)
 
     # --- validation, checkpoints, early stopping ------------------------------------------------
-    val_fraction: float = 0.1
+    val_fraction: float = _resume(0.1)
     eval_every: int = 0
     """Steps between validation passes; 0 = once per epoch."""
     save_every: int = 0
@@ -88,20 +99,20 @@ class TrainConfig:
     """Stop after this many validation passes without improvement and keep the best checkpoint."""
 
     # --- data augmentation and forgetting guard --------------------------------------------------
-    augment_paraphrases: int = 0
+    augment_paraphrases: int = _resume(0)
     """Paraphrases of each training question written by the base model itself (0 = off)."""
-    augment_same_fact: bool = False
+    augment_same_fact: bool = _resume(False)
     """Also train each question with the answer of another row stating the same fact (found by answer
     similarity; no generation). Added by the quality work (lorastudio/train/augment.py, docs/QUALITY.md)."""
-    augment_turns: bool = False
+    augment_turns: bool = _resume(False)
     """Multi-turn rows: also train each later turn as a question of its own (system message kept), so a
     fact stated in turn 3 is found by a question asked without that conversation before it."""
-    replay_rows: int = 0
+    replay_rows: int = _resume(0)
     """Rows of the base model's own answers to built-in general prompts mixed in (0 = off)."""
-    augment_per_epoch: bool = False
+    augment_per_epoch: bool = _resume(False)
     """A fresh variant each epoch instead of repeating one: same-fact pairs borrow another sibling's
     answer and replay takes new general prompts every epoch (same tokens per epoch, more variety)."""
-    replay_prompts: str | None = None
+    replay_prompts: str | None = _resume(None)
     """Your own general prompts for replay instead of the built-in set: a .txt (one per line) or .jsonl
     (`prompt` per line), the first `replay_rows` used; answers cached per base model like the built-in ones."""
 
@@ -109,7 +120,7 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     gradient_checkpointing: bool | Literal["auto"] = "auto"
-    quantize_base: Literal["auto", "none", "4bit"] = "auto"
+    quantize_base: Literal["auto", "none", "4bit"] = _resume("auto")
     """4-bit NF4 base weights through bitsandbytes (QLoRA): "4bit" always, "auto" only when the bf16
     base does not fit the GPU (auto-fit, bitsandbytes installed), "none" never."""
     gpus: int = 1

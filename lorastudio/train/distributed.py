@@ -86,15 +86,19 @@ def backend_name() -> str:
     return name
 
 
+def joined() -> bool:
+    """Has this process joined a process group?"""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
 def rank_and_world() -> tuple[int, int]:
     """(rank, world size) of this process: from the process group if joined, else torchrun's env."""
-    try:
+    if joined():
         import torch.distributed as dist
 
-        if dist.is_available() and dist.is_initialized():
-            return dist.get_rank(), dist.get_world_size()
-    except ImportError:  # pragma: no cover
-        pass
+        return dist.get_rank(), dist.get_world_size()
     if is_worker():
         return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     return 0, 1

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-EVENT_TYPES = ("stage", "metrics", "eval", "checkpoint", "resumed", "done", "error")
+EVENT_TYPES = ("stage", "metrics", "estimate", "eval", "checkpoint", "resumed", "done", "error")
 STAGES = ("prepare", "tokenize", "train", "evaluate", "save", "done")
 
 EventCallback = Callable[[dict[str, Any]], None]
