@@ -29,6 +29,7 @@ def save(step):
     ck = out / "checkpoints" / f"step-{step:08d}"
     ck.mkdir(parents=True, exist_ok=True)
     (ck / "adapter_config.json").write_text("{}")
+    (ck / "trainer_state.pt").write_bytes(b"fake")  # written last, as the real trainer does: "usable"
     emit(type="checkpoint", step=step, path=str(ck), train_loss=1.0 / step, valid_loss=None)
 start = 0
 if a.resume:

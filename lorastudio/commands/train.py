@@ -84,14 +84,8 @@ def _recommended(data: str, base: str, task: str, quiet: bool, quick: bool = Fal
     rec = recommend(report.conversations, base=base, task=task, quick=quick,
                     time_budget_s=None if time_budget_min is None else time_budget_min * 60)
     settings = dict(rec.settings)
-    settings["extra"] = {"schedule": rec.schedule}  # full | quick | budget, kept in train_config.yaml
-    # Augmentation/replay live in optional modules; without them the run still trains, and says so.
-    for key, module, func in (("augment_paraphrases", "augment", "augment_conversations"),
-                              ("replay_rows", "replay", "replay_conversations")):
-        if settings.get(key) and not _available(f"lorastudio.train.{module}", func):
-            print(f"note: {key}={settings[key]} recommended, but lorastudio.train.{module} is not available "
-                  "here; training without it", file=sys.stderr)
-            settings[key] = 0
+    # full | quick | budget, and the estimate the run's measured speed is compared with (train_config.yaml)
+    settings["extra"] = {"schedule": rec.schedule, "estimate": rec.estimate}
     if not quiet:
         _print_recommendation(rec, settings, current_lang())
     return settings
@@ -125,15 +119,6 @@ def _print_recommendation(rec: Any, settings: dict[str, Any], lang: str, stream=
         print("  " + t("cli.train.full_hint", lang, text=render(alternatives["full"]["cost"], lang)), file=stream)
     for warning in rec.warnings_in(lang):
         print("  " + t("cli.train.note", lang, text=warning), file=stream)
-
-
-def _available(module: str, attribute: str) -> bool:
-    import importlib
-
-    try:
-        return hasattr(importlib.import_module(module), attribute)
-    except ImportError:
-        return False
 
 
 def _duration(seconds: float | None) -> str:

@@ -34,6 +34,8 @@ OPENAI_HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier")
 # TrainConfig fields the job itself decides; a client may not point them elsewhere (nor at the server's
 # files: `replay_prompts` is a path).
 RESERVED_FIELDS = ("data", "base", "output_dir", "validation_data", "extra", "replay_prompts")
+# Hyperparameters that choose the recommender's schedule rather than set a TrainConfig field.
+SCHEDULE_CHOICES = ("task", "quick", "time_budget_s")
 
 # The trainer runs through distributed.PDEATHSIG_LAUNCHER, so a SIGKILLed server never leaves an
 # orphan trainer writing into a job directory (SIGTERM makes the trainer save a checkpoint first).
@@ -566,7 +568,8 @@ def build_train_config(job: dict, conversations: list, files: dict[str, Path]) -
 
     hp = dict(job.get("hyperparameters") or {})
     task = hp.get("task") if hp.get("task") not in (None, "auto") else "qa"
-    rec = recommend(conversations, job["model"], task=task)
+    rec = recommend(conversations, job["model"], task=task, quick=bool(hp.get("quick")),
+                    time_budget_s=hp.get("time_budget_s"))
     values = dict(rec.settings)
     values.update(data=str(files["training_file"]), base=job["model"], output_dir=job["job_dir"], task=task,
                   validation_data=str(files["validation_file"]) if "validation_file" in files else None)
@@ -574,7 +577,7 @@ def build_train_config(job: dict, conversations: list, files: dict[str, Path]) -
         values["seed"] = job["seed"]
     recommended_lr = float(values.get("learning_rate") or TrainConfig().learning_rate)
     for key, value in hp.items():
-        if value == "auto" or key == "task":
+        if value == "auto" or key in SCHEDULE_CHOICES:
             continue
         if key == "n_epochs":
             values["num_epochs"] = value
@@ -586,7 +589,7 @@ def build_train_config(job: dict, conversations: list, files: dict[str, Path]) -
         else:
             values[key] = value
     values["extra"] = {**(values.get("extra") or {}), "job_id": job["id"],
-                       "recommendation_reasons": getattr(rec, "reasons", {})}
+                       "recommendation_reasons": rec.reasons, "schedule": rec.schedule, "estimate": rec.estimate}
     cfg = TrainConfig.from_dict(values)
     resolved = dict(hp)
     epochs = cfg.num_epochs if cfg.max_steps is None else hp.get("n_epochs", cfg.num_epochs)
