@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -11,6 +12,15 @@ import yaml
 
 Task = Literal["qa", "copywriting", "consulting"]
 TASKS: tuple[str, ...] = ("qa", "copywriting", "consulting")
+
+
+# Bounds that keep every setting inside what a run can do (the schedule is built up front: a billion
+# epochs would fill the memory before the first step). Epochs: OpenAI's 1–50 range, with room for tiny
+# data; the seed feeds torch.manual_seed after mixing with the step number.
+MAX_EPOCHS = 100
+MAX_STEPS = 1_000_000
+MAX_SEED = 2**31 - 1
+MAX_NUMBER = 1e12
 
 
 class ConfigError(ValueError):
@@ -139,6 +149,10 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(f"{name}={getattr(self, name)!r} is invalid: {what}")
 
+        for name in sorted(_FLOAT_FIELDS | _INT_FIELDS):  # no inf/NaN, no numbers beyond any sane run
+            value = getattr(self, name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                need(math.isfinite(value), name, "must be a finite number")
         need(self.task in TASKS, "task", f"choose one of {', '.join(TASKS)}")
         need(self.lora_r >= 1, "lora_r", "must be ≥ 1 (typical: 8–64)")
         need(self.lora_alpha > 0, "lora_alpha", "must be > 0 (typical: 2 × lora_r)")
@@ -146,8 +160,9 @@ class TrainConfig:
         need(0.0 < self.learning_rate < 1.0, "learning_rate", "must be in (0, 1) (typical: 1e-4–1e-3)")
         need(self.lr_scheduler in ("linear", "cosine", "constant"), "lr_scheduler", "linear, cosine or constant")
         need(0.0 <= self.warmup_ratio < 1.0, "warmup_ratio", "must be in [0, 1)")
-        need(self.num_epochs > 0, "num_epochs", "must be > 0")
-        need(self.max_steps is None or self.max_steps >= 1, "max_steps", "must be ≥ 1 or unset")
+        need(0 < self.num_epochs <= MAX_EPOCHS, "num_epochs", f"must be > 0 and ≤ {MAX_EPOCHS}")
+        need(self.max_steps is None or 1 <= self.max_steps <= MAX_STEPS, "max_steps", f"must be 1–{MAX_STEPS:,} or unset")
+        need(0 <= self.seed <= MAX_SEED, "seed", f"must be a whole number from 0 to {MAX_SEED}")
         need(self.batch_tokens >= 16, "batch_tokens", "must be ≥ 16")
         need(self.gradient_accumulation >= 1, "gradient_accumulation", "must be ≥ 1")
         need(self.max_length >= 16, "max_length", "must be ≥ 16 tokens")
@@ -162,6 +177,10 @@ class TrainConfig:
         need(self.quantize_base in ("auto", "none", "4bit"), "quantize_base", "auto, none or 4bit")
         need(self.gpus >= 1, "gpus", "must be ≥ 1")
         need(self.price_per_hour >= 0, "price_per_hour", "must be ≥ 0")
+        for name in sorted(_FLOAT_FIELDS | _INT_FIELDS):
+            value = getattr(self, name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                need(abs(value) <= MAX_NUMBER, name, f"is out of range (at most {MAX_NUMBER:g})")
         need(
             isinstance(self.target_modules, list) or self.target_modules in ("all-linear", "all-mlp"),
             "target_modules",
