@@ -39,3 +39,23 @@ def test_resume_keys_are_declared_on_the_fields():
             "augment_per_epoch", "replay_rows"} <= keys
     # … and not how it is run or reported
     assert not keys & {"output_dir", "device", "price_per_hour", "save_every", "eval_every", "gpus", "extra"}
+
+
+def test_repeated_sigterm_keeps_the_graceful_stop_and_a_second_ctrl_c_means_now():
+    """A dying server's process group and a launcher can each forward SIGTERM (71 ms apart in the issue):
+    that must not turn into the 'stop immediately, no checkpoint' path. Only a second Ctrl-C does."""
+    import os
+    import signal
+
+    from lorastudio.train.stopping import StopFlag
+
+    flag = StopFlag(None)
+    with flag.installed():
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert flag.requested and flag.signal == signal.SIGTERM
+    flag = StopFlag(None)
+    with flag.installed():
+        os.kill(os.getpid(), signal.SIGINT)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
