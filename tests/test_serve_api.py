@@ -59,6 +59,25 @@ def wait_status(c: TestClient, job_id: str, statuses: tuple[str, ...], timeout: 
     raise AssertionError(f"job {job_id} stuck in {job['status']}: {job}")
 
 
+def wait_until(condition, what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"still waiting after {timeout:.0f} s for {what}"
+        time.sleep(0.05)
+
+
+def start_long_job(c: TestClient, until: str) -> tuple[str, dict, int]:
+    """Upload, create a job, wait until it runs and the list at `until` ({id} = the job) has data.
+
+    (file id, job, trainer pid). Set FAKE_STEPS/FAKE_STEP_S first so it runs long enough."""
+    fid = upload(c).json()["id"]
+    job = c.post("/v1/fine_tuning/jobs", json={"model": "tiny-random", "training_file": fid}).json()
+    wait_status(c, job["id"], ("running",))
+    url = until.format(id=job["id"])
+    wait_until(lambda: c.get(url).json()["data"], url)
+    return fid, job, c.app.state.store.get_job(job["id"])["pid"]
+
+
 def assert_openai_error(resp, status: int, code: str | None = None, param: str | None = None) -> dict:
     assert resp.status_code == status, resp.text
     body = resp.json()
@@ -293,14 +312,7 @@ def test_job_runs_to_success_with_events_checkpoints_and_chat(client):
 def test_cancel_running_job_stops_the_trainer(client, monkeypatch):
     monkeypatch.setenv("FAKE_STEPS", "1000")
     monkeypatch.setenv("FAKE_STEP_S", "0.05")
-    fid = upload(client).json()["id"]
-    job = client.post("/v1/fine_tuning/jobs", json={"model": "tiny-random", "training_file": fid}).json()
-    wait_status(client, job["id"], ("running",))
-    deadline = time.monotonic() + 20
-    while not client.get(f"/studio/jobs/{job['id']}/metrics").json()["data"]:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    pid = client.app.state.store.get_job(job["id"])["pid"]
+    fid, job, pid = start_long_job(client, "/studio/jobs/{id}/metrics")
     t0 = time.monotonic()
     resp = client.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel")
     assert resp.json()["status"] == "cancelled"
@@ -412,6 +424,56 @@ def test_fallback_page_and_docs(client):
     assert "/v1/fine_tuning/jobs" in spec["paths"] and "/v1/chat/completions" in spec["paths"]
 
 
+def test_openapi_document_types_the_openai_routes(client):
+    spec = client.get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+    ok_schemas = {}
+    for path, operations in spec["paths"].items():
+        for method, op in operations.items():
+            responses = op["responses"]
+            # Validation errors are answered 400 with the OpenAI error object, so no 422 is advertised.
+            assert "422" not in responses, (method, path)
+            for status, response in responses.items():
+                if status != "200":
+                    assert response["content"]["application/json"]["schema"] == \
+                        {"$ref": "#/components/schemas/ErrorResponse"}, (method, path, status)
+            if path.startswith("/v1/"):
+                assert "401" in responses, (method, path)
+                ok_schemas[f"{method.upper()} {path}"] = {
+                    kind: body.get("schema", {}).get("$ref", "").rsplit("/", 1)[-1]
+                    for kind, body in responses["200"]["content"].items()}
+    assert "HTTPValidationError" not in schemas
+    assert ok_schemas["POST /v1/files"] == {"application/json": "FileObject"}
+    assert ok_schemas["GET /v1/files"] == {"application/json": "FileList"}
+    assert ok_schemas["DELETE /v1/files/{file_id}"] == {"application/json": "FileDeleted"}
+    assert ok_schemas["GET /v1/files/{file_id}/content"] == {"application/octet-stream": ""}
+    assert ok_schemas["POST /v1/fine_tuning/jobs"] == {"application/json": "FineTuningJob"}
+    assert ok_schemas["GET /v1/fine_tuning/jobs"] == {"application/json": "FineTuningJobList"}
+    assert ok_schemas["GET /v1/fine_tuning/jobs/{job_id}/events"] == {"application/json": "FineTuningJobEventList"}
+    assert ok_schemas["GET /v1/fine_tuning/jobs/{job_id}/checkpoints"] == \
+        {"application/json": "FineTuningJobCheckpointList"}
+    assert ok_schemas["POST /v1/chat/completions"] == {"application/json": "ChatCompletion", "text/event-stream": ""}
+    assert ok_schemas["GET /v1/models"] == {"application/json": "ModelList"}
+    assert ok_schemas["GET /v1/models/{model_id}"] == {"application/json": "Model"}
+    for name in ("FineTuningJob", "FileObject", "FineTuningJobEvent", "FineTuningJobCheckpoint", "ChatCompletion"):
+        assert schemas[name]["properties"]["object"]["const"] in (
+            "fine_tuning.job", "file", "fine_tuning.job.event", "fine_tuning.job.checkpoint", "chat.completion")
+    assert set(schemas["FineTuningJob"]["properties"]["status"]["enum"]) >= {
+        "validating_files", "queued", "running", "succeeded", "failed", "cancelled"}
+    assert set(schemas["ErrorDetail"]["properties"]) == {"message", "type", "param", "code"}
+
+
+def test_list_and_model_objects_keep_their_optional_keys_out(client):
+    """Response models do not add keys: an empty list has no first_id/last_id; a base model no parent."""
+    empty = client.get("/v1/files").json()
+    assert empty == {"object": "list", "data": [], "has_more": False}
+    base = client.get("/v1/models/tiny-random").json()
+    assert set(base) == {"id", "object", "created", "owned_by", "kind"}
+    fid = upload(client).json()["id"]
+    listed = client.get("/v1/files").json()
+    assert listed["first_id"] == listed["last_id"] == fid
+
+
 def test_serves_the_web_ui_when_present(tmp_path):
     web = tmp_path / "web"
     web.mkdir()
@@ -428,13 +490,7 @@ def test_running_job_resumes_after_a_crash(tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_STEP_S", "0.02")
     settings = make_settings(tmp_path)
     with TestClient(create_app(settings)) as c:
-        fid = upload(c).json()["id"]
-        job = c.post("/v1/fine_tuning/jobs", json={"model": "tiny-random", "training_file": fid}).json()
-        wait_status(c, job["id"], ("running",))
-        deadline = time.monotonic() + 20
-        while not c.get(f"/v1/fine_tuning/jobs/{job['id']}/checkpoints").json()["data"]:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        fid, job, _ = start_long_job(c, "/v1/fine_tuning/jobs/{id}/checkpoints")
         # Simulate the crash: the worker vanishes without a word (no graceful stop).
         c.app.state.worker._stop.set()
         c.app.state.worker._thread.join()
@@ -458,14 +514,7 @@ def test_graceful_shutdown_requeues_and_the_next_start_resumes(tmp_path, monkeyp
     monkeypatch.setenv("FAKE_STEPS", "1000")
     monkeypatch.setenv("FAKE_STEP_S", "0.02")
     with TestClient(create_app(make_settings(tmp_path))) as c:
-        fid = upload(c).json()["id"]
-        job = c.post("/v1/fine_tuning/jobs", json={"model": "tiny-random", "training_file": fid}).json()
-        wait_status(c, job["id"], ("running",))
-        deadline = time.monotonic() + 20
-        while not c.get(f"/v1/fine_tuning/jobs/{job['id']}/checkpoints").json()["data"]:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        pid = c.app.state.store.get_job(job["id"])["pid"]
+        _, job, pid = start_long_job(c, "/v1/fine_tuning/jobs/{id}/checkpoints")
     # Leaving the client ran the lifespan shutdown: the trainer got SIGTERM and checkpointed.
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
@@ -573,16 +622,11 @@ def test_pause_and_resume_with_the_sdk(client, monkeypatch):
     fid = sdk.files.create(file=("seed.jsonl", seed_jsonl()), purpose="fine-tune").id
     job = sdk.fine_tuning.jobs.create(model="tiny-random", training_file=fid)
     wait_status(client, job.id, ("running",))
-    deadline = time.monotonic() + 20
-    while not sdk.fine_tuning.jobs.checkpoints.list(job.id).data:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until(lambda: sdk.fine_tuning.jobs.checkpoints.list(job.id).data, "a checkpoint")
     pid = client.app.state.store.get_job(job.id)["pid"]
     assert sdk.fine_tuning.jobs.pause(job.id).status == "paused"
-    deadline = time.monotonic() + 20
-    while not any(e.message.startswith("Training paused") for e in sdk.fine_tuning.jobs.list_events(job.id).data):
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until(lambda: any(e.message.startswith("Training paused") for e in sdk.fine_tuning.jobs.list_events(job.id).data),
+               "the 'Training paused' event")
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
     assert sdk.fine_tuning.jobs.retrieve(job.id).status == "paused"

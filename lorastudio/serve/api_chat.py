@@ -16,10 +16,10 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from lorastudio.serve.engines import base_model_ids, model_not_found
-from lorastudio.serve.errors import APIError
-from lorastudio.serve.objects import list_object, model_object
+from lorastudio.serve.errors import APIError, error_responses
+from lorastudio.serve.objects import ChatCompletion, Model, ModelList, list_object, model_object
 
-router = APIRouter(prefix="/v1", tags=["chat"])
+router = APIRouter(prefix="/v1", tags=["chat"], responses=error_responses(401))
 
 MAX_NEW_TOKENS = 4096
 _DONE = object()
@@ -126,7 +126,11 @@ def _engine_error(exc: Exception) -> APIError:
     raise exc
 
 
-@router.post("/chat/completions", summary="Chat with a base model or a fine-tuned model (stream=true: SSE)")
+@router.post("/chat/completions", summary="Chat with a base model or a fine-tuned model (stream=true: SSE)",
+             response_model=ChatCompletion, response_model_exclude_unset=True,
+             responses={200: {"content": {"text/event-stream": {"schema": {
+                 "type": "string", "description": "stream=true: `data: {chat.completion.chunk}` lines, then "
+                 "`data: [DONE]`"}}}}, **error_responses(400, 404, 409)})
 async def chat_completions(request: Request, body: ChatRequest) -> Any:
     pool = request.app.state.engines
     base, adapter = pool.resolve(body.model)
@@ -220,12 +224,14 @@ def _all_models(request: Request) -> list[dict]:
     return data
 
 
-@router.get("/models", summary="Base models and fine-tuned models")
+@router.get("/models", summary="Base models and fine-tuned models", response_model=ModelList,
+            response_model_exclude_unset=True)
 def list_models(request: Request) -> dict:
     return list_object(_all_models(request))
 
 
-@router.get("/models/{model_id:path}", summary="One model")
+@router.get("/models/{model_id:path}", summary="One model", response_model=Model, response_model_exclude_unset=True,
+            responses=error_responses(404))
 def get_model(request: Request, model_id: str) -> dict:
     for model in _all_models(request):
         if model["id"] == model_id:

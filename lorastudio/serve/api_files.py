@@ -12,15 +12,14 @@ from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
-from lorastudio.serve.errors import APIError
-from lorastudio.serve.objects import file_object, list_object
+from lorastudio.serve.errors import APIError, error_responses
+from lorastudio.serve.objects import PURPOSES, FileDeleted, FileList, FileObject, file_object, list_object
 from lorastudio.serve.store import new_id
 
-router = APIRouter(prefix="/v1/files", tags=["files"])
+router = APIRouter(prefix="/v1/files", tags=["files"], responses=error_responses(401))
 
 # Suffixes the data layer reads; the stored file keeps one so format detection works.
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".txt", ".xlsx")
-PURPOSES = ("fine-tune", "assistants", "batch", "vision", "user_data", "evals")
 _CHUNK = 1024 * 1024
 
 
@@ -65,7 +64,8 @@ def _save(upload: UploadFile, target: Path, limit: int) -> int:
     return size
 
 
-@router.post("", summary="Upload a data file (any format the data layer reads)")
+@router.post("", summary="Upload a data file (any format the data layer reads)", response_model=FileObject,
+             response_model_exclude_unset=True, responses=error_responses(400, 413))
 async def upload_file(request: Request, file: Annotated[UploadFile, File()],
                       purpose: Annotated[str, Form()] = "fine-tune") -> dict:
     settings = request.app.state.settings
@@ -85,19 +85,21 @@ async def upload_file(request: Request, file: Annotated[UploadFile, File()],
     return file_object(record)
 
 
-@router.get("", summary="List uploaded files")
+@router.get("", summary="List uploaded files", response_model=FileList, response_model_exclude_unset=True)
 def list_files(request: Request, purpose: str | None = None, after: str | None = None,
                limit: Annotated[int, Query(ge=1, le=10000)] = 10000) -> dict:
     rows = request.app.state.store.list_files(purpose=purpose, after=after, limit=limit)
     return list_object([file_object(r) for r in rows])
 
 
-@router.get("/{file_id}", summary="One file's metadata")
+@router.get("/{file_id}", summary="One file's metadata", response_model=FileObject,
+            response_model_exclude_unset=True, responses=error_responses(404))
 def get_file(request: Request, file_id: str) -> dict:
     return file_object(get_file_or_404(request, file_id))
 
 
-@router.delete("/{file_id}", summary="Delete a file (jobs that already used it keep their results)")
+@router.delete("/{file_id}", summary="Delete a file (jobs that already used it keep their results)",
+               response_model=FileDeleted, response_model_exclude_unset=True, responses=error_responses(404, 409))
 def delete_file(request: Request, file_id: str) -> dict:
     record = get_file_or_404(request, file_id)
     store = request.app.state.store
@@ -113,7 +115,10 @@ def delete_file(request: Request, file_id: str) -> dict:
     return {"id": file_id, "object": "file", "deleted": True}
 
 
-@router.get("/{file_id}/content", summary="Download a file's bytes")
+@router.get("/{file_id}/content", summary="Download a file's bytes", response_class=FileResponse,
+            responses={200: {"description": "The file as uploaded.",
+                             "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+                       **error_responses(404)})
 def file_content(request: Request, file_id: str) -> FileResponse:
     record = get_file_or_404(request, file_id)
     path = Path(record["path"])

@@ -10,12 +10,22 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lorastudio.serve.api_files import get_file_or_404
 from lorastudio.serve.engines import base_model_ids, model_not_found
-from lorastudio.serve.errors import APIError
-from lorastudio.serve.objects import checkpoint_object, event_object, job_object, list_object
+from lorastudio.serve.errors import APIError, error_responses
+from lorastudio.serve.objects import (
+    FineTuningJob,
+    FineTuningJobCheckpointList,
+    FineTuningJobEventList,
+    FineTuningJobList,
+    checkpoint_object,
+    event_object,
+    job_object,
+    list_object,
+)
 from lorastudio.serve.store import TERMINAL_STATUSES, new_id, now
 from lorastudio.serve.worker import OPENAI_HYPERPARAMETERS, RESERVED_FIELDS
 
-router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
+router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"], responses=error_responses(401))
+_JOB = {"response_model": FineTuningJob, "response_model_exclude_unset": True}
 
 
 class JobCreate(BaseModel):
@@ -89,7 +99,7 @@ def _tell_worker(request: Request, job_id: str, message: str) -> None:
     request.app.state.wake_worker()
 
 
-@router.post("", summary="Create a fine-tuning job")
+@router.post("", summary="Create a fine-tuning job", **_JOB, responses=error_responses(400, 404))
 def create_job(request: Request, body: JobCreate) -> dict:
     store = request.app.state.store
     settings = request.app.state.settings
@@ -116,18 +126,20 @@ def create_job(request: Request, body: JobCreate) -> dict:
     return job_object(job)
 
 
-@router.get("", summary="List fine-tuning jobs, newest first")
+@router.get("", summary="List fine-tuning jobs, newest first", response_model=FineTuningJobList,
+            response_model_exclude_unset=True)
 def list_jobs(request: Request, after: str | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 20) -> dict:
     rows = request.app.state.store.list_jobs(after=after, limit=limit + 1)
     return list_object([job_object(r) for r in rows[:limit]], len(rows) > limit)
 
 
-@router.get("/{job_id}", summary="One fine-tuning job")
+@router.get("/{job_id}", summary="One fine-tuning job", **_JOB, responses=error_responses(404))
 def get_job(request: Request, job_id: str) -> dict:
     return job_object(get_job_or_404(request, job_id))
 
 
-@router.post("/{job_id}/cancel", summary="Cancel a job; a running trainer is stopped within seconds")
+@router.post("/{job_id}/cancel", summary="Cancel a job; a running trainer is stopped within seconds", **_JOB,
+             responses=error_responses(404, 409))
 def cancel_job(request: Request, job_id: str) -> dict:
     store = request.app.state.store
     job = get_job_or_404(request, job_id)
@@ -142,7 +154,8 @@ def cancel_job(request: Request, job_id: str) -> dict:
     return job_object(store.get_job(job_id))
 
 
-@router.post("/{job_id}/pause", summary="Pause a job: the trainer checkpoints and frees the device")
+@router.post("/{job_id}/pause", summary="Pause a job: the trainer checkpoints and frees the device", **_JOB,
+             responses=error_responses(404, 409))
 def pause_job(request: Request, job_id: str) -> dict:
     store = request.app.state.store
     job = get_job_or_404(request, job_id)
@@ -157,7 +170,8 @@ def pause_job(request: Request, job_id: str) -> dict:
     return job_object(store.get_job(job_id))
 
 
-@router.post("/{job_id}/resume", summary="Resume a paused job from its latest checkpoint")
+@router.post("/{job_id}/resume", summary="Resume a paused job from its latest checkpoint", **_JOB,
+             responses=error_responses(404, 409))
 def resume_job(request: Request, job_id: str) -> dict:
     store = request.app.state.store
     job = get_job_or_404(request, job_id)
@@ -168,7 +182,8 @@ def resume_job(request: Request, job_id: str) -> dict:
     return job_object(store.get_job(job_id))
 
 
-@router.get("/{job_id}/events", summary="A job's events, newest first")
+@router.get("/{job_id}/events", summary="A job's events, newest first", response_model=FineTuningJobEventList,
+            response_model_exclude_unset=True, responses=error_responses(404))
 def list_events(request: Request, job_id: str, after: str | None = None,
                 limit: Annotated[int, Query(ge=1, le=10000)] = 20) -> dict:
     get_job_or_404(request, job_id)
@@ -176,7 +191,9 @@ def list_events(request: Request, job_id: str, after: str | None = None,
     return list_object([event_object(r) for r in rows], more)
 
 
-@router.get("/{job_id}/checkpoints", summary="A job's checkpoints, newest first")
+@router.get("/{job_id}/checkpoints", summary="A job's checkpoints, newest first",
+            response_model=FineTuningJobCheckpointList, response_model_exclude_unset=True,
+            responses=error_responses(404))
 def list_checkpoints(request: Request, job_id: str, after: str | None = None,
                      limit: Annotated[int, Query(ge=1, le=1000)] = 10) -> dict:
     get_job_or_404(request, job_id)

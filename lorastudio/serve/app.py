@@ -14,12 +14,20 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lorastudio import __version__
-from lorastudio.serve.errors import APIError, error_body, install_error_handlers
+from lorastudio.serve.errors import (
+    ERROR_MEANINGS,
+    APIError,
+    ErrorResponse,
+    error_body,
+    install_error_handlers,
+)
 from lorastudio.serve.settings import Settings, SettingsError
 from lorastudio.serve.store import SQLiteStore
 
@@ -132,6 +140,41 @@ def lock_data_dir(data_dir: Path):
     return handle
 
 
+class Health(BaseModel):
+    status: str
+    version: str
+    loaded_models: list[str]
+
+
+def openapi_document(app: FastAPI) -> dict:
+    """FastAPI's document, told the truth about validation errors.
+
+    FastAPI lists a 422 `HTTPValidationError` on every route with parameters, but this server turns
+    request validation errors into 400 with the OpenAI error object (errors.install_error_handlers).
+    So each 422 becomes that 400 (unless the route documents its own 400), and the unused
+    validation-error schemas go.
+    """
+    if app.openapi_schema:
+        return app.openapi_schema
+    doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    error_400 = {"description": ERROR_MEANINGS[400],
+                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
+    for operations in doc.get("paths", {}).values():
+        for operation in operations.values():
+            responses = operation.get("responses", {})
+            if responses.pop("422", None) is not None:
+                responses.setdefault("400", error_400)
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
+    if "ErrorResponse" not in schemas:  # no route named its errors: add the schema the 400s point at
+        error_schema = ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(error_schema.pop("$defs", {}))
+        schemas["ErrorResponse"] = error_schema
+    app.openapi_schema = doc
+    return doc
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     from lorastudio.serve.engines import EnginePool
     from lorastudio.serve.worker import JobWorker
@@ -174,9 +217,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (api_files, api_jobs, api_chat, api_studio):
         app.include_router(module.router)
 
-    @app.get("/health", tags=["meta"], summary="Liveness and what is loaded")
+    @app.get("/health", tags=["meta"], summary="Liveness and what is loaded", response_model=Health)
     def health() -> dict:
         return {"status": "ok", "version": __version__, "loaded_models": app.state.engines.loaded()}
+
+    app.openapi = lambda: openapi_document(app)
 
     web_dir = settings.web_dir or Path(__file__).resolve().parent.parent / "web"
     if (web_dir / "index.html").is_file():

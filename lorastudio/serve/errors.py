@@ -12,6 +12,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("lorastudio.serve")
@@ -20,6 +21,30 @@ _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permi
           404: "invalid_request_error", 405: "invalid_request_error", 409: "invalid_request_error",
           411: "invalid_request_error", 413: "invalid_request_error", 415: "invalid_request_error",
           422: "invalid_request_error", 429: "rate_limit_error"}
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx/5xx body."""
+
+    error: ErrorDetail
+
+
+ERROR_MEANINGS = {400: "Invalid request: a missing or malformed parameter (`param` names it), including request "
+                  "bodies that fail validation",
+             401: "Missing or wrong API key", 404: "No such object", 409: "The object is not in a state that "
+             "allows this", 413: "The upload is larger than the server's limit"}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict]:
+    """OpenAPI `responses=` for a route: each status with the error object as its body."""
+    return {status: {"model": ErrorResponse, "description": ERROR_MEANINGS[status]} for status in statuses}
 
 
 class APIError(StarletteHTTPException):
