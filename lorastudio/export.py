@@ -68,11 +68,12 @@ def merge_adapter(adapter_dir: str | os.PathLike, base: str | None = None,
     import torch
     from peft import PeftModel
 
-    from lorastudio.inference import AdapterError, check_adapter_dir, load_base
+    from lorastudio.inference import AdapterError, check_adapter_dir
+    from lorastudio.models import load_model
 
     path = check_adapter_dir(adapter_dir)
     base_id = adapter_base(path, base)
-    model, tokenizer = load_base(base_id, dtype=torch.float32, device="cpu")
+    model, tokenizer = load_model(base_id, dtype=torch.float32, device="cpu")
     try:
         peft_model = PeftModel.from_pretrained(model, str(path))
     except (RuntimeError, ValueError, KeyError) as exc:

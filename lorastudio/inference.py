@@ -104,11 +104,11 @@ def adapter_system_prompt(path: Path) -> str | None:
     cfg = path / "train_config.yaml"
     if not cfg.is_file():
         return None
-    try:
-        import yaml
+    import yaml
 
+    try:
         data = yaml.safe_load(cfg.read_text(encoding="utf-8")) or {}
-    except (OSError, ValueError, ImportError):
+    except (OSError, ValueError):
         return None
     value = data.get("system_prompt") if isinstance(data, dict) else None
     return value if isinstance(value, str) and value.strip() else None
@@ -221,7 +221,9 @@ class ChatEngine:
         self.base_id = base
         self.max_adapters = max_adapters
         if model is None or tokenizer is None:
-            model, tokenizer = load_base(base, dtype=dtype, device=device)
+            from lorastudio.models import load_model
+
+            model, tokenizer = load_model(base, dtype=dtype, device=device)
         model.eval()
         self.model = model  # becomes a PeftModel once the first adapter is loaded
         self.tokenizer = tokenizer
@@ -497,24 +499,6 @@ def _cancel_criteria(cancel: threading.Event):
                               device=input_ids.device)
 
     return StoppingCriteriaList([_Cancel()])
-
-
-def load_base(base: str, *, dtype: Any = None, device: str | None = None) -> tuple[Any, Any]:
-    """(model, tokenizer) for a model id via `lorastudio.models`, or any local HF directory."""
-    try:
-        from lorastudio.models import load_model
-    except ImportError:
-        load_model = None
-    if load_model is not None:
-        return load_model(base, dtype=dtype, device=device)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if not Path(base).is_dir():
-        raise FileNotFoundError(f"base model {base!r} is not a local model directory")
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype or "auto")
-    if device:
-        model.to(device)
-    return model, AutoTokenizer.from_pretrained(base)
 
 
 # --------------------------------------------------------------------------------------------

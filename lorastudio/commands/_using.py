@@ -11,6 +11,8 @@ import unicodedata
 from pathlib import Path
 from typing import Any
 
+from lorastudio.i18n import current_lang
+
 # (English, Chinese). Terminal labels of these commands; the language follows lorastudio.i18n.
 _TEXT: dict[str, tuple[str, str]] = {
     "base": ("Base model", "基础模型"),
@@ -22,10 +24,6 @@ _TEXT: dict[str, tuple[str, str]] = {
 
 
 def lang() -> str:
-    try:
-        from lorastudio.i18n import current_lang
-    except ImportError:
-        return "en"
     return current_lang()
 
 

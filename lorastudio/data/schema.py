@@ -269,13 +269,21 @@ def record_turns(rec: RawRecord, cmap: ColumnMap, schema: str, *, keyed: bool) -
     return turns, issues
 
 
+_SEED_TURN = '{"input": "…", "output": "…"}'
+_ROLE_TURN = '{"role": "user", "content": "…"}'
+
+
+def _malformed_turn(path: str, example: str) -> RowIssue:
+    """A turn that is not an object of the expected shape; ``example`` shows that shape."""
+    return RowIssue("error", "malformed_row", "malformed_row.turn", path, {"field": path, "example": example})
+
+
 def _seed_turns(items: list, src: str, turns: list[Turn], issues: list[RowIssue]) -> None:
     aliases = {norm_name(a): canon for canon, names in TURN_ALIASES.items() for a in names}
     for i, item in enumerate(items):
         path = f"{src}[{i}]"
         if not isinstance(item, dict):
-            issues.append(RowIssue("error", "malformed_row", "malformed_row.turn", path,
-                                   {"field": path, "example": '{"input": "…", "output": "…"}'}))
+            issues.append(_malformed_turn(path, _SEED_TURN))
             continue
         found = {aliases.get(norm_name(k)): k for k in item}
         if "system" in found:
@@ -285,8 +293,7 @@ def _seed_turns(items: list, src: str, turns: list[Turn], issues: list[RowIssue]
                 turns.append(Turn("system", text, f"{path}.{key}"))  # order_issues checks it comes first
         if "input" not in found and "output" not in found:
             if "system" not in found:
-                issues.append(RowIssue("error", "malformed_row", "malformed_row.turn", path,
-                                       {"field": path, "example": '{"input": "…", "output": "…"}'}))
+                issues.append(_malformed_turn(path, _SEED_TURN))
             continue
         for canon, role in (("input", "user"), ("output", "assistant")):
             if canon in found:
@@ -307,14 +314,12 @@ def _role_turns(items: list, src: str, turns: list[Turn], issues: list[RowIssue]
     for i, item in enumerate(items):
         path = f"{src}[{i}]"
         if not isinstance(item, dict):
-            issues.append(RowIssue("error", "malformed_row", "malformed_row.turn", path,
-                                   {"field": path, "example": '{"role": "user", "content": "…"}'}))
+            issues.append(_malformed_turn(path, _ROLE_TURN))
             continue
         role_key = next((k for k in ("role", "from", "speaker", "author") if k in item), None)
         content_key = next((k for k in ("content", "value", "text") if k in item), None)
         if role_key is None or content_key is None:
-            issues.append(RowIssue("error", "malformed_row", "malformed_row.turn", path,
-                                   {"field": path, "example": '{"role": "user", "content": "…"}'}))
+            issues.append(_malformed_turn(path, _ROLE_TURN))
             continue
         raw_role = item[role_key]
         role = ROLE_ALIASES.get(norm_name(raw_role)) if isinstance(raw_role, str) else None

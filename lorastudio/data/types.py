@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
+from lorastudio.i18n import MESSAGES, t
+
 Role = Literal["system", "user", "assistant"]
 Severity = Literal["error", "warning"]
 
@@ -37,8 +39,23 @@ class Conversation:
         return cls([Message(m["role"], m["content"]) for m in messages], row=row)
 
 
+class _Localized:
+    """``localized(lang)`` for the issue types: their ``code`` + ``params`` rendered by lorastudio.i18n."""
+
+    code: str
+    params: dict
+    message: str
+    hint: str
+
+    def localized(self, lang: str) -> tuple[str, str]:
+        """(message, hint) in ``lang`` ("en"/"zh"); falls back to the stored English text."""
+        if not self.code:
+            return self.message, self.hint
+        return t(self.code, lang, **self.params), t(self.code + ".hint", lang, **self.params)
+
+
 @dataclass
-class ValidationIssue:
+class ValidationIssue(_Localized):
     """One problem with one row (or with the whole file when ``row`` is None).
 
     ``message``/``hint`` are English (the stable JSON/API text); ``code`` + ``params`` let a UI or
@@ -60,17 +77,9 @@ class ValidationIssue:
         return {"row": self.row, "severity": self.severity, "kind": self.kind, "field": self.field,
                 "message": self.message, "hint": self.hint}
 
-    def localized(self, lang: str) -> tuple[str, str]:
-        """(message, hint) in ``lang`` ("en"/"zh"); falls back to the stored English text."""
-        if not self.code:
-            return self.message, self.hint
-        from lorastudio.i18n import t
-
-        return t(self.code, lang, **self.params), t(self.code + ".hint", lang, **self.params)
-
 
 @dataclass
-class DatasetIssue:
+class DatasetIssue(_Localized):
     severity: Severity
     kind: str
     message: str
@@ -80,13 +89,6 @@ class DatasetIssue:
 
     def to_dict(self) -> dict:
         return {"severity": self.severity, "kind": self.kind, "message": self.message, "hint": self.hint}
-
-    def localized(self, lang: str) -> tuple[str, str]:
-        if not self.code:
-            return self.message, self.hint
-        from lorastudio.i18n import t
-
-        return t(self.code, lang, **self.params), t(self.code + ".hint", lang, **self.params)
 
 
 @dataclass
@@ -113,13 +115,9 @@ class DataError(Exception):
 
     @classmethod
     def of(cls, code: str, kind: str | None = None, **params: object) -> DataError:
-        from lorastudio.i18n import t
-
         return cls(t(code, "en", **params), kind or code.split(".")[0], code=code, params=params)
 
     def localized(self, lang: str) -> str:
-        from lorastudio.i18n import MESSAGES, t
-
         return t(self.code, lang, **self.params) if self.code in MESSAGES else self.message
 
     def to_dict(self) -> dict:

@@ -59,10 +59,8 @@ def resolve_model(model_id: str) -> str:
 
 
 def _download_from_hub(model_id: str) -> str:
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError as error:  # pragma: no cover - transformers depends on it
-        raise ModelError("downloading hub models needs huggingface_hub: `pip install huggingface_hub`") from error
+    from huggingface_hub import snapshot_download  # a dependency of transformers
+
     try:
         # Safetensors only: never a pickle (.bin) checkpoint, which could run code at load time.
         return snapshot_download(model_id, allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.txt",

@@ -13,6 +13,9 @@ from lorastudio.models.default import ensure_default_tokenizer
 
 TINY_NAME = "tiny-random"
 TINY_SEED = 0
+# The layer shape (a Qwen2Config's keywords); the tests' own tiny model (tests/inference_fixtures.py) uses it too.
+TINY_SHAPE = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "num_key_value_heads": 2}
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                     "chat_template.jinja", "vocab.json", "merges.txt", "added_tokens.json")
 
@@ -30,11 +33,7 @@ def build_tiny_into(out_dir: Path) -> None:
     config = Qwen2Config(
         # The full vocabulary, so every token the tokenizer emits has an embedding row (151k × 64 is small).
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        **TINY_SHAPE,
         max_position_embeddings=32768,
         rope_theta=1_000_000.0,
         rms_norm_eps=1e-6,
