@@ -52,8 +52,7 @@ def run(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(f"lorastudio serve: {exc}", file=sys.stderr)
         return 2
-    if probe is not None:
-        probe.close()
+    probe.close()
     app = create_app(settings)
     auth = "API key required" if settings.api_key else "no API key (loopback only)"
     print(f"LoRA Studio on http://{settings.host}:{settings.port}/  (API: /v1, docs: /docs, {auth}, "

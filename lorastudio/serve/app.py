@@ -12,6 +12,7 @@ import os
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TextIO
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
@@ -110,16 +111,14 @@ class GuardMiddleware:
         await self.app(scope, counting_receive, send)
 
 
-def lock_data_dir(data_dir: Path):
+def lock_data_dir(data_dir: Path) -> TextIO:
     """One server (one job worker) per data directory: two would run the same queue twice.
 
     An advisory lock that the kernel drops when the process dies, even by SIGKILL, so a crash never
-    leaves a stale lock behind.
+    leaves a stale lock behind. (POSIX only, like the rest of the service: process groups, signals.)
     """
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock, documented
-        return None
+    import fcntl
+
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
         handle = (data_dir / "server.lock").open("a+")
