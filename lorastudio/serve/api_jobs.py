@@ -22,7 +22,7 @@ from lorastudio.serve.objects import (
     list_object,
 )
 from lorastudio.serve.store import TERMINAL_STATUSES, new_id, now
-from lorastudio.serve.worker import OPENAI_HYPERPARAMETERS, RESERVED_FIELDS
+from lorastudio.serve.worker import OPENAI_HYPERPARAMETERS, RESERVED_FIELDS, SCHEDULE_CHOICES
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"], responses=error_responses(401))
 _JOB = {"response_model": FineTuningJob, "response_model_exclude_unset": True}
@@ -67,6 +67,15 @@ def check_hyperparameters(hp: dict[str, Any]) -> dict[str, Any]:
                 raise APIError(400, f"task must be one of {', '.join(TASKS)}, got {value!r}.", param=param,
                                code="invalid_value")
             out[key] = value
+        elif key == "quick":  # the quick-preview schedule (1 pass; the recommender states its cost)
+            if not isinstance(value, bool):
+                raise APIError(400, f"quick must be true or false, got {value!r}.", param=param, code="invalid_value")
+            out[key] = value
+        elif key == "time_budget_s":  # shrink the schedule to fit this many seconds (only when asked)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 10**7:
+                raise APIError(400, f"time_budget_s must be a number of seconds between 0 and 10^7, got {value!r}.",
+                               param=param, code="invalid_value")
+            out[key] = value
         elif key in RESERVED_FIELDS or key not in known:
             why = "is set by the job itself" if key in RESERVED_FIELDS else "is not a training setting"
             raise APIError(400, f"Hyperparameter '{key}' {why}. Use n_epochs, batch_size, "
@@ -74,7 +83,7 @@ def check_hyperparameters(hp: dict[str, Any]) -> dict[str, Any]:
                            "max_length, save_every.", param=param, code="invalid_value")
         elif value != "auto":  # "auto": the recommender decides
             out[key] = value
-    knobs = {k: v for k, v in out.items() if k not in OPENAI_HYPERPARAMETERS and k != "task"}
+    knobs = {k: v for k, v in out.items() if k not in OPENAI_HYPERPARAMETERS and k not in SCHEDULE_CHOICES}
     try:
         # Together, so that e.g. batch_tokens=256 with max_length=128 is judged as a pair.
         TrainConfig.from_dict(knobs)

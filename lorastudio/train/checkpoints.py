@@ -62,7 +62,7 @@ def prune(output_dir: str | Path, keep: int = KEEP) -> None:
         return
     keep_paths = {c.path for c in usable(output_dir)[-keep:]} if keep > 0 else set()
     for path in root.glob("step-*"):
-        if path not in keep_paths:
+        if _STEP.fullmatch(path.name) and path not in keep_paths:
             shutil.rmtree(path, ignore_errors=True)
 
 
