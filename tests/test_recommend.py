@@ -8,8 +8,9 @@ import sys
 
 import pytest
 
+from lorastudio.data.checks import estimate_tokens
 from lorastudio.train.config import TrainConfig
-from lorastudio.train.recommend import DataStats, approx_tokens, model_size_b, recommend, render
+from lorastudio.train.recommend import DataStats, model_size_b, recommend, render
 
 CPU = {"device": "cpu", "cpu_cores": 2, "bf16": True}
 GPU = {"device": "cuda", "gpu_memory_gb": 80, "gpu_name": "H100", "bf16": True}
@@ -120,8 +121,8 @@ def test_helpers():
     assert model_size_b("Qwen/Qwen2.5-1.5B-Instruct") == 1.5
     assert model_size_b("some-350m-model") == pytest.approx(0.35)
     assert model_size_b("default") == 0.5
-    assert approx_tokens("工单超过48小时") < approx_tokens("工单超过48小时未处理，系统会自动升级")
-    assert approx_tokens("hello world, this is English") < len("hello world, this is English")
+    assert estimate_tokens("工单超过48小时") < estimate_tokens("工单超过48小时未处理，系统会自动升级")
+    assert estimate_tokens("hello world, this is English") < len("hello world, this is English")
 
 
 def test_bad_task_rejected():
@@ -345,7 +346,7 @@ def _all_emitted_codes() -> list[dict]:
         (Path(tmp) / "config.json").write_text(json.dumps(qwen7b))
         cases = [(d, "default", task, hw, {}) for d in datas for task in ("qa", "copywriting") for hw in hws]
         cases += [(d, "default", "qa", hw, kw) for d in datas[1:3] for hw in hws[:4] + hws[8:9]
-                  for kw in ({"quick": True}, {"time_budget_s": 60}, {"time_budget_s": 20 * 60},
+                  for kw in ({"quick": True}, {"time_budget_s": 40}, {"time_budget_s": 60}, {"time_budget_s": 20 * 60},
                              {"quick": True, "time_budget_s": 60})]
         cases += [(DEMO, tmp, "qa", {"device": "cuda", "gpu_memory_gb": gb, "bf16": True}, {}) for gb in (8, 24, 141)]
         cases += [(DEMO, "default", "consulting", CPU, {"price_per_hour": 0.5})]

@@ -78,17 +78,17 @@ def test_cli_quick_and_time_budget_print_codes_in_the_users_language(tmp_path, c
     monkeypatch.setenv("LORASTUDIO_LANG", "zh")
     settings = _recommended(str(data), "default", "qa", quiet=False, quick=True)
     err = capsys.readouterr().err
-    assert settings["num_epochs"] == 1.0 and settings["extra"] == {"schedule": "quick"}
+    assert settings["num_epochs"] == 1.0 and settings["extra"]["schedule"] == "quick" and settings["extra"]["estimate"]["seconds"] > 0
     assert "推荐设置：" in err and "快速预览" in err and "预计：" in err
     assert "Recommended settings" not in err and "pass" not in err
 
     monkeypatch.setenv("LORASTUDIO_LANG", "en")
     settings = _recommended(str(data), "default", "qa", quiet=False)
     err = capsys.readouterr().err
-    assert settings["extra"] == {"schedule": "full"} and settings["num_epochs"] >= 3
+    assert settings["extra"]["schedule"] == "full" and settings["extra"]["estimate"]["seconds"] > 0 and settings["num_epochs"] >= 3
     assert "Recommended settings:" in err and "option --quick: Quick preview" in err
     settings = _recommended(str(data), "default", "qa", quiet=True, time_budget_min=0.1)
-    assert settings["extra"] == {"schedule": "budget"} and settings["num_epochs"] == 1.0
+    assert settings["extra"]["schedule"] == "budget" and settings["extra"]["estimate"]["seconds"] > 0 and settings["num_epochs"] == 1.0
 
     # flags that skip the recommender cannot take --quick; a budget must be positive
     out = str(tmp_path / "out")

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from lorastudio import hardware as _hardware
+from lorastudio.data.checks import PER_MESSAGE_OVERHEAD, estimate_tokens
 from lorastudio.i18n import t as _t
 
 TASKS = ("qa", "copywriting", "consulting")
@@ -218,7 +219,7 @@ class DataStats:
             return cls(rows=value, mean_tokens=80.0, max_tokens=200, mean_answer_tokens=40.0)
         if isinstance(value, Mapping):
             rows = int(value.get("rows") or value.get("rows_ok") or value.get("count") or 0)
-            mean = float(value.get("mean_tokens") or approx_tokens("x" * int(value.get("mean_chars", 240))))
+            mean = float(value.get("mean_tokens") or estimate_tokens("x" * int(value.get("mean_chars", 240))))
             return cls(rows=rows, mean_tokens=mean,
                        max_tokens=int(value.get("max_tokens") or mean * 3),
                        mean_answer_tokens=float(value.get("mean_answer_tokens") or mean / 2),
@@ -230,7 +231,7 @@ class DataStats:
         def count(text: str) -> int:
             if tokenizer is not None:
                 return len(tokenizer(text, add_special_tokens=False)["input_ids"])
-            return approx_tokens(text)
+            return estimate_tokens(text)
 
         lengths, answers, turns = [], [], []
         pool: list[str] = []  # the answers same-fact pairing looks at (augment.same_fact_pairs' pool)
@@ -242,7 +243,7 @@ class DataStats:
             total = TEMPLATE_TOKENS_PER_ROW
             answer = 0
             for role, content in messages:
-                n = count(content) + 5
+                n = count(content) + PER_MESSAGE_OVERHEAD
                 total += n
                 if role == "assistant":
                     answer += n
@@ -289,16 +290,6 @@ def _messages_of(conv: Any) -> list[tuple[str, str]]:
         else:
             out.append((m.role, m.content))
     return out
-
-
-_CJK = re.compile(r"[\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uff00-\uffef]")
-
-
-def approx_tokens(text: str) -> int:
-    """Token count without a tokenizer: Qwen-style BPE gives ≈ 0.85 tokens per CJK character and
-    ≈ 1 token per 3.6 other characters (measured on the demo data with the default tokenizer)."""
-    cjk = len(_CJK.findall(text))
-    return max(1, round(cjk * 0.85 + (len(text) - cjk) / 3.6))
 
 
 def model_size_b(base: str) -> float:
@@ -765,5 +756,5 @@ def _estimate(s: Mapping[str, Any], stats: DataStats, hw: Hardware, size: float,
             "cost": cost, "currency": currency}
 
 
-__all__ = ["CPU_TOKENS_PER_S_05B_2CORES", "DataStats", "Hardware", "Recommendation", "approx_tokens",
+__all__ = ["CPU_TOKENS_PER_S_05B_2CORES", "DataStats", "Hardware", "Recommendation",
            "cpu_tokens_per_s", "detect_hardware", "model_size_b", "recommend", "render"]
