@@ -10,10 +10,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from lorastudio.atomic import atomic_dir
 
 
 def lorastudio_home() -> Path:
@@ -52,17 +52,6 @@ def build_once(name: str, builder: Callable[[Path], None], *, complete: Callable
     with build_lock(name):
         if complete(target):  # another process finished it while we waited for the lock
             return target
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=models_dir()))
-        try:
-            builder(tmp)
-            # mkdtemp (and safetensors' own temp files) make things private; a model cache is shared by tools.
-            tmp.chmod(0o755)
-            for child in tmp.rglob("*"):
-                child.chmod(0o755 if child.is_dir() else 0o644)
-            if target.exists():  # a half-built leftover from an older version; never reached by a rename
-                shutil.rmtree(target)
-            os.replace(tmp, target)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+        # A shared cache: other tools and users read it (`shared` undoes mkdtemp's private mode).
+        atomic_dir(target, builder, shared=True)
     return target

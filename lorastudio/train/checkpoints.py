@@ -10,13 +10,14 @@ sibling and renamed (`atomic_dir`), so a crash leaves either a whole checkpoint 
 
 from __future__ import annotations
 
-import os
 import random
 import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
+
+from lorastudio.atomic import atomic_dir
 
 DIR = "checkpoints"
 STATE_FILE = "trainer_state.pt"
@@ -69,23 +70,6 @@ def prune(output_dir: str | Path, keep: int = KEEP) -> None:
 def clear(output_dir: str | Path) -> None:
     """A fresh run in a reused directory: checkpoints of another run must not be resumed."""
     shutil.rmtree(Path(output_dir) / DIR, ignore_errors=True)
-
-
-def atomic_dir(final: Path, write: Callable[[Path], None]) -> Path:
-    """Write into a temporary sibling, then rename: a crash never leaves a half checkpoint."""
-    tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
-        write(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
 
 
 def save(path: Path, write_adapter: Callable[[Path], None], state: dict[str, Any]) -> Path:
