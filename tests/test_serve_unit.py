@@ -128,6 +128,7 @@ def test_checkpoint_event_becomes_checkpoint_object(tmp_path):
     store = SQLiteStore(tmp_path / "db.sqlite3")
     job = _job(store, tmp_path, suffix="sup")
     worker = JobWorker(store, Settings(data_dir=tmp_path / "data"))
+    _checkpoint_on_disk(job, 50)
     (Path(job["job_dir"]) / "events.jsonl").write_text(
         json.dumps({"type": "checkpoint", "step": 50, "path": "/x/step-00000050", "train_loss": 0.7,
                     "valid_loss": 0.9, "time": 5}) + "\n")
@@ -135,6 +136,28 @@ def test_checkpoint_event_becomes_checkpoint_object(tmp_path):
     (ckpt,), _ = store.list_checkpoints(job["id"])
     assert ckpt["step_number"] == 50 and ckpt["metrics"]["valid_loss"] == 0.9
     assert ckpt["fine_tuned_model_checkpoint"] == "ft:tiny-random:sup:ftjob-1:ckpt-step-50"
+
+
+def _checkpoint_on_disk(job: dict, step: int) -> None:
+    path = Path(job["job_dir"]) / "checkpoints" / f"step-{step:08d}"
+    path.mkdir(parents=True, exist_ok=True)
+    (path / STATE_FILE).write_bytes(b"x")
+
+
+def test_the_checkpoint_list_is_what_can_be_used(tmp_path):
+    """The trainer keeps its newest checkpoints only (issue 16: 10 listed for a 40-step job, 2 on disk)."""
+    store = SQLiteStore(tmp_path / "db.sqlite3")
+    job = _job(store, tmp_path, suffix="sup")
+    worker = JobWorker(store, Settings(data_dir=tmp_path / "data"))
+    events = Path(job["job_dir"]) / "events.jsonl"
+    for step in (4, 8, 12, 16):
+        _checkpoint_on_disk(job, step)
+        prune(job["job_dir"], keep=2)
+        with events.open("a") as f:
+            f.write(json.dumps({"type": "checkpoint", "step": step, "path": "p", "time": step}) + "\n")
+        worker._pump(job["id"])
+        listed = sorted(c["step_number"] for c in store.list_checkpoints(job["id"], limit=100)[0])
+        assert listed == [s for s in (4, 8, 12, 16) if s <= step][-2:]
 
 
 def test_helpers(tmp_path):

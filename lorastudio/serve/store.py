@@ -112,6 +112,7 @@ class Store(Protocol):
     def list_events(self, job_id: str, *, after: str | None = None, limit: int = 20) -> tuple[list[dict], bool]: ...
     def events_since(self, job_id: str, seq: int) -> list[dict]: ...
     def add_checkpoint(self, **values: Any) -> dict | None: ...
+    def keep_checkpoints(self, job_id: str, steps: set[int]) -> int: ...
     def list_checkpoints(self, job_id: str, *, after: str | None = None, limit: int = 10) -> tuple[list[dict], bool]: ...
     def add_model(self, *, model_id: str, job_id: str, base: str, adapter_dir: str) -> None: ...
     def get_model(self, model_id: str) -> dict | None: ...
@@ -274,6 +275,15 @@ class SQLiteStore:
             except sqlite3.IntegrityError:
                 return None
         return self._one("SELECT * FROM checkpoints WHERE id = ?", (values["id"],))
+
+    def keep_checkpoints(self, job_id: str, steps: set[int]) -> int:
+        """Forget the job's checkpoints whose step is not in `steps` (the trainer pruned them from disk);
+        returns how many were forgotten."""
+        with self._lock:
+            rows = self._db.execute("SELECT id, step_number FROM checkpoints WHERE job_id = ?", (job_id,)).fetchall()
+            gone = [row[0] for row in rows if row[1] not in steps]
+            self._db.executemany("DELETE FROM checkpoints WHERE id = ?", [(g,) for g in gone])
+        return len(gone)
 
     def list_checkpoints(self, job_id: str, *, after: str | None = None, limit: int = 10) -> tuple[list[dict], bool]:
         return self._page("checkpoints", "job_id = ?", (job_id,), after, limit)

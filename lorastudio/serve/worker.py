@@ -317,6 +317,8 @@ class JobWorker:
                 fine_tuned_model_checkpoint=f"{fine_tuned_model_name(job)}:ckpt-step-{raw['step']}",
                 created_at=int(raw.get("time") or now()),
             )
+            # The list shows what can be used: the trainer keeps only its newest checkpoints on disk.
+            self.store.keep_checkpoints(job["id"], {c.step for c in checkpoints.usable(job["job_dir"])})
         self.store.add_event(job["id"], level=level, type=kind, message=message, data=data, raw=raw,
                              job_updates=updates)
 

@@ -30,7 +30,7 @@ class ConfigError(ValueError):
 _FLOAT_FIELDS = {"lora_dropout", "learning_rate", "warmup_ratio", "weight_decay", "num_epochs",
                  "neftune_alpha", "val_fraction", "price_per_hour"}
 _INT_FIELDS = {"lora_r", "lora_alpha", "max_steps", "batch_tokens", "gradient_accumulation", "max_length",
-               "seed", "eval_every", "save_every", "early_stopping_patience", "augment_paraphrases",
+               "seed", "eval_every", "save_every", "keep_checkpoints", "early_stopping_patience", "augment_paraphrases",
                "replay_rows", "gpus"}
 
 
@@ -105,6 +105,9 @@ class TrainConfig:
     """Steps between validation passes; 0 = once per epoch."""
     save_every: int = 0
     """Steps between checkpoints; 0 = once per epoch."""
+    keep_checkpoints: int = 2
+    """Newest step checkpoints kept on disk (older ones are deleted as new ones land; the job API lists
+    exactly these). Each holds the LoRA weights and optimizer state: a few MB to a few hundred."""
     early_stopping_patience: int | None = None
     """Stop after this many validation passes without improvement and keep the best checkpoint."""
 
@@ -122,6 +125,14 @@ class TrainConfig:
     augment_per_epoch: bool = _resume(False)
     """A fresh variant each epoch instead of repeating one: same-fact pairs borrow another sibling's
     answer and replay takes new general prompts every epoch (same tokens per epoch, more variety)."""
+    augment_contrast: bool = _resume(False)
+    """Also train pairs of neighbouring facts asked in one question ("…？另外，…？"), each part answered
+    with its own row's answer, so close facts are told apart (half the questions each epoch; no generation;
+    runs with the augmentation hook, i.e. with augment_same_fact, augment_turns or augment_paraphrases on)."""
+    augment_cases: bool = _resume(False)
+    """Also train new cases of the rules the rows state: a case question's amount moved within its rule's
+    bounds, and rule questions framed with a concrete amount past their threshold (no generation; runs
+    with the augmentation hook like augment_contrast)."""
     replay_prompts: str | None = _resume(None)
     """Your own general prompts for replay instead of the built-in set: a .txt (one per line) or .jsonl
     (`prompt` per line), the first `replay_rows` used; answers cached per base model like the built-in ones."""
@@ -170,6 +181,7 @@ class TrainConfig:
         need(0.0 <= self.val_fraction < 0.5, "val_fraction", "must be in [0, 0.5)")
         need(self.eval_every >= 0, "eval_every", "must be ≥ 0")
         need(self.save_every >= 0, "save_every", "must be ≥ 0")
+        need(1 <= self.keep_checkpoints <= 1000, "keep_checkpoints", "must be 1–1000")
         need(self.augment_paraphrases >= 0, "augment_paraphrases", "must be ≥ 0")
         need(self.replay_rows >= 0, "replay_rows", "must be ≥ 0")
         need(self.device in ("auto", "cpu", "cuda"), "device", "auto, cpu or cuda")

@@ -389,7 +389,7 @@ class Trainer:
                  "config": self.cfg.to_dict(), **self.progress.to_state()}
         checkpoints.save(path, lambda tmp: self._write_adapter(tmp, weights), state)
         self.log.emit("checkpoint", step=step, path=str(path), train_loss=train_loss, valid_loss=valid_loss)
-        checkpoints.prune(self.output_dir)
+        checkpoints.prune(self.output_dir, self.cfg.keep_checkpoints)
         return path
 
     def _restore(self, checkpoint: Path) -> int:
