@@ -719,3 +719,20 @@ def test_uploads_in_other_formats_are_validated(client):
     assert client.app.state.store.get_file(fid)["path"].endswith(".xlsx")
     report = client.get(f"/studio/files/{fid}/report").json()
     assert report["rows_ok"] == 1 and report["format"] == "xlsx"
+
+
+def test_lists_page_to_the_end_and_unknown_cursors_are_refused(client):
+    """Issue 16: `has_more` was always false for files (the SDK's auto-paging stopped at page 1) and an
+    unknown `after` silently returned page 1."""
+    ids = [upload(client, name=f"f{i}.jsonl").json()["id"] for i in range(5)]
+    seen, after = [], None
+    for _ in range(10):
+        page = client.get("/v1/files", params={"limit": 2, **({"after": after} if after else {})}).json()
+        seen += [f["id"] for f in page["data"]]
+        if not page["has_more"]:
+            break
+        after = page["last_id"]
+    assert sorted(seen) == sorted(ids) and len(seen) == 5
+    assert_openai_error(client.get("/v1/files", params={"after": "file-nope"}), 400, "invalid_cursor", "after")
+    assert_openai_error(client.get("/v1/fine_tuning/jobs", params={"after": "ftjob-nope"}), 400,
+                        "invalid_cursor", "after")

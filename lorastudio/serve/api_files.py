@@ -88,8 +88,8 @@ async def upload_file(request: Request, file: Annotated[UploadFile, File()],
 @router.get("", summary="List uploaded files", response_model=FileList, response_model_exclude_unset=True)
 def list_files(request: Request, purpose: str | None = None, after: str | None = None,
                limit: Annotated[int, Query(ge=1, le=10000)] = 10000) -> dict:
-    rows = request.app.state.store.list_files(purpose=purpose, after=after, limit=limit)
-    return list_object([file_object(r) for r in rows])
+    rows, more = request.app.state.store.list_files(purpose=purpose, after=after, limit=limit)
+    return list_object([file_object(r) for r in rows], more)
 
 
 @router.get("/{file_id}", summary="One file's metadata", response_model=FileObject,

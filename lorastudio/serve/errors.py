@@ -15,6 +15,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from lorastudio.serve.store import UnknownCursor
+
 log = logging.getLogger("lorastudio.serve")
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
@@ -105,6 +107,12 @@ def install_error_handlers(app: FastAPI) -> None:
             return error_response(400, "The request body must be a JSON object.", None, "invalid_json")
         more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
         return error_response(400, f"Invalid value for '{param}': {msg}{more}.", param, "invalid_value")
+
+    @app.exception_handler(UnknownCursor)
+    async def _cursor(request: Request, exc: UnknownCursor) -> JSONResponse:
+        return error_response(400, f"'after' names no item of this list: {exc.args[0]!r}. Use the id of an "
+                              "item from the previous page (its last_id), or leave 'after' out for the first page.",
+                              "after", "invalid_cursor")
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

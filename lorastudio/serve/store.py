@@ -95,12 +95,17 @@ def now() -> int:
     return int(time.time())
 
 
+class UnknownCursor(KeyError):
+    """A list's `after` names no item of that list."""
+
+
 class Store(Protocol):
     """What routes and the worker need from a store; see SQLiteStore for the semantics."""
 
     def add_file(self, *, filename: str, nbytes: int, purpose: str, path: str, file_id: str) -> dict: ...
     def get_file(self, file_id: str) -> dict | None: ...
-    def list_files(self, *, purpose: str | None = None, after: str | None = None, limit: int = 10000) -> list[dict]: ...
+    def list_files(self, *, purpose: str | None = None, after: str | None = None,
+                   limit: int = 10000) -> tuple[list[dict], bool]: ...
     def delete_file(self, file_id: str) -> bool: ...
     def add_job(self, **values: Any) -> dict: ...
     def get_job(self, job_id: str) -> dict | None: ...
@@ -173,11 +178,12 @@ class SQLiteStore:
     def _page(self, table: str, where: str, args: tuple, after: str | None, limit: int,
               newest_first: bool = True) -> tuple[list[dict], bool]:
         """Keyset paging on the autoincrement `seq`: `after` is the id of the last item already seen."""
-        if after:
-            anchor = self._one(f"SELECT seq FROM {table} WHERE id = ?", (after,))
-            if anchor is not None:
-                where += " AND seq < ?" if newest_first else " AND seq > ?"
-                args = (*args, anchor["seq"])
+        if after is not None:
+            anchor = self._one(f"SELECT seq FROM {table} WHERE id = ? AND {where}", (after, *args))
+            if anchor is None:  # never silently page 1: the client would loop or miss items
+                raise UnknownCursor(after)
+            where += " AND seq < ?" if newest_first else " AND seq > ?"
+            args = (*args, anchor["seq"])
         order = "DESC" if newest_first else "ASC"
         rows = self._all(f"SELECT * FROM {table} WHERE {where} ORDER BY seq {order} LIMIT ?", (*args, limit + 1))
         return rows[:limit], len(rows) > limit
@@ -192,9 +198,10 @@ class SQLiteStore:
     def get_file(self, file_id: str) -> dict | None:
         return self._one("SELECT * FROM files WHERE id = ?", (file_id,))
 
-    def list_files(self, *, purpose: str | None = None, after: str | None = None, limit: int = 10000) -> list[dict]:
+    def list_files(self, *, purpose: str | None = None, after: str | None = None,
+                   limit: int = 10000) -> tuple[list[dict], bool]:
         where, args = ("purpose = ?", (purpose,)) if purpose else ("1 = 1", ())
-        return self._page("files", where, args, after, limit)[0]
+        return self._page("files", where, args, after, limit)
 
     def delete_file(self, file_id: str) -> bool:
         with self._lock:
