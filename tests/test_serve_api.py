@@ -736,3 +736,34 @@ def test_lists_page_to_the_end_and_unknown_cursors_are_refused(client):
     assert_openai_error(client.get("/v1/files", params={"after": "file-nope"}), 400, "invalid_cursor", "after")
     assert_openai_error(client.get("/v1/fine_tuning/jobs", params={"after": "ftjob-nope"}), 400,
                         "invalid_cursor", "after")
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"hyperparameters": {"n_epochs": 1e9}}, "hyperparameters.n_epochs"),         # held the only slot, memory grew
+    ({"hyperparameters": {"learning_rate_multiplier": 1000}}, "hyperparameters.learning_rate_multiplier"),
+    ({"hyperparameters": {"batch_size": 10**6}}, "hyperparameters.batch_size"),
+    ({"hyperparameters": {"max_steps": 10**12}}, "hyperparameters.max_steps"),
+    ({"seed": 2**64}, "seed"),                                                     # was a 500 + an orphan job dir
+])
+def test_out_of_range_job_settings_are_400_naming_the_parameter(client, body, param):
+    fid = upload(client).json()["id"]
+    resp = client.post("/v1/fine_tuning/jobs", json={"model": "tiny-random", "training_file": fid, **body})
+    assert_openai_error(resp, 400, "invalid_value", param)
+    assert client.get("/v1/fine_tuning/jobs").json()["data"] == []
+
+
+def test_non_finite_json_numbers_are_refused_at_create(client):
+    fid = upload(client).json()["id"]
+    for literal in ("Infinity", "NaN", "1e309"):
+        raw = f'{{"model": "tiny-random", "training_file": "{fid}", "hyperparameters": {{"n_epochs": {literal}}}}}'
+        resp = client.post("/v1/fine_tuning/jobs", content=raw, headers={"Content-Type": "application/json"})
+        assert resp.status_code == 400, (literal, resp.text)
+
+
+def test_chat_bad_seed_and_content_parts_are_400_not_500(client):
+    messages = [{"role": "user", "content": "hi"}]
+    assert_openai_error(client.post("/v1/chat/completions", json={"model": "tiny-random", "messages": messages,
+                                                                  "seed": 2**64}), 400, "invalid_value", "seed")
+    parts = [{"role": "user", "content": [{"type": "text", "text": 5}]}]
+    assert_openai_error(client.post("/v1/chat/completions", json={"model": "tiny-random", "messages": parts}),
+                        400, "invalid_value", "messages")

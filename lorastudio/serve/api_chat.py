@@ -37,7 +37,7 @@ class ChatRequest(BaseModel):
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     n: int = Field(1, ge=1)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
     stop: str | list[str] | None = None
 
 
@@ -113,6 +113,10 @@ def _check_messages(messages: list[dict[str, Any]]) -> None:
         normalize_messages(messages)
     except PromptError as exc:
         raise APIError(400, f"Invalid 'messages': {exc}.", param="messages", code="invalid_value") from None
+    except (TypeError, AttributeError, KeyError):  # e.g. a content part whose text is not a string
+        raise APIError(400, "Invalid 'messages': each message needs a role and a content that is a string or a "
+                       "list of {\"type\": \"text\", \"text\": <string>} parts.", param="messages",
+                       code="invalid_value") from None
 
 
 def _engine_error(exc: Exception) -> APIError:

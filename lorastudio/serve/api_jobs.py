@@ -23,6 +23,7 @@ from lorastudio.serve.objects import (
 )
 from lorastudio.serve.store import TERMINAL_STATUSES, new_id, now
 from lorastudio.serve.worker import OPENAI_HYPERPARAMETERS, RESERVED_FIELDS, SCHEDULE_CHOICES
+from lorastudio.train.config import MAX_SEED
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"], responses=error_responses(401))
 _JOB = {"response_model": FineTuningJob, "response_model_exclude_unset": True}
@@ -38,9 +39,14 @@ class JobCreate(BaseModel):
     hyperparameters: dict[str, Any] | None = Field(
         None, description="n_epochs, batch_size, learning_rate_multiplier ('auto' or a number) plus any "
         "TrainConfig field, e.g. task, lora_r, max_steps.")
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
     metadata: dict[str, str] | None = None
     method: dict[str, Any] | None = None
+
+
+# OpenAI's ranges (n_epochs 1–50, batch_size 1–256, learning_rate_multiplier up to 10); NaN and
+# infinity (JSON `Infinity`, `1e309`) fail the comparison.
+OPENAI_RANGES = {"n_epochs": (0, 50), "batch_size": (0, 256), "learning_rate_multiplier": (0, 10)}
 
 
 def check_hyperparameters(hp: dict[str, Any]) -> dict[str, Any]:
@@ -55,9 +61,10 @@ def check_hyperparameters(hp: dict[str, Any]) -> dict[str, Any]:
             if value == "auto" or value is None:
                 out[key] = "auto"
                 continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise APIError(400, f"{key} must be 'auto' or a positive number, got {value!r}.", param=param,
-                               code="invalid_value")
+            low, high = OPENAI_RANGES[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low < value <= high:
+                raise APIError(400, f"{key} must be 'auto' or a number in ({low:g}, {high:g}], got {value!r}.",
+                               param=param, code="invalid_value")
             if key == "batch_size" and not float(value).is_integer():
                 raise APIError(400, f"batch_size must be a whole number, got {value!r}.", param=param,
                                code="invalid_value")
