@@ -271,3 +271,137 @@ def test_own_replay_prompts_file(tmp_path, monkeypatch):
     (tmp_path / "empty.txt").write_text("\n\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="no prompts"):
         read_prompts(tmp_path / "empty.txt")
+
+
+# --------------------------------------------------------------------------------------------------
+# issue 13 levers: contrastive neighbour pairs and applied cases
+# --------------------------------------------------------------------------------------------------
+def _refund_rows() -> list[Conversation]:
+    return [
+        qa("大额退款有什么特别流程？", "单笔退款超过2000元要走双签：主管审批+财务复核。", row=1),
+        qa("退款金额多少以上需要财务复核？", "单笔退款超过2000元需要财务复核，同时主管审批，叫双签。", row=2),
+        qa("退款多久能到账？", "退款审核通过后原路退回，3个工作日内到账；退到云栈钱包2小时内到账。", row=3),
+        qa("原路退款要几天？", "原路退款审核通过后3个工作日内到账；退到云栈钱包2小时内。", row=4),
+        qa("栖夏连衣裙多少钱？", "栖夏亚麻连衣裙售价299元，SKU编号YZ-LD2406。", row=5),
+        qa("栖夏是什么面料？", "栖夏亚麻连衣裙面料55%亚麻+45%粘胶，售价299元。", row=6),
+    ]
+
+
+def test_neighbour_facts_finds_the_topic_next_door():
+    from lorastudio.train.augment import neighbour_facts
+
+    convs = _refund_rows()
+    groups = fact_groups(convs)
+    assert groups[0] == groups[1] and groups[2] == groups[3] and groups[0] != groups[2]
+    near = neighbour_facts(convs, groups, k=1)
+    assert near[groups[0]] == [groups[2]] and near[groups[2]] == [groups[0]]
+
+
+def test_contrast_pairs_answer_each_question_with_its_own_answer():
+    from lorastudio.train.augment import contrast_pairs
+
+    convs = _refund_rows()
+    pairs = contrast_pairs(convs, cycle=1, k=1)
+    assert pairs and all(p.rotation is None for p in pairs)
+    by_question = {c.messages[0].content: c.messages[-1].content for c in convs}
+    for p in pairs:
+        first, second = p.messages[0].content.split("另外，")
+        assert p.messages[-1].content == by_question[first] + "\n" + by_question[second]
+        assert fact_groups([qa(first, by_question[first]), qa(second, by_question[second])]) == [0, 1]
+    assert len(pairs) == 3  # every other question in an epoch
+    # per epoch: the other half the next epoch, so each question is paired once over two epochs
+    cyc = contrast_pairs(convs, cycle=2, k=1)
+    assert sorted({p.rotation for p in cyc}) == [(0, 2), (1, 2)]
+    assert sorted(p.row for p in cyc) == [1, 2, 3, 4, 5, 6]
+
+
+def test_contrast_pairs_need_a_neighbour():
+    from lorastudio.train.augment import contrast_pairs
+
+    assert contrast_pairs([qa("工单多久升级？", "工单超过48小时未处理自动升级。")]) == []
+    unrelated = [qa("工单多久升级？", "工单超过48小时未处理自动升级。"), qa("栖夏多少钱？", "栖夏售价299元。")]
+    assert contrast_pairs(unrelated, k=1, cycle=1) == []  # nothing in common: not neighbours
+    close = [qa("工单多久升级", "工单超过48小时未处理自动升级。"), qa("工单号什么格式？", "工单编号格式为YZ-年月日。")]
+    assert [p.messages[0].content for p in contrast_pairs(close, k=1, cycle=1)] == ["工单多久升级？另外，工单号什么格式？"]
+
+
+def test_case_variants_stay_on_the_same_side_of_every_threshold():
+    import random
+
+    from lorastudio.train.augment import case_variants
+
+    rng = random.Random(0)
+    row = qa("我想给客户补偿150元券，需要谁批？", "150元在50-200元区间，需要组长审批。超过200元要主管审批。")
+    out = case_variants(row, rng, 5)
+    assert len(out) == 5
+    for v in out:
+        x = int(v.messages[0].content.removeprefix("我想给客户补偿").split("元")[0])
+        assert 50 < x < 200 and x != 150 and x % 10 == 0
+        assert v.messages[1].content.startswith(f"{x}元在50-200元区间")
+    late = qa("客户签收4天后才说杯子碎了，还能走破损快赔吗？", "不能。破损快赔要求签收后72小时内申请，4天已超期。")
+    for v in case_variants(late, rng, 3):  # 72小时 = 3天: every new day count is still too late
+        days = int(v.messages[0].content.removeprefix("客户签收").split("天")[0])
+        assert days > 3 and f"{days}天已超期" in v.messages[1].content
+    # a rule question is not a case; an amount no threshold bounds is left alone
+    assert case_variants(qa("补偿金额超过200元怎么走流程？", "超过200元需主管审批。"), rng, 3) == []
+    assert case_variants(qa("帮我算算3件共多少钱？", "共897元。"), rng, 3) == []
+
+
+def test_rule_cases_add_an_amount_past_the_threshold_and_keep_the_answer():
+    import random
+
+    from lorastudio.train.augment import rule_cases
+
+    rng = random.Random(1)
+    row = qa("退款金额多少以上需要财务复核？", "单笔退款超过2000元时需要财务复核，同时还要主管审批。")
+    out = rule_cases(row, rng, 4)
+    assert len(out) == 4
+    for v in out:
+        q = v.messages[0].content
+        assert q.startswith("退款金额多少以上需要财务复核？") and q.endswith("元呢？")
+        assert int(q.split("比如")[-1].split("要是")[-1].split("元")[0]) > 2000
+        assert v.messages[1].content == row.messages[1].content
+    # the threshold must be of the kind asked about, and a question naming an amount is a case already
+    assert rule_cases(qa("风控复审要多久出结果？", "风控组1个工作日内给出结论；30天内退款≥5次触发。"), rng, 3) == []
+    assert rule_cases(qa("工单放了两天会升级吗？", "会。工单满48小时未处理就会升级。"), rng, 3) == []
+
+
+def test_augment_hook_adds_contrast_and_case_rows(tmp_path):
+    convs = _refund_rows() + [qa("客户要退一台3500元的设备，客服能直接退吗？",
+                                 "不能直接退。单笔退款超过2000元需走双签。", row=7)]
+    cfg = TrainConfig(output_dir=str(tmp_path), augment_same_fact=True, augment_contrast=True,
+                      augment_cases=True, augment_per_epoch=True, num_epochs=3)
+    out = augment_conversations(convs, cfg=cfg)
+    lines = [json.loads(x) for x in (tmp_path / "augmented.jsonl").read_text("utf-8").splitlines()]
+    sources = {x["source"] for x in lines}
+    assert {"same_fact", "contrast", "case"} <= sources
+    assert len(out) == len(convs) + len(lines)
+    cases = [x for x in lines if x["source"] == "case"]
+    assert {x["row"] for x in cases} >= {2, 7} and all("epoch" in x for x in cases)
+    off = augment_conversations(convs, cfg=TrainConfig(output_dir=str(tmp_path), augment_same_fact=True))
+    assert not {json.loads(x)["source"] for x in (tmp_path / "augmented.jsonl").read_text("utf-8").splitlines()} - {
+        "same_fact"} and len(off) < len(out)
+
+
+def test_new_levers_are_resume_settings():
+    from lorastudio.train.config import resume_keys
+
+    assert {"augment_contrast", "augment_cases"} <= set(resume_keys())
+    assert TrainConfig().augment_contrast is False and TrainConfig().augment_cases is False
+
+
+def test_hard_eval_set_is_held_out_and_well_formed():
+    import difflib
+
+    root = Path(__file__).resolve().parents[1]
+    items = [json.loads(x) for x in (root / "evalsets/yunzhan_hard.jsonl").read_text("utf-8").splitlines()]
+    assert len(items) >= 60
+    kinds = {k: sum(i["kind"] == k for i in items) for k in ("apply", "neighbour", "two", "scenario")}
+    assert sum(kinds.values()) == len(items) and kinds["apply"] >= len(items) // 3 and min(kinds.values()) >= 10
+    assert {f for i in items for f in i["facts"]} == set(range(1, 41))
+    assert all(i["fact"] == i["facts"][0] and i["must_contain"] for i in items)
+    assert all(len(i["facts"]) == 2 for i in items if i["kind"] == "two")
+    if DEMO.is_file():
+        train = [json.loads(x)["instruction"] for x in DEMO.read_text("utf-8").splitlines()]
+        for item in items:  # reworded and new cases, never a training question
+            assert max(difflib.SequenceMatcher(None, item["question"], q).ratio() for q in train) < 0.7, item

@@ -4,9 +4,11 @@ Each recipe starts from what the recommender picks for DATA on the reference lap
 bf16, the issue's 15-minute machine), then applies its own `--set` overrides, and trains on a GPU so a
 recipe takes a minute instead of ten. Run on the device (docs/QUALITY.md says how the model gets there):
 
-  python3 bench/quality/product_sweep.py --data .mdl/q4/data/yunzhan_train.jsonl --out $OUT/sweep \
+  python3 bench/quality/product_sweep.py --data lorastudio/assets/demo/yunzhan_train.jsonl --out $OUT/sweep \
       --gpus 0,1 --per-gpu 2 --recipes default,e3,r32_e3
 
+bench/quality/device_sweep.sh does this on the device after the default GGUF has travelled in parts
+(docs/QUALITY.md, "Recall that generalises"); the recipe `base` scores the base model alone.
 Tiny CPU smoke run (plumbing only): --base tiny-random --device cpu --limit 8.
 Results: one line per recipe in OUT/results.jsonl (facts, whole facts, general, tokens, train seconds).
 """
@@ -92,9 +94,22 @@ MIXES.update({  # LoRA on the MLP only; the adapter scored at lower strengths (W
     "pe_mlp16_rp80_lr1.5e-3": {**MLP, "augment_per_epoch": True, "replay_rows": 80, "learning_rate": 1.5e-3},
     "pe_mlp16_bt448": {**MLP, "augment_per_epoch": True, "batch_tokens": 448},
 })
+# Session 4 (issue 13, recall that generalises): the levers of lorastudio/train/augment.py on top of today's
+# defaults, scored on evalsets/yunzhan_hard.jsonl as well; `h_e4` is a token control (a 4th epoch adds about
+# as many tokens as the contrastive pairs do).
+MIXES.update({
+    "h_default": {},
+    "h_contrast": {"augment_contrast": True},
+    "h_cases": {"augment_cases": True},
+    "h_both": {"augment_contrast": True, "augment_cases": True},
+    "h_e4": {"num_epochs": 4},
+    # contrastive pairs with a guard for the general answers they cost (-0.8 of 24 over 10 seeds)
+    "h_con_rp80": {"augment_contrast": True, "replay_rows": 80},
+    "h_con_lr8e-4": {"augment_contrast": True, "learning_rate": 8e-4},
+})
 for _name, _settings in MIXES.items():
     RECIPES[_name] = _settings
-    for _seed in (1, 2, 3, 4, 5):
+    for _seed in range(1, 10):
         RECIPES[f"{_name}_s{_seed}"] = {**_settings, "seed": _seed}
 
 
@@ -107,10 +122,35 @@ def laptop_settings(data: str, base: str) -> dict:
     return dict(recommend(report.conversations, base=base, task="qa", hardware=LAPTOP).settings)
 
 
+HARD_KEYS = ("hard", "hard_n", "hard_by_kind", "hard_ok", "hard_answers")
+
+
+def score_base(args: argparse.Namespace, gpu: str | None) -> dict:
+    """The base model's answers to the same sets (no adapter)."""
+    out = Path(args.out) / "base"
+    out.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(args.threads))
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
+    cmd = [sys.executable, str(ROOT / "bench/quality/score.py"), "--base", args.base, "--out", str(out / "quality.json"),
+           "--batch-size", str(args.score_batch)]
+    with open(out / "score.log", "w") as log:
+        code = subprocess.call(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    if code != 0:
+        return {"recipe": "base", "error": f"score exit {code}: " + (out / "score.log").read_text()[-1500:]}
+    q = json.loads((out / "quality.json").read_text())
+    return {"recipe": "base", "facts": q["facts"], "facts_n": q["facts_n"], "whole_facts": q["facts_by_fact"],
+            "general": q["general"], "general_n": q["general_n"], "eval_s": q["eval_s"], "tokens": 0, "steps": 0,
+            "train_s": 0, **{k: q[k] for k in ("fact_ok", "general_ok", "fact_answers", "general_answers")},
+            **{k: q[k] for k in HARD_KEYS if k in q}}
+
+
 def run_recipe(name: str, settings: dict, args: argparse.Namespace, gpu: str | None) -> dict:
+    if name == "base":
+        return score_base(args, gpu)
     out = Path(args.out) / name
     out.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(args.threads))
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu
     pin = out / "pinned.yaml"
@@ -156,7 +196,15 @@ def run_recipe(name: str, settings: dict, args: argparse.Namespace, gpu: str | N
     q = json.loads((out / "quality.json").read_text())
     record.update(facts=q["facts"], facts_n=q["facts_n"], whole_facts=q["facts_by_fact"], general=q["general"],
                   general_n=q["general_n"], eval_s=q["eval_s"],
-                  **{k: q[k] for k in ("fact_ok", "general_ok", "fact_answers", "general_answers")})
+                  **{k: q[k] for k in ("fact_ok", "general_ok", "fact_answers", "general_answers")},
+                  **{k: q[k] for k in HARD_KEYS if k in q})
+    added = out / "augmented.jsonl"
+    if added.is_file():  # how many rows each augmentation source added (all epochs)
+        sources: dict[str, int] = {}
+        for line in added.read_text(encoding="utf-8").splitlines():
+            source = json.loads(line).get("source", "?")
+            sources[source] = sources.get(source, 0) + 1
+        record["augmented"] = sources
     for scale in scales[1:]:  # the same adapter at a lower LoRA strength
         q = json.loads((out / f"quality_x{scale:g}.json").read_text())
         record.setdefault("scaled", {})[f"{scale:g}"] = {
@@ -192,9 +240,10 @@ def main() -> None:
     ap.add_argument("--score-batch", type=int, default=64)
     ap.add_argument("--budget-s", type=float, default=0, help="start no recipe after this many seconds")
     ap.add_argument("--warm-replay", action="store_true", help="answer all built-in general prompts first")
+    ap.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS of each recipe's processes")
     args = ap.parse_args()
 
-    recipes = dict(RECIPES, **(json.loads(args.extra) if args.extra else {}))
+    recipes = dict(RECIPES, base={}, **(json.loads(args.extra) if args.extra else {}))
     names = list(recipes) if args.recipes == "all" else [n for n in args.recipes.split(",") if n]
     unknown = [n for n in names if n not in recipes]
     if unknown:
@@ -230,7 +279,8 @@ def main() -> None:
                 if "error" in record:
                     print(f"{name}: ERROR {record['error'][-600:]}", flush=True)
                 else:
-                    print(f"{name}: facts {record['facts']}/{record['facts_n']} whole {record['whole_facts']} "
+                    hard = f"hard {record['hard']}/{record['hard_n']} {record['hard_by_kind']} " if "hard" in record else ""
+                    print(f"{name}: {hard}facts {record['facts']}/{record['facts_n']} whole {record['whole_facts']} "
                           f"general {record['general']}/{record['general_n']} tokens {record['tokens']} "
                           f"steps {record['steps']} train {record['train_s']}s eval {record['eval_s']}s "
                           f"(t+{time.time() - start:.0f}s)", flush=True)

@@ -220,6 +220,251 @@ def epoch_cycle(cfg: Any) -> int:
 
 
 # --------------------------------------------------------------------------------------------------
+# contrastive neighbour pairs (augment_contrast)
+# --------------------------------------------------------------------------------------------------
+_PUNCT = re.compile(r"[\s，。？！、：；“”‘’（）《》,.?!:;()\"'-]")
+
+
+def _bigram_vectors(texts: Sequence[str]) -> list[dict[str, float]]:
+    """Unit-length TF-IDF vectors of character bigrams (punctuation and spaces dropped)."""
+    from collections import Counter
+
+    grams = []
+    for text in texts:
+        t = _PUNCT.sub("", text.lower())
+        grams.append(Counter(t[i:i + 2] for i in range(len(t) - 1)))
+    df = Counter(g for x in grams for g in x)
+    n = len(texts)
+    vecs = []
+    for x in grams:
+        v = {g: c * math.log((n + 1) / df[g]) for g, c in x.items()}
+        norm = math.sqrt(sum(w * w for w in v.values())) or 1.0
+        vecs.append({g: w / norm for g, w in v.items()})
+    return vecs
+
+
+def neighbour_facts(conversations: Sequence[Conversation], groups: Sequence[int], k: int = 2,
+                    min_similarity: float = 0.0) -> dict[int, list[int]]:
+    """For each fact group, the k other groups whose rows (questions and answers together) read most alike:
+    the facts a model is likely to answer instead ("退款多久到账" next to "大额退款要谁批")."""
+    ids = sorted(set(groups))
+    text = {g: "".join(c.messages[_first_user(c)].content + c.messages[-1].content
+                       for c, cg in zip(conversations, groups, strict=True) if cg == g) for g in ids}
+    vecs = _bigram_vectors([text[g] for g in ids])
+    # dot products through an inverted index; on big files bigrams shared by more than 60 facts (low
+    # weight) are left out so the work stays near linear, as in fact_groups
+    postings: dict[str, list[int]] = {}
+    for a, vec in enumerate(vecs):
+        for b in vec:
+            postings.setdefault(b, []).append(a)
+    max_df = len(ids) if len(ids) <= 400 else 60
+    dots: dict[tuple[int, int], float] = {}
+    for b, members in postings.items():
+        if len(members) > max_df:
+            continue
+        for x in range(len(members)):
+            for y in range(x + 1, len(members)):
+                key = (members[x], members[y])
+                dots[key] = dots.get(key, 0.0) + vecs[members[x]][b] * vecs[members[y]][b]
+    sims: dict[int, list[tuple[float, int]]] = {a: [] for a in range(len(ids))}
+    for (a, b), dot in dots.items():
+        sims[a].append((dot, ids[b]))
+        sims[b].append((dot, ids[a]))
+    out: dict[int, list[int]] = {}
+    for a, g in enumerate(ids):
+        best = sorted(sims[a], key=lambda x: (-x[0], x[1]))[:k]
+        out[g] = [h for value, h in best if value > min_similarity]
+    return out
+
+
+def _ends_question(text: str) -> str:
+    text = text.rstrip()
+    return text if text[-1:] in ("？", "?", "。", ".", "！", "!") else text + ("？" if _is_cjk(text) else "?")
+
+
+def contrast_pairs(conversations: Sequence[Conversation], seed: int = 0, cycle: int = 1,
+                   k: int = 2) -> list[Conversation]:
+    """Two neighbouring facts asked in one question, each part answered with its OWN row's answer.
+
+    Every other single-turn question (the other half in the next epoch) is joined with a question of a
+    neighbouring fact ("…？另外，…？") and trained with both rows' answers in that order, so the model
+    learns to keep close facts apart instead of answering the neighbour. Under `cycle` > 1 a row pairs
+    with a different neighbour row each epoch (rows carry `rotation`). Nothing is generated.
+    """
+    convs = [c for c in conversations if _single_turn(c) and _QUESTION.search(c.messages[_first_user(c)].content)]
+    if len(convs) < 2:
+        return []
+    groups = fact_groups(convs)
+    near = neighbour_facts(convs, groups, k=k)
+    members: dict[int, list[int]] = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    rng = random.Random(seed)
+    out: list[Conversation] = []
+    for i, conv in enumerate(convs):
+        candidates = [j for h in near[groups[i]] for j in members[h]]
+        if not candidates:
+            continue
+        rng.shuffle(candidates)
+        for epoch in range(cycle):
+            if (i + epoch) % 2:  # half the rows each epoch, the other half the next
+                continue
+            j = candidates[epoch % len(candidates)]
+            q_i = conv.messages[_first_user(conv)].content
+            q_j = convs[j].messages[_first_user(convs[j])].content
+            cjk = _is_cjk(q_i)
+            question = _ends_question(q_i) + ("另外，" if cjk else " Also, ") + _ends_question(q_j)
+            answer = conv.messages[-1].content.rstrip() + "\n" + convs[j].messages[-1].content.strip()
+            messages = [Message(m.role, m.content) for m in conv.messages[:-2]]
+            messages += [Message("user", question), Message("assistant", answer)]
+            out.append(Conversation(messages, row=conv.row, rotation=(epoch, cycle) if cycle > 1 else None))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# applied cases (augment_cases)
+# --------------------------------------------------------------------------------------------------
+# unit → (dimension, factor to the dimension's base unit); longest spellings first in the regex
+_UNITS: dict[str, tuple[str, float]] = {
+    "个工作日": ("workday", 1), "分钟": ("time", 60), "小时": ("time", 3600), "秒": ("time", 1),
+    "天": ("time", 86400), "周": ("time", 604800), "块钱": ("money", 1), "元": ("money", 1), "块": ("money", 1),
+    "分": ("score", 1), "次": ("count", 1), "%": ("percent", 1), "张": ("sheet", 1), "点": ("clock", 1),
+}
+_UNIT_RE = "|".join(sorted(map(re.escape, _UNITS), key=len, reverse=True))
+_NUM = r"(?<![\d.:：A-Za-z_-])(\d+(?:\.\d+)?)"
+_AMOUNT = re.compile(_NUM + r"\s*(" + _UNIT_RE + r")(?!钟)")
+_RANGE = re.compile(_NUM + r"\s*[-~～至到]\s*(\d+(?:\.\d+)?)\s*(" + _UNIT_RE + r")(?!钟)")
+_CLOCK = re.compile(r"(?<![\d.])(\d{1,2})[:：](\d{2})(?!\d)")
+_RULE_WORD = re.compile(r"(超过|高于|低于|不足|少于|满|至少|不少于|不超过|多于|大于|小于|≥|≤|>|<|以上|以下|以内|多少|几)")
+# a threshold an answer states: (comparator before, number, unit) or (number, unit, comparator after)
+_UP_BEFORE = re.compile(r"(超过|高于|满|至少|不少于|大于|多于|≥|>)\s*" + _NUM + r"\s*(" + _UNIT_RE + r")(?!钟)")
+_DOWN_BEFORE = re.compile(r"(低于|不足|少于|不超过|小于|≤|<)\s*" + _NUM + r"\s*(" + _UNIT_RE + r")(?!钟)")
+_AFTER = re.compile(_NUM + r"\s*(" + _UNIT_RE + r")(?!钟)\s*(以上|以下|以内)")
+CASE_TEMPLATES_ZH = ("{q}比如{x}呢？", "{q}要是{x}呢？")
+CASE_TEMPLATES_EN = ("{q} What about {x}?", "{q} Say, {x}?")
+# what a rule question asks about → the unit kind its case must have ("多久…？比如60小时呢？")
+_ASKS = (("time", re.compile(r"多久|多长时间|几天|几小时|几秒|时限|时长|how long", re.I)),
+         ("money", re.compile(r"多少钱|多少元|金额|补偿|消费|退款|how much", re.I)),
+         ("count", re.compile(r"几次|次数|多少次|how many times", re.I)),
+         ("score", re.compile(r"多少分|几分|分数|得分|门槛")),
+         ("percent", re.compile(r"比例|百分|考核线|percent", re.I)),
+         ("sheet", re.compile(r"几张|照片")))
+_CN_AMOUNT = re.compile(r"[一二两三四五六七八九十百千万半]+\s*(" + _UNIT_RE + r")(?!钟)")
+
+
+def _fmt(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:.1f}".rstrip("0").rstrip(".")
+
+
+def _stated_values(text: str) -> list[tuple[str, float]]:
+    """(dimension, value in base units) of every amount in `text` (ranges "50-200元" count both ends)."""
+    out = [(_UNITS[u][0], float(v) * _UNITS[u][1]) for v, u in _AMOUNT.findall(text)]
+    out += [(_UNITS[u][0], float(a) * _UNITS[u][1]) for a, _b, u in _RANGE.findall(text)]
+    out += [("clock", int(h) + int(m) / 60) for h, m in _CLOCK.findall(text)]
+    return out
+
+
+def _nice_choices(low: float, high: float, exclude: set[float], step: float) -> list[float]:
+    first = math.floor(low / step) * step + step
+    values = []
+    x = first
+    while x < high - 1e-9 and len(values) < 400:
+        if x > low + 1e-9 and all(abs(x - e) > 1e-9 for e in exclude):
+            values.append(round(x, 6))
+        x += step
+    return values
+
+
+def case_variants(conv: Conversation, rng: random.Random, n: int) -> list[Conversation]:
+    """Up to n copies of a case question ("客户要退一台3500元的设备…") with its amount moved to other values
+    on the same side of every threshold its answer states (same unit kind), in question and answer alike,
+    so the answer stays right. Rule questions ("超过200元怎么走流程？") are not cases: none."""
+    q_index = _first_user(conv)
+    question, answer = conv.messages[q_index].content, conv.messages[-1].content
+    found = [m for m in _AMOUNT.finditer(question)]
+    if len(found) != 1:
+        return []
+    m = found[0]
+    before = question[max(0, m.start() - 4):m.start()]
+    if _RULE_WORD.search(before) or _RULE_WORD.search(question[m.end():m.end() + 3]):
+        return []
+    value, unit = float(m.group(1)), m.group(2)
+    dim, factor = _UNITS[unit]
+    base = value * factor
+    bounds = sorted({v for d, v in _stated_values(answer) if d == dim and abs(v - base) > 1e-9})
+    if not bounds:
+        return []  # no threshold to stay on one side of: the answer may hold only for this amount
+    low = max([b for b in bounds if b < base], default=base / 2) / factor
+    high = min([b for b in bounds if b > base], default=base * 2) / factor
+    step = 100.0 if value >= 1000 else 10.0 if value >= 100 else 1.0
+    choices = _nice_choices(low, high, {value}, step) or _nice_choices(low, high, {value}, 1.0)
+    if not choices:
+        return []
+    token = re.compile(r"(?<![\d.])" + re.escape(m.group(1)) + r"(?=\s*" + re.escape(unit) + r")")
+    out = []
+    for x in rng.sample(choices, min(n, len(choices))):
+        messages = [Message(mm.role, mm.content) for mm in conv.messages]
+        messages[q_index] = Message("user", token.sub(_fmt(x), question))
+        messages[-1] = Message("assistant", token.sub(_fmt(x), answer))
+        out.append(Conversation(messages, row=conv.row))
+    return out
+
+
+def rule_cases(conv: Conversation, rng: random.Random, n: int) -> list[Conversation]:
+    """Up to n case copies of a rule question ("退款金额多少以上需要财务复核？") whose answer states a threshold
+    of the kind the question asks about ("超过2000元"): a concrete amount past the threshold is appended
+    ("…比如3500元呢？") and the row's own answer kept (its yes/no opening dropped, since the case is new).
+    Questions that already name an amount, or ask about another kind of thing, get none."""
+    q_index = _first_user(conv)
+    question, answer = conv.messages[q_index].content, conv.messages[-1].content
+    if _AMOUNT.search(question) or _CN_AMOUNT.search(question) or not _QUESTION.search(question):
+        return []
+    asked = {dim for dim, pattern in _ASKS if pattern.search(question)}
+    thresholds = [(1, float(v), u) for _w, v, u in _UP_BEFORE.findall(answer)]
+    thresholds += [(-1, float(v), u) for _w, v, u in _DOWN_BEFORE.findall(answer)]
+    thresholds += [(1 if w == "以上" else -1, float(v), u) for v, u, w in _AFTER.findall(answer)]
+    thresholds = [t for t in thresholds if _UNITS[t[2]][0] in asked]
+    if not thresholds:
+        return []
+    cjk = _is_cjk(question)
+    templates = CASE_TEMPLATES_ZH if cjk else CASE_TEMPLATES_EN
+    reply = strip_verdict(answer)
+    out = []
+    for k in range(n):
+        direction, value, unit = thresholds[(k + rng.randrange(len(thresholds))) % len(thresholds)]
+        x = value * (rng.uniform(1.2, 2.0) if direction > 0 else rng.uniform(0.3, 0.8))
+        if unit == "%":
+            x = min(x, (value + 100) / 2)
+        x = round(x, -2) if x >= 1000 else round(x, -1) if x >= 100 else round(x) if x >= 3 or unit != "秒" else round(x, 1)
+        if x <= 0 or x == value or (direction > 0) != (x > value):
+            continue
+        amount = _fmt(x) + ("" if cjk else " ") + unit
+        text = templates[(k + rng.randrange(len(templates))) % len(templates)].format(q=question.rstrip(), x=amount)
+        messages = [Message(mm.role, mm.content) for mm in conv.messages]
+        messages[q_index] = Message("user", text)
+        messages[-1] = Message("assistant", reply)
+        out.append(Conversation(messages, row=conv.row))
+    return out
+
+
+def applied_cases(conversations: Sequence[Conversation], seed: int = 0, cycle: int = 1) -> list[Conversation]:
+    """New cases of the rules the rows state, built from the rows alone (no model, no new facts):
+    `case_variants` for questions about one case, `rule_cases` for rule questions with a threshold.
+    One variant per row and epoch (rows carry `rotation` under `cycle` > 1)."""
+    rng = random.Random(seed)
+    out: list[Conversation] = []
+    for conv in conversations:
+        if not _single_turn(conv):
+            continue
+        variants = case_variants(conv, rng, cycle) or rule_cases(conv, rng, cycle)
+        for epoch, variant in enumerate(variants):
+            if cycle > 1:
+                variant.rotation = (epoch, cycle)
+            out.append(variant)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
 # the trainer's hook
 # --------------------------------------------------------------------------------------------------
 def augment_conversations(conversations: Sequence[Conversation], *, model: Any = None, tokenizer: Any = None,
@@ -237,6 +482,10 @@ def augment_conversations(conversations: Sequence[Conversation], *, model: Any =
         # the standalone turns join the pool: a fact told in a follow-up also pairs with its other askings
         pool = conversations + [c for source, c in added if source == "turn"]
         added += [("same_fact", c) for c in same_fact_pairs(pool, seed=seed, cycle=epoch_cycle(cfg))]
+    if getattr(cfg, "augment_contrast", False):
+        added += [("contrast", c) for c in contrast_pairs(conversations, seed=seed, cycle=epoch_cycle(cfg))]
+    if getattr(cfg, "augment_cases", False):
+        added += [("case", c) for c in applied_cases(conversations, seed=seed, cycle=epoch_cycle(cfg))]
     n = int(getattr(cfg, "augment_paraphrases", 0) or 0)
     if n and model is not None:
         def progress(done: int, total: int) -> None:
@@ -263,5 +512,6 @@ def write_augmented(path: Path, rows: list[tuple[str, Conversation]]) -> None:
     tmp.replace(path)
 
 
-__all__ = ["augment_conversations", "epoch_cycle", "fact_groups", "is_good_paraphrase", "paraphrase_questions",
-           "parse_paraphrases", "same_fact_pairs", "standalone_turns", "strip_verdict"]
+__all__ = ["applied_cases", "augment_conversations", "case_variants", "contrast_pairs", "epoch_cycle", "fact_groups",
+           "is_good_paraphrase", "neighbour_facts", "paraphrase_questions", "parse_paraphrases", "rule_cases",
+           "same_fact_pairs", "standalone_turns", "strip_verdict"]
