@@ -70,7 +70,9 @@ def augment(conversations: list[Any], *, model, tokenizer, cfg: TrainConfig, log
         if "type" in event:
             log.emit(**event)
 
-    steps = ((cfg.augment_paraphrases or cfg.augment_same_fact or cfg.augment_turns, "augment", augment_conversations),
+    wanted = cfg.augment_paraphrases or cfg.augment_same_fact or cfg.augment_turns or cfg.augment_contrast \
+        or cfg.augment_cases
+    steps = ((wanted, "augment", augment_conversations),
              (cfg.replay_rows, "replay", replay_conversations))
     for wanted, name, func in steps:
         if not wanted:
