@@ -31,7 +31,7 @@ ALLOWED_LATIN = [
     "GGUF", "Excel", "JSONL", "JSON", "CSV", "TSV", "TXT", "xlsx", "jsonl", "json", "csv", "tsv", "txt", "zip",
     "token", "tokens", "alpha", "dropout", "epoch", "instruction", "response", "system", "user", "assistant",
     "UTF", "CPU", "GPU", "API", "bf16", "fp16", "fp32", "lorastudio serve", "English", "cores", "Python", "openai",
-    "curl",
+    "curl", "AVX-512", "AVX2", "AMX",  # CPU classes, as the recommender's messages name them
 ]
 
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 import functools
 import http.server
 import json
+import re
 import threading
+import time
 from urllib.parse import urlparse
 
 import pytest
@@ -91,6 +93,39 @@ CATALOGUE = {
            "estimate.device.cpu": "CPU，{cores} 核（{cpu_class}）"},
 }
 
+# The schedules (issue 13): the full schedule is the default; the quick preview is opt-in, with its own
+# estimate and its recall cost as a code of the catalogue (alternatives.quick.cost).
+STAGE_SECONDS = {"load": 20, "augment": 90, "tokenize": 4, "train": 600, "evaluate": 0, "save": 40}  # 754 s
+FULL_ESTIMATE = {**CODED["estimate"], "cpu_class": "avx2-fp32", "tokens_per_s": 43.0, "stages": STAGE_SECONDS}
+QUICK_ESTIMATE = {**FULL_ESTIMATE, "seconds": 262, "tokens": 41152,
+                  "stages": {"load": 20, "augment": 90, "tokenize": 2, "train": 140, "evaluate": 0, "save": 10}}
+RECALL = {"quick_facts": 8, "full_facts": 28, "facts": 40, "full_epochs": 4, "minutes": 4, "full_minutes": 13}
+SCHEDULE_CATALOGUE = {
+    "en": {"estimate.quick_cost": "One pass instead of {full_epochs}: in our test it recalled {quick_facts} of "
+                                  "{facts} facts instead of {full_facts}.",
+           "estimate.full_gain": "{full_epochs} passes recalled {full_facts} of {facts} facts where one pass "
+                                 "recalled {quick_facts}."},
+    "zh": {"estimate.quick_cost": "只训练 1 轮（完整为 {full_epochs} 轮）：我们测试中 {facts} 条知识只答对 {quick_facts} 条，"
+                                  "完整训练为 {full_facts} 条。",
+           "estimate.full_gain": "完整训练 {full_epochs} 轮：{facts} 条知识答对 {full_facts} 条，只训练 1 轮时为 {quick_facts} 条。"},
+}
+
+
+def scheduled_recommendation(quick: bool) -> dict:
+    """What POST /studio/recommend answers with `schedule`, the estimate by stage and `alternatives`."""
+    quick_cost = {"code": "estimate.quick_cost", "params": RECALL}
+    if not quick:
+        return {**RECOMMENDATION, **CODED, "estimate": FULL_ESTIMATE, "schedule": "full",
+                "alternatives": {"quick": {"settings_changes": {"num_epochs": 1.0}, "estimate": QUICK_ESTIMATE,
+                                           "cost": quick_cost}}}
+    return {**RECOMMENDATION, **CODED, "settings": {**RECOMMENDATION["settings"], "num_epochs": 1.0},
+            "reasons": {**RECOMMENDATION["reasons"], "num_epochs": "1 pass: the quick preview you asked for"},
+            "estimate": QUICK_ESTIMATE, "schedule": "quick",
+            "alternatives": {"quick": {"settings_changes": {}, "estimate": QUICK_ESTIMATE, "cost": quick_cost},
+                             "full": {"settings_changes": {"num_epochs": 4.0}, "estimate": FULL_ESTIMATE,
+                                      "cost": {"code": "estimate.full_gain", "params": RECALL}}}}
+
+
 MODELS = [
     {"id": "default", "name": "Qwen2.5-Coder-0.5B-Instruct (embedded)", "params": "0.49B", "disk_gb": 1.3,
      "min_memory_gb": 4, "description": "Included and offline.", "offline": True, "smoke_test": False},
@@ -99,18 +134,43 @@ MODELS = [
 ]
 
 
+# The scripted live job whose stream the static server holds open (one test at a time).
+LIVE: dict = {"fake": None}
+
+
 class FakeStudio:
     """Answers /v1 and /studio like the service would, from a script of job outcomes."""
 
-    def __init__(self, outcome: str = "succeeded", localised_reports: bool = False, coded: bool = False):
+    def __init__(self, outcome: str = "succeeded", localised_reports: bool = False, coded: bool = False,
+                 schedules: bool = False, hold_job_posts: bool = False, script: list[list[dict]] | None = None):
         self.outcome = outcome
         self.localised_reports = localised_reports
-        self.coded = coded
+        self.coded = coded or schedules
+        self.schedules = schedules
         self.catalogue_requests: list[str] = []
+        self.recommends: list[dict] = []
         self.jobs: dict[str, dict] = {}
         self.created: list[dict] = []
+        self.hold_job_posts = hold_job_posts  # job creations wait in self.held until release_jobs()
+        self.held: list = []
+        # A live job: its events come in phases; the test moves `phase` on and the stream, held open by the
+        # static server like the service holds it, sends what is new. Running until an event is "done".
+        self.script = script
+        self.phase = 0
+        if script is not None:
+            LIVE["fake"] = self
+
+    def release_jobs(self) -> None:
+        held, self.held = self.held, []
+        for route, request in held:
+            self.create_job(route, request)
+
+    def script_events(self) -> list[dict]:
+        return [e for phase in self.script[: self.phase + 1] for e in phase]
 
     def job_events(self, job: dict) -> list[dict]:
+        if self.script is not None:
+            return self.script_events()
         events = [{"type": "stage", "stage": "train", "message": "Training"}]
         total = 6
         steps = total if job["status"] == "succeeded" else 3
@@ -138,34 +198,32 @@ class FakeStudio:
             lang = (request.headers.get("accept-language") or "en")[:2]
             return ok(broken_report(lang if self.localised_reports else None))
         if path == "/studio/recommend":
+            body = json.loads(request.post_data)
+            self.recommends.append(body)
+            if self.schedules:
+                return ok(scheduled_recommendation(bool(body.get("quick"))))
             return ok({**RECOMMENDATION, **CODED} if self.coded else RECOMMENDATION)
         if path == "/studio/messages" and self.coded:
             lang = url.query.removeprefix("lang=")
             self.catalogue_requests.append(lang)
-            return ok({"lang": lang, "messages": CATALOGUE[lang]})
+            return ok({"lang": lang, "messages": {**CATALOGUE[lang], **SCHEDULE_CATALOGUE[lang]}})
         if path == "/v1/fine_tuning/jobs" and method == "POST":
-            body = json.loads(request.post_data)
-            self.created.append(body)
-            job_id = f"ftjob-{len(self.jobs) + 1}"
-            failed = self.outcome == "failed"
-            job = {"id": job_id, "object": "fine_tuning.job", "model": body["model"], "created_at": 1764318000,
-                   "status": "failed" if failed else "succeeded", "training_file": body["training_file"],
-                   "fine_tuned_model": None if failed else f"ft:{body['model']}:studio:{job_id}",
-                   "error": {"code": "training_failed", "param": None,
-                             "message": "The trainer ran out of memory at step 3 (needs 4 GB)."} if failed else None,
-                   "hyperparameters": body.get("hyperparameters", {})}
-            self.jobs[job_id] = job
-            return ok({**job, "status": "queued", "fine_tuned_model": None, "error": None})
+            if self.hold_job_posts:
+                self.held.append((route, request))
+                return None
+            return self.create_job(route, request)
         if path == "/v1/fine_tuning/jobs":
             return ok({"object": "list", "data": list(reversed(self.jobs.values())), "has_more": False})
         parts = path.strip("/").split("/")
         if path.startswith("/v1/fine_tuning/jobs/") and parts[3] in self.jobs:
-            return ok(self.jobs[parts[3]])
+            return ok(self.job_now(self.jobs[parts[3]]))
         if path.startswith("/studio/jobs/") and parts[2] in self.jobs:
-            job = self.jobs[parts[2]]
+            job = self.job_now(self.jobs[parts[2]])
             if parts[3] == "metrics":
-                return ok({"data": [e for e in self.job_events(job) if e["type"] == "metrics"]})
+                return ok({"data": [e for e in self.job_events(job) if e["type"] in ("metrics", "eval")]})
             if parts[3] == "stream":
+                if self.script is not None:
+                    return route.continue_()  # to the static server: serve_stream
                 lines = ["retry: 60000\n\n"]
                 for i, e in enumerate(self.job_events(job), 1):
                     lines.append(f"id: {i}\ndata: {json.dumps(e)}\n\n")
@@ -178,6 +236,64 @@ class FakeStudio:
             return ok({"base_answer": "I am not sure.", "tuned_answer": f"48 小时 ({body['question']})"})
         return ok({"error": {"message": f"fake API has no {method} {path}", "type": "invalid_request_error"}}, 404)
 
+    def create_job(self, route, request) -> None:
+        body = json.loads(request.post_data)
+        self.created.append(body)
+        job_id = f"ftjob-{len(self.jobs) + 1}"
+        failed = self.outcome == "failed"
+        job = {"id": job_id, "object": "fine_tuning.job", "model": body["model"], "created_at": 1764318000,
+               "finished_at": None,
+               "status": "failed" if failed else "succeeded", "training_file": body["training_file"],
+               "fine_tuned_model": None if failed else f"ft:{body['model']}:studio:{job_id}",
+               "error": {"code": "training_failed", "param": None,
+                         "message": "The trainer ran out of memory at step 3 (needs 4 GB)."} if failed else None,
+               "hyperparameters": body.get("hyperparameters", {})}
+        if self.script is not None:
+            job["created_at"] = int(self.script[0][0]["time"]) - 5
+        self.jobs[job_id] = job
+        route.fulfill(status=200, content_type="application/json",
+                      body=json.dumps({**job, "status": "queued", "fine_tuned_model": None, "error": None}))
+
+    def serve_stream(self, handler, job_id: str) -> None:
+        """The job's Server-Sent Events as the service sends them: all so far (after Last-Event-ID), then
+        new ones as the test moves the phase on, a status event on each change; ends after a final one."""
+        handler.send_response(200)
+        handler.send_header("Content-Type", "text/event-stream")
+        handler.send_header("Cache-Control", "no-cache")
+        handler.end_headers()
+        sent = int(handler.headers.get("Last-Event-ID") or 0)
+        status = None
+        deadline = time.time() + 60
+        try:
+            handler.wfile.write(b"retry: 2000\n\n")
+            while time.time() < deadline:
+                events = self.script_events()
+                for i, e in enumerate(events[sent:], sent + 1):
+                    handler.wfile.write(f"id: {i}\ndata: {json.dumps(e)}\n\n".encode())
+                sent = max(sent, len(events))
+                job = self.job_now(self.jobs[job_id])
+                if job["status"] != status:
+                    status = job["status"]
+                    handler.wfile.write(("data: " + json.dumps({"type": "status", "status": status,
+                                                                 "fine_tuned_model": job["fine_tuned_model"],
+                                                                 "error": None}) + "\n\n").encode())
+                handler.wfile.flush()
+                if status in ("succeeded", "failed", "cancelled"):
+                    return
+                time.sleep(0.1)
+        except (BrokenPipeError, ConnectionResetError):
+            return
+
+    def job_now(self, job: dict) -> dict:
+        """A scripted job runs until its events so far include "done"."""
+        if self.script is None:
+            return job
+        events = self.script_events()
+        done = next((e for e in events if e["type"] == "done"), None)
+        if done is None:
+            return {**job, "status": "running", "fine_tuned_model": None, "error": None}
+        return {**job, "status": "succeeded", "finished_at": int(done["time"]) + 1}
+
 
 @pytest.fixture(scope="module")
 def static_server():
@@ -186,8 +302,15 @@ def static_server():
         def log_message(self, *args):
             pass
 
+        def do_GET(self):
+            match = re.fullmatch(r"/studio/jobs/([^/]+)/stream", urlparse(self.path).path)
+            if match and LIVE["fake"] is not None and match.group(1) in LIVE["fake"].jobs:
+                return LIVE["fake"].serve_stream(self, match.group(1))
+            return super().do_GET()
+
     handler = functools.partial(Quiet, directory=str(WEB))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True  # held-open event streams end with their test
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
@@ -365,5 +488,211 @@ def test_coded_reasons_are_shown_in_the_page_language(browser, static_server, tm
     page.get_by_test_id("lang-toggle").click()
     expect(settings).to_contain_text("秩 16")
     assert fake.catalogue_requests == ["zh", "en"]  # once per language
+    assert errors == []
+    context.close()
+
+
+def upload_broken(page, tmp_path) -> None:
+    data = tmp_path / "yunzhan_broken.csv"
+    data.write_text("instruction,response\n", encoding="utf-8")
+    page.get_by_test_id("upload-input").set_input_files(str(data))
+    from playwright.sync_api import expect
+
+    expect(page.get_by_test_id("recommended-settings")).to_be_visible()
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_quick_preview_is_opt_in_with_its_cost_and_is_sent(browser, static_server, lang, tmp_path):
+    from playwright.sync_api import expect
+
+    fake = FakeStudio(schedules=True)
+    context, page, errors = open_page(browser, static_server, lang, fake)
+    upload_broken(page, tmp_path)
+    zh = lang == "zh"
+    full, quick = page.get_by_test_id("schedule-full"), page.get_by_test_id("quick-preview")
+    # the full schedule is the default, with its estimate; the preview beside it, with its own and its cost
+    expect(full).to_be_checked()
+    expect(quick).not_to_be_checked()
+    expect(page.get_by_test_id("schedule-full-estimate")).to_contain_text("12 分 34 秒" if zh else "12 min 34 s")
+    expect(page.get_by_test_id("quick-estimate")).to_contain_text("4 分 22 秒" if zh else "4 min 22 s")
+    cost = page.get_by_test_id("quick-cost")
+    expect(cost).to_have_text("只训练 1 轮（完整为 4 轮）：我们测试中 40 条知识只答对 8 条，完整训练为 28 条。" if zh else
+                              "One pass instead of 4: in our test it recalled 8 of 40 facts instead of 28.")
+    expect(cost.locator(".data")).to_have_count(4)  # the numbers are the service's data
+    expect(page.locator("#schedule legend")).to_have_text("训练时长" if zh else "How long to train")
+    # where the time goes, by stage
+    expect(page.get_by_test_id("cost-estimate")).to_contain_text("训练约 10 分 0 秒" if zh else "training ~10 min 0 s")
+    assert [r["quick"] for r in fake.recommends] == [False]
+    check_layout(page, ["yunzhan_broken.csv"])
+    shot(page, f"mock-{lang}-7-schedule-laptop")
+
+    quick.check()
+    expect(page.get_by_test_id("cost-estimate")).to_contain_text("预计（快速预览）" if zh else "Estimate (quick preview)")
+    assert [r["quick"] for r in fake.recommends] == [False, True]
+    expect(quick).to_be_checked()
+    epochs = page.locator("#recommended-settings .setting", has_text="训练轮数" if zh else "Passes over the data")
+    expect(epochs.locator(".setting-value")).to_have_text("1")
+    # the full schedule is still there, with its estimate and what it gains
+    expect(page.get_by_test_id("schedule-full-estimate")).to_contain_text("12 分 34 秒" if zh else "12 min 34 s")
+    expect(page.locator("#schedule-full-note")).to_contain_text("28")
+    check_layout(page, ["yunzhan_broken.csv"])
+
+    page.get_by_test_id("start-training").click()
+    expect(page.get_by_test_id("job-status")).to_have_attribute("data-status", "succeeded")
+    assert fake.created[0]["hyperparameters"] == {"task": "qa", "quick": True}
+    expect(page.get_by_test_id("job-quick")).to_be_visible()
+    expect(page.get_by_test_id("job-quick")).to_have_text("快速预览" if zh else "quick preview")
+
+    # back to the full schedule: asked again without quick, and the next job is a full one
+    full.check()
+    expect(page.get_by_test_id("cost-estimate")).not_to_contain_text("快速预览" if zh else "quick preview")
+    assert [r["quick"] for r in fake.recommends] == [False, True, False]
+    page.get_by_test_id("start-training").click()
+    expect(page.locator("#job-id")).to_have_text("ftjob-2")
+    assert fake.created[1]["hyperparameters"] == {"task": "qa"}
+    page.set_viewport_size(PHONE)
+    check_layout(page, ["yunzhan_broken.csv"])
+    shot_sections(page, f"mock-{lang}-7-schedule-phone", ["step-settings"])
+    assert errors == []
+    context.close()
+
+
+def test_start_twice_creates_one_job(browser, static_server, tmp_path):
+    from playwright.sync_api import expect
+
+    fake = FakeStudio(hold_job_posts=True)
+    context, page, errors = open_page(browser, static_server, "en", fake)
+    upload_broken(page, tmp_path)
+    start = page.get_by_test_id("start-training")
+    expect(start).to_be_enabled()
+    start.dblclick()
+    expect(start).to_be_disabled()  # the start request is in flight (held by the fake)
+    start.dispatch_event("click")  # a click that reaches the handler anyway
+    page.keyboard.press("Enter")
+    page.wait_for_timeout(500)
+    assert len(fake.held) == 1 and fake.created == []
+    fake.release_jobs()
+    expect(page.get_by_test_id("job-status")).to_have_attribute("data-status", "succeeded")
+    page.wait_for_timeout(300)
+    assert len(fake.created) == 1 and fake.held == []
+    expect(start).to_be_enabled()  # attached: another job may be started on purpose
+    assert errors == []
+    context.close()
+
+
+def live_script(t0: float) -> list[list[dict]]:
+    """A job's events in phases, times from t0 (unix seconds): phase 0 prepares (no step yet), 1 trains
+    two steps, 2 evaluates, prepares and tokenizes again (a resumed session: earlier stages, the last
+    stage event is not training) and gets its measured estimate, 3 saves."""
+    def metrics(step, at, eta, speed):
+        return {"type": "metrics", "time": t0 + at, "step": step, "total_steps": 10, "epoch": step / 10,
+                "percent": 10.0 * step, "eta_s": eta, "tokens_per_s": speed, "loss": 3.0 / step, "lr": 5e-4,
+                "elapsed_s": at, "cost": 0.0}
+
+    def stage(name, at, message):
+        return {"type": "stage", "time": t0 + at, "stage": name, "message": message}
+
+    return [
+        [stage("prepare", 0, "reading data.csv and default"), stage("prepare", 3, "loading default on cpu (fp32)")],
+        [stage("tokenize", 20, "20 examples"), stage("train", 25, "training 4,399,104 LoRA parameters for 10 steps"),
+         metrics(1, 40, 700.0, 30.1), metrics(2, 55, 650.0, 31.0)],
+        [stage("evaluate", 56, "validation loss at step 2"), {"type": "eval", "time": t0 + 58, "step": 2, "valid_loss": 2.5},
+         stage("prepare", 59, "loading default on cpu (fp32)"), stage("tokenize", 60, "20 examples"),
+         {"type": "estimate", "time": t0 + 61, "tokens_per_s": 43.4, "remaining_s": 1860.0, "finish_s": 1921.0,
+          "estimated_s": 2100, "steps_measured": 2},
+         metrics(3, 62, 1850.0, 43.2)],
+        [stage("save", 90, "writing the adapter"), stage("done", 95, "adapter saved"),
+         {"type": "done", "time": t0 + 95, "adapter_dir": "/jobs/x", "metrics": {}}],
+    ]
+
+
+def stage_states(page) -> dict:
+    return dict(page.eval_on_selector_all("[data-testid=job-stage-step]",
+                                          "els => els.map(e => [e.dataset.stage, e.dataset.state])"))
+
+
+def test_live_eta_is_shown_beside_the_estimate(browser, static_server, tmp_path):
+    from playwright.sync_api import expect
+
+    fake = FakeStudio(schedules=True, script=live_script(time.time() - 100))
+    context, page, errors = open_page(browser, static_server, "en", fake)
+    upload_broken(page, tmp_path)
+    fake.phase = 1
+    page.get_by_test_id("start-training").click()
+    estimate = page.get_by_test_id("job-estimate")
+    # before the trainer's measurement: the recommender's estimate, and the ETA says it rests on it
+    expect(estimate).to_have_attribute("data-basis", "estimate")
+    expect(estimate).to_contain_text("Estimated 12 min 34 s · ")
+    expect(estimate).to_contain_text("left by the estimate (speed not measured yet)")
+    expect(page.get_by_test_id("job-eta")).to_contain_text("≈")
+    check_layout(page, ["yunzhan_broken.csv"])
+
+    fake.phase = 2  # the stream reconnects and brings the "estimate" event
+    expect(estimate).to_have_attribute("data-basis", "measured")
+    expect(estimate).to_have_text("Estimated 35 min 0 s · measured: 30 min 50 s left, 43 tokens/s")
+    expect(page.get_by_test_id("job-eta")).to_have_text("30 min 50 s")
+    check_layout(page, ["yunzhan_broken.csv"])
+    shot(page, "mock-en-8-measured-laptop")
+    shot_sections(page, "mock-en-8-measured-laptop", ["step-train"])
+    page.get_by_test_id("lang-toggle").click()
+    expect(estimate).to_have_text("预计 35 分 0 秒 · 实测：还需 30 分 50 秒，43 token/秒")
+    check_layout(page, ["yunzhan_broken.csv"])
+    shot(page, "mock-zh-8-measured-laptop")
+
+    fake.phase = 3
+    expect(page.get_by_test_id("job-status")).to_have_attribute("data-status", "succeeded")
+    expect(estimate).to_have_text("用时 1 分 35 秒 · 预计 35 分 0 秒")
+    assert errors == []
+    context.close()
+
+
+def test_stages_in_order_with_their_times_never_backwards(browser, static_server, tmp_path):
+    from playwright.sync_api import expect
+
+    fake = FakeStudio(schedules=True, script=live_script(time.time() - 100))
+    context, page, errors = open_page(browser, static_server, "zh", fake)
+    upload_broken(page, tmp_path)
+    page.get_by_test_id("start-training").click()
+    # before the first step: the stage and its time, no "0 %", no endless "estimating"
+    steps = page.get_by_test_id("job-stage-step")
+    expect(steps).to_have_count(4)  # prepare, tokenize, train, save (from the first second)
+    expect(page.locator("[data-stage=prepare]")).to_have_attribute("data-state", "current")
+    assert stage_states(page) == {"prepare": "current", "tokenize": "pending", "train": "pending", "save": "pending"}
+    expect(page.locator("#job-stage")).to_have_text("正在准备模型和数据……")
+    expect(page.locator("#job-stage-time")).to_have_text(re.compile(r"^（已进行 [12] 分 \d+ 秒）$"))  # ~100 s
+    expect(page.locator("[data-stage=prepare] .stage-time")).to_contain_text("（预计 1 分 50 秒）")
+    expect(page.locator("[data-stage=train] .stage-time")).to_have_text("预计 10 分 0 秒")
+    expect(page.locator("#job-percent")).to_have_text("—")
+    expect(page.get_by_test_id("job-elapsed")).to_have_text(re.compile(r"^[12] 分 \d+ 秒$"))
+    expect(page.get_by_test_id("job-eta")).not_to_contain_text("估算中")
+    check_layout(page, ["yunzhan_broken.csv"])
+    shot(page, "mock-zh-9-preparing-laptop")
+
+    fake.phase = 1
+    expect(page.locator("[data-stage=train]")).to_have_attribute("data-state", "current")
+    assert stage_states(page) == {"prepare": "done", "tokenize": "done", "train": "current", "save": "pending"}
+    expect(page.locator("[data-stage=prepare] .stage-time")).to_have_text("20 秒（预计 1 分 50 秒）")
+    expect(page.locator("[data-stage=tokenize] .stage-time")).to_have_text("5 秒（预计 4 秒）")
+
+    fake.phase = 2  # evaluate, then "prepare" and "tokenize" again: the display stays on training
+    expect(page.locator("[data-stage=evaluate]")).to_have_count(1)
+    page.wait_for_function("() => document.querySelector('[data-testid=job-eta]').dataset.basis === 'measured'")
+    assert stage_states(page) == {"prepare": "done", "tokenize": "done", "train": "current", "evaluate": "done",
+                                  "save": "pending"}
+    expect(page.locator("[data-stage=evaluate] .stage-time")).to_contain_text("2 秒")
+    expect(page.locator("[data-stage=prepare] .stage-time")).to_have_text("20 秒（预计 1 分 50 秒）")
+    expect(page.locator("#job-stage")).to_have_text("正在训练……")
+    check_layout(page, ["yunzhan_broken.csv"])
+    page.set_viewport_size(PHONE)
+    check_layout(page, ["yunzhan_broken.csv"])
+    shot_sections(page, "mock-zh-9-stages-phone", ["step-train"])
+    page.set_viewport_size(LAPTOP)
+
+    fake.phase = 3
+    expect(page.get_by_test_id("job-status")).to_have_attribute("data-status", "succeeded")
+    assert stage_states(page) == {"prepare": "done", "tokenize": "done", "train": "done", "evaluate": "done",
+                                  "save": "done"}
+    expect(page.locator("[data-stage=train] .stage-time")).to_contain_text("1 分 5 秒")  # 25 s → 90 s
+    expect(page.locator("[data-stage=save] .stage-time")).to_contain_text("5 秒")
     assert errors == []
     context.close()

@@ -60,8 +60,8 @@ export const api = {
   file: (id) => request("GET", `/v1/files/${encodeURIComponent(id)}`),
   report: (id) => request("GET", `/studio/files/${encodeURIComponent(id)}/report`),
   rejectedUrl: (id) => `/studio/files/${encodeURIComponent(id)}/rejected`,
-  recommend: (trainingFile, model, task) =>
-    request("POST", "/studio/recommend", { training_file: trainingFile, model, task }),
+  recommend: (trainingFile, model, task, quick = false) =>
+    request("POST", "/studio/recommend", { training_file: trainingFile, model, task, quick: Boolean(quick) }),
   messages: (code) => request("GET", `/studio/messages?lang=${encodeURIComponent(code)}`),
   createJob: (body) => request("POST", "/v1/fine_tuning/jobs", body),
   job: (id) => request("GET", `/v1/fine_tuning/jobs/${encodeURIComponent(id)}`),

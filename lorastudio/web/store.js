@@ -21,6 +21,7 @@ const state = {
   recLoading: false,
   recRequest: 0, // sequence number: only the latest recommendation request may land
   overrides: {}, // settings the user changed in the advanced panel (TrainConfig names)
+  quick: false, // the user chose the quick preview (opt-in; the full schedule is the default)
   catalogues: {}, // lang → {messages, pending}: the recommender's message templates
   // 3. job
   starting: false, // a "start training" request is in flight
@@ -28,7 +29,11 @@ const state = {
   job: null,
   metrics: [], // metrics events, by step
   evals: [], // eval events (validation loss), by step
-  stage: null, // the last stage event
+  stages: [], // every stage event of the job, in the order they came (timeline.js reads them)
+  measured: null, // the job's last "estimate" event: its own speed measured after the first steps
+  jobEstimate: null, // the recommender's estimate for this job ({seconds, stages, changed}) when known
+  clock: 0, // the browser's time (unix seconds), ticking once a second while the job is not finished
+  ticker: null, // the interval that moves the clock
   streamProblem: false, // the live stream is reconnecting
   stream: null, // the EventSource of the live stream
   jobRefresh: 0, // sequence number: only the latest job refresh may land

@@ -1,7 +1,9 @@
-// Step 3, training: the start button, the job panel (status, stage, progress, time left, speed,
-// cost, loss and the live loss chart, fed by the job's Server-Sent Events stream), cancel, and the
-// list of all jobs. The current job id is kept in the URL (#job=…) and in localStorage, so a reload
-// re-attaches to it: the loss history comes back from /metrics and the live stream re-opens.
+// Step 3, training: the start button, the job panel (status, the stages in order with their own
+// times, progress, elapsed time, time left beside the recommender's estimate, speed, cost, loss and
+// the live loss chart, fed by the job's Server-Sent Events stream), cancel, and the list of all jobs.
+// The current job id is kept in the URL (#job=…) and in localStorage, so a reload re-attaches to it:
+// the loss history comes back from /metrics and the live stream re-opens (and replays the stages).
+// The estimate the job was started with is kept too (the job object does not carry it).
 
 import { api, ApiError } from "../api.js";
 import { drawChart } from "../chart.js";
@@ -9,13 +11,18 @@ import { $, errorText, node, showStatus, tNodes } from "../dom.js";
 import { formatDuration, formatNumber, t, tOr } from "../i18n.js";
 import { formatMoney, formatTime, modelName, statusText } from "../format.js";
 import * as store from "../store.js";
+import { timeLeft, timeline } from "../timeline.js";
 
 const JOB_KEY = "lorastudio.job";
+const ESTIMATE_KEY = "lorastudio.jobEstimate";
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 
 export function initJob() {
-  store.subscribe(["file", "report", "model", "job", "starting", "lang"], updateStartButton);
-  store.subscribe(["jobId", "job", "metrics", "evals", "stage", "streamProblem", "lang"], renderJob);
+  store.subscribe(["file", "report", "model", "job", "starting", "recLoading", "lang"], updateStartButton);
+  store.subscribe(["jobId", "job", "metrics", "evals", "lang"], renderJob);
+  store.subscribe(["jobId", "job", "metrics", "evals", "stages", "measured", "jobEstimate", "clock",
+    "streamProblem", "lang"], renderTimes);
+  store.subscribe(["jobId", "job"], keepClock);
   store.subscribe(["jobs", "jobsError", "job", "lang"], renderJobList);
   $("start-training").addEventListener("click", startTraining);
   $("cancel-job").addEventListener("click", cancelJob);
@@ -58,26 +65,36 @@ function updateStartButton() {
   const job = store.get("job");
   const ready = Boolean(store.get("file") && report && report.rows_ok > 0 && store.get("model"));
   const running = job && !TERMINAL.has(job.status);
-  $("start-training").disabled = !ready || store.get("starting");
+  // Never while a start is in flight (a second click would queue a duplicate job), nor while the
+  // settings are being worked out again (the job would start from the other schedule's estimate).
+  $("start-training").disabled = !ready || store.get("starting") || store.get("recLoading");
   $("start-hint").textContent = !ready ? t("train.need_data")
     : running ? t("train.another_running") : t("train.ready", { n: report.rows_ok });
 }
 
-// The service applies the same recommendation for this file, model and task, then these on top:
-// so only what the user changed is sent (TrainConfig field names, as the worker expects).
+// The service applies the same recommendation for this file, model, task and schedule, then these on
+// top: so only what the user changed is sent (TrainConfig field names, as the worker expects), and
+// `quick` only when the user chose the quick preview (the full schedule is the default).
 function jobHyperparameters() {
-  return { task: store.get("task"), ...store.get("overrides") };
+  return { task: store.get("task"), ...(store.get("quick") ? { quick: true } : {}), ...store.get("overrides") };
 }
 
 async function startTraining() {
+  if (store.get("starting")) return; // one start at a time: the button is disabled, this is the backstop
   store.set({ starting: true });
   showStatus("train-state", "loading", t("train.starting"));
   try {
-    const job = await api.createJob({
+    const body = {
       model: store.get("model"),
       training_file: store.get("file").id,
       hyperparameters: jobHyperparameters(),
-    });
+    };
+    // The estimate shown for what is sent (the recommendation of the chosen schedule).
+    const rec = store.get("rec");
+    const estimate = rec && (rec.schedule === "quick") === store.get("quick") ? rec.estimate : null;
+    const changed = Object.keys(store.get("overrides")).length > 0;
+    const job = await api.createJob(body);
+    rememberEstimate(job.id, estimate, changed);
     showStatus("train-state", "", "");
     await attachJob(job.id, job);
     refreshJobs();
@@ -88,12 +105,38 @@ async function startTraining() {
   }
 }
 
+/** The estimates kept ({job id: {seconds, stages, changed, at}}); a broken value is forgotten. */
+function keptEstimates() {
+  try {
+    const kept = JSON.parse(store.recall(ESTIMATE_KEY) || "{}");
+    return kept && typeof kept === "object" && !Array.isArray(kept) ? kept : {};
+  } catch {
+    return {};
+  }
+}
+
+/** Keep the recommender's estimate of a job just started (the job object does not carry it); the last 20. */
+function rememberEstimate(id, estimate, changed) {
+  if (!estimate || !Number.isFinite(Number(estimate.seconds))) return;
+  const kept = keptEstimates();
+  kept[id] = { seconds: Number(estimate.seconds), stages: estimate.stages || null, changed, at: Date.now() };
+  const newest = Object.entries(kept).sort((a, b) => (b[1]?.at || 0) - (a[1]?.at || 0)).slice(0, 20);
+  store.remember(ESTIMATE_KEY, JSON.stringify(Object.fromEntries(newest)));
+}
+
+/** The estimate kept for job `id`, or null. */
+function recallEstimate(id) {
+  const kept = keptEstimates()[id];
+  return kept && typeof kept === "object" ? kept : null;
+}
+
 // ---------------------------------------------------------------------------------------------
 // the current job and its live stream
 
 async function attachJob(id, initial = null) {
   closeStream();
-  store.set({ jobId: id, job: initial, metrics: [], evals: [], stage: null, streamProblem: false });
+  store.set({ jobId: id, job: initial, metrics: [], evals: [], stages: [], measured: null,
+    jobEstimate: recallEstimate(id), streamProblem: false });
   store.remember(JOB_KEY, id);
   if (location.hash !== `#job=${id}`) history.replaceState(null, "", `#job=${encodeURIComponent(id)}`);
   let job = initial;
@@ -111,17 +154,22 @@ async function attachJob(id, initial = null) {
     showStatus("train-state", "error", t("train.job_load_failed", { message: errorText(err) }));
   }
   // The loss history so far (the live stream only brings what comes next, or replays it).
-  const series = { metrics: [], evals: [], stage: null };
+  const series = { metrics: [], evals: [], stages: [], measured: null };
   try {
     const past = await api.metrics(id);
     for (const ev of past.data || []) foldEvent(series, ev);
   } catch { /* the live stream still fills the chart */ }
   if (store.get("jobId") !== id) return; // another job was opened meanwhile
   store.set({ job, ...series });
-  if (job && !TERMINAL.has(job.status)) openStream(id);
+  // A running job's stream brings what comes next; a finished job's replays its events (the stages and
+  // their times, which /metrics does not hold) and ends with its final status.
+  if (job) openStream(id);
 }
 
-/** Add a metrics/eval/stage event to `series` ({metrics, evals, stage}), de-duplicated by step. */
+/**
+ * Add a metrics/eval/stage/estimate event to `series` ({metrics, evals, stages, measured}), metrics and
+ * evals de-duplicated by step, stages by time and name (a reconnect replays from Last-Event-ID).
+ */
 function foldEvent(series, ev) {
   if (ev.type === "metrics") {
     const list = series.metrics;
@@ -137,7 +185,11 @@ function foldEvent(series, ev) {
   } else if (ev.type === "eval") {
     if (!series.evals.some((e) => e.step === ev.step)) series.evals.push(ev);
   } else if (ev.type === "stage") {
-    series.stage = ev;
+    if (!series.stages.some((s) => s.time === ev.time && s.stage === ev.stage && s.message === ev.message)) {
+      series.stages.push(ev);
+    }
+  } else if (ev.type === "estimate") {
+    if (!series.measured || !(ev.time < series.measured.time)) series.measured = ev;
   }
 }
 
@@ -152,8 +204,13 @@ function openStream(id) {
     onLiveEvent(ev);
   };
   source.onerror = () => {
-    // EventSource reconnects by itself; say so, and check the job in case it has ended.
     if (store.get("stream") !== source) return;
+    // A finished job: its replay is over (or cannot be had); nothing more will come.
+    if (TERMINAL.has(store.get("job")?.status)) {
+      closeStream();
+      return;
+    }
+    // EventSource reconnects by itself; say so, and check the job in case it has ended.
     store.set({ streamProblem: true });
     refreshCurrentJob();
   };
@@ -170,8 +227,9 @@ function closeStream() {
 function onLiveEvent(ev) {
   const job = store.get("job");
   const patch = { streamProblem: false };
-  if (ev.type === "metrics" || ev.type === "eval" || ev.type === "stage") {
-    const series = { metrics: store.get("metrics").slice(), evals: store.get("evals").slice(), stage: store.get("stage") };
+  if (["metrics", "eval", "stage", "estimate"].includes(ev.type)) {
+    const series = { metrics: store.get("metrics").slice(), evals: store.get("evals").slice(),
+      stages: store.get("stages").slice(), measured: store.get("measured") };
     foldEvent(series, ev);
     Object.assign(patch, series);
   } else if (ev.type === "status" && job) {
@@ -199,8 +257,9 @@ async function refreshCurrentJob() {
   try {
     const job = await api.job(id);
     if (store.get("job")?.id !== id || seq !== store.get("jobRefresh")) return;
-    if (TERMINAL.has(job.status)) closeStream();
-    else if (!store.get("stream")) openStream(id);
+    // A job that has just ended: an open stream is left to bring its last events and final status
+    // (it closes itself then, or on its next error).
+    if (!TERMINAL.has(job.status) && !store.get("stream")) openStream(id);
     store.set({ job });
   } catch { /* keep showing what we have */ }
 }
@@ -232,6 +291,7 @@ function renderJob() {
   badge.textContent = statusText(status);
   badge.className = `badge badge-${status}`;
   badge.dataset.status = status;
+  $("job-quick").hidden = job.hyperparameters?.quick !== true;
   $("cancel-job").hidden = TERMINAL.has(status);
 
   const last = metrics[metrics.length - 1];
@@ -243,25 +303,14 @@ function renderJob() {
   progress.setAttribute("aria-valuenow", String(Math.round(percent)));
   progress.setAttribute("aria-valuetext", t("train.progress_text", { percent: formatNumber(percent, 0) }));
   progress.textContent = `${Math.round(percent)}%`;
+  // No "0 %" before the first step: the stage and the elapsed time say what is happening.
   $("job-percent").textContent = last || status === "succeeded"
     ? `${formatNumber(percent, 0)}%${last ? ` · ${t("train.steps", { step: last.step, total: last.total_steps })}` : ""}` : "—";
-  $("job-eta").textContent = TERMINAL.has(status) ? t("train.eta_done")
-    : last && last.eta_s !== undefined && last.eta_s !== null ? formatDuration(last.eta_s) : t("train.eta_unknown");
   $("job-speed").textContent = last?.tokens_per_s !== undefined
     ? t("train.tokens_per_s", { n: formatNumber(last.tokens_per_s, 0) }) : "—";
   $("job-cost").textContent = last?.cost !== undefined
     ? formatMoney(last.cost, store.get("rec")?.estimate?.currency) : "—";
   $("job-loss").textContent = last?.loss !== undefined ? formatNumber(last.loss, 4) : "—";
-
-  const stageEvent = store.get("stage");
-  let stage;
-  if (status === "succeeded") stage = t("stage.done");
-  else if (status === "failed") stage = t("stage.failed");
-  else if (status === "cancelled") stage = t("stage.cancelled");
-  else if (store.get("streamProblem")) stage = t("train.reconnecting");
-  else if (stageEvent) stage = tOr(`stage.${stageEvent.stage}`, stageEvent.message || stageEvent.stage);
-  else stage = tOr(`stage.status.${status}`, statusText(status));
-  $("job-stage").textContent = stage;
 
   const errBox = $("job-error");
   if (status === "failed" || (job.error && job.error.message)) {
@@ -272,6 +321,133 @@ function renderJob() {
   } else errBox.hidden = true;
 
   drawLoss();
+}
+
+// ---------------------------------------------------------------------------------------------
+// time: the stages with their own times, the elapsed time, the time left and the estimate
+
+/** A clock that ticks once a second while the shown job is not finished (elapsed times move). */
+function keepClock() {
+  const job = store.get("job");
+  const live = Boolean(store.get("jobId")) && !(job && TERMINAL.has(job.status));
+  const ticker = store.get("ticker");
+  const now = Date.now() / 1000;
+  if (live && !ticker) {
+    store.set({ ticker: setInterval(() => store.set({ clock: Date.now() / 1000 }), 1000), clock: now });
+  } else if (!live && ticker) {
+    clearInterval(ticker);
+    store.set({ ticker: null, clock: now });
+  }
+}
+
+function renderTimes() {
+  const job = store.get("job");
+  if (!store.get("jobId") || !job) return;
+  const status = job.status || "validating_files";
+  const now = store.get("clock") || Date.now() / 1000;
+  const metrics = store.get("metrics");
+  const jobEstimate = store.get("jobEstimate");
+  const line = timeline({ stages: store.get("stages"), metrics, evals: store.get("evals"), status, now,
+    finishedAt: job.finished_at, estimate: jobEstimate });
+  const left = timeLeft({ status, metrics, measured: store.get("measured"), jobEstimate, now,
+    startedAt: line.startedAt, endedAt: line.endedAt, createdAt: job.created_at, finishedAt: job.finished_at });
+
+  // The stage in words, and how long it has been going (before the trainer starts: since the job was made).
+  let stage;
+  let since = null;
+  if (status === "succeeded") stage = t("stage.done");
+  else if (status === "failed") stage = t("stage.failed");
+  else if (status === "cancelled") stage = t("stage.cancelled");
+  else if (store.get("streamProblem")) stage = t("train.reconnecting");
+  else if (line.sub) stage = t(`stage.${line.sub}`);
+  else if (line.current) stage = t(`stage.${line.current}`);
+  else stage = tOr(`stage.status.${status}`, statusText(status));
+  if (!TERMINAL.has(status)) {
+    const row = line.rows.find((r) => r.state === "current");
+    if (row) since = row.seconds;
+    else if (Number.isFinite(job.created_at)) since = Math.max(0, now - job.created_at);
+  }
+  $("job-stage").textContent = stage;
+  $("job-stage-time").textContent = since === null ? "" : t("train.stage_time", { time: formatDuration(since) });
+
+  const from = Number.isFinite(job.created_at) ? job.created_at : line.startedAt;
+  const to = TERMINAL.has(status) ? (Number.isFinite(job.finished_at) ? job.finished_at : line.endedAt) : now;
+  $("job-elapsed").textContent = Number.isFinite(from) && Number.isFinite(to) ? formatDuration(Math.max(0, to - from)) : "—";
+
+  renderStages(line, status);
+  renderTimeLeft(left, status, jobEstimate);
+}
+
+function renderStages(line, status) {
+  const list = $("job-stages");
+  // A finished job whose stages this page never saw (the history holds metrics only): nothing to show.
+  const seen = line.rows.some((r) => r.state !== "pending");
+  list.hidden = TERMINAL.has(status) && !seen;
+  if (list.hidden) return;
+  const items = [];
+  for (const row of line.rows) {
+    items.push(stageItem(row.name, row.state, row.seconds, row.estimate));
+    if (row.name === "train" && line.evaluate) {
+      const ev = line.evaluate;
+      const state = ev.state === "running" && !TERMINAL.has(status) ? "current" : "done";
+      items.push(stageItem("evaluate", state, ev.seconds, ev.estimate, ev.count));
+    }
+  }
+  list.replaceChildren(...items);
+}
+
+function stageItem(name, state, seconds, estimate, count = 0) {
+  let time = "";
+  const est = Number.isFinite(estimate) ? formatDuration(estimate) : null;
+  if (state === "skipped") time = t("stages.skipped");
+  else if (seconds !== null && seconds !== undefined) {
+    time = est ? t("stages.time_of_estimate", { time: formatDuration(seconds), estimate: est }) : formatDuration(seconds);
+  } else if (est) time = t("stages.estimate_only", { estimate: est });
+  const label = name === "evaluate" && count > 1 ? t("stages.evaluate_times", { n: count }) : t(`stages.${name}`);
+  return node("li", {
+    class: `stage-step stage-${state}${name === "evaluate" ? " substep" : ""}`, "data-testid": "job-stage-step",
+    "data-stage": name, "data-state": state, "aria-current": state === "current" ? "step" : null,
+  },
+  node("span", { class: "stage-mark", "aria-hidden": "true" }),
+  node("span", { class: "stage-name", text: label }),
+  node("span", { class: "sr-only", text: t(`stages.state_${state}`) }),
+  node("span", { class: "stage-time", text: time }));
+}
+
+/** "estimated 35 min · measured: 31 min left, 43 tokens/s", or what the time left rests on so far. */
+function renderTimeLeft(left, status, jobEstimate) {
+  const eta = $("job-eta");
+  const box = $("job-estimate");
+  eta.dataset.basis = left.basis;
+  box.dataset.basis = left.basis;
+  const duration = (s) => (s === null || s === undefined ? "—" : formatDuration(s));
+  if (left.basis === "done") eta.textContent = t("train.eta_done");
+  else if (left.basis === "estimate") eta.textContent = t("train.eta_approx", { time: duration(left.left) });
+  else eta.textContent = duration(left.left);
+
+  const parts = [];
+  if (left.basis === "done") {
+    if (status === "succeeded" && left.took !== null) parts.push(t("train.took", { time: duration(left.took) }));
+  }
+  if (left.estimated !== null && !(left.basis === "done" && status !== "succeeded")) {
+    parts.push(t(jobEstimate?.changed ? "train.estimated_recommended" : "train.estimated",
+      { time: duration(left.estimated) }));
+  }
+  if (left.basis === "measured") {
+    parts.push(left.speed === null ? t("train.measured_left", { left: duration(left.left) })
+      : t("train.measured_left_speed", { left: duration(left.left), speed: formatNumber(left.speed, 0) }));
+  } else if (left.basis === "estimate") {
+    if (!left.started) parts.push(t("train.not_started"));
+    else if (left.left > 0) parts.push(t("train.left_by_estimate", { left: duration(left.left) }));
+    else parts.push(t("train.over_estimate"));
+  } else if (left.basis === "steps") {
+    parts.push(t("train.left_first_steps", { left: duration(left.left) }));
+  } else if (left.basis === "none") {
+    parts.push(t("train.left_unknown"));
+  }
+  const text = parts.join(" · ");
+  box.textContent = text.charAt(0).toUpperCase() + text.slice(1); // a sentence (no-op in Chinese)
+  box.hidden = parts.length === 0;
 }
 
 function drawLoss() {
@@ -337,7 +513,8 @@ function renderJobList() {
       },
       node("span", { class: "job-main" },
         node("code", { class: "data", text: job.id }),
-        node("span", { class: "muted small", text: `${modelName(job.model)} · ${formatTime(job.created_at)}` })),
+        node("span", { class: "muted small", text: [modelName(job.model), formatTime(job.created_at),
+          job.hyperparameters?.quick === true ? t("train.quick_tag") : ""].filter(Boolean).join(" · ") })),
       node("span", { class: `badge badge-${status}`, text: statusText(status) }))));
   }
 }

@@ -1,9 +1,12 @@
 // Step 2, the model and settings: task and base model (both remembered), the service's recommended
-// settings with one reason each, the time/cost estimate, warnings, and the advanced panel whose
-// changes ("overrides") are all the job sends besides the task.
+// settings with one reason each, the time/cost estimate (by stage), the schedule choice (the full
+// schedule, the default, or an opt-in quick preview with its own estimate and its stated recall
+// cost), warnings, and the advanced panel whose changes ("overrides") are, with the task and the
+// quick choice, all the job sends.
 //
-// Reasons, warnings and the estimate's hardware come from the recommender as codes with params
-// ("reason_codes", "warning_codes", "estimate.device_code"), rendered through its message catalogue
+// Reasons, warnings, the estimate's hardware and the schedules' costs come from the recommender as
+// codes with params ("reason_codes", "warning_codes", "estimate.device_code",
+// "alternatives.{quick,full}.cost"), rendered through its message catalogue
 // (GET /studio/messages?lang=…, fetched once per language) in the page's language, the params as
 // data. Where a code is not in the catalogue, or the service sends no codes, its English line
 // ("reasons", "warnings", "estimate.device") is shown instead, marked as data outside English.
@@ -37,7 +40,7 @@ export function initSettings() {
 
   store.subscribe(["models", "modelsError", "lang"], renderModelOptions);
   store.subscribe("model", renderModelChoice);
-  store.subscribe(["file", "report", "rec", "recError", "recLoading", "overrides", "catalogues", "lang"],
+  store.subscribe(["file", "report", "rec", "recError", "recLoading", "overrides", "quick", "catalogues", "lang"],
     renderRecommendation);
   store.subscribe(["rec", "lang"], () => {
     if (hasCodes(store.get("rec"))) loadCatalogue(lang());
@@ -55,6 +58,7 @@ export function initSettings() {
     recommendAfresh();
   });
   $("reset-settings").addEventListener("click", () => store.set({ overrides: {} }));
+  for (const id of ["schedule-full", "quick-preview"]) $(id).addEventListener("change", onScheduleChange);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -134,34 +138,54 @@ function renderModelChoice() {
 // ---------------------------------------------------------------------------------------------
 // the recommendation
 
-/** The data, the task or the model changed: the user's changes are dropped, the settings asked again. */
+/**
+ * The data, the task or the model changed: the user's changes are dropped (the quick preview too: the
+ * full schedule is the default), the settings asked again.
+ */
 export function recommendAfresh() {
-  store.set({ overrides: {} });
+  store.set({ overrides: {}, quick: false });
   return loadRecommendation();
 }
 
-async function loadRecommendation() {
+/**
+ * Ask for the settings of the current file, model, task and schedule. `keep`: the settings on screen
+ * stay while the new ones are worked out (a schedule switch), and a failure goes back to their schedule.
+ */
+async function loadRecommendation({ keep = false } = {}) {
   const request = store.get("recRequest") + 1;
   const file = store.get("file");
   const report = store.get("report");
   const model = store.get("model");
   const ready = Boolean(file && report && report.rows_ok > 0 && model);
-  store.set({ recRequest: request, rec: null, recError: null, recLoading: ready });
+  const shown = store.get("rec");
+  store.set({ recRequest: request, recError: null, recLoading: ready, ...(keep && shown ? {} : { rec: null }) });
   if (!ready) return;
   try {
-    const rec = await api.recommend(file.id, model, store.get("task"));
+    const rec = await api.recommend(file.id, model, store.get("task"), store.get("quick"));
     // Its reasons are shown once, in the page's language: the catalogue first.
     if (hasCodes(rec)) await loadCatalogue(lang());
     if (request !== store.get("recRequest")) return;
     store.set({ rec, recLoading: false });
   } catch (err) {
     if (request !== store.get("recRequest")) return;
-    store.set({ recError: err, recLoading: false });
+    if (keep && shown) {
+      store.set({ quick: shown.schedule === "quick", recLoading: false });
+      showStatus("schedule-state", "error", t("schedule.failed", { message: errorText(err) }));
+    } else store.set({ recError: err, recLoading: false });
   }
 }
 
 function hasCodes(rec) {
-  return Boolean(rec && (rec.reason_codes || rec.warning_codes || rec.estimate?.device_code));
+  return Boolean(rec && (rec.reason_codes || rec.warning_codes || rec.estimate?.device_code || rec.alternatives));
+}
+
+/** The user picked the full schedule or the quick preview: the settings are asked again for it. */
+function onScheduleChange(event) {
+  const quick = event.target.value === "quick";
+  if (quick === store.get("quick")) return;
+  showStatus("schedule-state", "", "");
+  store.set({ quick });
+  loadRecommendation({ keep: true });
 }
 
 /**
@@ -226,7 +250,9 @@ function renderRecommendation() {
     else showStatus("settings-state", "", report.rows_ok > 0 ? "" : t("settings.need_rows"));
     return;
   }
-  showStatus("settings-state", "", "");
+  // A schedule switch keeps the settings on screen while the new ones are worked out.
+  if (store.get("recLoading")) showStatus("settings-state", "loading", t("settings.loading_schedule"));
+  else showStatus("settings-state", "", "");
   box.hidden = false;
   const settings = rec.settings || {};
   const overrides = store.get("overrides");
@@ -245,7 +271,8 @@ function renderRecommendation() {
         : recommenderNode("dd", {}, rec.reason_codes?.[key], rec.reasons?.[key])));
   }
 
-  renderEstimate(rec.estimate || {}, Object.keys(overrides).length > 0);
+  renderEstimate(rec.estimate || {}, Object.keys(overrides).length > 0, rec.schedule === "quick");
+  renderSchedule(rec);
 
   const warnBox = $("rec-warnings");
   warnBox.replaceChildren();
@@ -258,7 +285,10 @@ function renderRecommendation() {
   renderAdvanced();
 }
 
-function renderEstimate(est, changed) {
+// The recommender's stages of a run, in the order they happen (estimate.stages, seconds).
+const ESTIMATE_STAGES = ["load", "augment", "tokenize", "train", "evaluate", "save"];
+
+function renderEstimate(est, changed, quick) {
   const bits = [[t("settings.estimate_time", { time: formatDuration(est.seconds) })]];
   if (est.tokens !== undefined) bits.push([t("settings.estimate_tokens", { tokens: formatNumber(est.tokens) })]);
   // The hardware (a name, cores, a CPU class): data, in the page's language when the service codes it.
@@ -267,10 +297,62 @@ function renderEstimate(est, changed) {
   bits.push([Number(est.cost) > 0
     ? t("settings.estimate_cost", { cost: formatMoney(est.cost, est.currency) })
     : t("settings.estimate_free")]);
-  const parts = [`${t("settings.estimate")} `];
+  const parts = [`${t(quick ? "settings.estimate_quick" : "settings.estimate")} `];
   bits.forEach((bit, i) => parts.push(...(i ? [" · "] : []), ...bit));
   if (changed) parts.push(node("span", { class: "muted small", text: ` ${t("settings.estimate_changed")}` }));
+  // Where the time goes, stage by stage (the ones that take a second or more).
+  const stages = est.stages && typeof est.stages === "object" ? est.stages : {};
+  const shown = ESTIMATE_STAGES.filter((k) => Number(stages[k]) >= 1)
+    .map((k) => t("settings.estimate_stage", { stage: t(`estimate_stage.${k}`), time: formatDuration(stages[k]) }));
+  if (shown.length) {
+    parts.push(node("span", { class: "estimate-stages", id: "estimate-stages" },
+      `${t("settings.estimate_stages")} ${shown.join(" · ")}`));
+  }
   $("cost-estimate").replaceChildren(...parts);
+}
+
+/**
+ * The schedule choice: the full schedule (the default: what measured best for quality) and the quick
+ * preview, each with its own estimate; the quick preview's cost in recall as the recommender states
+ * it (alternatives.quick.cost), the full schedule's gain when the quick one is on screen.
+ */
+function renderSchedule(rec) {
+  const box = $("schedule");
+  const alt = rec.alternatives || {};
+  if (!alt.quick) { // a service without the choice
+    box.hidden = true;
+    return;
+  }
+  box.hidden = false;
+  const onQuick = rec.schedule === "quick";
+  const fullEstimate = onQuick || rec.schedule === "budget" ? alt.full?.estimate : rec.estimate;
+  const quickEstimate = onQuick ? rec.estimate : alt.quick.estimate;
+  // The full schedule is already as short as the preview: nothing to choose.
+  const same = !onQuick && Object.keys(alt.quick.settings_changes || {}).length === 0;
+  const loading = store.get("recLoading");
+  const quick = store.get("quick");
+  const full = $("schedule-full");
+  const preview = $("quick-preview");
+  full.checked = !quick;
+  preview.checked = quick;
+  // Not disabled while the settings are asked again (focus would be lost): only the latest answer lands.
+  preview.disabled = same && !quick;
+  box.setAttribute("aria-busy", loading ? "true" : "false");
+  const time = (est) => (est && Number.isFinite(Number(est.seconds))
+    ? t("schedule.time", { time: formatDuration(est.seconds) }) : "");
+  $("schedule-full-time").textContent = time(fullEstimate);
+  $("quick-time").textContent = same ? "" : time(quickEstimate);
+  $("schedule-full-note").replaceChildren(...(onQuick && alt.full?.cost
+    ? codedOr(alt.full.cost, t("schedule.full_note")) : [t("schedule.full_note")]));
+  $("quick-cost").replaceChildren(...codedOr(alt.quick.cost, t(same ? "schedule.quick_same" : "schedule.quick_note")));
+}
+
+/** A coded message as nodes (its values as data), else the page's own line. */
+function codedOr(coded, fallback) {
+  const parts = codedParts(coded);
+  if (!parts) return [fallback];
+  return parts.map(({ text, param }) => (param
+    ? node("span", { class: "data", translate: "no", text }) : document.createTextNode(text)));
 }
 
 // ---------------------------------------------------------------------------------------------
