@@ -213,3 +213,38 @@ def test_stop_filter_cuts_at_the_first_stop_sequence(text, cuts, stops):
             expected, hit = text[:min(starts)], True
             break
     assert out == expected and f.hit == hit
+
+
+def test_a_damaged_or_lost_database_is_refused_with_one_clear_line(tmp_path):
+    """Issue 16: a corrupt database printed a traceback; a 0-byte one started silently empty beside
+    files/ and jobs/ full of data."""
+    import subprocess
+    import sys
+
+    from lorastudio.serve.store import StoreDamaged
+
+    data = tmp_path / "data"
+    (data / "files").mkdir(parents=True)
+    (data / "files" / "file-1.jsonl").write_text("{}")
+    db = data / "lorastudio.sqlite3"
+    db.write_bytes(b"")
+    with pytest.raises(StoreDamaged, match="empty.*files/"):
+        SQLiteStore(db)
+    assert db.stat().st_size == 0  # nothing replaced
+
+    db.write_bytes(b"SQLite format 3\0" + b"\x13" * 4096)  # a header and garbage
+    with pytest.raises(StoreDamaged, match="damaged"):
+        SQLiteStore(db)
+
+    settings_db = Settings(data_dir=data).db_path
+    settings_db.write_bytes(b"not a database at all" * 300)
+    proc = subprocess.run([sys.executable, "-m", "lorastudio", "serve", "--data-dir", str(data), "--port", "0"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and str(settings_db) in lines[0] and "Traceback" not in proc.stderr
+
+    fresh = tmp_path / "fresh"
+    (fresh / "files").mkdir(parents=True)
+    (fresh / "db.sqlite3").write_bytes(b"")
+    SQLiteStore(fresh / "db.sqlite3").close()  # empty database, empty folders: a normal first start

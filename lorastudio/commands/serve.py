@@ -53,7 +53,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"lorastudio serve: {exc}", file=sys.stderr)
         return 2
     probe.close()
-    app = create_app(settings)
+    from lorastudio.serve.store import StoreDamaged
+
+    try:
+        app = create_app(settings)
+    except StoreDamaged as exc:
+        print(f"lorastudio serve: {exc}", file=sys.stderr)
+        return 2
     auth = "API key required" if settings.api_key else "no API key (loopback only)"
     print(f"LoRA Studio on http://{settings.host}:{settings.port}/  (API: /v1, docs: /docs, {auth}, "
           f"data: {settings.data_dir})", file=sys.stderr, flush=True)

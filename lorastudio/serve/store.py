@@ -95,6 +95,10 @@ def now() -> int:
     return int(time.time())
 
 
+class StoreDamaged(RuntimeError):
+    """The database cannot be used as it is; the message says which file and what to do."""
+
+
 class UnknownCursor(KeyError):
     """A list's `after` names no item of that list."""
 
@@ -136,14 +140,37 @@ class SQLiteStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._refuse_a_lost_database()
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        with self._lock:
-            self._db.executescript(_SCHEMA)
+        try:
+            self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=30)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            check = self._db.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise sqlite3.DatabaseError(check)
+            with self._lock:
+                self._db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise StoreDamaged(
+                f"{self.path} is damaged ({exc}). It is never replaced automatically: restore it from a backup, "
+                f"or move it aside (e.g. `mv {self.path} {self.path}.damaged`) to start with an empty list of "
+                "files and jobs; the files under files/ and jobs/ stay where they are.") from None
+
+    def _refuse_a_lost_database(self) -> None:
+        """A 0-byte (or missing) database beside files/ and jobs/ full of data means the list of them was
+        lost: starting empty would hide every file and job."""
+        if self.path.exists() and self.path.stat().st_size > 0:
+            return
+        root = self.path.parent
+        kept = [name for name in ("files", "jobs") if (root / name).is_dir() and any((root / name).iterdir())]
+        if kept and self.path.exists():
+            raise StoreDamaged(
+                f"{self.path} is empty, but {' and '.join(f'{name}/' for name in kept)} in {root} hold data: the "
+                "database that lists them was lost or truncated. Restore it from a backup; to start afresh instead, "
+                f"move {root} aside. Nothing was changed.")
 
     def close(self) -> None:
         with self._lock:
