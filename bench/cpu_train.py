@@ -1,4 +1,6 @@
-"""CPU LoRA training throughput on the default model, bf16 autocast vs fp32 (docs/ENGINE.md).
+"""CPU LoRA training throughput (docs/ENGINE.md).
+
+Whole trainer on the default model (needs it cached: `lorastudio models --prepare default`):
 
     python bench/cpu_train.py bf16 4 512     # dtype, optimizer steps, tokens per packed step [, data file]
     python bench/cpu_train.py fp32 4 512
@@ -7,22 +9,43 @@
 Prints wall tokens/s and tokens per CPU-second (process time over all threads), both over the steps
 after the first (the first includes one-off kernel setup). On a shared machine compare the CPU-second
 figure: the wall figure mostly measures the neighbours.
+
+The CPU fast path's own loop (no model download, no trainer): a random-weight model of the default
+model's shape (Qwen2.5-0.5B: hidden 896, 24 layers, 14/2 heads, 151,936 vocab), LoRA r16 α32, packed
+rows of synthetic examples (lognormal lengths, median 100 tokens, the first 30–60 % prompt), each step
+`cpu.packed_loss` → backward → AdamW, as the trainer runs it:
+
+    python bench/cpu_train.py loop --dtype fp32 --tokens 640 --steps 4 [--layers 24] [--targets all-mlp]
+
+and old code against new, alternating runs (A B A B …) so that the neighbours' load hits both alike;
+each run is a fresh process with `PYTHONPATH` set to one tree (e.g. an old commit from `git archive`):
+
+    python bench/cpu_train.py compare OLD_TREE NEW_TREE --rounds 4 -- --dtype fp32 --tokens 640 --steps 4
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from lorastudio.train import TrainConfig, read_events, train
+DEFAULT_SHAPE = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                     num_key_value_heads=2, vocab_size=151936, max_position_embeddings=32768,
+                     rope_parameters={"rope_type": "default", "rope_theta": 1e6}, rms_norm_eps=1e-6,
+                     tie_word_embeddings=False, use_sliding_window=False)
 
 
-def main() -> None:
-    dtype, steps, batch_tokens = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    data = sys.argv[4] if len(sys.argv) > 4 else str(Path(__file__).resolve().parents[1] / "shared/data/yunzhan_train.jsonl")
+def trainer_run(argv: list[str]) -> None:
+    from lorastudio.train import TrainConfig, read_events, train
+
+    dtype, steps, batch_tokens = argv[0], int(argv[1]), int(argv[2])
+    data = argv[3] if len(argv) > 3 else str(Path(__file__).resolve().parents[1] / "shared/data/yunzhan_train.jsonl")
     marks: list[tuple[float, float]] = []  # (wall, cpu) at the start of training and after each step
 
     def on_event(event: dict) -> None:
@@ -42,6 +65,139 @@ def main() -> None:
                       "wall_tok_s": round(tokens / wall, 1), "tok_per_cpu_s": round(tokens / cpu, 1),
                       "first_step_wall_s": round(marks[1][0] - marks[0][0], 1),
                       "losses": [m["loss"] for m in metrics]}))
+
+
+def packed_rows(tokens: int, count: int, vocab: int, seed: int = 0) -> list[dict]:
+    """`count` packed rows of ≤ `tokens` tokens each, in the trainer's batch format."""
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    while len(rows) < count:
+        ids, pos, lab, lengths = [], [], [], []
+        while True:
+            n = int(np.clip(rng.lognormal(np.log(100), 0.5), 24, tokens))
+            if sum(lengths) + n > tokens:
+                break
+            doc = rng.integers(0, vocab, n)
+            prompt = int(n * rng.uniform(0.3, 0.6))
+            ids.extend(doc.tolist())
+            pos.extend(range(n))
+            lab.extend([-100] * prompt + doc[prompt:].tolist())
+            lengths.append(n)
+        rows.append({"input_ids": torch.tensor([ids]), "position_ids": torch.tensor([pos]),
+                     "labels": torch.tensor([lab]), "lengths": lengths})
+    return rows
+
+
+def loop_run(a: argparse.Namespace) -> None:
+    import torch
+    import transformers
+    from peft import LoraConfig, get_peft_model
+
+    from lorastudio.train import cpu
+
+    torch.set_num_threads(a.threads)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[a.dtype]
+    config = transformers.Qwen2Config(**{**DEFAULT_SHAPE, "num_hidden_layers": a.layers}, hidden_act="silu")
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    with torch.device("meta"):
+        model = transformers.Qwen2ForCausalLM(config)
+    model = model.to_empty(device="cpu").to(dtype)
+    model.model.rotary_emb = type(model.model.rotary_emb)(config)  # its buffers were left on "meta"
+    cache = Path(tempfile.gettempdir()) / f"lorastudio-bench-default-shape-{a.layers}l-{a.dtype}.safetensors"
+    if cache.exists():  # the same random weights for every run, read from the page cache
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(cache), strict=False)
+    else:
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                p.copy_(torch.ones(p.shape) if "norm" in name else torch.randn(p.shape, generator=gen) * 0.02)
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(cache) + ".tmp")
+        os.replace(str(cache) + ".tmp", cache)
+    targets = a.targets if a.targets in ("all-linear",) else ["gate_proj", "up_proj", "down_proj"]
+    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=targets,
+                                             task_type="CAUSAL_LM"))
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=2e-4)
+    rows = packed_rows(a.tokens, a.steps + 1, config.vocab_size, seed=a.seed)
+    marks, tokens, losses = [], 0, []
+    for step, batch in enumerate(rows):
+        if step == 1:
+            marks = [(time.perf_counter(), time.process_time())]
+        loss_sum, n = cpu.packed_loss(model, batch)
+        (loss_sum / n).backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(round(loss_sum.item() / n, 6))
+        if step >= 1:
+            tokens += batch["input_ids"].shape[-1]
+    wall, cpu_s = time.perf_counter() - marks[0][0], time.process_time() - marks[0][1]
+    print(json.dumps({"code": str(Path(cpu.__file__).resolve().parents[2]), "dtype": a.dtype, "layers": a.layers,
+                      "targets": a.targets, "tokens_per_step": a.tokens, "timed_steps": a.steps, "tokens": tokens,
+                      "wall_tok_s": round(tokens / wall, 2), "tok_per_cpu_s": round(tokens / cpu_s, 2),
+                      "losses": losses}))
+
+
+def compare(a: argparse.Namespace, loop_args: list[str]) -> None:
+    runs: dict[str, list[dict]] = {"old": [], "new": []}
+    for r in range(a.rounds):
+        order = ("old", "new") if r % 2 == 0 else ("new", "old")  # A B B A …: neither always goes first
+        for tag in order:
+            tree = a.old if tag == "old" else a.new
+            env = {**os.environ, "PYTHONPATH": tree}
+            out = subprocess.run([sys.executable, __file__, "loop", *loop_args], env=env, check=True,
+                                 capture_output=True, text=True, cwd=tempfile.gettempdir())
+            result = json.loads(out.stdout.strip().splitlines()[-1])
+            result["round"], result["load_avg_1m"] = r, os.getloadavg()[0]
+            runs[tag].append(result)
+            print(tag, json.dumps({k: result[k] for k in ("round", "wall_tok_s", "tok_per_cpu_s", "load_avg_1m")}),
+                  flush=True)
+    summary = {}
+    for key in ("wall_tok_s", "tok_per_cpu_s"):
+        old = statistics.median(x[key] for x in runs["old"])
+        new = statistics.median(x[key] for x in runs["new"])
+        summary[key] = {"old_median": old, "new_median": new, "new_over_old": round(new / old, 4)}
+    same_losses = all(o["losses"] == n["losses"] for o, n in zip(runs["old"], runs["new"], strict=True))
+    report = {"args": loop_args, "rounds": a.rounds, "summary": summary, "losses_identical": same_losses, "runs": runs}
+    print(json.dumps(summary))
+    if a.out:
+        Path(a.out).write_text(json.dumps(report, indent=1))
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] not in ("loop", "compare"):
+        return trainer_run(sys.argv[1:])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="mode", required=True)
+    loop = sub.add_parser("loop")
+    loop.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
+    loop.add_argument("--tokens", type=int, default=640)
+    loop.add_argument("--steps", type=int, default=4, help="timed steps (one more runs first, untimed)")
+    loop.add_argument("--layers", type=int, default=DEFAULT_SHAPE["num_hidden_layers"])
+    loop.add_argument("--targets", default="all-mlp", choices=("all-mlp", "all-linear"))
+    loop.add_argument("--threads", type=int, default=2)
+    loop.add_argument("--seed", type=int, default=0)
+    cmp_ = sub.add_parser("compare")
+    cmp_.add_argument("old")
+    cmp_.add_argument("new")
+    cmp_.add_argument("--rounds", type=int, default=4)
+    cmp_.add_argument("--out")
+    argv = sys.argv[1:]
+    loop_args = argv[argv.index("--") + 1:] if "--" in argv else []
+    a = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    if a.mode == "loop":
+        loop_run(a)
+    else:
+        compare(a, loop_args)
 
 
 if __name__ == "__main__":

@@ -12,8 +12,9 @@ first 30–60 % of each example is prompt, loss on the answer only), random-weig
 
 Variants: `seed` (HF Trainer, pad every example to 256, batch 2, LoRA r8 α16 q/k/v/o, dropout .05),
 `trl` (SFTTrainer, bfd packing + padding-free, flex attention, fused LM head, LoRA r16 all-linear),
-`ls` (lorastudio.train.gpu: packed rows, varlen attention, fused LoRA, compiled norms, chunked CE,
-memory auto-fit; `--budget-gb 24` emulates a 24 GB card; `--ddp` under torchrun), and microbenchmarks
+`ls` (lorastudio.train.gpu's choices among the shared kernels of lorastudio.train.kernels: packed
+rows, varlen attention, fused LoRA, compiled norms, chunked CE, memory auto-fit from
+lorastudio.train.memory; `--budget-gb 24` emulates a 24 GB card; `--ddp` under torchrun), and microbenchmarks
 `attn` (varlen vs flex vs sdpa+dense mask) and `ce` (chunked vs full logits vs liger).
 MFU = 4 · N · real tokens/s / 790 TFLOP/s, N = parameters except the embedding lookup (LM head counted).
 """
@@ -119,7 +120,7 @@ def build_model(name: str, attn: str = "sdpa"):
 
 
 def shape_of(name: str):
-    from lorastudio.train.gpu import ModelShape
+    from lorastudio.train.memory import ModelShape
 
     return ModelShape.from_config(qwen_config(name))
 
@@ -471,7 +472,7 @@ def job_attn(a) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from lorastudio.train import gpu
+    from lorastudio.train import kernels
 
     T = a.pack or 16384
     H, HK, D = (28, 4, 128) if a.model != "tiny" else (8, 2, 64)
@@ -518,7 +519,7 @@ def job_attn(a) -> dict:
             out[name] = {"error": f"{type(err).__name__}: {str(err)[:300]}"}
         print(name, out[name], flush=True)
 
-    call = gpu._varlen_call()
+    call = kernels._varlen_call()
     record("varlen", lambda q_, k_, v_: call(q_, k_, v_, cu, max(lens), scale))
 
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention

@@ -82,7 +82,7 @@ WORDS = ("time year people way day man thing woman life child world school state
 
 
 def model_shape(size: str):
-    from lorastudio.train.gpu import ModelShape
+    from lorastudio.train.memory import ModelShape
 
     return ModelShape.from_config(type("Config", (), SIZES[size])())
 

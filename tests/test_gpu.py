@@ -1,10 +1,11 @@
-"""CPU-runnable checks of the CUDA fast path's pieces (lorastudio.train.gpu / distributed)."""
+"""CPU-runnable checks of the CUDA fast path's pieces (lorastudio.train.gpu, its memory planning in
+lorastudio.train.memory, the shared kernels in lorastudio.train.kernels, distributed)."""
 
 from __future__ import annotations
 
 import pytest
 
-from lorastudio.train.gpu import GIB, ModelShape, autofit
+from lorastudio.train.memory import GIB, ModelShape, autofit
 
 QWEN_7B = ModelShape.from_config(type("C", (), dict(
     hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
@@ -76,7 +77,7 @@ def test_forced_4bit_plans_a_quantized_base_even_where_bf16_fits():
 
 
 def test_fsdp_shards_let_7b_train_where_the_whole_base_does_not_fit():
-    from lorastudio.train.gpu import bf16_weight_bytes
+    from lorastudio.train.memory import bf16_weight_bytes
 
     assert bf16_weight_bytes(QWEN_7B, 1) == QWEN_7B.n_params * 2
     assert bf16_weight_bytes(QWEN_7B, 8) < bf16_weight_bytes(QWEN_7B, 2) < QWEN_7B.n_params * 2
@@ -90,6 +91,32 @@ def test_fsdp_shards_let_7b_train_where_the_whole_base_does_not_fit():
 def test_pack_shorter_than_max_length_is_refused():
     with pytest.raises(ValueError):
         autofit(QWEN_1_5B, pack_tokens=512, max_length=1024, free_bytes=80 * GIB)
+
+
+def test_memory_planning_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, lorastudio.train.memory, lorastudio.train.kernels; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_plan_for_settings_plans_for_the_adapted_modules_and_the_users_choices():
+    from lorastudio.train.memory import plan_for_settings
+
+    settings = {"lora_r": 16, "target_modules": "all-mlp", "batch_tokens": 16384, "max_length": 1024}
+    mlp = plan_for_settings(QWEN_7B, settings, free_bytes=80 * GIB)
+    assert mlp == autofit(QWEN_7B, lora_r=16, lora_targets="all-mlp", pack_tokens=16384, free_bytes=80 * GIB)
+    linear = plan_for_settings(QWEN_7B, {**settings, "target_modules": "all-linear"}, free_bytes=80 * GIB)
+    lora_bytes = 16 * (QWEN_7B.lora_params(16, "all-linear") - QWEN_7B.lora_params(16, "all-mlp"))
+    assert linear.estimated_peak_bytes - mlp.estimated_peak_bytes == pytest.approx(lora_bytes, rel=1e-6)
+    # the user's fixed choices, as the CUDA hook reads them from a TrainConfig
+    assert plan_for_settings(QWEN_1_5B, {**settings, "gradient_checkpointing": True},
+                             free_bytes=80 * GIB).gradient_checkpointing
+    with pytest.raises(MemoryError):
+        plan_for_settings(QWEN_7B, {**settings, "quantize_base": "none", "batch_tokens": 4096},
+                          free_bytes=12 * GIB, bitsandbytes_available=True)
+    assert plan_for_settings(QWEN_7B, {**settings, "quantize_base": "4bit"}, free_bytes=80 * GIB).quantize_4bit
 
 
 # --- chunked linear + cross-entropy ---------------------------------------------------------------
@@ -157,6 +184,30 @@ def test_batch_from_device_matches_cuda_batch():
     for key in ("cu_seq_lens", "target_index", "target_ids"):
         assert a[key].tolist() == b[key].tolist(), key
     assert a["max_length"] == b["max_length"] and a["num_targets"] == b["num_targets"] == 4
+
+
+def test_chunked_ce_applies_the_loss_scale_in_fp32():
+    """The stored bf16 gradient times the incoming scale (1/targets) in fp32, cast once: the scale is
+    not rounded to bf16 first (as the CPU path always did)."""
+    from lorastudio.train.kernels import chunked_linear_cross_entropy
+
+    gen = torch.Generator().manual_seed(5)
+    h = torch.randn(40, 32, generator=gen).to(torch.bfloat16).requires_grad_()
+    w = torch.randn(97, 32, generator=gen).to(torch.bfloat16)
+    t = torch.randint(0, 97, (40,), generator=gen)
+    (unit,) = torch.autograd.grad(chunked_linear_cross_entropy(h, w, t, chunk=16), (h,))
+    (scaled,) = torch.autograd.grad(chunked_linear_cross_entropy(h, w, t, chunk=16) / 293, (h,))
+    assert torch.equal(scaled, (unit.float() * torch.tensor(1 / 293)).to(torch.bfloat16))
+
+
+def test_batch_without_lengths_finds_the_documents_from_positions():
+    from lorastudio.train.gpu import batch_from_device
+
+    ids = torch.tensor([[10, 11, 12, 13, 20, 21, 22]])
+    pos = torch.tensor([[0, 1, 2, 3, 0, 1, 2]])
+    lab = torch.tensor([[-100, -100, 12, 13, -100, 21, 22]])
+    b = batch_from_device({"input_ids": ids, "position_ids": pos, "labels": lab})
+    assert b["cu_seq_lens"].tolist() == [0, 4, 7] and b["lengths"] == [4, 3] and b["max_length"] == 4
 
 
 def _tiny_peft_model(r=4, dtype=None):

@@ -27,8 +27,8 @@ def test_fast_packed_loss_equals_one_by_one(small_model_dir, small_doc, monkeypa
     (packed / 7).backward()  # a loss scale, as the trainer's 1/targets: applied in the custom backward
     fast = _grads(model)
 
-    assert model._lorastudio_cpu_fast["fused_lora"] > 0
-    assert model._lorastudio_cpu_fast["attention"] == cpu.ATTN_IMPLEMENTATION
+    assert model._lorastudio_fast_path.fused_lora > 0
+    assert model._lorastudio_fast_path.attention == cpu.ATTN_IMPLEMENTATION
     assert count == sum(e.num_target_tokens for e in examples)
     torch.testing.assert_close(packed, unpacked, rtol=1e-5, atol=1e-4)
     assert reference.keys() == fast.keys() and len(fast) > 0
@@ -75,3 +75,33 @@ def test_fused_lora_linear_with_dropout_equals_peft():
     torch.testing.assert_close(gx1, gx0)
     for name in g0:
         torch.testing.assert_close(g1[name], g0[name], rtol=1e-5, atol=1e-6)
+
+
+def test_cpu_and_cuda_kernel_choices_give_the_same_loss_and_gradients(small_model_dir):
+    """Both device modules run the same kernels (lorastudio.train.kernels) and differ only in their
+    choices: CPU per-document attention + 1,024-row CE chunks, no elementwise patches; the CUDA path as
+    it runs on a machine without varlen (sdpa with transformers' block mask, eager norms/SwiGLU/rotary
+    patched in, 2,048-row chunks). Same packed row, same loss and LoRA gradients."""
+    from lorastudio.train import gpu
+
+    model, tokenizer = _lora_model(small_model_dir, "sdpa")
+    batch = collate_packed([encode_conversation(c, tokenizer) for c in CONVERSATIONS])
+    model.zero_grad()
+    cpu_sum, cpu_n = cpu.packed_loss(model, batch)
+    (cpu_sum / cpu_n).backward()
+    on_cpu = _grads(model)
+    assert model._lorastudio_fast_path.per_document and model._lorastudio_fast_path.ce_chunk == cpu.CE_CHUNK
+
+    model, _ = _lora_model(small_model_dir, "sdpa")
+    fp = gpu.enable_fast_path(model, attention="auto", compile=False)
+    assert fp.attention == "sdpa" and not fp.per_document and fp.elementwise["rms_norm"] > 0
+    model.zero_grad()
+    cuda_mean = gpu.packed_lm_loss(model, gpu.batch_from_device(batch))
+    cuda_mean.backward()
+    on_cuda = _grads(model)
+
+    torch.testing.assert_close(cuda_mean, cpu_sum.detach() / cpu_n, rtol=1e-5, atol=1e-6)
+    assert on_cpu.keys() == on_cuda.keys() and len(on_cpu) > 0
+    for name, grad in on_cpu.items():
+        err = (on_cuda[name] - grad).abs().max().item()
+        assert err <= 1e-5 * grad.abs().max().item() + 1e-7, (name, err)

@@ -686,22 +686,23 @@ def _local_config(base: str) -> dict | None:
 
 
 def _gpu_plan(base: str, s: Mapping[str, Any], hw: Hardware, warnings: list[str]) -> Any:
-    """`gpu.autofit`'s plan for this base on this GPU (None when the base's shape is not known here)."""
+    """The memory plan for these settings on this GPU (None when the base's shape is not known here):
+    `memory.plan_for_settings`, the function the CUDA path plans with at start (`gpu.customize`), so
+    it plans for the LoRA modules these settings adapt (`target_modules`)."""
     config = _local_config(base)
     if not config or not hw.gpu_memory_gb:
         return None
     from types import SimpleNamespace
 
-    from lorastudio.train.gpu import GIB, ModelShape, autofit, bitsandbytes_available
+    from lorastudio.train.memory import GIB, ModelShape, bitsandbytes_available, plan_for_settings
 
     try:
         shape = ModelShape.from_config(SimpleNamespace(**config))
     except (AttributeError, TypeError):  # not a decoder-only config we can read
         return None
     try:
-        return autofit(shape, lora_r=int(s["lora_r"]), pack_tokens=int(s["batch_tokens"]),
-                       max_length=int(s["max_length"]), free_bytes=int(hw.gpu_memory_gb * 0.95 * GIB),
-                       bitsandbytes_available=bitsandbytes_available())
+        return plan_for_settings(shape, s, free_bytes=int(hw.gpu_memory_gb * 0.95 * GIB),
+                                 bitsandbytes_available=bitsandbytes_available())
     except MemoryError as error:
         warnings.append(f"does not fit this GPU: {error}")
         return None
