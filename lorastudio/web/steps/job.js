@@ -347,8 +347,9 @@ function renderTimes() {
   const now = store.get("clock") || Date.now() / 1000;
   const metrics = store.get("metrics");
   const jobEstimate = store.get("jobEstimate");
+  // Per-stage estimates only for the settings they were made for (not after changes in the advanced panel).
   const line = timeline({ stages: store.get("stages"), metrics, evals: store.get("evals"), status, now,
-    finishedAt: job.finished_at, estimate: jobEstimate });
+    finishedAt: job.finished_at, estimate: jobEstimate?.changed ? null : jobEstimate });
   const left = timeLeft({ status, metrics, measured: store.get("measured"), jobEstimate, now,
     startedAt: line.startedAt, endedAt: line.endedAt, createdAt: job.created_at, finishedAt: job.finished_at });
 
