@@ -17,10 +17,15 @@ rows of synthetic examples (lognormal lengths, median 100 tokens, the first 30�
 
     python bench/cpu_train.py loop --dtype fp32 --tokens 640 --steps 4 [--layers 24] [--targets all-mlp]
 
-and old code against new, alternating runs (A B A B …) so that the neighbours' load hits both alike;
+and old code against new, alternating runs (A B B A …) so that the neighbours' load hits both alike;
 each run is a fresh process with `PYTHONPATH` set to one tree (e.g. an old commit from `git archive`):
 
     python bench/cpu_train.py compare OLD_TREE NEW_TREE --rounds 4 -- --dtype fp32 --tokens 640 --steps 4
+
+or, less noisy on a shared machine, old and new `cpu.py` in one process, one step each in turn on two
+identical models (the old module loaded from its file; it must import only what the new tree has):
+
+    python bench/cpu_train.py paired OLD_TREE/lorastudio/train/cpu.py --dtype fp32 --tokens 640 --steps 8
 """
 
 from __future__ import annotations
@@ -91,14 +96,12 @@ def packed_rows(tokens: int, count: int, vocab: int, seed: int = 0) -> list[dict
     return rows
 
 
-def loop_run(a: argparse.Namespace) -> None:
+def build_model(a: argparse.Namespace):
+    """(PEFT model, config): random weights of the default model's shape, the same in every run."""
     import torch
     import transformers
     from peft import LoraConfig, get_peft_model
 
-    from lorastudio.train import cpu
-
-    torch.set_num_threads(a.threads)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[a.dtype]
     config = transformers.Qwen2Config(**{**DEFAULT_SHAPE, "num_hidden_layers": a.layers}, hidden_act="silu")
     config._attn_implementation = "sdpa"
@@ -124,6 +127,16 @@ def loop_run(a: argparse.Namespace) -> None:
     targets = a.targets if a.targets in ("all-linear",) else ["gate_proj", "up_proj", "down_proj"]
     model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=targets,
                                              task_type="CAUSAL_LM"))
+    return model, config
+
+
+def loop_run(a: argparse.Namespace) -> None:
+    import torch
+
+    from lorastudio.train import cpu
+
+    torch.set_num_threads(a.threads)
+    model, config = build_model(a)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=2e-4)
@@ -145,6 +158,57 @@ def loop_run(a: argparse.Namespace) -> None:
                       "targets": a.targets, "tokens_per_step": a.tokens, "timed_steps": a.steps, "tokens": tokens,
                       "wall_tok_s": round(tokens / wall, 2), "tok_per_cpu_s": round(tokens / cpu_s, 2),
                       "losses": losses}))
+
+
+def paired_run(a: argparse.Namespace) -> None:
+    """Old and new `cpu.py` in one process, one step each in turn on two identical models (the old
+    module loaded from a file, its attention registered under another name): neighbours' load hits
+    both alike, step by step. Prints per-step wall and CPU seconds of each and their paired ratios."""
+    import importlib.util
+
+    import torch
+
+    from lorastudio.train import cpu as new_cpu
+
+    spec = importlib.util.spec_from_file_location("old_cpu", a.old_cpu)
+    old_cpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(old_cpu)
+    old_cpu.ATTN_IMPLEMENTATION = "lorastudio_cpu_docs_old"
+    torch.set_num_threads(a.threads)
+    runs = {}
+    for tag, module in (("old", old_cpu), ("new", new_cpu)):
+        model, config = build_model(a)
+        model.train()
+        params = [p for p in model.parameters() if p.requires_grad]
+        runs[tag] = {"module": module, "model": model, "params": params, "opt": torch.optim.AdamW(params, lr=2e-4),
+                     "wall": [], "cpu": [], "losses": []}
+    rows = packed_rows(a.tokens, a.steps + 1, config.vocab_size, seed=a.seed)
+    for step, batch in enumerate(rows):
+        for tag in (("old", "new") if step % 2 == 0 else ("new", "old")):
+            r = runs[tag]
+            t0, c0 = time.perf_counter(), time.process_time()
+            loss_sum, n = r["module"].packed_loss(r["model"], batch)
+            (loss_sum / n).backward()
+            torch.nn.utils.clip_grad_norm_(r["params"], 1.0)
+            r["opt"].step()
+            r["opt"].zero_grad(set_to_none=True)
+            r["wall"].append(time.perf_counter() - t0)
+            r["cpu"].append(time.process_time() - c0)
+            r["losses"].append(round(loss_sum.item() / n, 6))
+        print(step, {t: (round(runs[t]["wall"][-1], 2), round(runs[t]["cpu"][-1], 2)) for t in runs}, flush=True)
+    timed = slice(1, None)  # the first step of each sets kernels up
+    tokens = [b["input_ids"].shape[-1] for b in rows][timed]
+    out = {"dtype": a.dtype, "layers": a.layers, "targets": a.targets, "tokens_per_step": a.tokens,
+           "threads": a.threads, "timed_steps": len(tokens), "losses_identical": runs["old"]["losses"] == runs["new"]["losses"]}
+    for key in ("wall", "cpu"):
+        old, new = runs["old"][key][timed], runs["new"][key][timed]
+        out[f"{key}_tok_s"] = {t: round(sum(tokens) / sum(runs[t][key][timed]), 2) for t in runs}
+        out[f"{key}_new_over_old_median_of_steps"] = round(statistics.median(o / n for o, n in zip(old, new, strict=True)), 4)
+        out[f"{key}_s_per_step"] = {t: [round(x, 3) for x in runs[t][key]] for t in runs}
+    out["losses"] = runs["new"]["losses"]
+    print(json.dumps(out))
+    if a.out:
+        Path(a.out).write_text(json.dumps(out, indent=1))
 
 
 def compare(a: argparse.Namespace, loop_args: list[str]) -> None:
@@ -174,18 +238,22 @@ def compare(a: argparse.Namespace, loop_args: list[str]) -> None:
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] not in ("loop", "compare"):
+    if len(sys.argv) > 1 and sys.argv[1] not in ("loop", "paired", "compare"):
         return trainer_run(sys.argv[1:])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="mode", required=True)
     loop = sub.add_parser("loop")
-    loop.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
-    loop.add_argument("--tokens", type=int, default=640)
-    loop.add_argument("--steps", type=int, default=4, help="timed steps (one more runs first, untimed)")
-    loop.add_argument("--layers", type=int, default=DEFAULT_SHAPE["num_hidden_layers"])
-    loop.add_argument("--targets", default="all-mlp", choices=("all-mlp", "all-linear"))
-    loop.add_argument("--threads", type=int, default=2)
-    loop.add_argument("--seed", type=int, default=0)
+    paired = sub.add_parser("paired", help="old cpu.py (a file) vs the imported one, steps alternating")
+    paired.add_argument("old_cpu", help="path of the old lorastudio/train/cpu.py")
+    paired.add_argument("--out")
+    for p in (loop, paired):
+        p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
+        p.add_argument("--tokens", type=int, default=640)
+        p.add_argument("--steps", type=int, default=4, help="timed steps (one more runs first, untimed)")
+        p.add_argument("--layers", type=int, default=DEFAULT_SHAPE["num_hidden_layers"])
+        p.add_argument("--targets", default="all-mlp", choices=("all-mlp", "all-linear"))
+        p.add_argument("--threads", type=int, default=2)
+        p.add_argument("--seed", type=int, default=0)
     cmp_ = sub.add_parser("compare")
     cmp_.add_argument("old")
     cmp_.add_argument("new")
@@ -196,6 +264,8 @@ def main() -> None:
     a = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     if a.mode == "loop":
         loop_run(a)
+    elif a.mode == "paired":
+        paired_run(a)
     else:
         compare(a, loop_args)
 
