@@ -196,6 +196,10 @@ def test_whole_flow_on_tiny_random(browser, studio, lang, tmp_path):
     expect(page.locator("#model-info")).to_contain_text("仅供测试" if zh else "for testing only")
     expect(page.get_by_test_id("recommended-settings").locator(".setting").first).to_be_visible(timeout=60_000)
     expect(page.get_by_test_id("cost-estimate")).to_contain_text("约" if zh else "about")
+    # the full schedule by default; the quick preview offered beside it with its recall cost
+    expect(page.get_by_test_id("schedule-full")).to_be_checked()
+    expect(page.get_by_test_id("quick-preview")).not_to_be_checked()
+    expect(page.get_by_test_id("quick-cost")).not_to_be_empty()
     page.locator("#advanced summary").click()
     for key, value in (("max_steps", TRAIN_STEPS), ("augment_paraphrases", 0), ("replay_rows", 0)):
         page.locator(f"#adv-{key}").fill(str(value))
@@ -210,7 +214,7 @@ def test_whole_flow_on_tiny_random(browser, studio, lang, tmp_path):
     job_request = sent.value.post_data_json
     assert job_request["model"] == "tiny-random"
     hyper = job_request["hyperparameters"]
-    assert hyper["task"] == "qa" and hyper["max_steps"] == TRAIN_STEPS
+    assert hyper["task"] == "qa" and hyper["max_steps"] == TRAIN_STEPS and "quick" not in hyper
     assert hyper.get("augment_paraphrases", 0) == 0 and hyper.get("replay_rows", 0) == 0
     chart = page.get_by_test_id("loss-chart")
     points = "Number(document.getElementById('loss-chart').dataset.points || 0)"
@@ -247,10 +251,24 @@ def test_whole_flow_on_tiny_random(browser, studio, lang, tmp_path):
         studio.start()
         if not finished_first:
             expect(page.locator("#job-stage")).not_to_contain_text("正在重连", timeout=60_000)
+            # the interruption's checkpoint ("save") and the resumed session's "prepare": still training
+            train_current = ("document.querySelector('[data-testid=job-stage-step][data-stage=train]')"
+                             "?.dataset.state === 'current'")
+            succeeded = "document.querySelector('[data-testid=job-status]').dataset.status === 'succeeded'"
+            page.wait_for_function(f"() => {train_current} || {succeeded}", timeout=120_000)
         expect(page.locator("#job-id")).to_have_text(job_id)
         assert page.evaluate(f"() => {points}") >= before_restart
 
-    expect(page.get_by_test_id("job-status")).to_have_attribute("data-status", "succeeded", timeout=180_000)
+    # 40 steps (and, in zh, a resume after the restart) on a 2-core machine other work shares: minutes
+    expect(page.get_by_test_id("job-status")).to_have_attribute("data-status", "succeeded", timeout=420_000)
+    # the stages in order, all done, never moved back by the resumed session's "prepare"; the time taken
+    stages = page.eval_on_selector_all("[data-testid=job-stage-step]",
+                                       "els => els.map(e => [e.dataset.stage, e.dataset.state])")
+    assert [name for name, _ in stages if name in ("prepare", "tokenize", "train", "save")] == [
+        "prepare", "tokenize", "train", "save"]
+    assert {state for _, state in stages} == {"done"}, stages
+    expect(page.get_by_test_id("job-estimate")).to_have_attribute("data-basis", "done")
+    expect(page.get_by_test_id("job-estimate")).to_contain_text("用时" if zh else "Took")
     expect(chart).to_have_attribute("data-points", str(TRAIN_STEPS))
     expect(progress).to_have_attribute("aria-valuenow", "100")
     # what the trainer really ran with: the recommendation plus exactly the user's changes

@@ -582,8 +582,9 @@ def test_start_twice_creates_one_job(browser, static_server, tmp_path):
 
 def live_script(t0: float) -> list[list[dict]]:
     """A job's events in phases, times from t0 (unix seconds): phase 0 prepares (no step yet), 1 trains
-    two steps, 2 evaluates, prepares and tokenizes again (a resumed session: earlier stages, the last
-    stage event is not training) and gets its measured estimate, 3 saves."""
+    two steps, 2 evaluates, is interrupted (its checkpoint is a "save" stage), prepares and tokenizes
+    again (a resumed session: earlier stages, the last stage event is not training) and gets its
+    measured estimate, 3 saves."""
     def metrics(step, at, eta, speed):
         return {"type": "metrics", "time": t0 + at, "step": step, "total_steps": 10, "epoch": step / 10,
                 "percent": 10.0 * step, "eta_s": eta, "tokens_per_s": speed, "loss": 3.0 / step, "lr": 5e-4,
@@ -597,7 +598,9 @@ def live_script(t0: float) -> list[list[dict]]:
         [stage("tokenize", 20, "20 examples"), stage("train", 25, "training 4,399,104 LoRA parameters for 10 steps"),
          metrics(1, 40, 700.0, 30.1), metrics(2, 55, 650.0, 31.0)],
         [stage("evaluate", 56, "validation loss at step 2"), {"type": "eval", "time": t0 + 58, "step": 2, "valid_loss": 2.5},
+         stage("save", 58.5, "interrupted (SIGTERM) at step 2; resume with --resume"),
          stage("prepare", 59, "loading default on cpu (fp32)"), stage("tokenize", 60, "20 examples"),
+         {"type": "resumed", "time": t0 + 60.5, "step": 2, "path": "/jobs/x/checkpoints/step-00000002"},
          {"type": "estimate", "time": t0 + 61, "tokens_per_s": 43.4, "remaining_s": 1860.0, "finish_s": 1921.0,
           "estimated_s": 2100, "steps_measured": 2},
          metrics(3, 62, 1850.0, 43.2)],
@@ -674,7 +677,7 @@ def test_stages_in_order_with_their_times_never_backwards(browser, static_server
     expect(page.locator("[data-stage=prepare] .stage-time")).to_have_text("20 秒（预计 1 分 50 秒）")
     expect(page.locator("[data-stage=tokenize] .stage-time")).to_have_text("5 秒（预计 4 秒）")
 
-    fake.phase = 2  # evaluate, then "prepare" and "tokenize" again: the display stays on training
+    fake.phase = 2  # evaluate, an interruption's "save", "prepare" and "tokenize" again: still training
     expect(page.locator("[data-stage=evaluate]")).to_have_count(1)
     page.wait_for_function("() => document.querySelector('[data-testid=job-eta]').dataset.basis === 'measured'")
     assert stage_states(page) == {"prepare": "done", "tokenize": "done", "train": "current", "evaluate": "done",

@@ -3,7 +3,9 @@
 // the recommender's estimate and the clock; steps/job.js renders them.
 //
 // Stages never go back: a stage event of an earlier stage (a resumed run prepares again, training
-// goes on after an evaluation) leaves the display where it is. Evaluation is a sub-step of training:
+// goes on after an evaluation) leaves the display where it is. A "save" followed by a new session's
+// stages was the checkpoint of an interruption (a pause, a server restart), not the end: the display
+// stays on the stage before it (training), which goes on. Evaluation is a sub-step of training:
 // it is "running" from its stage event to the next event of any kind (its `eval` result, the next
 // step's metrics, the next stage), and its time is the sum over all evaluations.
 
@@ -32,7 +34,9 @@ export function timeline({ stages = [], metrics = [], evals = [], status = "", n
   estimate = null } = {}) {
   const events = stages.filter((ev) => ev && finite(ev.time) && typeof ev.stage === "string");
   const rows = STAGE_ORDER.map((name) => ({ name, start: null, end: null }));
+  const save = STAGE_ORDER.indexOf("save");
   let frontier = -1;
+  let beforeSave = -1; // the stage the run was in when it saved
   let doneAt = null;
   for (const ev of events) {
     if (ev.stage === "done") {
@@ -40,7 +44,19 @@ export function timeline({ stages = [], metrics = [], evals = [], status = "", n
       continue;
     }
     const index = STAGE_ORDER.indexOf(ALIASES[ev.stage] || ev.stage);
-    if (index <= frontier) continue; // an earlier stage again: the display stays where it is
+    if (index < 0) continue;
+    if (index <= frontier) {
+      // An earlier stage again: the display stays where it is. After a "save", a new session
+      // started: that save was an interruption's checkpoint, and the stage before it goes on.
+      if (frontier === save && index < save && beforeSave >= 0) {
+        rows[save].start = null;
+        rows[save].end = null;
+        frontier = beforeSave;
+        rows[frontier].end = null;
+      }
+      continue;
+    }
+    if (index === save) beforeSave = frontier;
     if (frontier >= 0) rows[frontier].end = ev.time;
     rows[index].start = ev.time;
     frontier = index;
