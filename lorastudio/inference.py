@@ -15,6 +15,17 @@ adapter is model state: two requests must never switch it under each other.
 
 Prompts are rendered by the same function the trainer uses (`lorastudio.train.tokenize`), so a
 tuned model sees at inference exactly the format it was trained on.
+
+Two engines behind the same API (`engine.engine` says which, `engine.engine_reason` why):
+- **llama.cpp** (`lorastudio.llamacpp`) on a CPU when the base is a GGUF it runs (`default` is its
+  own Q4_K_M GGUF, or a `.gguf` file) and `llama-cpp-python` is installed: no dequantised copy is
+  loaded; adapters are converted once to GGUF LoRA and switched per call on the one loaded base.
+  Prompts are rendered and tokenized by the Hugging Face tokenizer exactly as for transformers, the
+  token ids go to llama.cpp, and the answer ids are decoded by the same tokenizer, with the same
+  end-of-turn ids.
+- **transformers** otherwise (a CUDA GPU, any other base, a model object passed in, or asked for).
+`ChatEngine(..., engine="auto"|"llama.cpp"|"transformers")`; the `LORASTUDIO_ENGINE` variable sets the
+default. Rules: `choose_engine`.
 """
 
 from __future__ import annotations
@@ -30,6 +41,9 @@ from pathlib import Path
 from typing import Any
 
 Messages = str | Sequence[Any]
+
+
+ENGINES = ("auto", "llama.cpp", "transformers")
 
 
 class AdapterError(ValueError):
@@ -208,6 +222,113 @@ class _QueueStreamer:
 
 
 # --------------------------------------------------------------------------------------------
+# which engine
+
+
+@dataclass
+class EngineChoice:
+    name: str  # "llama.cpp" or "transformers"
+    reason: str  # one line, for logs and CLI output
+    gguf: Path | None = None  # the model file llama.cpp runs
+
+
+def engine_setting(engine: str | None = None) -> str:
+    """`engine` or `$LORASTUDIO_ENGINE`, normalised to one of ENGINES (ValueError otherwise)."""
+    raw = engine if engine is not None else os.environ.get("LORASTUDIO_ENGINE", "")
+    value = (raw or "auto").strip().lower()
+    value = {"llamacpp": "llama.cpp", "llama-cpp": "llama.cpp", "llama_cpp": "llama.cpp",
+             "hf": "transformers", "torch": "transformers"}.get(value, value)
+    if value not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {raw!r}")
+    return value
+
+
+def _is_default_base(base: str) -> bool:
+    if base == "default":
+        return True
+    from lorastudio.models import models_dir
+
+    # Adapters record the resolved directory of the base they were trained on.
+    try:
+        return Path(base).expanduser().resolve() == (models_dir() / "default").resolve()
+    except OSError:
+        return False
+
+
+def _cuda_available() -> bool:
+    """Without an NVIDIA device node there is no CUDA, and torch is not imported to find that out:
+    the llama.cpp engine wants its library loaded before torch's (see lorastudio.llamacpp)."""
+    import sys
+
+    if "torch" not in sys.modules and not any(Path(p).exists() for p in ("/dev/nvidiactl", "/dev/nvidia0")):
+        return False
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def choose_engine(base: str, *, engine: str | None = None, device: str | None = None, dtype: Any = None,
+                  model_given: bool = False) -> EngineChoice:
+    """llama.cpp when all hold: not asked for transformers, no model object / dtype / non-CPU device
+    given, `llama-cpp-python` installed, the base is `default` (its directory included) or a `.gguf`
+    file, and no CUDA GPU (unless llama.cpp was asked for). Otherwise transformers, with the reason.
+
+    `engine="llama.cpp"` (or LORASTUDIO_ENGINE) makes any unmet rule a ValueError instead.
+    """
+    setting = engine_setting(engine)
+    if setting == "transformers":
+        return EngineChoice("transformers", "asked for (engine=transformers)")
+    forced = setting == "llama.cpp"
+
+    def fallback(reason: str) -> EngineChoice:
+        if forced:
+            raise ValueError(f"the llama.cpp engine cannot run base {base!r}: {reason}")
+        return EngineChoice("transformers", reason)
+
+    from lorastudio import llamacpp
+
+    if model_given:
+        return fallback("a model object was passed in")
+    if dtype is not None:
+        return fallback(f"dtype {dtype} was asked for (llama.cpp computes with the GGUF's own weights)")
+    if device not in (None, "auto", "cpu"):
+        return fallback(f"device {device} (the llama.cpp engine is for CPUs)")
+    path = Path(str(base)).expanduser()
+    if _is_default_base(str(base)):
+        gguf = None
+    elif path.suffix.lower() == ".gguf" and path.is_file():
+        gguf = path.resolve()
+    else:
+        return fallback(f"base {base!r} is not a GGUF model (llama.cpp runs `default` or a .gguf file)")
+    if not llamacpp.available():
+        return fallback(f"llama-cpp-python is not installed; {llamacpp.install_hint()}")
+    if device in (None, "auto") and not forced and _cuda_available():
+        return fallback("a CUDA GPU is available")
+    if gguf is None:
+        from lorastudio.models import ModelError, resolve_default_gguf
+
+        try:
+            gguf = resolve_default_gguf()
+        except ModelError as exc:
+            return fallback(f"the default model's GGUF is not available ({exc})")
+    return EngineChoice("llama.cpp", f"CPU, {gguf.name} runs in llama.cpp", gguf)
+
+
+def _gguf_tokenizer(base: str, gguf: Path) -> Any:
+    """The Hugging Face tokenizer (with its chat template) for a GGUF base: the same one the
+    transformers engine would load, so both engines render and tokenize prompts identically."""
+    from transformers import AutoTokenizer
+
+    if _is_default_base(str(base)):
+        from lorastudio.models.default import ensure_default_tokenizer
+
+        return AutoTokenizer.from_pretrained(str(ensure_default_tokenizer()))
+    return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+
+
+# --------------------------------------------------------------------------------------------
 # the engine
 
 
@@ -215,11 +336,39 @@ class ChatEngine:
     """One base model in memory, LoRA adapters switched per call (see the module docstring)."""
 
     def __init__(self, base: str = "default", max_adapters: int = 4, *, dtype: Any = None,
-                 device: str | None = None, model: Any = None, tokenizer: Any = None):
+                 device: str | None = None, model: Any = None, tokenizer: Any = None,
+                 engine: str | None = None):
         if max_adapters < 1:
             raise ValueError("max_adapters must be at least 1")
         self.base_id = base
         self.max_adapters = max_adapters
+        self._llama: Any = None  # a lorastudio.llamacpp.LlamaCppModel when llama.cpp is the engine
+        choice = choose_engine(base, engine=engine, device=device, dtype=dtype, model_given=model is not None)
+        if choice.name == "llama.cpp":
+            from lorastudio.llamacpp import LlamaCppError, LlamaCppModel
+
+            try:
+                self._llama = LlamaCppModel(choice.gguf)
+            except LlamaCppError as exc:
+                if engine_setting(engine) == "llama.cpp":
+                    raise
+                choice = EngineChoice("transformers", f"llama.cpp could not load the model ({exc})")
+        self.engine = choice.name
+        self.engine_reason = choice.reason
+        if self._llama is not None:
+            from lorastudio import llamacpp
+
+            self.engine_reason += (f" ({self._llama.n_threads} threads, {llamacpp.omp_wait}, "
+                                   f"context {self._llama.n_ctx})")
+            self.model = None
+            self.tokenizer = tokenizer if tokenizer is not None else _gguf_tokenizer(base, choice.gguf)
+            if self.tokenizer.pad_token_id is None:
+                self.tokenizer.pad_token = self.tokenizer.eos_token
+            self._adapters: OrderedDict[Path, tuple[Any, float]] = OrderedDict()
+            self._counter = 0
+            self._lock = threading.Lock()
+            self.eos_token_ids = self._eos_ids()
+            return
         if model is None or tokenizer is None:
             from lorastudio.models import load_model
 
@@ -267,6 +416,9 @@ class ChatEngine:
         cancel = threading.Event()
 
         def work() -> None:
+            if self._llama is not None:
+                return self._llama_work(prompt_ids, adapter_path, max_new_tokens, temperature, top_p, seed,
+                                        q, cancel)
             import torch
             try:
                 with self._lock, torch.inference_mode():
@@ -320,11 +472,14 @@ class ChatEngine:
 
         The lock is taken per batch so interactive requests are not starved by a long evaluation.
         """
-        import torch
-
         all_msgs = [normalize_messages(q) for q in questions]
         adapter_path = check_adapter_dir(adapter) if adapter is not None else None
         encoded = [self._encode(m, adapter_path) for m in all_msgs]
+        if self._llama is not None:
+            return self._llama_batch(encoded, adapter_path, max_new_tokens, temperature, top_p, seed,
+                                     batch_size)
+        import torch
+
         # Similar lengths together: less padding, which is wasted compute on a CPU.
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         answers: list[str] = [""] * len(encoded)
@@ -395,6 +550,8 @@ class ChatEngine:
         return list(prompt)
 
     def _context_length(self) -> int | None:
+        if self._llama is not None:
+            return self._llama.n_ctx
         cfg = getattr(self.model, "config", None)
         return getattr(cfg, "max_position_embeddings", None)
 
@@ -412,9 +569,13 @@ class ChatEngine:
     def _device(self) -> Any:
         return next(self.model.parameters()).device
 
-    def _sampling(self, max_new_tokens: int, temperature: float, top_p: float) -> dict[str, Any]:
+    @staticmethod
+    def _check_sampling(temperature: float, top_p: float) -> None:
         if temperature < 0 or not 0 < top_p <= 1:
             raise PromptError("temperature must be ≥ 0 and top_p in (0, 1]")
+
+    def _sampling(self, max_new_tokens: int, temperature: float, top_p: float) -> dict[str, Any]:
+        self._check_sampling(temperature, top_p)
         kw: dict[str, Any] = dict(max_new_tokens=max_new_tokens, eos_token_id=sorted(self.eos_token_ids),
                                   pad_token_id=self.tokenizer.pad_token_id)
         if temperature > 0:
@@ -470,6 +631,11 @@ class ChatEngine:
 
     def _delete(self, path: Path) -> None:
         name, _ = self._adapters.pop(path)
+        if self._llama is not None:
+            # Two directories holding the same adapter share one converted file and handle.
+            if all(other != name for other, _ in self._adapters.values()):
+                self._llama.unload_lora(name)
+            return
         remaining = [n for n, _ in self._adapters.values()]
         if remaining:
             # PEFT refuses to delete the active adapter's layers cleanly otherwise.
@@ -479,6 +645,67 @@ class ChatEngine:
             # Last adapter gone: unwrap back to the plain base model (LoRA layers removed).
             self.model = self.model.unload()
             self.model.eval()
+
+    # -- the llama.cpp engine ----------------------------------------------------------------
+
+    def _ensure_lora(self, path: Path) -> Any:
+        """Called with the lock held: the adapter's GGUF LoRA loaded in llama.cpp (converted once)."""
+        from lorastudio.llamacpp import LoraConversionError, adapter_gguf
+
+        version = _adapter_version(path)
+        if path in self._adapters:
+            key, loaded_version = self._adapters[path]
+            if loaded_version == version:
+                self._adapters.move_to_end(path)
+                return key
+            self._delete(path)
+        try:
+            key = self._llama.load_lora(adapter_gguf(path, arch=self._llama.arch))
+        except LoraConversionError as exc:
+            base = _adapter_base(path)
+            raise AdapterError(f"adapter {str(path)!r} cannot be used with base model {self.base_id!r}"
+                               f"{f' (it was trained on {base!r})' if base else ''}: {exc}") from None
+        self._adapters[path] = (key, version)
+        while len(self._adapters) > self.max_adapters:
+            self._delete(next(iter(self._adapters)))
+        return key
+
+    def _llama_work(self, prompt_ids: list[int], adapter_path: Path | None, max_new_tokens: int,
+                    temperature: float, top_p: float, seed: int | None, q: queue.Queue,
+                    cancel: threading.Event) -> None:
+        """`stream`'s worker on llama.cpp: token ids to the queue as they come, then all of them."""
+        try:
+            self._check_sampling(temperature, top_p)
+            generated: list[int] = []
+            with self._lock:
+                lora = self._ensure_lora(adapter_path) if adapter_path is not None else None
+                for token in self._llama.generate(prompt_ids, lora=lora, max_new_tokens=max_new_tokens,
+                                                  temperature=temperature, top_p=top_p, seed=seed,
+                                                  stop_ids=self.eos_token_ids, cancel=cancel):
+                    generated.append(token)
+                    q.put(("ids", [token]))
+            q.put(("done", generated))
+        except BaseException as exc:  # re-raised in the consumer's thread
+            q.put(("error", exc))
+
+    def _llama_batch(self, encoded: list[list[int]], adapter_path: Path | None, max_new_tokens: int,
+                     temperature: float, top_p: float, seed: int | None, batch_size: int) -> list[str]:
+        """`generate_batch` on llama.cpp: up to `batch_size` prompts decode together (continuous
+        batching: a finished answer's place goes to the next prompt). The lock is taken per group of
+        2 × batch_size prompts, so interactive requests are not starved by a long evaluation."""
+        self._check_sampling(temperature, top_p)
+        budgets = [self._budget(len(ids), max_new_tokens) for ids in encoded]  # all checked up front
+        group = max(1, batch_size) * 2
+        answers: list[str] = []
+        for start in range(0, len(encoded), group):
+            with self._lock:
+                lora = self._ensure_lora(adapter_path) if adapter_path is not None else None
+                outs = self._llama.generate_many(encoded[start:start + group], lora=lora,
+                                                 max_new_tokens=budgets[start:start + group],
+                                                 temperature=temperature, top_p=top_p, seed=seed,
+                                                 stop_ids=self.eos_token_ids, parallel=max(1, batch_size))
+            answers += [self.tokenizer.decode(self._until_eos(out), skip_special_tokens=True) for out in outs]
+        return answers
 
 
 def _adapter_base(path: Path) -> str | None:

@@ -19,6 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--details", action="store_true", help="print every question with both answers")
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--engine", choices=("auto", "llama.cpp", "transformers"), default=None,
+                        help="inference engine (default: llama.cpp on a CPU for GGUF bases, else transformers; "
+                             "also LORASTUDIO_ENGINE)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -26,6 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from lorastudio.commands._using import UsageError, base_for, fail, lang, load_engine
+    from lorastudio.commands.compare import engine_choice, engine_line
     from lorastudio.evaluate import EvalFileError, evaluate, load_questions
     from lorastudio.inference import AdapterError, PromptError, check_adapter_dir
 
@@ -38,7 +42,9 @@ def run(args: argparse.Namespace) -> int:
         questions = load_questions(args.questions)  # before loading the model: bad files fail fast
         if args.adapter:
             check_adapter_dir(args.adapter)
-        engine = load_engine(base_for(args.base, args.adapter), max_adapters=1)
+        with engine_choice(args.engine):
+            engine = load_engine(base_for(args.base, args.adapter), max_adapters=1)
+        print(engine_line(engine), file=sys.stderr, flush=True)
 
         def progress(done: int, total: int) -> None:
             print(f"\r{done}/{total}", end="" if done < total else "\n", file=sys.stderr, flush=True)

@@ -18,12 +18,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--batch-size", type=int, default=8, help="prompts generated together")
+    parser.add_argument("--engine", choices=("auto", "llama.cpp", "transformers"), default=None,
+                        help="inference engine (default: llama.cpp on a CPU for GGUF bases, else transformers; "
+                             "also LORASTUDIO_ENGINE)")
 
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from lorastudio.commands._using import UsageError, base_for, fail, load_engine
+    from lorastudio.commands.compare import engine_choice, engine_line
     from lorastudio.inference import AdapterError, PromptError, check_adapter_dir, generate_file
 
     if not Path(args.input).is_file():
@@ -31,7 +35,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.adapter:
             check_adapter_dir(args.adapter)  # fail before the slow model load
-        engine = load_engine(base_for(args.base, args.adapter))
+        with engine_choice(args.engine):
+            engine = load_engine(base_for(args.base, args.adapter))
+        print(engine_line(engine), file=sys.stderr, flush=True)
         progress = _progress if sys.stderr.isatty() else None
         result = generate_file(engine, args.input, args.output, args.adapter,
                                max_new_tokens=args.max_new_tokens, temperature=args.temperature,
