@@ -39,8 +39,8 @@ def test_steady_state_leaves_the_warm_up_steps_out():
 def test_smoke_run_trains_one_process_two_ranks_and_fsdp(tmp_path, tiny_random_dir):
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, str(BENCH), "--smoke", "--out", str(out), "--work", str(tmp_path / "work"),
-                           "--tokenizer", tiny_random_dir, "--budget-s", "150"],
-                          capture_output=True, text=True, timeout=300)
+                           "--tokenizer", tiny_random_dir, "--budget-s", "420"],
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     summary = json.loads((out / "trainer_bench.json").read_text())
     results = {r["label"]: r for r in summary["results"]}
