@@ -16,6 +16,18 @@ the neighbours' load on a shared machine hits both alike:
 3. agreement: greedy answers (96 new tokens, as `lorastudio demo`) of both engines to the bundled demo
    questions, with the adapter: per question, whether the same key strings (`must_contain`) are
    present in both answers, and whether the answers are identical.
+
+Without the default model (any machine, e.g. an idle one to read the engines' own speed):
+
+    python bench/cpu_generate.py synthetic --workdir /tmp/synth --cores 0,1 [--rounds 2]
+
+builds a random-weight model of the default's shape (Qwen2.5-0.5B), writes it as f16 GGUF
+(`lorastudio.export.write_gguf`) and quantizes it to Q4_K_M (`lorastudio.llamacpp.quantize_gguf`), adds
+a random r16 LoRA on the MLP linears (as our trainer's), and times in child processes pinned to
+`--cores` (taskset): llama.cpp (default libgomp spinning, GOMP_SPINCOUNT=1000, OMP_WAIT_POLICY=PASSIVE)
+and transformers (fp32, PEFT adapter): first token for a 50-token prompt, decode tok/s over 128 tokens
+with the adapter, and 8 prompts × 64 tokens one by one and batched. Random weights never stop early, so
+every answer runs to its limit.
 """
 
 from __future__ import annotations
@@ -184,7 +196,147 @@ def part_agreement(adapter: str) -> dict:
     return {"summary": summary, "rows": rows}
 
 
+SHAPE = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+             num_key_value_heads=2, vocab_size=151936, max_position_embeddings=32768, rope_theta=1e6,
+             rms_norm_eps=1e-6, tie_word_embeddings=True)
+
+
+def synthetic_build(work: Path) -> dict:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from inference_fixtures import build_tokenizer
+
+    from lorastudio.export import write_gguf
+    from lorastudio.llamacpp import quantize_gguf
+
+    paths = {"hf": work / "hf", "f16": work / "synthetic-f16.gguf", "q4": work / "synthetic-q4_K_M.gguf",
+             "adapter": work / "adapter"}
+    if paths["q4"].is_file() and (paths["adapter"] / "adapter_model.safetensors").is_file():
+        return paths
+    work.mkdir(parents=True, exist_ok=True)
+    t = time.perf_counter()
+    tokenizer = build_tokenizer(paths["hf"])
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(Qwen2Config(**SHAPE)).eval()
+    model.save_pretrained(paths["hf"])
+    write_gguf(model, tokenizer, paths["f16"], "f16", name="synthetic")
+    quantize_gguf(paths["f16"], paths["q4"], "q4_K_M", n_threads=os.cpu_count())
+    peft = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=["gate_proj", "up_proj", "down_proj"],
+                                            init_lora_weights=False))
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_B" in name:
+                p.mul_(0.01)
+    peft.save_pretrained(paths["adapter"])
+    print(f"synthetic model built in {time.perf_counter() - t:.0f} s", flush=True)
+    return paths
+
+
+def synthetic_child(engine: str, work: Path, threads: int) -> dict:
+    """One engine's timings on the synthetic model (run pinned by the parent)."""
+    import random
+
+    rng = random.Random(0)
+    prompt = [rng.randrange(400) for _ in range(50)]
+    batch = [[rng.randrange(400) for _ in range(rng.randrange(30, 70))] for _ in range(8)]
+    paths = {"hf": work / "hf", "q4": work / "synthetic-q4_K_M.gguf", "adapter": work / "adapter"}
+    out: dict = {}
+    if engine == "llama.cpp":
+        from lorastudio import llamacpp
+
+        m = llamacpp.LlamaCppModel(paths["q4"], n_threads=threads)
+        lora = llamacpp.adapter_gguf(paths["adapter"])
+        out["omp_wait"] = llamacpp.omp_wait
+        m.greedy(prompt, 2, lora=lora)  # warm up (repacking, first graph)
+        for label, adapter in (("base", None), ("adapter", lora)):
+            m._forget()
+            t = time.perf_counter()
+            first = None
+            n = 0
+            for _ in m.generate(prompt, lora=adapter, max_new_tokens=128):
+                first = first if first is not None else time.perf_counter() - t
+                n += 1
+            total = time.perf_counter() - t
+            out[f"{label}_first_token_s"] = round(first, 3)
+            out[f"{label}_decode_tok_s"] = round((n - 1) / (total - first), 1)
+        t = time.perf_counter()
+        for p in batch:
+            m.generate_many([p], lora=lora, max_new_tokens=64)
+        out["one_by_one_8x64_s"] = round(time.perf_counter() - t, 2)
+        t = time.perf_counter()
+        m.generate_many(batch, lora=lora, max_new_tokens=64, parallel=8)
+        out["batched_8x64_s"] = round(time.perf_counter() - t, 2)
+    else:
+        import torch
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM
+
+        torch.set_num_threads(threads)
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(paths["hf"], dtype=torch.float32),
+                                          str(paths["adapter"])).eval()
+        kw = dict(do_sample=False, eos_token_id=None, pad_token_id=0)
+        with torch.inference_mode():
+            ids = torch.tensor([prompt])
+            model.generate(input_ids=ids, max_new_tokens=2, min_new_tokens=2, **kw)
+            t = time.perf_counter()
+            model.generate(input_ids=ids, max_new_tokens=1, min_new_tokens=1, **kw)
+            first = time.perf_counter() - t
+            t = time.perf_counter()
+            model.generate(input_ids=ids, max_new_tokens=64, min_new_tokens=64, **kw)
+            total = time.perf_counter() - t
+            out["adapter_first_token_s"] = round(first, 3)
+            out["adapter_decode_tok_s"] = round(63 / (total - first), 1)
+            width = max(len(p) for p in batch)
+            bi = torch.zeros((8, width), dtype=torch.long)
+            mask = torch.zeros((8, width), dtype=torch.long)
+            for r, p in enumerate(batch):
+                bi[r, width - len(p):] = torch.tensor(p)
+                mask[r, width - len(p):] = 1
+            t = time.perf_counter()
+            model.generate(input_ids=bi, attention_mask=mask, max_new_tokens=64, min_new_tokens=64, **kw)
+            out["batched_8x64_s"] = round(time.perf_counter() - t, 2)
+    return out
+
+
+def synthetic(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="cpu_generate.py synthetic")
+    ap.add_argument("--workdir", default="/tmp/lorastudio-synthetic")
+    ap.add_argument("--cores", default="0,1", help="CPUs the timed children are pinned to (taskset -c)")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--no-transformers", action="store_true")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    work = Path(args.workdir)
+    threads = len(args.cores.split(","))
+    if args.child:
+        print("RESULT " + json.dumps(synthetic_child(args.child, work, threads)), flush=True)
+        return 0
+    synthetic_build(work)
+    variants = [("llama.cpp", "default spinning", {"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": "300000"}),
+                ("llama.cpp", "GOMP_SPINCOUNT=1000 (lorastudio)", {}),
+                ("llama.cpp", "OMP_WAIT_POLICY=PASSIVE", {"OMP_WAIT_POLICY": "PASSIVE"})]
+    if not args.no_transformers:
+        variants.append(("transformers", "fp32 + PEFT", {}))
+    print(f"CPU: {cpu_line()}; children pinned to CPUs {args.cores}", flush=True)
+    for r in range(args.rounds):
+        for engine, label, env_set in variants:
+            env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+            env.update({k: v for k, v in env_set.items() if v is not None})
+            cmd = ["taskset", "-c", args.cores, sys.executable, __file__, "synthetic", "--workdir", str(work),
+                   "--cores", args.cores, "--child", engine]
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+            res = json.loads(line[7:]) if line else {"error": proc.stderr[-800:]}
+            print(f"round {r + 1} {engine:>12} {label:<34} {res}", flush=True)
+    return 0
+
+
 def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "synthetic":
+        return synthetic(sys.argv[2:])
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--adapter", required=True, help="a LoRA adapter trained on `default`")
     ap.add_argument("--rounds", type=int, default=3, help="single-stream rounds (A B A B …)")

@@ -368,14 +368,31 @@ _backend_lock = threading.Lock()
 _backend_ready = False
 
 
+_log_state = {"verbose": False, "last": 0}
+_log_callback: Any = None  # kept referenced: llama.cpp calls it for the life of the process
+
+
+def _install_log(lib: Any) -> None:
+    """llama.cpp's log lines go to stderr only when verbose, or when they are errors (the binding's
+    own filter maps this llama.cpp's levels off by one and prints every warning)."""
+    global _log_callback
+
+    def forward(level: int, text: bytes, _user: Any) -> None:
+        if level != 5:  # 5 = continuation of the previous line
+            _log_state["last"] = level
+        if _log_state["verbose"] or _log_state["last"] == 4:  # 4 = GGML_LOG_LEVEL_ERROR
+            sys.stderr.write(text.decode("utf-8", errors="replace"))
+
+    _log_callback = lib.llama_log_callback(forward)
+    lib.llama_log_set(_log_callback, ctypes.c_void_p(0))
+
+
 def _init_backend(lib: Any, verbose: bool) -> None:
     global _backend_ready
-    import logging
-
-    # The binding prints llama.cpp's log lines at or above this logger's level.
-    logging.getLogger("llama-cpp-python").setLevel(logging.DEBUG if verbose else logging.ERROR)
+    _log_state["verbose"] = verbose
     with _backend_lock:
         if not _backend_ready:
+            _install_log(lib)
             lib.llama_backend_init()
             _backend_ready = True
 
