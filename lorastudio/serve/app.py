@@ -211,9 +211,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(GuardMiddleware, settings=settings)
 
-    from lorastudio.serve import api_chat, api_files, api_jobs, api_studio
+    from lorastudio.serve import api_chat, api_files, api_jobs, api_playground, api_studio
 
-    for module in (api_files, api_jobs, api_chat, api_studio):
+    for module in (api_files, api_jobs, api_chat, api_studio, api_playground):
         app.include_router(module.router)
 
     @app.get("/health", tags=["meta"], summary="Liveness and what is loaded", response_model=Health)

@@ -1,0 +1,261 @@
+"""`/studio/playground/*` and `/studio/jobs/{id}/forgetting`: the playground's streamed routes.
+
+Any two of {base model, any finished adapter} side by side, streamed as Server-Sent Events; a
+multi-turn chat with one model (the page keeps the history); a question set answered by both and
+exported as CSV/XLSX; the forgetting check of a job (cached per job under the data directory). The
+work is lorastudio.playground's; this layer resolves model names, loads engines in a thread, runs the
+event generators in Starlette's thread pool (the event loop stays free) and words errors as codes
+the page translates. Contracts in docs/UI.md ("Playground and evaluation").
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, File, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from lorastudio.serve.api_files import display_name, safe_download_name
+from lorastudio.serve.api_jobs import get_job_or_404
+from lorastudio.serve.engines import base_model_ids
+from lorastudio.serve.errors import APIError
+
+router = APIRouter(prefix="/studio", tags=["playground"])
+
+MAX_QUESTION_FILE_BYTES = 2 * 1024 * 1024
+QUESTION_SUFFIXES = (".csv", ".tsv", ".txt", ".xlsx", ".jsonl", ".json")
+_forget_locks: dict[str, threading.Lock] = {}
+_forget_guard = threading.Lock()
+
+
+class SideRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    model: str = Field(min_length=1)
+    temperature: float = Field(0.0, ge=0, le=2)
+    system: str | None = None
+    seed: int | None = Field(None, ge=0, le=2**31 - 1)
+
+
+class StreamRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    a: SideRequest
+    b: SideRequest | None = None
+    question: str
+    history: list[dict[str, Any]] | None = None
+    max_tokens: int = Field(256, ge=1, le=2048)
+
+
+class SetRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    a: SideRequest
+    b: SideRequest | None = None
+    questions: list[Any] = Field(min_length=1)
+    max_tokens: int = Field(256, ge=1, le=2048)
+
+
+class ExportRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    format: str
+    columns: list[str] = Field(min_length=1, max_length=20)
+    rows: list[list[Any]] = Field(max_length=2000)
+    filename: str = "answers"
+
+
+def _bad(exc: Any) -> APIError:
+    """A PlaygroundError as a 400 whose `code` the page words (the English message for API users)."""
+    return APIError(400, str(exc), param=exc.params.get("param") if hasattr(exc, "params") else None,
+                    code=exc.code)
+
+
+def _sse(events: Iterator[dict]) -> StreamingResponse:
+    def body() -> Iterator[str]:
+        # A sync generator: Starlette iterates it in a worker thread, so the event loop stays free;
+        # a client that goes away closes it, which stops generation at the next token.
+        try:
+            for event in events:
+                yield f"data: {json.dumps(event, ensure_ascii=False)}\n\n"
+        except Exception as exc:  # the status line is sent: report in-band, never a traceback
+            from lorastudio.playground import _error_event
+
+            yield f"data: {json.dumps(_error_event(None, exc), ensure_ascii=False)}\n\n"
+
+    return StreamingResponse(body(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _adapters(request: Request) -> list[dict]:
+    store = request.app.state.store
+    out = []
+    for row in store.list_models():
+        job = store.get_job(row["job_id"]) if row.get("job_id") else None
+        out.append({"model": row["id"], "base": row["base"], "job_id": row.get("job_id"),
+                    "created_at": row.get("created_at"),
+                    "finished_at": (job or {}).get("finished_at"), "suffix": (job or {}).get("suffix")})
+    return sorted(out, key=lambda m: m.get("created_at") or 0, reverse=True)
+
+
+@router.get("/playground/models", summary="What the playground can compare: base models and every finished adapter")
+def playground_models(request: Request) -> dict:
+    from lorastudio import playground
+
+    return {"bases": base_model_ids(), "adapters": _adapters(request),
+            "limits": {"question_chars": playground.MAX_QUESTION_CHARS, "system_chars": playground.MAX_SYSTEM_CHARS,
+                       "set_questions": playground.MAX_SET_QUESTIONS, "turns": playground.MAX_TURNS}}
+
+
+async def _sides(request: Request, a: SideRequest, b: SideRequest | None) -> list[Any]:
+    from lorastudio.playground import MAX_SYSTEM_CHARS, PlaygroundError, Side, check_text
+
+    pool = request.app.state.engines
+    wanted = [("a", a), ("b", b)] if b is not None else [("a", a)]
+    resolved = []
+    for label, side in wanted:
+        base, adapter = pool.resolve(side.model, f"{label}.model")
+        if side.system and side.system.strip():
+            try:
+                check_text(side.system, "system", MAX_SYSTEM_CHARS)
+            except PlaygroundError as exc:
+                raise _bad(exc) from None
+        resolved.append((label, side, base, adapter))
+    sides = []
+    for label, side, base, adapter in resolved:
+        engine = await run_in_threadpool(pool.get, base)  # loads on first use, off the event loop
+        sides.append(Side(label, engine, adapter, side.temperature, side.system, side.seed))
+    return sides
+
+
+@router.post("/playground/stream", summary="One question (with earlier turns) to one or two models, streamed (SSE)")
+async def playground_stream(request: Request, body: StreamRequest) -> StreamingResponse:
+    from lorastudio.playground import PlaygroundError, compare_events, conversation
+
+    try:
+        conversation(body.history, body.question, None)  # bad input is a 400 before the stream starts
+    except PlaygroundError as exc:
+        raise _bad(exc) from None
+    sides = await _sides(request, body.a, body.b)
+    return _sse(compare_events(sides, body.question, body.history, body.max_tokens))
+
+
+@router.post("/playground/set", summary="A question set answered by one or two models, scored on key strings (SSE)")
+async def playground_set(request: Request, body: SetRequest) -> StreamingResponse:
+    from lorastudio.playground import PlaygroundError, parse_questions, set_events
+
+    try:
+        questions = parse_questions(body.questions)
+    except PlaygroundError as exc:
+        raise _bad(exc) from None
+    sides = await _sides(request, body.a, body.b)
+    return _sse(set_events(sides, questions, body.max_tokens))
+
+
+@router.post("/playground/questions", summary="Read a question file (CSV, TSV, XLSX, TXT, JSONL) for a question set")
+async def playground_questions(file: UploadFile = File(...)) -> dict:
+    from lorastudio.evaluate import EvalFileError, load_questions
+
+    name = display_name(file.filename)
+    suffix = Path(name).suffix.lower()
+    if suffix not in QUESTION_SUFFIXES:
+        raise APIError(400, f"{name}: use a .csv, .tsv, .xlsx, .txt or .jsonl file.", param="file",
+                       code="question_file_type")
+
+    def work() -> dict:
+        with tempfile.TemporaryDirectory(prefix="lorastudio-questions-") as tmp:
+            path = Path(tmp) / f"questions{suffix}"
+            data = file.file.read(MAX_QUESTION_FILE_BYTES + 1)
+            if len(data) > MAX_QUESTION_FILE_BYTES:
+                raise APIError(413, f"{name} is larger than {MAX_QUESTION_FILE_BYTES // (1024 * 1024)} MiB; a "
+                               "question set is small: split it.", param="file", code="question_file_too_large")
+            path.write_bytes(data)
+            try:
+                qs = load_questions(path)
+            except EvalFileError as exc:  # the message names our temporary path: give the user's name
+                message = str(exc).replace(str(path), name).replace(str(tmp), "")
+                raise APIError(400, message, param="file", code="question_file_unreadable") from None
+        return {"filename": name, "questions": [{"question": q.question, "must_contain": q.must_contain,
+                                                 "row": q.row} for q in qs]}
+
+    return await run_in_threadpool(work)
+
+
+@router.post("/playground/export", summary="A table of answers as CSV or XLSX")
+def playground_export(body: ExportRequest) -> Response:
+    from lorastudio.playground import PlaygroundError, export_table
+
+    try:
+        data = export_table(body.columns, body.rows, body.format)
+    except PlaygroundError as exc:
+        raise _bad(exc) from None
+    stem = safe_download_name(body.filename) or "answers"
+    media = "text/csv; charset=utf-8" if body.format == "csv" else \
+        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+    return Response(data, media_type=media,
+                    headers={"Content-Disposition": f'attachment; filename="{stem}.{body.format}"'})
+
+
+# --- the forgetting check ------------------------------------------------------------------------
+def _forgetting_cache(request: Request, job: dict) -> tuple[Path, float]:
+    adapter = Path(job["job_dir"]) / "adapter_model.safetensors"
+    version = adapter.stat().st_mtime if adapter.exists() else 0.0
+    return request.app.state.settings.data_dir / "playground" / f"{job['id']}.forgetting.json", version
+
+
+def _cached(path: Path, version: float) -> dict | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if data.get("adapter_version") == version else None
+
+
+def _finished_job(request: Request, job_id: str) -> dict:
+    job = get_job_or_404(request, job_id)
+    if job["status"] != "succeeded" or not job.get("fine_tuned_model"):
+        raise APIError(409, f"Job {job_id} is {job['status']}; the forgetting check needs a finished job.",
+                       param="job_id", code="job_not_finished")
+    return job
+
+
+@router.get("/jobs/{job_id}/forgetting", summary="The job's forgetting check if it was run ({status: none} if not)")
+def forgetting_get(request: Request, job_id: str) -> dict:
+    job = _finished_job(request, job_id)
+    path, version = _forgetting_cache(request, job)
+    found = _cached(path, version)
+    return {"status": "done", **found} if found else {"status": "none"}
+
+
+@router.post("/jobs/{job_id}/forgetting", summary="Run the forgetting check: general questions, base vs tuned (SSE)")
+async def forgetting_run(request: Request, job_id: str) -> StreamingResponse:
+    from lorastudio.playground import forgetting_events
+
+    job = _finished_job(request, job_id)
+    pool = request.app.state.engines
+    base, adapter = pool.resolve(job["fine_tuned_model"], "job_id")
+    path, version = _forgetting_cache(request, job)
+    engine = await run_in_threadpool(pool.get, base)
+    with _forget_guard:
+        lock = _forget_locks.setdefault(job_id, threading.Lock())
+
+    def events() -> Iterator[dict]:
+        with lock:  # two clicks (two tabs) compute it once
+            found = _cached(path, version)
+            if found:
+                yield {"type": "result", **found}
+                return
+            for event in forgetting_events(engine, adapter):
+                if event["type"] == "result":
+                    event = {**event, "job_id": job_id, "model": job["fine_tuned_model"], "base": base,
+                             "adapter_version": version}
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = path.with_suffix(".part")
+                    tmp.write_text(json.dumps(event, ensure_ascii=False), encoding="utf-8")
+                    tmp.replace(path)
+                yield event
+
+    return _sse(events())

@@ -1,0 +1,227 @@
+"""The playground's routes in-process (TestClient), with a fake trainer and a scripted chat engine; the
+core (lorastudio.playground) directly where that is clearer."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from lorastudio import playground  # noqa: E402
+from lorastudio.serve import create_app  # noqa: E402
+from tests.serve_fakes import FakeEngine  # noqa: E402
+from tests.test_serve_api import make_settings, upload, wait_status  # noqa: E402
+
+GENERAL = playground.general_questions()
+FORGOTTEN = {GENERAL[0].question, GENERAL[3].question}  # the tuned model answers these wrongly
+
+
+class ScriptedEngine(FakeEngine):
+    """FakeEngine plus generate_batch; general questions are answered with their first key string
+    (the base and the tuned model), except FORGOTTEN ones by the tuned model ("I do not know")."""
+
+    def _answer(self, messages, adapter) -> str:
+        from lorastudio.inference import normalize_messages
+
+        msgs = normalize_messages(messages)
+        question = msgs[-1]["content"]
+        for q in GENERAL:
+            if q.question == question:
+                if adapter and question in FORGOTTEN:
+                    return "I do not know."
+                key = q.keys[0]
+                return f"It is {key[0] if isinstance(key, list) else key}."
+        system = msgs[0]["content"] if msgs[0]["role"] == "system" else "-"
+        turns = len(msgs)
+        return f"{self.base}|{Path(adapter).name if adapter else 'base'}|{system}|{turns}: {question}"
+
+    def generate_batch(self, questions, adapter=None, max_new_tokens=256, batch_size=8, **kw):
+        return [self._answer(q, adapter) for q in questions]
+
+
+@pytest.fixture
+def client(tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_STEPS", "2")
+    monkeypatch.setenv("FAKE_STEP_S", "0.01")
+    with TestClient(create_app(make_settings(tmp_path, engine_factory=ScriptedEngine))) as c:
+        yield c
+
+
+def finished_job(c: TestClient) -> dict:
+    fid = upload(c).json()["id"]
+    job = c.post("/v1/fine_tuning/jobs", json={"model": "tiny-random", "training_file": fid}).json()
+    return wait_status(c, job["id"], ("succeeded",))
+
+
+def sse(response) -> list[dict]:
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/event-stream")
+    return [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: ")]
+
+
+def test_models_lists_bases_and_every_finished_adapter(client):
+    empty = client.get("/studio/playground/models").json()
+    assert "tiny-random" in empty["bases"] and empty["adapters"] == []
+    assert empty["limits"]["question_chars"] == playground.MAX_QUESTION_CHARS
+    one, two = finished_job(client), finished_job(client)
+    adapters = client.get("/studio/playground/models").json()["adapters"]
+    assert {a["model"] for a in adapters} == {one["fine_tuned_model"], two["fine_tuned_model"]}
+    assert all(a["base"] == "tiny-random" and a["job_id"] in (one["id"], two["id"]) for a in adapters)
+
+
+def test_base_vs_base_streams_both_sides_with_their_own_settings(client):
+    events = sse(client.post("/studio/playground/stream", json={
+        "a": {"model": "tiny-random"}, "b": {"model": "tiny-random", "temperature": 0.7, "system": "Be brief"},
+        "question": "工单超时多久升级？"}))
+    kinds = [(e["type"], e.get("side")) for e in events]
+    assert kinds[0] == ("start", "a") and kinds[-1] == ("end", None)
+    assert kinds.index(("done", "a")) < kinds.index(("start", "b")) < kinds.index(("done", "b"))
+    text = {s: "".join(e["delta"] for e in events if e["type"] == "delta" and e["side"] == s) for s in "ab"}
+    assert text["a"].strip() == "tiny-random|base|-|1: 工单超时多久升级？"
+    assert text["b"].strip() == "tiny-random|base|Be brief|2: 工单超时多久升级？"
+    assert sum(1 for e in events if e["type"] == "delta" and e["side"] == "a") > 1  # pieces, not one blob
+    done = {e["side"]: e for e in events if e["type"] == "done"}
+    for side in "ab":
+        assert done[side]["first_token_s"] is not None and done[side]["total_s"] >= done[side]["first_token_s"]
+        assert done[side]["tokens"] == len(text[side].split()) and done[side]["text"] == text[side]
+
+
+def test_two_adapters_of_different_jobs_and_one_model_chat(client):
+    one, two = finished_job(client), finished_job(client)
+    events = sse(client.post("/studio/playground/stream", json={
+        "a": {"model": one["fine_tuned_model"]}, "b": {"model": two["fine_tuned_model"]}, "question": "Q"}))
+    text = {s: "".join(e["delta"] for e in events if e.get("side") == s and e["type"] == "delta") for s in "ab"}
+    assert Path(one["fine_tuned_model"]).name  # the adapter dir is the job's directory
+    assert text["a"].split("|")[1] == one["id"] and text["b"].split("|")[1] == two["id"]
+    # chat: one model, the page sends the earlier turns
+    history = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    events = sse(client.post("/studio/playground/stream", json={
+        "a": {"model": "tiny-random", "system": "S"}, "question": "again", "history": history}))
+    assert {e.get("side") for e in events if e["type"] == "delta"} == {"a"}
+    assert "".join(e["delta"] for e in events if e["type"] == "delta").strip() == "tiny-random|base|S|4: again"
+
+
+@pytest.mark.parametrize("body, code", [
+    ({"question": "x" * (playground.MAX_QUESTION_CHARS + 1)}, "question_too_long"),
+    ({"question": "   "}, "empty_question"),
+    ({"question": "q", "history": [{"role": "tool", "content": "x"}]}, "bad_history"),
+])
+def test_bad_input_is_a_400_with_a_code_never_a_500(client, body, code):
+    r = client.post("/studio/playground/stream", json={"a": {"model": "tiny-random"}, **body})
+    assert r.status_code == 400 and r.json()["error"]["code"] == code, r.text
+
+
+def test_unknown_model_is_a_404(client):
+    r = client.post("/studio/playground/stream", json={"a": {"model": "nope"}, "question": "q"})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+
+
+def test_question_set_scores_keys_and_counts_flips(client):
+    job = finished_job(client)
+    qs = [{"question": GENERAL[0].question, "must_contain": "巴黎|Paris"},  # base: right, tuned: wrong → lost
+          {"question": GENERAL[4].question, "must_contain": ["曹雪芹"]},  # both right → kept
+          {"question": "no keys here"}]
+    events = sse(client.post("/studio/playground/set", json={
+        "a": {"model": "tiny-random"}, "b": {"model": job["fine_tuned_model"]}, "questions": qs}))
+    rows = [e for e in events if e["type"] == "row"]
+    assert [(r["index"], r["side"]) for r in rows] == [(0, "a"), (0, "b"), (1, "a"), (1, "b"), (2, "a"), (2, "b")]
+    # "巴黎|Paris" is two keys that must both be stated; the base says only 巴黎
+    assert [r["pass"] for r in rows] == [False, False, True, True, None, None]
+    summary = events[-1]
+    assert summary["type"] == "summary" and summary["flips"] == ["wrong", "kept", None]
+    assert summary["counts"] == {"kept": 1, "lost": 0, "gained": 0, "wrong": 1}
+
+
+def test_question_file_upload_reads_keys_and_names_the_users_file(client):
+    csv_text = "question,must_contain\n工单超时多久升级？,二线|4 小时\nWhat is 2+2?,4\n"
+    r = client.post("/studio/playground/questions", files={"file": ("held_out.csv", csv_text.encode())})
+    assert r.status_code == 200, r.text
+    assert r.json()["questions"] == [
+        {"question": "工单超时多久升级？", "must_contain": ["二线", "4 小时"], "row": 1},
+        {"question": "What is 2+2?", "must_contain": ["4"], "row": 2}]
+    bad = client.post("/studio/playground/questions", files={"file": ("held_out.csv", b"question,x\n,1\n")})
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "question_file_unreadable"
+    message = bad.json()["error"]["message"]
+    assert "held_out.csv" in message and "row 1" in message and "/tmp" not in message and "lorastudio-" not in message
+    kind = client.post("/studio/playground/questions", files={"file": ("a.pdf", b"%PDF")})
+    assert kind.status_code == 400 and kind.json()["error"]["code"] == "question_file_type"
+
+
+def test_export_csv_and_xlsx_keep_text_and_never_make_formulas(client):
+    from openpyxl import load_workbook
+
+    rows = [["问题一", "=1+1", "答案"], ["q2", "plain", None]]
+    body = {"columns": ["问题", "A", "B"], "rows": rows, "filename": "比较"}
+    csv_r = client.post("/studio/playground/export", json={**body, "format": "csv"})
+    assert csv_r.status_code == 200 and csv_r.content.startswith(b"\xef\xbb\xbf")
+    text = csv_r.content.decode("utf-8-sig")
+    assert text.splitlines()[0] == "问题,A,B" and "'=1+1" in text
+    x = client.post("/studio/playground/export", json={**body, "format": "xlsx"})
+    assert x.status_code == 200
+    ws = load_workbook(io.BytesIO(x.content)).active
+    assert [c.value for c in ws[1]] == ["问题", "A", "B"]
+    assert ws["B2"].value == "=1+1" and ws["B2"].data_type == "s" and not ws["C3"].value
+    bad = client.post("/studio/playground/export", json={**body, "format": "pdf"})
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "bad_format"
+
+
+def test_forgetting_check_runs_once_per_job_and_is_cached(client):
+    job = finished_job(client)
+    assert client.get(f"/studio/jobs/{job['id']}/forgetting").json() == {"status": "none"}
+    events = sse(client.post(f"/studio/jobs/{job['id']}/forgetting"))
+    progress = [e for e in events if e["type"] == "progress"]
+    assert progress[-1] == {"type": "progress", "done": 2 * len(GENERAL), "total": 2 * len(GENERAL)}
+    result = events[-1]
+    assert result["type"] == "result" and result["questions"] == len(GENERAL) == 24
+    assert result["base_right"] == 24 and result["lost"] == 2 and result["kept"] == 22 and result["gained"] == 0
+    assert {r["question"] for r in result["rows"] if r["flip"] == "lost"} == FORGOTTEN
+    cached = client.get(f"/studio/jobs/{job['id']}/forgetting").json()
+    assert cached["status"] == "done" and cached["kept"] == 22 and cached["model"] == job["fine_tuned_model"]
+    started = time.monotonic()
+    again = sse(client.post(f"/studio/jobs/{job['id']}/forgetting"))
+    assert [e["type"] for e in again] == ["result"] and again[0]["kept"] == 22  # from the cache
+    assert time.monotonic() - started < 5
+    # a retrained adapter (new file) is checked again
+    adapter = Path(client.app.state.store.get_job(job["id"])["job_dir"]) / "adapter_model.safetensors"
+    adapter.write_bytes(b"retrained")
+    import os
+    os.utime(adapter, (time.time() + 5, time.time() + 5))
+    assert client.get(f"/studio/jobs/{job['id']}/forgetting").json() == {"status": "none"}
+
+
+def test_forgetting_check_of_an_unfinished_job_is_a_409(client):
+    fid = upload(client).json()["id"]
+    job = client.post("/v1/fine_tuning/jobs", json={"model": "tiny-random", "training_file": fid}).json()
+    client.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel")
+    wait_status(client, job["id"], ("cancelled", "succeeded"))
+    if client.get(f"/v1/fine_tuning/jobs/{job['id']}").json()["status"] == "cancelled":
+        r = client.get(f"/studio/jobs/{job['id']}/forgetting")
+        assert r.status_code == 409 and r.json()["error"]["code"] == "job_not_finished"
+
+
+def test_general_questions_are_the_held_out_set_and_alternatives_count():
+    root = Path(__file__).resolve().parents[1]
+    assert (root / "evalsets/general.jsonl").read_text("utf-8") == \
+        (root / "lorastudio/assets/general_check.jsonl").read_text("utf-8")
+    assert playground.keys_found("巴黎是首都", [["Paris", "巴黎"]]) == [True]
+    assert playground.keys_found("Ｐａｒｉｓ！", ["paris"]) == [True]  # normalised like `lorastudio eval`
+    assert playground.passes("no", []) is None and playground.flip(True, False) == "lost"
+
+
+def test_an_engine_failing_on_one_side_leaves_the_other():
+    class Broken:
+        def stream(self, *a, **kw):
+            raise RuntimeError("boom")
+            yield ""
+
+    ok = playground.Side("a", ScriptedEngine("tiny-random"), None)
+    bad = playground.Side("b", Broken(), None)
+    events = list(playground.compare_events([ok, bad], "q"))
+    assert [e["type"] for e in events][-3:] == ["start", "error", "end"]
+    assert events[-2]["code"] == "generation_failed" and any(e["type"] == "done" and e["side"] == "a" for e in events)
