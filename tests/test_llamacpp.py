@@ -264,7 +264,7 @@ def test_adapter_switching_is_stable_and_lru_bounded(pair, tiny):
         assert fast.generate(q, adapter=tiny[k] if k else None, max_new_tokens=12) == first[k]
     fast.generate(q, adapter=tiny["c"], max_new_tokens=4)  # max_adapters=2: evicts the least recent (a)
     assert fast.loaded_adapters() == [str(tiny["b"].resolve()), str(tiny["c"].resolve())]
-    assert len(fast._llama.loaded_loras()) == 2
+    assert len(fast.backend.llama.loaded_loras()) == 2
     assert fast.generate(q, adapter=tiny["a"], max_new_tokens=12) == first["a"]  # reloaded after eviction
 
 
