@@ -15,34 +15,8 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from lorastudio import playground  # noqa: E402
 from lorastudio.serve import create_app  # noqa: E402
-from tests.serve_fakes import FakeEngine  # noqa: E402
+from tests.playground_fakes import FORGOTTEN, GENERAL, ScriptedEngine  # noqa: E402
 from tests.test_serve_api import make_settings, upload, wait_status  # noqa: E402
-
-GENERAL = playground.general_questions()
-FORGOTTEN = {GENERAL[0].question, GENERAL[3].question}  # the tuned model answers these wrongly
-
-
-class ScriptedEngine(FakeEngine):
-    """FakeEngine plus generate_batch; general questions are answered with their first key string
-    (the base and the tuned model), except FORGOTTEN ones by the tuned model ("I do not know")."""
-
-    def _answer(self, messages, adapter) -> str:
-        from lorastudio.inference import normalize_messages
-
-        msgs = normalize_messages(messages)
-        question = msgs[-1]["content"]
-        for q in GENERAL:
-            if q.question == question:
-                if adapter and question in FORGOTTEN:
-                    return "I do not know."
-                key = q.keys[0]
-                return f"It is {key[0] if isinstance(key, list) else key}."
-        system = msgs[0]["content"] if msgs[0]["role"] == "system" else "-"
-        turns = len(msgs)
-        return f"{self.base}|{Path(adapter).name if adapter else 'base'}|{system}|{turns}: {question}"
-
-    def generate_batch(self, questions, adapter=None, max_new_tokens=256, batch_size=8, **kw):
-        return [self._answer(q, adapter) for q in questions]
 
 
 @pytest.fixture

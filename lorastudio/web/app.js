@@ -9,7 +9,9 @@ import { $ } from "./dom.js";
 import { initialLang, lang, loadDictionaries, setLang } from "./i18n.js";
 import { initCompare } from "./steps/compare.js";
 import { initData, restoreFile } from "./steps/data.js";
+import { initEval } from "./steps/eval.js";
 import { initJob, restoreJob, watchJobs } from "./steps/job.js";
+import { initPlayground, loadPlaygroundModels } from "./steps/playground.js";
 import { initSettings, loadModels, recommendAfresh } from "./steps/settings.js";
 import { initUse } from "./steps/use.js";
 
@@ -27,10 +29,13 @@ async function boot() {
   initSettings();
   initJob();
   initCompare();
+  initPlayground();
+  initEval();
   initUse();
   $("lang-toggle").addEventListener("click", () => setLang(lang() === "zh" ? "en" : "zh"));
   setLang(initialLang(), { persist: false }); // the first render of every step
   await loadModels();
+  await loadPlaygroundModels();
   await restoreFile(steps);
   await restoreJob();
   await watchJobs();

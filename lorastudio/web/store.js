@@ -23,6 +23,16 @@ const state = {
   overrides: {}, // settings the user changed in the advanced panel (TrainConfig names)
   quick: false, // the user chose the quick preview (opt-in; the full schedule is the default)
   catalogues: {}, // lang → {messages, pending}: the recommender's message templates
+  // playground and evaluation (steps/playground.js, steps/eval.js)
+  pgModels: null, // {bases, adapters, limits} from /studio/playground/models; null while loading
+  pgModelsError: null,
+  pgAbort: null, // the AbortController of the side-by-side answer being streamed
+  chat: [], // the conversation with model A: [{role, content}], sent with each turn
+  setKeys: {}, // question → key facts, from an uploaded question file
+  setRun: null, // the question set's run: {a, b, questions, rows: [{a, b}], summary, running}
+  forgetting: null, // the forgetting check of the chosen tuned model: {model, status, …result}
+  evalQuestions: null, // the held-out questions read from a file: {filename, questions}
+  evalRun: null, // the before/after run on them (same shape as setRun)
   // 3. job
   starting: false, // a "start training" request is in flight
   jobId: null, // the job the panel shows (set before the job itself has loaded)
