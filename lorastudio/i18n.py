@@ -582,6 +582,43 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "option --quick: {text}", "选项 --quick：{text}"),
     "cli.train.full_hint": (
         "without --quick/--time-budget: {text}", "不加 --quick/--time-budget：{text}"),
+    # --- service: /studio routes (api_studio.py), in the language of the request ------------------
+    "studio.question_empty": ("The question is empty: type a question.", "问题是空的：请输入一个问题。"),
+    "studio.question_too_long": (
+        "The question is {length} characters long; at most {limit} are accepted. Shorten it and ask again.",
+        "问题有 {length} 个字符，最多只能 {limit} 个。请缩短后再问。"),
+    "studio.prompt_failed": (
+        "The model cannot answer this question as it is (too long for the model, or not a question). "
+        "Shorten it and ask again.",
+        "模型无法回答这个问题（对模型来说太长，或不是一个问题）。请缩短后再问。"),
+    "studio.file_unusable": ("{file} cannot be used: {reason}", "文件 {file} 无法使用：{reason}"),
+    "studio.no_usable_rows": (
+        "{file} has no usable rows: fix the rows listed in its report, then upload it again.",
+        "{file} 没有可用的行：请按检查报告修改后重新上传。"),
+    "studio.job_not_found": ("There is no training job '{job}' (it may have been deleted).",
+                             "找不到训练任务 {job}（可能已被删除）。"),
+    "studio.job_unfinished": (
+        "Job {job} has not finished yet: cancel it first, then delete it.",
+        "任务 {job} 还没有结束：请先取消，再删除。"),
+    "studio.download_not_ready": (
+        "Job {job} has not succeeded, so there is nothing to download yet.",
+        "任务 {job} 没有成功完成，暂时没有可下载的内容。"),
+    "studio.download_unknown": (
+        "Unknown download '{kind}': use adapter, report, merged or gguf.",
+        "没有“{kind}”这种下载：可选 adapter、report、merged 或 gguf。"),
+    "studio.export_failed": (
+        "Preparing the {kind} download failed: {reason}",
+        "准备 {kind} 下载失败。请稍后重试；如果仍然失败，请下载适配器（.zip）。"),
+    "studio.hint.too_long": (
+        "Shorten this row or split it into several questions; as it is, it is too long to learn from whole.",
+        "请缩短这一行，或拆成几个问题；现在这样太长，无法完整学习。"),
+    "studio.unavailable.no_gpu": (
+        "needs a GPU with {memory} GB of memory; this server has none", "需要显存 {memory} GB 的 GPU，这台服务器没有"),
+    "studio.unavailable.offline": (
+        "not downloaded, and this server cannot reach the Hugging Face hub", "尚未下载，且这台服务器无法连接 Hugging Face"),
+    "studio.unavailable.not_downloaded": (
+        "not downloaded yet: the first run downloads {disk} GB", "尚未下载：第一次使用时需下载 {disk} GB"),
+    # --- end of service: /studio routes
 }
 
 

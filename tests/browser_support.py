@@ -15,7 +15,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 WEB = REPO / "lorastudio" / "web"
-SCREENSHOTS = REPO / "screenshots"
+# Test artifacts (git-ignored); LORASTUDIO_SCREENSHOTS puts them elsewhere (e.g. a CI artifacts folder).
+SCREENSHOTS = Path(os.environ.get("LORASTUDIO_SCREENSHOTS") or REPO / "screenshots")
 CHROMIUM = os.environ.get("LORASTUDIO_CHROMIUM") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -52,7 +53,7 @@ def launch(playwright):
 
 def shot(page, name: str) -> Path:
     """Full-page screenshot into screenshots/ (gitignored)."""
-    SCREENSHOTS.mkdir(exist_ok=True)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
     return path
@@ -61,7 +62,7 @@ def shot(page, name: str) -> Path:
 def shot_sections(page, name: str, sections=("step-data", "step-settings", "step-train", "step-compare",
                                               "step-use")) -> list[Path]:
     """One screenshot per card: a phone-width full page is too tall to look at in one piece."""
-    SCREENSHOTS.mkdir(exist_ok=True)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     paths = []
     for section in sections:
         path = SCREENSHOTS / f"{name}--{section}.png"

@@ -157,6 +157,8 @@ class FakeStudio:
         # static server like the service holds it, sends what is new. Running until an event is "done".
         self.script = script
         self.phase = 0
+        self.status_overrides: dict[str, str] = {}  # a paused / cancelled job (pause, resume, cancel)
+        self.actions: list[tuple[str, str]] = []  # (action, job id) of every pause/resume/cancel/delete
         if script is not None:
             LIVE["fake"] = self
 
@@ -214,7 +216,16 @@ class FakeStudio:
             return self.create_job(route, request)
         if path == "/v1/fine_tuning/jobs":
             return ok({"object": "list", "data": list(reversed(self.jobs.values())), "has_more": False})
+        if path == "/studio/jobs":
+            return ok({"object": "list", "data": [self.summary(j) for j in reversed(self.jobs.values())],
+                       "has_more": False})
         parts = path.strip("/").split("/")
+        if path.startswith("/v1/fine_tuning/jobs/") and len(parts) == 5 and parts[3] in self.jobs:
+            return self.job_action(ok, parts[4], parts[3])
+        if path.startswith("/studio/jobs/") and method == "DELETE" and parts[2] in self.jobs:
+            self.actions.append(("delete", parts[2]))
+            del self.jobs[parts[2]]
+            return ok({"id": parts[2], "object": "fine_tuning.job", "deleted": True})
         if path.startswith("/v1/fine_tuning/jobs/") and parts[3] in self.jobs:
             return ok(self.job_now(self.jobs[parts[3]]))
         if path.startswith("/studio/jobs/") and parts[2] in self.jobs:
@@ -236,10 +247,34 @@ class FakeStudio:
             return ok({"base_answer": "I am not sure.", "tuned_answer": f"48 小时 ({body['question']})"})
         return ok({"error": {"message": f"fake API has no {method} {path}", "type": "invalid_request_error"}}, 404)
 
+    def summary(self, job: dict) -> dict:
+        """A job as GET /studio/jobs lists it: the job object plus its summary."""
+        job = self.job_now(job)
+        done = job["status"] == "succeeded"
+        return {**job, "studio": {"duration_s": 754 if done else None, "final_loss": 0.9333 if done else None,
+                                  "steps": 6, "total_steps": 6, "rows": 28, "valid_loss": None}}
+
+    def job_action(self, ok, action: str, job_id: str):
+        """pause / resume / cancel as the service answers them (409 when the state does not allow it)."""
+        job = self.job_now(self.jobs[job_id])
+        allowed = {"pause": ("queued", "running"), "resume": ("paused",),
+                   "cancel": ("validating_files", "queued", "running", "paused")}
+        if action not in allowed:
+            return ok({"error": {"message": f"fake API has no {action}", "type": "invalid_request_error"}}, 404)
+        if job["status"] not in allowed[action]:
+            return ok({"error": {"message": f"Job {job_id} is {job['status']}.", "type": "invalid_request_error",
+                                 "code": "job_not_pausable"}}, 409)
+        self.actions.append((action, job_id))
+        if action == "resume":
+            self.status_overrides.pop(job_id, None)
+        else:
+            self.status_overrides[job_id] = {"pause": "paused", "cancel": "cancelled"}[action]
+        return ok(self.job_now(self.jobs[job_id]))
+
     def create_job(self, route, request) -> None:
         body = json.loads(request.post_data)
         self.created.append(body)
-        job_id = f"ftjob-{len(self.jobs) + 1}"
+        job_id = f"ftjob-{len(self.created)}"  # never reused, even after a delete
         failed = self.outcome == "failed"
         job = {"id": job_id, "object": "fine_tuning.job", "model": body["model"], "created_at": 1764318000,
                "finished_at": None,
@@ -285,7 +320,9 @@ class FakeStudio:
             return
 
     def job_now(self, job: dict) -> dict:
-        """A scripted job runs until its events so far include "done"."""
+        """A scripted job runs until its events so far include "done" (or is paused / cancelled)."""
+        if job["id"] in self.status_overrides:
+            return {**job, "status": self.status_overrides[job["id"]], "fine_tuned_model": None}
         if self.script is None:
             return job
         events = self.script_events()

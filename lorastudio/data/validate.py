@@ -90,12 +90,13 @@ class ValidationReport:
             "dataset_issues": [d.to_dict() for d in self.dataset_issues],
         }
 
-    def write_rejected(self, path: str | Path) -> int:
+    def write_rejected(self, path: str | Path, *, lang: str = "en", hints: dict[str, str] | None = None) -> int:
         """Write rejected rows with their reasons; returns how many. ``.csv``/``.tsv`` or ``.jsonl``/``.json``.
 
         The file keeps the original fields so it can be fixed and uploaded again; the added
         ``lorastudio_row`` / ``lorastudio_reasons`` (and, for rows that could not be split into
-        fields, ``lorastudio_raw``) columns are ignored when the file is read back.
+        fields, ``lorastudio_raw``) columns are ignored when the file is read back. The reasons are in
+        ``lang`` (CSV/TSV); ``hints`` replaces the hint of an issue kind (e.g. one without CLI options).
         """
         path = Path(path)
         suffix = path.suffix.lower()
@@ -114,7 +115,7 @@ class ValidationReport:
             writer.writerow(header)
             for rej in self.rejected:
                 cells, raw = self._rejected_cells(rej, columns)
-                writer.writerow([*cells, rej.row, _reasons_text(rej.reasons), raw])
+                writer.writerow([*cells, rej.row, _reasons_text(rej.reasons, lang, hints or {}), raw])
         return len(self.rejected)
 
     def _rejected_object(self, rej: RejectedRow) -> dict:
@@ -169,8 +170,21 @@ def _raw_line(cells: list, delim: str | None) -> str:
     return (delim or ",").join(_cell(c) for c in cells)
 
 
-def _reasons_text(issues: list[ValidationIssue]) -> str:
-    return "; ".join(f"{i.kind}{f' ({i.field})' if i.field else ''}: {i.message} {i.hint}".strip() for i in issues)
+_ZH_FIELDS = {"instruction": "问题", "response": "回答", "system": "系统提示", "input": "输入", "output": "输出"}
+
+
+def _reasons_text(issues: list[ValidationIssue], lang: str = "en", hints: dict[str, str] | None = None) -> str:
+    """The reasons of one rejected row; in Chinese without English kind or field names."""
+    hints = hints or {}
+    if lang != "zh":
+        return "; ".join(f"{i.kind}{f' ({i.field})' if i.field else ''}: {i.message} {hints.get(i.kind, i.hint)}".strip()
+                         for i in issues)
+    texts = []
+    for issue in issues:
+        message, hint = issue.localized("zh")
+        field = f"（{_ZH_FIELDS[issue.field]}）" if issue.field in _ZH_FIELDS else ""
+        texts.append(f"{field}{message} {hints.get(issue.kind, hint)}".strip())
+    return "；".join(texts)
 
 
 def _make_issue(row: int | None, ri: RowIssue) -> ValidationIssue:

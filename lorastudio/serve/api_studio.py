@@ -1,5 +1,6 @@
 """`/studio/*`: what OpenAI's API has no word for — reports, recommendations, live progress, compare,
-downloads. Contracts in docs/ARCHITECTURE.md ("Service ↔ web UI")."""
+the job list with summaries, deleting a job, downloads. Contracts in docs/ARCHITECTURE.md ("Service ↔ web
+UI"). Errors of these routes are in the request's language (Accept-Language: zh|en), for the page."""
 
 from __future__ import annotations
 
@@ -18,42 +19,96 @@ from pydantic import BaseModel, ConfigDict, Field
 from lorastudio.serve.api_files import get_file_or_404, safe_download_name
 from lorastudio.serve.api_jobs import get_job_or_404
 from lorastudio.serve.engines import base_model_ids, model_not_found
-from lorastudio.serve.errors import APIError
+from lorastudio.serve.errors import APIError, error_responses
 from lorastudio.serve.objects import job_object
 from lorastudio.serve.store import TERMINAL_STATUSES
+from lorastudio.serve.studio_jobs import (
+    availability,
+    build_adapter_zip,
+    build_report_zip,
+    has_gpu,
+    hub_reachable,
+    job_summary,
+    remove_job_dir,
+)
+from lorastudio.serve.studio_objects import (
+    CompareAnswer,
+    JobDeleted,
+    MessageCatalogue,
+    MetricsList,
+    Recommendation,
+    StudioJobList,
+    StudioModelList,
+    ValidationReport,
+    binary,
+)
 
-router = APIRouter(prefix="/studio", tags=["studio"])
+router = APIRouter(prefix="/studio", tags=["studio"], responses=error_responses(401))
+# Typed for /openapi.json (studio_objects.py); the answer stays exactly the dict a route builds.
+_TYPED = {"response_model_exclude_unset": True}
 
-# Files of a job directory that are not part of the adapter a user downloads.
-_NOT_ADAPTER = ("train.log", "job.yaml")
+# The longest question compare answers (characters): a business question, not a document.
+MAX_QUESTION_CHARS = 4000
+DOWNLOADS = ("adapter", "report", "merged", "gguf")
 _export_locks: dict[tuple[str, str], threading.Lock] = {}
 _export_guard = threading.Lock()
 
 
-@router.get("/models", summary="The model catalog (embedded default first, tiny-random labelled)")
-def studio_models() -> dict:
+@router.get("/models", summary="The model catalog (embedded default first, tiny-random labelled), each with "
+            "whether it can run on this server and why not (no GPU, not downloaded and offline)",
+            response_model=StudioModelList, **_TYPED)
+def studio_models(request: Request) -> dict:
     from lorastudio.models import catalog
 
-    return {"data": catalog()}
+    lang = request_lang(request)
+    gpu = has_gpu()
+    data = []
+    for entry in catalog():
+        item = {**entry, **availability(entry, gpu=gpu, online=hub_reachable)}
+        reasons = [say(lang, f"studio.unavailable.{r['code']}", **r["params"]) for r in item["unavailable"]]
+        item["unavailable_reason"] = ("；" if lang == "zh" else "; ").join(reasons) or None
+        data.append(item)
+    return {"data": data}
 
 
 # --- data reports --------------------------------------------------------------------------------
-def _validate(record: dict) -> Any:
+def say(lang: str, key: str, **params: Any) -> str:
+    """A message of the studio routes in `lang` (lorastudio/i18n.py, keys `studio.*`)."""
+    from lorastudio.i18n import t
+
+    return t(key, lang, **params)
+
+
+def _validate(record: dict, lang: str = "en") -> Any:
     from lorastudio.data import DataError, validate
 
     try:
         return validate(record["path"])
     except DataError as exc:
-        raise APIError(400, f"{record['filename']} cannot be used: {exc}", param="file_id",
-                       code="unusable_file") from None
+        # The client's file name, never the server's storage path, in the request's language.
+        from lorastudio.i18n import MESSAGES, t
+
+        params = {**exc.params, "file": record["filename"]}
+        reason = t(exc.code, lang, **params) if exc.code in MESSAGES else str(exc).replace(
+            record["path"], record["filename"])
+        raise APIError(400, say(lang, "studio.file_unusable", file=record["filename"], reason=reason),
+                       param="file_id", code="unusable_file") from None
+
+
+def _web_hints(report: dict, lang: str) -> dict:
+    """Hints for the page's user, not a terminal's: no command-line options (e.g. --max-length)."""
+    for issue in report.get("issues") or []:
+        if issue.get("kind") == "too_long":
+            issue["hint"] = say(lang, "studio.hint.too_long")
+    return report
 
 
 def _report(record: dict, lang: str) -> dict:
     """The validation report in `lang`, computed once per file and language, cached beside it."""
-    cache = Path(record["path"]).with_name(f"{record['id']}.report.{lang}.json")
+    cache = Path(record["path"]).with_name(f"{record['id']}.report-v2.{lang}.json")
     if cache.exists():
         return json.loads(cache.read_text(encoding="utf-8"))
-    report = _validate(record).to_dict(lang)
+    report = _web_hints(_validate(record, lang).to_dict(lang), lang)
     report["file"] = record["filename"]  # the client's name, not our storage path
     report["file_id"] = record["id"]
     report["lang"] = lang
@@ -67,20 +122,26 @@ def request_lang(request: Request) -> str:
     return "zh" if first.startswith("zh") else "en"
 
 
-@router.get("/files/{file_id}/report", summary="Validation report of an uploaded file (Accept-Language: zh|en)")
+@router.get("/files/{file_id}/report", summary="Validation report of an uploaded file (Accept-Language: zh|en)",
+            response_model=ValidationReport, responses=error_responses(400, 404), **_TYPED)
 async def file_report(request: Request, file_id: str) -> dict:
     record = get_file_or_404(request, file_id)
     return await run_in_threadpool(_report, record, request_lang(request))
 
 
-@router.get("/files/{file_id}/rejected", summary="Rejected rows with their reasons (CSV)")
+@router.get("/files/{file_id}/rejected", summary="Rejected rows with their reasons (CSV, in the request's language)",
+            response_class=FileResponse,
+            responses={**binary("text/csv", "The rejected rows, their reasons in added columns."),
+                       **error_responses(400, 404)})
 async def file_rejected(request: Request, file_id: str) -> FileResponse:
     record = get_file_or_404(request, file_id)
-    target = Path(record["path"]).with_name(f"{record['id']}.rejected.csv")
+    lang = request_lang(request)
+    target = Path(record["path"]).with_name(f"{record['id']}.rejected.{lang}.csv")
 
     def build() -> None:
         if not target.exists():
-            _validate(record).write_rejected(target)
+            _validate(record, lang).write_rejected(target, lang=lang,
+                                                   hints={"too_long": say(lang, "studio.hint.too_long")})
 
     await run_in_threadpool(build)
     name = safe_download_name(Path(record["filename"]).stem) + ".rejected.csv"
@@ -103,7 +164,8 @@ class RecommendRequest(BaseModel):
 MESSAGE_PREFIXES = ("rec.", "warn.", "estimate.")
 
 
-@router.get("/messages", summary="Templates of the recommender's reason/warning/estimate codes (lang=en|zh)")
+@router.get("/messages", summary="Templates of the recommender's reason/warning/estimate codes (lang=en|zh)",
+            response_model=MessageCatalogue, responses=error_responses(400), **_TYPED)
 def studio_messages(request: Request, lang: str | None = None) -> dict:
     """`{"lang", "messages": {code: template}}`: placeholders are `{name}` (str.format style), filled from a
     code's `params`. Without `lang`, the Accept-Language header chooses."""
@@ -115,21 +177,23 @@ def studio_messages(request: Request, lang: str | None = None) -> dict:
     return {"lang": chosen, "messages": catalog(chosen, MESSAGE_PREFIXES)}
 
 
-@router.post("/recommend", summary="Recommended settings, reasons (codes + English) and a time/cost estimate")
+@router.post("/recommend", summary="Recommended settings, reasons (codes + English) and a time/cost estimate",
+             response_model=Recommendation, responses=error_responses(400, 404), **_TYPED)
 async def studio_recommend(request: Request, body: RecommendRequest) -> dict:
     from lorastudio.train.config import TASKS
     from lorastudio.train.recommend import recommend
 
     record = get_file_or_404(request, body.training_file, "training_file")
+    lang = request_lang(request)
     if body.model not in base_model_ids():
         raise model_not_found(body.model)
     if body.task not in TASKS:
         raise APIError(400, f"task must be one of {', '.join(TASKS)}.", param="task", code="invalid_value")
 
     def work() -> dict:
-        report = _validate(record)
+        report = _validate(record, lang)
         if not report.conversations:
-            raise APIError(400, f"{record['filename']} has no usable rows; see its report.",
+            raise APIError(400, say(lang, "studio.no_usable_rows", file=record["filename"]),
                            param="training_file", code="no_usable_rows")
         return recommend(report.conversations, body.model, task=body.task, price_per_hour=body.price_per_hour,
                          quick=body.quick, time_budget_s=body.time_budget_s).to_dict()
@@ -144,7 +208,12 @@ def _status_event(job: dict) -> dict:
             "error": public["error"], "estimated_finish": public["estimated_finish"]}
 
 
-@router.get("/jobs/{job_id}/stream", summary="Server-Sent Events: every event of the job, then live ones")
+@router.get("/jobs/{job_id}/stream", summary="Server-Sent Events: every event of the job, then live ones",
+            response_class=StreamingResponse,
+            responses={200: {"description": "`data:` lines, each an events.jsonl object or {type: status, status, "
+                             "fine_tuned_model, error, estimated_finish}; `id:` is the sequence number "
+                             "(Last-Event-ID resumes).", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                       **error_responses(404)})
 async def job_stream(request: Request, job_id: str) -> StreamingResponse:
     store = request.app.state.store
     get_job_or_404(request, job_id)
@@ -188,7 +257,8 @@ async def job_stream(request: Request, job_id: str) -> StreamingResponse:
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-@router.get("/jobs/{job_id}/metrics", summary="Metrics (and validation) events, oldest first, for charts")
+@router.get("/jobs/{job_id}/metrics", summary="Metrics (and validation) events, oldest first, for charts",
+            response_model=MetricsList, responses=error_responses(404), **_TYPED)
 def job_metrics(request: Request, job_id: str) -> dict:
     get_job_or_404(request, job_id)
     rows = request.app.state.store.events_since(job_id, 0)
@@ -200,12 +270,25 @@ class CompareRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
     model: str | None = None
     fine_tuned_model: str
-    question: str = Field(min_length=1)
+    question: str = Field(description=f"At most {MAX_QUESTION_CHARS} characters.")
     max_tokens: int = Field(256, ge=1, le=4096)
 
 
-@router.post("/compare", summary="The same question to the base and the fine-tuned model")
+def check_question(question: str, lang: str, param: str = "question") -> None:
+    """An empty or over-long question is the user's to fix: a 400 in their language, never a 500."""
+    if not question.strip():
+        raise APIError(400, say(lang, "studio.question_empty"), param=param, code="invalid_value")
+    if len(question) > MAX_QUESTION_CHARS:
+        number = "{:,}".format
+        raise APIError(400, say(lang, "studio.question_too_long", length=number(len(question)),
+                                limit=number(MAX_QUESTION_CHARS)), param=param, code="question_too_long")
+
+
+@router.post("/compare", summary="The same question to the base and the fine-tuned model",
+             response_model=CompareAnswer, responses=error_responses(400, 404), **_TYPED)
 async def compare(request: Request, body: CompareRequest) -> dict:
+    lang = request_lang(request)
+    check_question(body.question, lang)
     pool = request.app.state.engines
     tuned_base, adapter = pool.resolve(body.fine_tuned_model, "fine_tuned_model")
     if adapter is None:
@@ -213,18 +296,62 @@ async def compare(request: Request, body: CompareRequest) -> dict:
                        param="fine_tuned_model", code="invalid_value")
     base_name = body.model or tuned_base
     base, base_adapter = pool.resolve(base_name)
-    if not body.question.strip():
-        raise APIError(400, "The question is empty.", param="question", code="invalid_value")
 
     def work() -> dict:
-        base_engine = pool.get(base)
-        base_answer = base_engine.generate(body.question, adapter=base_adapter, max_new_tokens=body.max_tokens)
-        tuned_engine = pool.get(tuned_base)
-        tuned_answer = tuned_engine.generate(body.question, adapter=adapter, max_new_tokens=body.max_tokens)
+        from lorastudio.inference import PromptError
+
+        try:
+            base_engine = pool.get(base)
+            base_answer = base_engine.generate(body.question, adapter=base_adapter, max_new_tokens=body.max_tokens)
+            tuned_engine = pool.get(tuned_base)
+            tuned_answer = tuned_engine.generate(body.question, adapter=adapter, max_new_tokens=body.max_tokens)
+        except PromptError:
+            raise APIError(400, say(lang, "studio.prompt_failed"), param="question", code="invalid_prompt") from None
         return {"question": body.question, "model": base_name, "fine_tuned_model": body.fine_tuned_model,
                 "base_answer": base_answer, "tuned_answer": tuned_answer}
 
     return await run_in_threadpool(work)
+
+
+# --- jobs: the list with summaries, deleting -----------------------------------------------------
+def _summary_cache(request: Request) -> dict[str, dict]:
+    state = request.app.state
+    if not hasattr(state, "studio_job_summaries"):
+        state.studio_job_summaries = {}
+    return state.studio_job_summaries
+
+
+@router.get("/jobs", summary="Jobs, newest first, each with a summary (duration, final loss, steps, rows)",
+            response_model=StudioJobList, **_TYPED)
+def studio_jobs(request: Request, limit: int = 100) -> dict:
+    store = request.app.state.store
+    rows = store.list_jobs(limit=max(1, min(limit, 1000)) + 1)
+    cache = _summary_cache(request)
+    data = [job_summary(store, job, cache) for job in rows[:limit]]
+    return {"object": "list", "data": data, "has_more": len(rows) > limit}
+
+
+def _job_or_404(request: Request, job_id: str, lang: str) -> dict:
+    job = request.app.state.store.get_job(job_id)
+    if job is None:
+        raise APIError(404, say(lang, "studio.job_not_found", job=job_id), param="fine_tuning_job_id",
+                       code="job_not_found")
+    return job
+
+
+@router.delete("/jobs/{job_id}", summary="Delete a finished job: its record, events, tuned model and files",
+               response_model=JobDeleted, responses=error_responses(404, 409), **_TYPED)
+def delete_job(request: Request, job_id: str) -> dict:
+    lang = request_lang(request)
+    job = _job_or_404(request, job_id, lang)
+    if job["status"] not in TERMINAL_STATUSES:
+        raise APIError(409, say(lang, "studio.job_unfinished", job=job_id), param="fine_tuning_job_id",
+                       code="job_not_finished")
+    store = request.app.state.store
+    store.delete_job(job_id)
+    _summary_cache(request).pop(job_id, None)
+    remove_job_dir(job, request.app.state.settings.jobs_dir)
+    return {"id": job_id, "object": "fine_tuning.job", "deleted": True}
 
 
 # --- downloads -----------------------------------------------------------------------------------
@@ -236,17 +363,18 @@ def _zip_dir(files: list[Path], root: Path, target: Path) -> None:
     tmp.replace(target)
 
 
-def _build_export(job: dict, kind: str) -> Path:
+def _build_export(job: dict, kind: str, filename: str | None) -> Path:
     job_dir = Path(job["job_dir"])
     out_dir = job_dir / "exports"
     out_dir.mkdir(exist_ok=True)
     adapter_file = job_dir / "adapter_model.safetensors"
-    if kind == "adapter":
-        target = out_dir / "adapter.zip"
+    if kind in ("adapter", "report"):
+        target = out_dir / f"{kind}-v2.zip"
         if not target.exists() or target.stat().st_mtime < adapter_file.stat().st_mtime:
-            files = [p for p in sorted(job_dir.iterdir()) if p.is_file() and p.name not in _NOT_ADAPTER
-                     and not p.name.startswith("events.attempt-")]
-            _zip_dir(files, job_dir, target)
+            if kind == "adapter":
+                build_adapter_zip(job, target, filename)
+            else:
+                build_report_zip(job, target)
         return target
     from lorastudio import export
 
@@ -263,15 +391,21 @@ def _build_export(job: dict, kind: str) -> Path:
     return target
 
 
-@router.get("/jobs/{job_id}/download/{kind}", summary="Download the adapter (zip), merged model (zip) or GGUF")
+@router.get("/jobs/{job_id}/download/{kind}",
+            summary="Download the adapter (zip: PEFT files + model card), the training report (zip: events, "
+                    "augmented rows), the merged model (zip) or a GGUF", response_class=FileResponse,
+            responses={**binary("application/zip", "adapter, report, merged: a zip; gguf: application/octet-stream"),
+                       **error_responses(404, 409)})
 async def download(request: Request, job_id: str, kind: str) -> FileResponse:
-    job = get_job_or_404(request, job_id)
-    if kind not in ("adapter", "merged", "gguf"):
-        raise APIError(404, f"Unknown download '{kind}': use adapter, merged or gguf.", param="kind",
-                       code="unknown_download")
+    lang = request_lang(request)
+    job = _job_or_404(request, job_id, lang)
+    if kind not in DOWNLOADS:
+        raise APIError(404, say(lang, "studio.download_unknown", kind=kind), param="kind", code="unknown_download")
     if job["status"] != "succeeded":
-        raise APIError(409, f"Job {job_id} is {job['status']}; downloads exist once it has succeeded.",
-                       param="fine_tuning_job_id", code="job_not_finished")
+        raise APIError(409, say(lang, "studio.download_not_ready", job=job_id), param="fine_tuning_job_id",
+                       code="job_not_finished")
+    record = request.app.state.store.get_file(job["training_file"])
+    filename = record["filename"] if record else None
     with _export_guard:
         lock = _export_locks.setdefault((job_id, kind), threading.Lock())
 
@@ -281,13 +415,14 @@ async def download(request: Request, job_id: str, kind: str) -> FileResponse:
 
         with lock:  # two clicks must not build the same export twice
             try:
-                return _build_export(job, kind)
-            except (ExportError, AdapterError) as exc:
-                raise APIError(409, f"The {kind} export of job {job_id} failed: {exc}", param="kind",
+                return _build_export(job, kind, filename)
+            except (ExportError, AdapterError, OSError) as exc:
+                raise APIError(409, say(lang, "studio.export_failed", kind=kind, reason=exc), param="kind",
                                code="export_failed") from None
 
     path = await run_in_threadpool(work)
     stem = safe_download_name(job.get("fine_tuned_model") or job_id)
-    names = {"adapter": f"{stem}-adapter.zip", "merged": f"{stem}-merged.zip", "gguf": f"{stem}.gguf"}
+    names = {"adapter": f"{stem}-adapter.zip", "report": f"{stem}-training-report.zip",
+             "merged": f"{stem}-merged.zip", "gguf": f"{stem}.gguf"}
     media = "application/zip" if kind != "gguf" else "application/octet-stream"
     return FileResponse(path, media_type=media, filename=names[kind])

@@ -116,6 +116,7 @@ class Store(Protocol):
     def list_jobs(self, *, after: str | None = None, limit: int = 20, status: str | None = None) -> list[dict]: ...
     def jobs_with_status(self, *statuses: str) -> list[dict]: ...
     def update_job(self, job_id: str, *, only_if_status: tuple[str, ...] | None = None, **values: Any) -> bool: ...
+    def delete_job(self, job_id: str) -> bool: ...
     def add_event(self, job_id: str, *, level: str, type: str, message: str, data: dict | None,
                   raw: dict, job_updates: dict | None = None) -> dict: ...
     def list_events(self, job_id: str, *, after: str | None = None, limit: int = 20) -> tuple[list[dict], bool]: ...
@@ -251,6 +252,21 @@ class SQLiteStore:
     def jobs_with_status(self, *statuses: str) -> list[dict]:
         marks = ", ".join("?" for _ in statuses)
         return self._all(f"SELECT * FROM jobs WHERE status IN ({marks}) ORDER BY seq ASC", statuses)
+
+    def delete_job(self, job_id: str) -> bool:
+        """Forget a job with its events, checkpoints and tuned model (one transaction); its files are the
+        caller's to remove."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for table in ("events", "checkpoints", "models"):
+                    self._db.execute(f"DELETE FROM {table} WHERE job_id = ?", (job_id,))
+                gone = self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,)).rowcount > 0
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return gone
 
     def update_job(self, job_id: str, *, only_if_status: tuple[str, ...] | None = None, **values: Any) -> bool:
         """Update fields; with `only_if_status`, atomically only when the job is in one of them."""

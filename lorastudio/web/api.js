@@ -67,6 +67,10 @@ export const api = {
   job: (id) => request("GET", `/v1/fine_tuning/jobs/${encodeURIComponent(id)}`),
   jobs: () => request("GET", "/v1/fine_tuning/jobs?limit=100"),
   cancel: (id) => request("POST", `/v1/fine_tuning/jobs/${encodeURIComponent(id)}/cancel`),
+  pause: (id) => request("POST", `/v1/fine_tuning/jobs/${encodeURIComponent(id)}/pause`),
+  resume: (id) => request("POST", `/v1/fine_tuning/jobs/${encodeURIComponent(id)}/resume`),
+  studioJobs: () => request("GET", "/studio/jobs?limit=100"),
+  deleteJob: (id) => request("DELETE", `/studio/jobs/${encodeURIComponent(id)}`),
   metrics: (id) => request("GET", `/studio/jobs/${encodeURIComponent(id)}/metrics`),
   streamUrl: (id) => `/studio/jobs/${encodeURIComponent(id)}/stream`,
   compare: (model, fineTunedModel, question, maxTokens) =>

@@ -49,7 +49,9 @@ const state = {
   jobRefresh: 0, // sequence number: only the latest job refresh may land
   jobs: null, // the job list; null while loading
   jobsError: null,
+  jobAction: null, // a pause/resume/cancel/delete/clone request in flight: {id, action}
   // 5. use
+  useJobId: null, // the succeeded job whose downloads the user chose (else the shown one, else the newest)
   snippetKind: "python",
 };
 

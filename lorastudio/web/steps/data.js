@@ -31,9 +31,18 @@ export function initData({ dataChanged }) {
 /** At start: the file uploaded last time and its report, if the service still has it. */
 export async function restoreFile({ dataChanged }) {
   const id = store.recall(FILE_KEY);
-  if (!id) return;
+  if (id) await openFile(id, dataChanged);
+}
+
+/**
+ * Show an uploaded file (by id) and its report, e.g. the data of a job trained again; remembered as the
+ * last file. A file the service no longer has leaves no file chosen.
+ */
+export async function openFile(id, dataChanged = async () => {}) {
+  if (store.get("file")?.id === id && store.get("report")) return;
   let filename = "";
-  store.set({ file: { id, filename } });
+  store.set({ file: { id, filename }, report: null });
+  store.remember(FILE_KEY, id);
   try {
     filename = (await api.file(id)).filename || "";
   } catch { /* the report call below decides whether the file still exists */ }

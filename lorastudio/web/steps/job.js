@@ -1,6 +1,8 @@
 // Step 3, training: the start button, the job panel (status, the stages in order with their own
 // times, progress, elapsed time, time left beside the recommender's estimate, speed, cost, loss and
-// the live loss chart, fed by the job's Server-Sent Events stream), cancel, and the list of all jobs.
+// the live loss chart, fed by the job's Server-Sent Events stream), pause / resume / cancel (cancel asks
+// first), and the list of all jobs: each with its status, base, duration, final loss, rows and settings,
+// to open, to train again with the same settings (clone) or, once finished, to delete (asks first).
 // The current job id is kept in the URL (#job=…) and in localStorage, so a reload re-attaches to it:
 // the loss history comes back from /metrics and the live stream re-opens (and replays the stages).
 // The estimate the job was started with is kept too (the job object does not carry it).
@@ -9,23 +11,29 @@ import { api, ApiError } from "../api.js";
 import { drawChart } from "../chart.js";
 import { $, errorText, node, showStatus, tNodes } from "../dom.js";
 import { formatDuration, formatNumber, t, tOr } from "../i18n.js";
-import { formatMoney, formatTime, modelName, statusText } from "../format.js";
+import { formatMoney, formatSetting, formatTime, modelName, settingLabel, statusText } from "../format.js";
 import * as store from "../store.js";
 import { timeLeft, timeline } from "../timeline.js";
+import { openFile } from "./data.js";
+import { useSettingsOf } from "./settings.js";
 
 const JOB_KEY = "lorastudio.job";
 const ESTIMATE_KEY = "lorastudio.jobEstimate";
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+// Hyperparameters of a job that are not a changed setting: the task and schedule, OpenAI's "auto"s.
+const NOT_CHANGES = new Set(["task", "quick", "time_budget_s", "n_epochs", "batch_size", "learning_rate_multiplier"]);
 
 export function initJob() {
   store.subscribe(["file", "report", "model", "job", "starting", "recLoading", "lang"], updateStartButton);
-  store.subscribe(["jobId", "job", "metrics", "evals", "lang"], renderJob);
+  store.subscribe(["jobId", "job", "metrics", "evals", "jobAction", "lang"], renderJob);
   store.subscribe(["jobId", "job", "metrics", "evals", "stages", "measured", "jobEstimate", "clock",
     "streamProblem", "lang"], renderTimes);
   store.subscribe(["jobId", "job"], keepClock);
-  store.subscribe(["jobs", "jobsError", "job", "lang"], renderJobList);
+  store.subscribe(["jobs", "jobsError", "job", "jobAction", "lang"], renderJobList);
   $("start-training").addEventListener("click", startTraining);
   $("cancel-job").addEventListener("click", cancelJob);
+  $("pause-job").addEventListener("click", () => pauseOrResume("pause"));
+  $("resume-job").addEventListener("click", () => pauseOrResume("resume"));
   let resizeTimer = null;
   window.addEventListener("resize", () => {
     clearTimeout(resizeTimer);
@@ -49,10 +57,24 @@ export async function watchJobs() {
   setInterval(refreshJobs, 5000);
 }
 
-/** The current job once it has succeeded with a tuned model (what compare and use need), else null. */
+/** Every succeeded job with a tuned model, newest first (the shown one included even before the list has it). */
+export function succeededJobs() {
+  const shown = store.get("job");
+  const list = (store.get("jobs") || []).filter((j) => j.status === "succeeded" && j.fine_tuned_model);
+  if (shown?.status === "succeeded" && shown.fine_tuned_model && !list.some((j) => j.id === shown.id)) list.unshift(shown);
+  return list;
+}
+
+/**
+ * The tuned job downloads (and compare) are for: the one the user chose, else the shown job when it has
+ * succeeded, else the newest succeeded one. Starting, cancelling or opening another job never takes a
+ * finished job's downloads away.
+ */
 export function tunedJob() {
-  const job = store.get("job");
-  return job && job.status === "succeeded" && job.fine_tuned_model ? job : null;
+  const list = succeededJobs();
+  const chosen = store.get("useJobId");
+  const shown = store.get("job");
+  return list.find((j) => j.id === chosen) || list.find((j) => j.id === shown?.id) || list[0] || null;
 }
 
 function jobIdFromHash() {
@@ -83,6 +105,7 @@ async function startTraining() {
   if (store.get("starting")) return; // one start at a time: the button is disabled, this is the backstop
   store.set({ starting: true });
   showStatus("train-state", "loading", t("train.starting"));
+  showStatus("jobs-action-state", "", "");
   try {
     const body = {
       model: store.get("model"),
@@ -135,7 +158,7 @@ function recallEstimate(id) {
 
 async function attachJob(id, initial = null) {
   closeStream();
-  store.set({ jobId: id, job: initial, metrics: [], evals: [], stages: [], measured: null,
+  store.set({ jobId: id, job: initial, useJobId: null, metrics: [], evals: [], stages: [], measured: null,
     jobEstimate: recallEstimate(id), streamProblem: false });
   store.remember(JOB_KEY, id);
   if (location.hash !== `#job=${id}`) history.replaceState(null, "", `#job=${encodeURIComponent(id)}`);
@@ -266,17 +289,36 @@ async function refreshCurrentJob() {
 
 async function cancelJob() {
   const id = store.get("job")?.id;
-  if (!id) return;
-  $("cancel-job").disabled = true;
+  if (!id || store.get("jobAction")) return;
+  // Cancelling throws the run away (a pause keeps it): asked first.
+  if (!window.confirm(t("train.cancel_confirm"))) return;
+  await jobAction(id, "cancel", () => api.cancel(id), "train.cancel_failed");
+}
+
+/** Pause (the trainer saves a checkpoint and frees the machine) or resume (from that checkpoint). */
+async function pauseOrResume(action) {
+  const id = store.get("job")?.id;
+  if (!id || store.get("jobAction")) return;
+  const job = await jobAction(id, action, () => api[action](id), `train.${action}_failed`);
+  // A resumed job goes on: its live stream brings what comes next.
+  if (job && action === "resume" && !store.get("stream")) openStream(id);
+}
+
+/** One request about a job at a time; the answer (the job object) replaces the shown job. */
+async function jobAction(id, action, call, failedKey) {
+  store.set({ jobAction: { id, action } });
+  showStatus("train-state", "", "");
+  let job = null;
   try {
-    const job = await api.cancel(id);
+    job = await call();
     if (store.get("job")?.id === id) store.set({ job });
   } catch (err) {
-    showStatus("train-state", "error", t("train.cancel_failed", { message: errorText(err) }));
+    showStatus("train-state", "error", t(failedKey, { message: errorText(err) }));
   } finally {
-    $("cancel-job").disabled = false;
+    store.set({ jobAction: null });
   }
   refreshJobs();
+  return job;
 }
 
 function renderJob() {
@@ -292,7 +334,11 @@ function renderJob() {
   badge.className = `badge badge-${status}`;
   badge.dataset.status = status;
   $("job-quick").hidden = job.hyperparameters?.quick !== true;
+  const busy = Boolean(store.get("jobAction"));
   $("cancel-job").hidden = TERMINAL.has(status);
+  $("pause-job").hidden = !["queued", "running"].includes(status);
+  $("resume-job").hidden = status !== "paused";
+  for (const id of ["cancel-job", "pause-job", "resume-job"]) $(id).disabled = busy;
 
   const last = metrics[metrics.length - 1];
   let percent = last ? Number(last.percent ?? (100 * last.step) / Math.max(1, last.total_steps)) : 0;
@@ -474,7 +520,7 @@ function drawLoss() {
 
 async function refreshJobs() {
   try {
-    const body = await api.jobs();
+    const body = await api.studioJobs();
     const jobs = body.data || [];
     store.set({ jobs, jobsError: null });
     const job = store.get("job");
@@ -485,11 +531,88 @@ async function refreshJobs() {
   }
 }
 
+/** The panel shows no job (the one shown was deleted). */
+function detachJob() {
+  closeStream();
+  store.remember(JOB_KEY, null);
+  history.replaceState(null, "", location.pathname + location.search);
+  store.set({ jobId: null, job: null, metrics: [], evals: [], stages: [], measured: null, jobEstimate: null });
+}
+
+async function deleteJob(job) {
+  if (store.get("jobAction") || !window.confirm(t("jobs.delete_confirm"))) return;
+  store.set({ jobAction: { id: job.id, action: "delete" } });
+  showStatus("jobs-action-state", "", "");
+  try {
+    await api.deleteJob(job.id);
+    if (store.get("jobId") === job.id) detachJob();
+    if (store.get("useJobId") === job.id) store.set({ useJobId: null });
+    store.set({ jobs: (store.get("jobs") || []).filter((j) => j.id !== job.id) });
+  } catch (err) {
+    showStatus("jobs-action-state", "error", t("jobs.delete_failed", { message: errorText(err) }));
+  } finally {
+    store.set({ jobAction: null });
+  }
+  refreshJobs();
+}
+
+/** "Train again with…": the job's file, base, task, schedule and changed settings, back in steps 1 and 2. */
+async function cloneJob(job) {
+  if (store.get("jobAction")) return;
+  const hp = job.hyperparameters || {};
+  const overrides = {};
+  for (const [key, value] of Object.entries(hp)) {
+    if (value === "auto" || value === null || value === undefined) continue;
+    if (key === "n_epochs") overrides.num_epochs = value;
+    else if (!NOT_CHANGES.has(key)) overrides[key] = value;
+  }
+  store.set({ jobAction: { id: job.id, action: "clone" } });
+  showStatus("jobs-action-state", "loading", t("jobs.cloning"));
+  try {
+    await useSettingsOf({ model: job.model, task: hp.task, quick: hp.quick === true, overrides },
+      () => openFile(job.training_file));
+    if (store.get("file")?.id !== job.training_file) {
+      showStatus("jobs-action-state", "error", t("jobs.clone_no_file"));
+      return;
+    }
+    $("jobs-action-state").className = "state";
+    $("jobs-action-state").replaceChildren(node("span", {}, ...tNodes("jobs.cloned", { id: job.id })));
+    $("step-settings").scrollIntoView({ block: "start" });
+  } catch (err) {
+    showStatus("jobs-action-state", "error", t("jobs.clone_failed", { message: errorText(err) }));
+  } finally {
+    store.set({ jobAction: null });
+  }
+}
+
+/** The job's changed settings in words ("Max steps 6 · LoRA rank 8"), or that it ran the recommended ones. */
+function settingsText(job) {
+  const hp = job.hyperparameters || {};
+  const changes = Object.entries(hp).filter(([k, v]) => !NOT_CHANGES.has(k) && v !== "auto" && v !== null)
+    .map(([k, v]) => `${settingLabel(k)} ${formatSetting(k, v)}`);
+  if (Number.isFinite(hp.n_epochs)) changes.unshift(`${settingLabel("num_epochs")} ${formatSetting("num_epochs", hp.n_epochs)}`);
+  const task = hp.task && hp.task !== "auto" ? t(`task.${hp.task}`) : null;
+  const schedule = hp.quick === true ? t("train.quick_tag") : null;
+  const settings = changes.length ? t("jobs.changed", { settings: changes.join(", ") }) : t("jobs.recommended");
+  return [task, schedule, settings].filter(Boolean).join(" · ");
+}
+
+/** Status, base, when, how long, final loss, rows: what tells one job from another. */
+function summaryText(job) {
+  const s = job.studio || {};
+  const bits = [modelName(job.model), formatTime(job.created_at)];
+  if (Number.isFinite(s.duration_s)) bits.push(t("jobs.took", { time: formatDuration(s.duration_s) }));
+  if (Number.isFinite(s.final_loss)) bits.push(t("jobs.final_loss", { loss: formatNumber(s.final_loss, 4) }));
+  if (Number.isFinite(s.rows)) bits.push(t("jobs.rows", { n: formatNumber(s.rows) }));
+  return bits.filter(Boolean).join(" · ");
+}
+
 function renderJobList() {
   const list = $("job-list");
   const jobs = store.get("jobs");
   const error = store.get("jobsError");
   const shown = store.get("job");
+  const busy = store.get("jobAction");
   list.replaceChildren();
   if (error) {
     showStatus("jobs-state", "error", t("jobs.failed", { message: errorText(error) }));
@@ -507,15 +630,24 @@ function renderJobList() {
   for (const job of jobs) {
     const current = job.id === shown?.id;
     const status = current ? shown.status : job.status;
-    list.append(node("li", { class: `job-item${current ? " current" : ""}` },
-      node("button", {
-        type: "button", class: "job-open", "aria-current": current ? "true" : null,
-        onclick: () => attachJob(job.id),
-      },
-      node("span", { class: "job-main" },
+    list.append(node("li", { class: `job-item${current ? " current" : ""}`, "data-testid": "job-list-item",
+      "data-job-id": job.id, "data-status": status },
+    node("button", {
+      type: "button", class: "job-open", "aria-current": current ? "true" : null,
+      onclick: () => attachJob(job.id),
+    },
+    node("span", { class: "job-main" },
+      node("span", { class: "job-title" },
         node("code", { class: "data", text: job.id }),
-        node("span", { class: "muted small", text: [modelName(job.model), formatTime(job.created_at),
-          job.hyperparameters?.quick === true ? t("train.quick_tag") : ""].filter(Boolean).join(" · ") })),
-      node("span", { class: `badge badge-${status}`, text: statusText(status) }))));
+        node("span", { class: `badge badge-${status}`, text: statusText(status) })),
+      node("span", { class: "muted small", "data-testid": "job-summary", text: summaryText(job) }),
+      node("span", { class: "muted small job-settings", text: settingsText(job) }))),
+    node("span", { class: "job-item-actions" },
+      node("button", { type: "button", class: "btn btn-secondary btn-small", "data-testid": "job-clone",
+        disabled: Boolean(busy), onclick: () => cloneJob(job), text: t("jobs.clone"),
+        "aria-label": t("jobs.clone_label", { id: job.id }) }),
+      TERMINAL.has(status) ? node("button", { type: "button", class: "btn btn-ghost btn-small btn-danger",
+        "data-testid": "job-delete", disabled: Boolean(busy), onclick: () => deleteJob(job), text: t("jobs.delete"),
+        "aria-label": t("jobs.delete_label", { id: job.id }) }) : null)));
   }
 }

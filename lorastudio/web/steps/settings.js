@@ -74,15 +74,22 @@ export async function loadModels() {
   }
 }
 
-/** The model chosen before (this page, then the last visit), else the built-in default, else the first. */
+/** The model chosen before (this page, then the last visit), else the built-in default, else the first;
+ * never one that cannot run here. */
 function pickModel(models) {
-  const known = (id) => id && models.some((m) => m.id === id);
+  const known = (id) => id && models.some((m) => m.id === id && m.available !== false);
   const current = store.get("model");
   const saved = store.recall(MODEL_KEY);
   if (known(current)) return current;
   if (known(saved)) return saved;
   if (known("default")) return "default";
-  return models[0]?.id || "";
+  return models.find((m) => m.available !== false)?.id || "";
+}
+
+/** Why a base cannot run on this server (no GPU, not downloaded and offline), in the page's words. */
+function unavailableText(m) {
+  return (m.unavailable || []).map((r) => tOr(`model.unavailable.${r.code}`, m.unavailable_reason || r.code, r.params || {}))
+    .join(lang() === "zh" ? "；" : "; ");
 }
 
 function modelLabel(m) {
@@ -90,6 +97,7 @@ function modelLabel(m) {
   const bits = [tOr(`model.${m.id}.name`, m.name || m.id)];
   if (size) bits.push(size);
   if (m.smoke_test) bits.push(t("model.smoke_tag"));
+  if (m.available === false) bits.push(t("model.unavailable_tag"));
   return bits.join(" · ");
 }
 
@@ -112,8 +120,23 @@ function renderModelOptions() {
     $("model-info").textContent = "";
     return;
   }
-  for (const m of models) select.append(node("option", { value: m.id, text: modelLabel(m) }));
+  // Bases that cannot run here are listed (so the user knows they exist) but cannot be chosen.
+  for (const m of models) {
+    select.append(node("option", { value: m.id, text: modelLabel(m), disabled: m.available === false,
+      title: m.available === false ? unavailableText(m) : null }));
+  }
   renderModelChoice();
+  renderUnavailable(models);
+}
+
+function renderUnavailable(models) {
+  const box = $("models-unavailable");
+  if (!box) return;
+  const out = models.filter((m) => m.available === false);
+  box.hidden = out.length === 0;
+  box.replaceChildren(...out.map((m) => node("li", { "data-testid": "model-unavailable", "data-model": m.id },
+    node("span", { class: "data", translate: "no", text: tOr(`model.${m.id}.name`, m.name || m.id) }),
+    document.createTextNode(t("model.unavailable_line", { reason: unavailableText(m) })))));
 }
 
 function renderModelChoice() {
@@ -137,6 +160,24 @@ function renderModelChoice() {
 
 // ---------------------------------------------------------------------------------------------
 // the recommendation
+
+/**
+ * Train again with a job's settings: its base, task and schedule chosen, its file opened (`openFile`, which
+ * must not ask for settings itself), the recommendation asked for them, then its changed settings on top.
+ */
+export async function useSettingsOf({ model, task, quick, overrides }, openFile) {
+  const models = store.get("models") || [];
+  const known = models.some((m) => m.id === model) ? model : store.get("model");
+  const taskSelect = $("task-type-select");
+  const chosenTask = [...taskSelect.options].some((o) => o.value === task) ? task : store.get("task");
+  taskSelect.value = chosenTask;
+  store.remember(MODEL_KEY, known);
+  store.remember(TASK_KEY, chosenTask);
+  store.set({ model: known, task: chosenTask, quick: Boolean(quick), overrides: {} });
+  await openFile();
+  await loadRecommendation();
+  store.set({ overrides: { ...overrides } });
+}
 
 /**
  * The data, the task or the model changed: the user's changes are dropped (the quick preview too: the

@@ -1,14 +1,18 @@
-// Step 5, use the tuned model (once a job has succeeded): adapter / merged / GGUF downloads, and a
-// Python (openai SDK) or curl snippet for the service's chat endpoint with a copy button.
+// Step 5, use a tuned model (once a job has succeeded): which one (any succeeded job, the shown one by
+// default, so starting or cancelling another job never takes its downloads away), the adapter alone /
+// merged / GGUF downloads and its training report, and a Python (openai SDK) or curl snippet for the
+// service's chat endpoint with a copy button.
 
 import { api } from "../api.js";
 import { $, node } from "../dom.js";
 import { t } from "../i18n.js";
+import { formatTime, modelName } from "../format.js";
 import * as store from "../store.js";
-import { tunedJob } from "./job.js";
+import { succeededJobs, tunedJob } from "./job.js";
 
 export function initUse() {
-  store.subscribe(["job", "snippetKind", "lang"], renderUse);
+  store.subscribe(["job", "jobs", "useJobId", "snippetKind", "lang"], renderUse);
+  $("use-job").addEventListener("change", (e) => store.set({ useJobId: e.target.value || null }));
   for (const tab of document.querySelectorAll(".tab")) {
     tab.addEventListener("click", () => store.set({ snippetKind: tab.dataset.snippet }));
     tab.addEventListener("keydown", (e) => {
@@ -26,7 +30,12 @@ function renderUse() {
   $("use-empty").hidden = Boolean(job);
   $("use-body").hidden = !job;
   if (!job) return;
+  const select = $("use-job");
+  select.replaceChildren(...succeededJobs().map((j) => node("option", { value: j.id,
+    text: [modelName(j.model), formatTime(j.created_at), j.id].filter(Boolean).join(" · ") })));
+  select.value = job.id;
   $("download-adapter").href = api.downloadUrl(job.id, "adapter");
+  $("download-report").href = api.downloadUrl(job.id, "report");
   $("download-merged").href = api.downloadUrl(job.id, "merged");
   $("download-gguf").href = api.downloadUrl(job.id, "gguf");
   const kind = store.get("snippetKind");

@@ -1,0 +1,209 @@
+"""The studio page's jobs and downloads (issue 15) against the scripted API of test_browser_ui.py, in both
+languages, at desktop and phone width: the job list (status, base, duration, final loss, rows, settings),
+open / train again with… / delete (asked first), pause / resume / cancel (asked first), and downloads that
+belong to the job the user chooses, not to whichever job is on screen."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from browser_support import LAPTOP, PHONE, check_layout, shot, shot_sections
+from test_browser_ui import FakeStudio, browser, live_script, open_page, static_server, upload_broken  # noqa: F401
+
+pytestmark = pytest.mark.browser
+NAMES = ["yunzhan_broken.csv"]
+
+
+def answer_dialogs(page, accept: bool, seen: list[str]) -> None:
+    """Answer the next confirmation with `accept`, keeping its text."""
+    def handle(dialog):
+        seen.append(dialog.message)
+        dialog.accept() if accept else dialog.dismiss()
+    page.once("dialog", handle)
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_job_list_clone_delete_and_downloads_of_the_chosen_job(browser, static_server, lang, tmp_path):  # noqa: F811
+    from playwright.sync_api import expect
+
+    zh = lang == "zh"
+    fake = FakeStudio()
+    context, page, errors = open_page(browser, static_server, lang, fake)
+    upload_broken(page, tmp_path)
+    page.locator("#advanced summary").click()
+    page.locator("#adv-max_steps").fill("6")
+    page.locator("#adv-max_steps").press("Tab")
+    page.get_by_test_id("start-training").click()
+    expect(page.get_by_test_id("job-status")).to_have_attribute("data-status", "succeeded")
+    items = page.get_by_test_id("job-list-item")
+    expect(items).to_have_count(1)
+    first = items.first
+    expect(first).to_have_attribute("data-status", "succeeded")
+    summary = first.get_by_test_id("job-summary")
+    expect(summary).to_contain_text("12 分 34 秒" if zh else "took 12 min 34 s")
+    expect(summary).to_contain_text("最终损失 0.9333" if zh else "final loss 0.9333")
+    expect(summary).to_contain_text("28 行数据" if zh else "28 rows")
+    expect(first.locator(".job-settings")).to_contain_text("改动：" if zh else "changed: ")
+    expect(first.locator(".job-settings")).to_contain_text("6")
+    expect(page.get_by_test_id("download-adapter")).to_have_attribute("href", "/studio/jobs/ftjob-1/download/adapter")
+    expect(page.get_by_test_id("download-report")).to_have_attribute("href", "/studio/jobs/ftjob-1/download/report")
+
+    # another job that fails: the finished one keeps its downloads (issue 15 #2)
+    fake.outcome = "failed"
+    page.get_by_test_id("start-training").click()
+    expect(page.locator("#job-id")).to_have_text("ftjob-2")
+    expect(page.get_by_test_id("job-status")).to_have_attribute("data-status", "failed")
+    expect(items).to_have_count(2)
+    expect(items.first).to_have_attribute("data-job-id", "ftjob-2")  # newest first
+    expect(page.locator("#use-body")).to_be_visible()
+    expect(page.get_by_test_id("use-job-select")).to_have_value("ftjob-1")
+    expect(page.get_by_test_id("download-adapter")).to_have_attribute("href", "/studio/jobs/ftjob-1/download/adapter")
+    check_layout(page, NAMES)
+    shot(page, f"studio-{lang}-jobs-laptop")
+
+    # a fresh browser (nothing remembered) still offers the finished job's downloads
+    fresh, fresh_page, fresh_errors = open_page(browser, static_server, lang, fake)
+    expect(fresh_page.get_by_test_id("job-list-item")).to_have_count(2)
+    expect(fresh_page.get_by_test_id("download-adapter")).to_have_attribute(
+        "href", "/studio/jobs/ftjob-1/download/adapter")
+    assert fresh_errors == []
+    fresh.close()
+
+    # delete asks first: "no" keeps the job, "yes" deletes it
+    asked: list[str] = []
+    failed = page.locator("[data-testid=job-list-item][data-job-id=ftjob-2]")
+    answer_dialogs(page, False, asked)
+    failed.get_by_test_id("job-delete").click()
+    page.wait_for_timeout(300)
+    assert asked == ["确定删除这个任务及其训练好的模型和下载文件吗？删除后无法恢复。" if zh else
+                     "Delete this job with its trained model and downloads? This cannot be undone."]
+    assert fake.actions == [] and "ftjob-2" in fake.jobs
+    answer_dialogs(page, True, asked)
+    failed.get_by_test_id("job-delete").click()
+    expect(items).to_have_count(1)
+    assert fake.actions == [("delete", "ftjob-2")]
+    expect(page.locator("#job-panel")).to_be_hidden()  # the deleted job was on screen
+    assert "ftjob-2" not in page.url
+
+    # train again with…: the same file, base and changed settings, ready to start
+    page.get_by_test_id("base-model-select").select_option("tiny-random")
+    expect(page.locator(".setting.changed")).to_have_count(0)
+    items.first.get_by_test_id("job-clone").click()
+    expect(page.locator("#jobs-action-state")).to_contain_text("已在第 1、2 步载入" if zh else "are loaded in steps 1 and 2")
+    expect(page.get_by_test_id("base-model-select")).to_have_value("default")
+    expect(page.locator(".setting.changed")).to_have_count(1)
+    expect(page.locator("#adv-max_steps")).to_have_value("6")
+    check_layout(page, NAMES)
+    page.get_by_test_id("start-training").click()
+    expect(page.locator("#job-id")).to_have_text("ftjob-3")
+    assert fake.created[-1]["hyperparameters"] == {"task": "qa", "max_steps": 6}
+    assert fake.created[-1]["model"] == "default" and fake.created[-1]["training_file"] == "file-broken"
+
+    page.set_viewport_size(PHONE)
+    page.wait_for_timeout(300)
+    check_layout(page, NAMES)
+    shot_sections(page, f"studio-{lang}-jobs-phone", ["step-train", "step-use"])
+    assert errors == []
+    context.close()
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_pause_resume_and_cancel_after_asking(browser, static_server, lang, tmp_path):  # noqa: F811
+    from playwright.sync_api import expect
+
+    zh = lang == "zh"
+    fake = FakeStudio(schedules=True, script=live_script(time.time() - 100))
+    context, page, errors = open_page(browser, static_server, lang, fake)
+    upload_broken(page, tmp_path)
+    fake.phase = 1
+    page.get_by_test_id("start-training").click()
+    status = page.get_by_test_id("job-status")
+    expect(status).to_have_attribute("data-status", "running")
+    pause, resume, cancel = (page.get_by_test_id(t) for t in ("job-pause", "job-resume", "job-cancel"))
+    expect(pause).to_be_visible()
+    expect(resume).to_be_hidden()
+    expect(pause).to_have_text("暂停" if zh else "Pause")
+
+    pause.click()
+    expect(status).to_have_attribute("data-status", "paused")
+    expect(status).to_have_text("已暂停" if zh else "paused")
+    expect(resume).to_be_visible()
+    expect(pause).to_be_hidden()
+    expect(page.locator("[data-testid=job-list-item][data-job-id=ftjob-1]")).to_have_attribute("data-status", "paused")
+    check_layout(page, NAMES)
+    shot(page, f"studio-{lang}-paused-laptop")
+    resume.click()
+    expect(status).to_have_attribute("data-status", "running")
+    expect(pause).to_be_visible()
+    assert fake.actions == [("pause", "ftjob-1"), ("resume", "ftjob-1")]
+
+    asked: list[str] = []
+    answer_dialogs(page, False, asked)
+    cancel.click()
+    page.wait_for_timeout(300)
+    assert len(asked) == 1 and ("已经学到的内容会被丢弃" if zh else "thrown away") in asked[0]
+    expect(status).to_have_attribute("data-status", "running")
+    assert fake.actions[-1] == ("resume", "ftjob-1")
+    answer_dialogs(page, True, asked)
+    cancel.click()
+    expect(status).to_have_attribute("data-status", "cancelled")
+    assert fake.actions[-1] == ("cancel", "ftjob-1")
+    expect(cancel).to_be_hidden()
+    expect(page.locator("[data-testid=job-list-item][data-job-id=ftjob-1]").get_by_test_id("job-delete")).to_be_visible()
+    page.set_viewport_size(PHONE)
+    page.wait_for_timeout(300)
+    check_layout(page, NAMES)
+    shot_sections(page, f"studio-{lang}-cancelled-phone", ["step-train"])
+    page.set_viewport_size(LAPTOP)
+    assert errors == []
+    context.close()
+
+
+
+SEVEN_B = {"id": "Qwen/Qwen2.5-7B-Instruct", "name": "Qwen2.5-7B-Instruct", "params": "7.6B", "disk_gb": 15.2,
+           "min_memory_gb": 24, "description": "Strong bilingual (zh/en) chat model; needs a 24 GB+ GPU. Hub download.",
+           "offline": False, "smoke_test": False, "hub_id": "Qwen/Qwen2.5-7B-Instruct", "available": False,
+           "unavailable": [{"code": "no_gpu", "params": {"memory": 24}}, {"code": "offline", "params": {}}],
+           "notes": [], "unavailable_reason": "needs a GPU with 24 GB of memory, and this server has none"}
+
+
+class CpuOfflineStudio(FakeStudio):
+    """A CPU-only, offline server: the 7B base is listed but cannot run."""
+
+    def handle(self, route, request) -> None:
+        if request.url.endswith("/studio/models"):
+            from test_browser_ui import MODELS
+
+            body = {"data": [*[{**m, "available": True, "unavailable": [], "notes": []} for m in MODELS], SEVEN_B]}
+            return route.fulfill(status=200, content_type="application/json", body=json.dumps(body))
+        return super().handle(route, request)
+
+
+@pytest.mark.parametrize(("lang", "viewport"), [("en", LAPTOP), ("zh", PHONE)])
+def test_bases_that_cannot_run_here_are_shown_disabled_with_the_reason(browser, static_server, lang, viewport):  # noqa: F811
+    from playwright.sync_api import expect
+
+    zh = lang == "zh"
+    fake = CpuOfflineStudio()
+    context, page, errors = open_page(browser, static_server, lang, fake, viewport=viewport)
+    # even when it was the choice of the last visit, a base that cannot run is not chosen
+    page.evaluate("localStorage.setItem('lorastudio.model', 'Qwen/Qwen2.5-7B-Instruct')")
+    page.reload()
+    page.wait_for_selector("body[data-ready=true]")
+    select = page.get_by_test_id("base-model-select")
+    expect(select).to_have_value("default")
+    option = select.locator("option[value='Qwen/Qwen2.5-7B-Instruct']")
+    expect(option).to_be_disabled()
+    expect(option).to_contain_text("此处无法运行" if zh else "cannot run here")
+    line = page.locator("[data-testid=model-unavailable][data-model='Qwen/Qwen2.5-7B-Instruct']")
+    expect(line).to_have_text("Qwen2.5-7B-Instruct 无法在此运行：需要显存 24 GB 的 GPU，这台服务器没有；尚未下载，且这台服务器无法连接"
+                              " Hugging Face 下载" if zh else "Qwen2.5-7B-Instruct cannot run here: needs a GPU with 24 GB of "
+                              "memory, and this server has none; not downloaded yet, and this server cannot reach Hugging "
+                              "Face to download it")
+    expect(page.locator("[data-testid=model-unavailable]")).to_have_count(1)
+    check_layout(page)
+    shot_sections(page, f"studio-{lang}-bases-{'phone' if zh else 'laptop'}", ["step-settings"])
+    assert errors == []
+    context.close()
