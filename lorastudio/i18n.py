@@ -582,6 +582,23 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "option --quick: {text}", "选项 --quick：{text}"),
     "cli.train.full_hint": (
         "without --quick/--time-budget: {text}", "不加 --quick/--time-budget：{text}"),
+    # --- service: playground question files (playground.py), in the language of the request ------
+    "playground.no_question_column": (
+        "{file} has no question column (its columns: {columns}). Name the column of questions 'question' or "
+        "'问题', and the optional key facts 'must_contain' or '关键词'.",
+        "{file} 没有“问题”列（现有的列：{columns}）。请把问题所在的列命名为“问题”或 question，可选的要点列命名为“关键词”或 must_contain。"),
+    "playground.row_unreadable": ("row {row}: the row cannot be read", "第 {row} 行：这一行无法读取"),
+    "playground.row_empty_question": ("row {row}: the question is empty", "第 {row} 行：问题为空"),
+    "playground.row_too_long": (
+        "row {row}: the question has {chars} characters, at most {limit} are allowed",
+        "第 {row} 行：问题有 {chars} 个字符，最多允许 {limit} 个"),
+    "playground.file_rows": (
+        "{file}: {count} row(s) cannot be used ({rows}). Fix or delete them, then upload the file again.",
+        "{file} 中有 {count} 行不能使用（{rows}）。请修改或删除这些行后重新上传。"),
+    "playground.no_questions": ("{file} contains no questions.", "{file} 里没有问题。"),
+    "playground.too_many": (
+        "{file} has {count} questions; at most {limit} can be asked at a time. Split the file.",
+        "{file} 有 {count} 个问题，一次最多 {limit} 个。请拆分文件。"),
     # --- service: /studio routes (api_studio.py), in the language of the request ------------------
     "studio.question_empty": ("The question is empty: type a question.", "问题是空的：请输入一个问题。"),
     "studio.question_too_long": (

@@ -242,6 +242,76 @@ def summary(questions: Sequence[SetQuestion], passed: dict[str, list[bool | None
     return out
 
 
+# --- question files ------------------------------------------------------------------------------
+QUESTION_COLUMNS = ("question", "q", "instruction", "prompt", "input", "query", "问题", "提问", "指令")
+KEY_COLUMNS = ("must_contain", "keywords", "keys", "key_facts", "必须包含", "关键词", "关键点", "要点")
+
+
+def _column(fields: dict, names: Sequence[str]) -> str | None:
+    lowered = {str(k).strip().lower(): k for k in fields}
+    return next((lowered[n] for n in names if n in lowered), None)
+
+
+def read_questions(data: bytes, name: str, lang: str = "en") -> list[SetQuestion]:
+    """Questions (and optional key facts) from an uploaded file: TXT (one per line), CSV/TSV/XLSX (a
+    question column, an optional must_contain/关键词 column with `|` between key facts) or JSONL/JSON.
+
+    Any unusable row refuses the file with every such row named (`PlaygroundError`, its message in
+    `lang`): a question set must be whole to compare runs fairly, and no row is dropped silently.
+    """
+    from lorastudio.data import DataError
+    from lorastudio.data.readers import cell_text, decode, read_bytes
+    from lorastudio.i18n import t
+
+    suffix = name[name.rfind("."):].lower() if "." in name else ""
+    try:
+        if suffix == ".txt":
+            text, _enc = decode(data, name)
+            items = [(i, {"question": line.strip()}) for i, line in enumerate(text.lstrip("\ufeff").splitlines(), 1)
+                     if line.strip()]
+            qcol, kcol, bad = "question", None, []
+        else:
+            table = read_bytes(data, name=name, suffix=suffix)
+            fields = [r.fields for r in table.records if r.fields]
+            qcol = _column(fields[0], QUESTION_COLUMNS) if fields else None
+            if fields and qcol is None:
+                found = ", ".join(map(str, table.columns or fields[0]))
+                raise PlaygroundError("question_file_no_column", t("playground.no_question_column", lang, file=name,
+                                                                    columns=found))
+            kcol = _column(fields[0], KEY_COLUMNS) if fields else None
+            items = [(r.row, r.fields) for r in table.records if r.fields is not None]
+            bad = [t("playground.row_unreadable", lang, row=r.row) for r in table.records if r.fields is None]
+    except DataError as exc:
+        raise PlaygroundError("question_file_unreadable", exc.localized(lang)) from None
+    questions = []
+    for row, rec in items:
+        q = cell_text(rec.get(qcol))
+        if not q or not q.strip():
+            bad.append(t("playground.row_empty_question", lang, row=row))
+            continue
+        if len(q) > MAX_QUESTION_CHARS:
+            bad.append(t("playground.row_too_long", lang, row=row, chars=len(q), limit=MAX_QUESTION_CHARS))
+            continue
+        raw = rec.get(kcol) if kcol else None
+        if isinstance(raw, list):
+            keys = [str(k).strip() for k in raw if str(k).strip()]
+        else:
+            keys = [k.strip() for k in cell_text(raw).split("|") if k.strip()] if raw not in (None, "") else []
+        questions.append(SetQuestion(q.strip(), keys, row))
+    if bad:
+        sep = "；" if lang == "zh" else "; "
+        shown = sep.join(bad[:8]) + (("…" if lang == "zh" else " …") if len(bad) > 8 else "")
+        raise PlaygroundError("question_file_rows", t("playground.file_rows", lang, file=name, count=len(bad),
+                                                      rows=shown))
+    if not questions:
+        raise PlaygroundError("question_file_empty", t("playground.no_questions", lang, file=name))
+    if len(questions) > MAX_SET_QUESTIONS:
+        raise PlaygroundError("too_many_questions", t("playground.too_many", lang, file=name, count=len(questions),
+                                                      limit=MAX_SET_QUESTIONS), count=len(questions),
+                              limit=MAX_SET_QUESTIONS)
+    return questions
+
+
 # --- the forgetting check ------------------------------------------------------------------------
 def general_questions() -> list[SetQuestion]:
     """The built-in general questions (zh/en facts, held out from the replay prompts training uses)."""

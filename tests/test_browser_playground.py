@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import socket
 import threading
 import time
@@ -262,7 +263,11 @@ def test_playground_and_evaluation(browser, server, tmp_path):
         err = page.locator("#eval-state[data-testid=error-message]")
         expect(err).to_contain_text("问题文件无法使用" if zh else "The question file cannot be used")
         expect(err).to_contain_text("broken.csv")
+        expect(err).to_contain_text("第 1 行：问题为空" if zh else "row 1: the question is empty")
+        if zh:  # the service's words come in the page's language too
+            assert not re.search("[A-Za-z]{3,}", err.inner_text().replace("broken.csv", "")), err.inner_text()
         layout(page, f"pg-{lang}-4-evaluate-laptop")
+        shot_sections(page, f"pg-{lang}-4-laptop", SECTIONS)
 
         page.set_viewport_size(PHONE)
         page.wait_for_timeout(300)

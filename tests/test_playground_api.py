@@ -119,10 +119,17 @@ def test_question_file_upload_reads_keys_and_names_the_users_file(client):
     assert r.json()["questions"] == [
         {"question": "工单超时多久升级？", "must_contain": ["二线", "4 小时"], "row": 1},
         {"question": "What is 2+2?", "must_contain": ["4"], "row": 2}]
-    bad = client.post("/studio/playground/questions", files={"file": ("held_out.csv", b"question,x\n,1\n")})
-    assert bad.status_code == 400 and bad.json()["error"]["code"] == "question_file_unreadable"
-    message = bad.json()["error"]["message"]
-    assert "held_out.csv" in message and "row 1" in message and "/tmp" not in message and "lorastudio-" not in message
+    bad = client.post("/studio/playground/questions", files={"file": ("held_out.csv", b"question,x\n,1\nok,2\n\n")})
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "question_file_rows"
+    assert bad.json()["error"]["message"] == ("held_out.csv: 1 row(s) cannot be used (row 1: the question is empty). "
+                                              "Fix or delete them, then upload the file again.")
+    zh = client.post("/studio/playground/questions", files={"file": ("测试.csv", b"question,x\n,1\n")},
+                     headers={"Accept-Language": "zh-CN,zh"})
+    assert zh.json()["error"]["message"] == "测试.csv 中有 1 行不能使用（第 1 行：问题为空）。请修改或删除这些行后重新上传。"
+    nocol = client.post("/studio/playground/questions", files={"file": ("q.csv", b"foo,bar\n1,2\n")})
+    assert nocol.json()["error"]["code"] == "question_file_no_column" and "foo, bar" in nocol.json()["error"]["message"]
+    txt = client.post("/studio/playground/questions", files={"file": ("q.txt", "第一个\n\n第二个\n".encode())})
+    assert [q["question"] for q in txt.json()["questions"]] == ["第一个", "第二个"]
     kind = client.post("/studio/playground/questions", files={"file": ("a.pdf", b"%PDF")})
     assert kind.status_code == 400 and kind.json()["error"]["code"] == "question_file_type"
 

@@ -11,7 +11,6 @@ the page translates. Contracts in docs/UI.md ("Playground and evaluation").
 from __future__ import annotations
 
 import json
-import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -156,30 +155,30 @@ async def playground_set(request: Request, body: SetRequest) -> StreamingRespons
 
 
 @router.post("/playground/questions", summary="Read a question file (CSV, TSV, XLSX, TXT, JSONL) for a question set")
-async def playground_questions(file: UploadFile = File(...)) -> dict:
-    from lorastudio.evaluate import EvalFileError, load_questions
+async def playground_questions(request: Request, file: UploadFile = File(...)) -> dict:
+    """`{filename, questions: [{question, must_contain, row}]}`; a file with unusable rows is refused with
+    every such row named, in the request's language (Accept-Language)."""
+    from lorastudio.playground import PlaygroundError, read_questions
+    from lorastudio.serve.api_studio import request_lang
 
     name = display_name(file.filename)
     suffix = Path(name).suffix.lower()
     if suffix not in QUESTION_SUFFIXES:
         raise APIError(400, f"{name}: use a .csv, .tsv, .xlsx, .txt or .jsonl file.", param="file",
                        code="question_file_type")
+    lang = request_lang(request)
 
     def work() -> dict:
-        with tempfile.TemporaryDirectory(prefix="lorastudio-questions-") as tmp:
-            path = Path(tmp) / f"questions{suffix}"
-            data = file.file.read(MAX_QUESTION_FILE_BYTES + 1)
-            if len(data) > MAX_QUESTION_FILE_BYTES:
-                raise APIError(413, f"{name} is larger than {MAX_QUESTION_FILE_BYTES // (1024 * 1024)} MiB; a "
-                               "question set is small: split it.", param="file", code="question_file_too_large")
-            path.write_bytes(data)
-            try:
-                qs = load_questions(path)
-            except EvalFileError as exc:  # the message names our temporary path: give the user's name
-                message = str(exc).replace(str(path), name).replace(str(tmp), "")
-                raise APIError(400, message, param="file", code="question_file_unreadable") from None
-        return {"filename": name, "questions": [{"question": q.question, "must_contain": q.must_contain,
-                                                 "row": q.row} for q in qs]}
+        data = file.file.read(MAX_QUESTION_FILE_BYTES + 1)
+        if len(data) > MAX_QUESTION_FILE_BYTES:
+            raise APIError(413, f"{name} is larger than {MAX_QUESTION_FILE_BYTES // (1024 * 1024)} MiB; a "
+                           "question set is small: split it.", param="file", code="question_file_too_large")
+        try:
+            qs = read_questions(data, name, lang)
+        except PlaygroundError as exc:
+            raise APIError(400, str(exc), param="file", code=exc.code) from None
+        return {"filename": name, "questions": [{"question": q.question, "must_contain": q.keys, "row": q.row}
+                                                for q in qs]}
 
     return await run_in_threadpool(work)
 

@@ -134,7 +134,8 @@ export function modelLabel(model) {
   if (!adapter) return modelName(model);
   const when = adapter.created_at ? new Date(adapter.created_at * 1000).toLocaleString(lang() === "zh" ? "zh-CN" : "en-US",
     { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" }) : "";
-  return t("pg.adapter_option", { job: adapter.suffix || adapter.job_id || model, base: modelName(adapter.base), when });
+  const job = adapter.suffix || (adapter.job_id ? adapter.job_id.slice(0, 12) : model);
+  return t("pg.adapter_option", { job, base: adapter.base, when });
 }
 
 /** A ✓/✗ mark (words for screen readers) before an answer that was scored on key facts. */
@@ -186,7 +187,7 @@ export function initPlayground() {
   store.subscribe(["pgModels", "pgModelsError", "job", "lang"], renderPickers);
   store.subscribe(["chat", "lang"], renderChat);
   store.subscribe(["setRun", "lang"], renderSet);
-  store.subscribe("jobs", refreshWhenNewAdapter);
+  store.subscribe(["jobs", "job"], refreshWhenNewAdapter);
   $("compare-model-a").addEventListener("change", renderTitles);
   $("compare-model-b").addEventListener("change", renderTitles);
   for (const id of ["compare-temperature", "compare-temperature-b"]) {
@@ -208,7 +209,7 @@ export function initPlayground() {
 
 /** A job that finished since the list was fetched: fetch the choices again (they are every adapter). */
 function refreshWhenNewAdapter() {
-  const finished = (store.get("jobs") || []).filter((j) => j.status === "succeeded" && j.fine_tuned_model);
+  const finished = [...(store.get("jobs") || []), store.get("job")].filter((j) => j && j.status === "succeeded" && j.fine_tuned_model);
   const known = new Set((store.get("pgModels")?.adapters || []).map((a) => a.model));
   if (store.get("pgModels") && finished.some((j) => !known.has(j.fine_tuned_model))) loadPlaygroundModels();
 }
@@ -487,7 +488,7 @@ function renderSet() {
   $("set-table").hidden = !run;
   $("set-export-csv").disabled = $("set-export-xlsx").disabled = !run || run.running;
   if (!run) return;
-  const labels = [t("compare.question"), `A · ${modelLabel(run.a.model)}`, run.b ? `B · ${modelLabel(run.b.model)}` : "B", t("pg.flip")];
+  const labels = [t("compare.question"), t("pg.model_a"), t("pg.model_b"), t("pg.flip")];
   $("set-col-a").replaceChildren(...tNodes("pg.answer_of", { which: "A", model: modelLabel(run.a.model) }));
   $("set-col-b").replaceChildren(...(run.b ? tNodes("pg.answer_of", { which: "B", model: modelLabel(run.b.model) })
     : [document.createTextNode(t("pg.b_off"))]));
