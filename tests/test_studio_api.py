@@ -232,3 +232,22 @@ def test_studio_routes_are_typed_in_openapi_and_answer_as_before(client):
     assert client.get(f"/studio/jobs/{job['id']}/metrics").json()["data"][0].keys() >= {"type", "step", "loss", "time"}
     listed = client.get("/studio/jobs").json()["data"][0]
     assert listed == {**client.get(f"/v1/fine_tuning/jobs/{job['id']}").json(), "studio": listed["studio"]}
+
+
+def test_an_empty_answer_cell_in_excel_is_an_empty_answer_with_the_excel_row(client):
+    """Issue 15 #5: it was "row cannot be read… stray line break" with field "—", and "row 5" is Excel's 6."""
+    import openpyxl
+
+    book = openpyxl.Workbook()
+    book.active.append(["问题", "答案"])
+    for i in range(1, 5):
+        book.active.append([f"问题{i}？", f"答案{i}"])
+    book.active.append(["没有答案的问题？", None])
+    buf = BytesIO()
+    book.save(buf)
+    fid = upload(client, buf.getvalue(), name="faq.xlsx").json()["id"]
+    report = client.get(f"/studio/files/{fid}/report", headers=ZH).json()
+    [issue] = report["issues"]
+    assert issue["kind"] == "empty_response" and issue["field"] == "答案" and issue["row"] == 5
+    assert "换行" not in issue["message"] + issue["hint"]
+    assert report["sheet_row_offset"] == 1  # Excel's row 6

@@ -207,3 +207,34 @@ def test_bases_that_cannot_run_here_are_shown_disabled_with_the_reason(browser, 
     shot_sections(page, f"studio-{lang}-bases-{'phone' if zh else 'laptop'}", ["step-settings"])
     assert errors == []
     context.close()
+
+
+class ExcelStudio(FakeStudio):
+    """A workbook whose 6th data row (Excel's row 7) has an empty answer cell, reported in the page's language."""
+
+    def handle(self, route, request) -> None:
+        if request.url.endswith("/studio/files/file-broken/report"):
+            zh = (request.headers.get("accept-language") or "en").startswith("zh")
+            issue = {"row": 6, "severity": "error", "kind": "empty_response", "field": "答案",
+                     "message": "回答（答案）为空。" if zh else "The response (答案) is empty.",
+                     "hint": "请补上回答，或删除这一行。" if zh else "Fill in the response, or delete the row."}
+            body = {"file": "faq.xlsx", "file_id": "file-broken", "lang": "zh" if zh else "en", "format": "xlsx",
+                    "schema": "instruction_response", "encoding": None, "rows_total": 8, "rows_ok": 7,
+                    "rows_rejected": 1, "issues": [issue], "dataset_issues": [], "sheet_row_offset": 1}
+            return route.fulfill(status=200, content_type="application/json", body=json.dumps(body))
+        return super().handle(route, request)
+
+
+@pytest.mark.parametrize(("lang", "viewport"), [("en", LAPTOP), ("zh", PHONE)])
+def test_an_excel_row_is_shown_as_excel_numbers_it(browser, static_server, lang, viewport, tmp_path):  # noqa: F811
+    from playwright.sync_api import expect
+
+    context, page, errors = open_page(browser, static_server, lang, ExcelStudio(), viewport=viewport)
+    upload_broken(page, tmp_path)
+    row = page.locator("[data-testid=validation-issue][data-row='6']")
+    expect(row.get_by_test_id("validation-excel-row")).to_have_text("Excel 第 7 行" if lang == "zh" else "Excel row 7")
+    expect(row).to_contain_text("回答为空" if lang == "zh" else "Answer is empty")
+    check_layout(page, ["faq.xlsx", "yunzhan_broken.csv"])
+    shot_sections(page, f"studio-{lang}-excel-row", ["step-data"])
+    assert errors == []
+    context.close()

@@ -18,6 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 and /studio "
                         "(or set LORASTUDIO_API_KEY, which keeps the key out of the process list)")
     parser.add_argument("--max-upload-mb", type=int, default=None, help="largest accepted upload (default 512)")
+    parser.add_argument("--chat-queue", type=int, default=None, help="chat requests that may wait per model while "
+                        "one generates; more are answered 429 with Retry-After (default 8, LORASTUDIO_CHAT_QUEUE)")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 
@@ -28,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
         settings = Settings.from_env(
             host=args.host, port=args.port, data_dir=args.data_dir, api_key=args.api_key,
             max_upload_bytes=args.max_upload_mb * 1024 * 1024 if args.max_upload_mb else None,
+            chat_queue=args.chat_queue,
         )
         settings.check_bind()
     except SettingsError as exc:

@@ -49,6 +49,7 @@ class RawTable:
     sheet: str | None = None  # XLSX: the sheet read
     sheets: list[str] = field(default_factory=list)  # XLSX: all sheets, to suggest --sheet
     skipped: list[str] = field(default_factory=list)  # title lines above the header, reported
+    header_row: int | None = None  # XLSX: the sheet row of the header (Excel's row of data row r: r + header_row)
 
 
 # --- encodings --------------------------------------------------------------------------------
@@ -531,7 +532,10 @@ def _read_xlsx(data: bytes, name: str, sheet: str | None) -> RawTable:
     at = next((i for i, (_, cells) in enumerate(rows[:HEADER_SEARCH_LINES]) if header_score(cells) >= 2), 0)
     header_row, header_cells = rows[at]
     header = [c.strip() or f"column {i}" for i, c in enumerate(header_cells, start=1)]
-    records = [_cells_record(r - header_row, cells, header, None) for r, cells in rows[at + 1:]]
+    # A spreadsheet row has a cell under every column: trailing empty cells are empty values, not a row
+    # cut short by a stray line break (as in a CSV), so the row is judged by its fields (e.g. empty answer).
+    records = [_cells_record(r - header_row, cells + [""] * (len(header) - len(cells)), header, None)
+               for r, cells in rows[at + 1:]]
     skipped = [" ".join(c for c in cells if c.strip()) for _, cells in rows[:at]]
     return RawTable("xlsx", None, records, columns=header, sheet=ws.title, sheets=list(wb.sheetnames),
-                    skipped=skipped)
+                    skipped=skipped, header_row=header_row)

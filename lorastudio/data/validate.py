@@ -56,6 +56,7 @@ class ValidationReport:
     columns: list[str] | None = None  # the source header/keys, for write_rejected
     mappings: list[dict] = field(default_factory=list)  # [{"from": "instructlon", "to": "instruction"}]
     delimiter: str | None = None
+    header_row: int | None = None  # XLSX: the sheet row of the header, so data row r is Excel's row r + header_row
 
     @property
     def rows_ok(self) -> int:
@@ -337,6 +338,7 @@ def validate_table(table: RawTable, name: str, *, max_length: int = 2048,
         conversations=conversations, issues=issues, dataset_issues=dataset_issues, rejected=rejected,
         columns=table.columns if table.columns is not None else (columns or None),
         mappings=[{"from": s, "to": d} for s, d in cmap.mapped], delimiter=table.delimiter,
+        header_row=table.header_row,
     )
 
 

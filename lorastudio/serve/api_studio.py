@@ -105,10 +105,13 @@ def _web_hints(report: dict, lang: str) -> dict:
 
 def _report(record: dict, lang: str) -> dict:
     """The validation report in `lang`, computed once per file and language, cached beside it."""
-    cache = Path(record["path"]).with_name(f"{record['id']}.report-v2.{lang}.json")
+    cache = Path(record["path"]).with_name(f"{record['id']}.report-v3.{lang}.json")
     if cache.exists():
         return json.loads(cache.read_text(encoding="utf-8"))
-    report = _web_hints(_validate(record, lang).to_dict(lang), lang)
+    validated = _validate(record, lang)
+    report = _web_hints(validated.to_dict(lang), lang)
+    if validated.header_row is not None:  # XLSX: Excel's row of data row r is r + this
+        report["sheet_row_offset"] = validated.header_row
     report["file"] = record["filename"]  # the client's name, not our storage path
     report["file_id"] = record["id"]
     report["lang"] = lang

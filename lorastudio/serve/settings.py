@@ -47,6 +47,8 @@ class Settings:
     trainer_command: list[str] = field(default_factory=lambda: [sys.executable, "-m", "lorastudio", "train"])
     """Prefix of the training command; the worker appends DATA --base … --output … --config …"""
     max_adapters: int = 4
+    chat_queue: int = 8
+    """Chat requests that may wait per base model while one generates; more get 429 + Retry-After."""
     cancel_grace_s: float = 5.0
     """Seconds a cancelled trainer gets to exit after SIGTERM before SIGKILL."""
     pause_grace_s: float = 120.0
@@ -63,8 +65,17 @@ class Settings:
         self.data_dir = Path(self.data_dir).expanduser().resolve()
         if self.max_upload_bytes < 1:
             raise SettingsError("max upload size must be at least 1 byte")
+        if self.chat_queue < 0:
+            raise SettingsError("the chat queue limit must be 0 or more (LORASTUDIO_CHAT_QUEUE / --chat-queue)")
         if not self.devices:
             raise SettingsError("at least one training device slot is needed")
+        if self.api_key and not all("!" <= ch <= "~" for ch in self.api_key):
+            # HTTP clients send header bytes in different encodings (the openai SDK refuses anything but
+            # ASCII), so such a key could lock every client out. The key itself is never printed.
+            raise SettingsError("the API key may contain only printable ASCII characters without spaces "
+                                "(letters, digits, punctuation): HTTP clients, the official openai SDK among "
+                                "them, cannot send others in a header. Generate one with: python -c "
+                                "'import secrets; print(secrets.token_urlsafe(32))'")
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
@@ -75,6 +86,7 @@ class Settings:
         values["port"] = _env_int("LORASTUDIO_PORT", 8000)
         if os.environ.get("LORASTUDIO_API_KEY"):
             values["api_key"] = os.environ["LORASTUDIO_API_KEY"]
+        values["chat_queue"] = _env_int("LORASTUDIO_CHAT_QUEUE", 8)
         values["max_upload_bytes"] = _env_int("LORASTUDIO_MAX_UPLOAD_MB", 512) * 1024 * 1024
         if os.environ.get("LORASTUDIO_DEVICES"):
             values["devices"] = [d.strip() for d in os.environ["LORASTUDIO_DEVICES"].split(",") if d.strip()]

@@ -81,6 +81,7 @@ class ValidationReport(_Open):
     rows_rejected: int
     issues: list[ReportIssue]
     dataset_issues: list[DatasetIssue]
+    sheet_row_offset: int | None = Field(None, description="XLSX: Excel's row of data row r is r + this.")
 
 
 # --- recommendations -----------------------------------------------------------------------------

@@ -126,9 +126,10 @@ function issueHint(issue) {
   return tOr(`hint.${issue.kind}`, issue.hint || "");
 }
 
+/** A field in the page's words; a column named in the user's file (e.g. "答案") is data, as they wrote it. */
 function fieldName(field) {
   if (!field) return "—";
-  return tOr(`field.${field}`, field);
+  return has(`field.${field}`) ? t(`field.${field}`) : node("span", { class: "data", translate: "no", text: field });
 }
 
 function renderReport() {
@@ -177,10 +178,14 @@ function renderReport() {
   for (const [row, issues] of rows) {
     // One wrapper per cell: on phones each cell is a two-column grid (label, content).
     const cell = (label, items, cls = "") => node("td", { "data-label": label, class: cls },
-      node("div", {}, ...items.map((text) => node("div", { text }))));
+      node("div", {}, ...items.map((item) => (typeof item === "string" ? node("div", { text: item }) : node("div", {}, item)))));
     const severe = issues.some((i) => i.severity === "error");
     const tr = node("tr", { "data-testid": "validation-issue", "data-row": row, class: severe ? "sev-error" : "sev-warning" },
-      node("td", { "data-label": t("data.col_row"), class: "num" }, node("div", {}, node("strong", { text: String(row) }))),
+      node("td", { "data-label": t("data.col_row"), class: "num" }, node("div", {}, node("strong", { text: String(row) }),
+        // A spreadsheet user looks for the row Excel shows (the header and any title rows above it count).
+        Number.isInteger(report.sheet_row_offset)
+          ? node("span", { class: "excel-row", "data-testid": "validation-excel-row",
+            text: t("data.excel_row", { n: row + report.sheet_row_offset }) }) : null)),
       cell(t("data.col_kind"), issues.map((i) => `${issueKind(i)}${i.severity === "warning" ? ` (${t("severity.warning")})` : ""}`), "kind"),
       cell(t("data.col_field"), issues.map((i) => fieldName(i.field))),
       cell(t("data.col_message"), issues.map((i) => i.message || ""), "data"),
