@@ -117,6 +117,18 @@ def _lib() -> Any:
     return lib
 
 
+def preload() -> str:
+    """Load the library now, while torch is not loaded yet, so its threads get the short spin; for
+    long-lived processes that import torch later (the server: a chat engine is made on first use).
+    Returns how llama.cpp's threads wait ("not loaded" when the binding is missing)."""
+    if available():
+        try:
+            _lib()
+        except LlamaCppError:
+            pass
+    return omp_wait
+
+
 # --------------------------------------------------------------------------------------------
 # GGUF metadata
 

@@ -56,7 +56,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"lorastudio serve: {exc}", file=sys.stderr)
         return 2
     probe.close()
+    from lorastudio import llamacpp
     from lorastudio.serve.store import StoreDamaged
+
+    # Before anything imports torch: llama.cpp's threads then wait with a short spin (docs/ENGINE.md).
+    llamacpp.preload()
 
     try:
         app = create_app(settings)
