@@ -635,6 +635,18 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "not downloaded, and this server cannot reach the Hugging Face hub", "尚未下载，且这台服务器无法连接 Hugging Face"),
     "studio.unavailable.not_downloaded": (
         "not downloaded yet: the first run downloads {disk} GB", "尚未下载：第一次使用时需下载 {disk} GB"),
+    "studio.field.instruction": ("question", "问题"),
+    "studio.field.input": ("extra input", "补充输入"),
+    "studio.field.response": ("answer", "回答"),
+    "studio.field.system": ("system prompt", "系统提示"),
+    "studio.mapping.not_table": (
+        "{file} is not a table with columns, so there is no column mapping to change.",
+        "{file} 不是带列的表格，没有可以修改的列对应关系。"),
+    "studio.mapping.unknown_column": ("There is no column '{column}' in this file.", "这个文件里没有“{column}”这一列。"),
+    "studio.mapping.unknown_field": ("'{field}' is not something a column can be used as.", "列不能用作“{field}”。"),
+    "studio.mapping.need_one": (
+        "Choose exactly one column as the {field} ({count} chosen).", "请恰好选择一列作为{field}（现在选了 {count} 列）。"),
+    "studio.mapping.twice": ("Each use can go to one column only.", "每种用途只能对应一列。"),
     # --- end of service: /studio routes
 }
 

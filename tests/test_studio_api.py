@@ -251,3 +251,40 @@ def test_an_empty_answer_cell_in_excel_is_an_empty_answer_with_the_excel_row(cli
     assert issue["kind"] == "empty_response" and issue["field"] == "答案" and issue["row"] == 5
     assert "换行" not in issue["message"] + issue["hint"]
     assert report["sheet_row_offset"] == 1  # Excel's row 6
+
+
+def test_preview_shows_rows_as_the_model_sees_them(client):
+    fid = upload(client).json()["id"]
+    body = client.get(f"/studio/files/{fid}/preview", params={"model": "tiny-random", "rows": 2}).json()
+    assert body["file_id"] == fid and body["model"] == "tiny-random" and body["template"] == "chatml"
+    assert [r["row"] for r in body["rows"]] == [1, 2]
+    first = body["rows"][0]
+    assert first["messages"] == [{"role": "user", "content": "工单 0 超时多久升级？"},
+                                 {"role": "assistant", "content": "超过 2 小时升级到二线。"}]
+    learned = "".join(s["text"] for s in first["segments"] if s["learned"])
+    context = "".join(s["text"] for s in first["segments"] if not s["learned"])
+    assert learned.startswith("超过 2 小时升级到二线。") and "<|im_start|>user\n工单 0 超时多久升级？" in context
+    assert body["columns"] == [] and body["editable"] is False  # JSONL: no columns to map
+    assert client.get(f"/studio/files/{fid}/preview", params={"model": "nope"}).status_code == 404
+
+
+def test_a_guessed_column_mapping_can_be_changed_into_a_new_file(client):
+    csv = "questoin,answre,备注\n退款多久到账？,3 个工作日。,x\n怎么开发票？,在订单页申请。,y\n\n工单多久升级？,,z\n"
+    fid = upload(client, csv.encode(), name="faq.csv").json()["id"]
+    body = client.get(f"/studio/files/{fid}/preview", params={"model": "tiny-random"}).json()
+    assert body["editable"] is True
+    assert body["columns"] == [{"column": "questoin", "field": "instruction", "how": "guessed"},
+                               {"column": "answre", "field": "response", "how": "guessed"},
+                               {"column": "备注", "field": None, "how": "unused"}]
+    wrong = client.post(f"/studio/files/{fid}/mapping", headers=ZH,
+                        json={"fields": {"questoin": "instruction", "answre": None, "备注": None}})
+    assert wrong.status_code == 400 and wrong.json()["error"]["message"] == "请恰好选择一列作为回答（现在选了 0 列）。"
+    made = client.post(f"/studio/files/{fid}/mapping",
+                       json={"fields": {"questoin": "instruction", "answre": None, "备注": "response"}})
+    assert made.status_code == 200
+    new = made.json()
+    assert new["filename"] == "faq.mapped.jsonl" and new["id"] != fid
+    report = client.get(f"/studio/files/{new['id']}/report").json()
+    assert report["rows_ok"] == 3 and report["rows_total"] == 3  # the blank row 3 is no row, row 4 keeps its number
+    preview = client.get(f"/studio/files/{new['id']}/preview", params={"model": "tiny-random"}).json()
+    assert preview["rows"][0]["messages"][1]["content"] == "x" and [r["row"] for r in preview["rows"]] == [1, 2, 4]

@@ -238,3 +238,88 @@ def test_an_excel_row_is_shown_as_excel_numbers_it(browser, static_server, lang,
     shot_sections(page, f"studio-{lang}-excel-row", ["step-data"])
     assert errors == []
     context.close()
+
+
+CHATML = "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+
+
+def preview_of(file_id: str, rows: list[tuple[str, str]], columns: list[dict], editable: bool) -> dict:
+    return {"file_id": file_id, "model": "default", "schema": "instruction_response", "format": "csv",
+            "template": "chatml", "columns": columns, "editable": editable,
+            "rows": [{"row": i, "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}],
+                      "segments": [{"text": f"{CHATML}{q}<|im_end|>\n<|im_start|>assistant\n", "learned": False},
+                                   {"text": f"{a}<|im_end|>", "learned": True}, {"text": "\n", "learned": False}]}
+                     for i, (q, a) in enumerate(rows, 1)]}
+
+
+class PreviewStudio(FakeStudio):
+    """A CSV whose columns were guessed ("questoin", "answre") beside an unused one ("备注"); a changed mapping
+    makes the file file-mapped."""
+
+    def __init__(self):
+        super().__init__()
+        self.mappings: list[dict] = []
+
+    def handle(self, route, request) -> None:
+        path = request.url.split("?")[0].split("://", 1)[1].split("/", 1)[1]
+        ok = lambda body: route.fulfill(status=200, content_type="application/json",  # noqa: E731
+                                        body=json.dumps(body, ensure_ascii=False))
+        if path == "studio/files/file-broken/preview":
+            return ok(preview_of("file-broken", [("退款多久到账？", "3 个工作日。"), ("怎么开发票？", "在订单页申请。")], [
+                {"column": "questoin", "field": "instruction", "how": "guessed"},
+                {"column": "answre", "field": "response", "how": "guessed"},
+                {"column": "备注", "field": None, "how": "unused"}], True))
+        if path == "studio/files/file-broken/mapping":
+            self.mappings.append(json.loads(request.post_data))
+            return ok({"id": "file-mapped", "object": "file", "bytes": 10, "filename": "faq.mapped.jsonl",
+                       "purpose": "fine-tune", "created_at": 1, "status": "processed"})
+        if path == "v1/files/file-mapped":
+            return ok({"id": "file-mapped", "object": "file", "filename": "faq.mapped.jsonl"})
+        if path == "studio/files/file-mapped/report":
+            return ok({"file": "faq.mapped.jsonl", "format": "jsonl", "schema": "instruction_response",
+                       "encoding": "utf-8", "rows_total": 2, "rows_ok": 2, "rows_rejected": 0, "issues": [],
+                       "dataset_issues": []})
+        if path == "studio/files/file-mapped/preview":
+            return ok(preview_of("file-mapped", [("退款多久到账？", "x"), ("怎么开发票？", "y")], [], False))
+        return super().handle(route, request)
+
+
+@pytest.mark.parametrize(("lang", "viewport"), [("en", LAPTOP), ("zh", PHONE)])
+def test_data_preview_and_a_guessed_mapping_changed(browser, static_server, lang, viewport, tmp_path):  # noqa: F811
+    from playwright.sync_api import expect
+
+    zh = lang == "zh"
+    fake = PreviewStudio()
+    context, page, errors = open_page(browser, static_server, lang, fake, viewport=viewport)
+    upload_broken(page, tmp_path)
+    preview = page.get_by_test_id("data-preview")
+    expect(preview).to_be_visible()
+    expect(preview.locator("h3")).to_have_text("模型看到的数据是什么样" if zh else "How the model will see your data")
+    rows = preview.locator(".preview-row")
+    expect(rows).to_have_count(2)
+    expect(rows.first.locator("mark")).to_have_text("3 个工作日。<|im_end|>")  # what the model learns to write
+    expect(rows.first.locator("pre")).to_contain_text("<|im_start|>user\n退款多久到账？")
+    expect(rows.first.locator("figcaption")).to_have_text("第 1 行" if zh else "Row 1")
+    selects = page.get_by_test_id("mapping-select")
+    expect(selects).to_have_count(3)
+    expect(selects.nth(0)).to_have_value("instruction")
+    expect(selects.nth(2)).to_have_value("")
+    expect(page.locator(".tag-guessed")).to_have_count(2)
+    expect(page.get_by_test_id("mapping-apply")).to_be_visible()
+    check_layout(page, ["yunzhan_broken.csv", "questoin", "answre"])
+    shot_sections(page, f"studio-{lang}-preview", ["step-data"])
+
+    page.locator("select[data-column=answre]").select_option("")
+    page.locator("select[data-column='备注']").select_option("response")
+    page.get_by_test_id("mapping-apply").click()
+    expect(page.get_by_test_id("validation-summary")).to_contain_text("faq.mapped.jsonl")
+    assert fake.mappings == [{"fields": {"questoin": "instruction", "answre": None, "备注": "response"}}]
+    expect(rows.first.locator("mark")).to_have_text("x<|im_end|>")
+    expect(page.locator("#mapping")).to_be_hidden()
+    expect(page.get_by_test_id("recommended-settings")).to_be_visible()
+    page.get_by_test_id("start-training").click()
+    expect(page.get_by_test_id("job-status")).to_have_attribute("data-status", "succeeded")
+    assert fake.created[-1]["training_file"] == "file-mapped"
+    check_layout(page, ["yunzhan_broken.csv", "faq.mapped.jsonl"])
+    assert errors == []
+    context.close()

@@ -9,9 +9,9 @@ import json
 import threading
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -20,8 +20,8 @@ from lorastudio.serve.api_files import get_file_or_404, safe_download_name
 from lorastudio.serve.api_jobs import get_job_or_404
 from lorastudio.serve.engines import base_model_ids, model_not_found
 from lorastudio.serve.errors import APIError, error_responses
-from lorastudio.serve.objects import job_object
-from lorastudio.serve.store import TERMINAL_STATUSES
+from lorastudio.serve.objects import FileObject, file_object, job_object
+from lorastudio.serve.store import TERMINAL_STATUSES, new_id
 from lorastudio.serve.studio_jobs import (
     availability,
     build_adapter_zip,
@@ -33,6 +33,7 @@ from lorastudio.serve.studio_jobs import (
 )
 from lorastudio.serve.studio_objects import (
     CompareAnswer,
+    DataPreview,
     JobDeleted,
     MessageCatalogue,
     MetricsList,
@@ -42,6 +43,7 @@ from lorastudio.serve.studio_objects import (
     ValidationReport,
     binary,
 )
+from lorastudio.serve.studio_preview import MappingError, check_mapping, column_mapping, preview, write_mapped
 
 router = APIRouter(prefix="/studio", tags=["studio"], responses=error_responses(401))
 # Typed for /openapi.json (studio_objects.py); the answer stays exactly the dict a route builds.
@@ -130,6 +132,57 @@ def request_lang(request: Request) -> str:
 async def file_report(request: Request, file_id: str) -> dict:
     record = get_file_or_404(request, file_id)
     return await run_in_threadpool(_report, record, request_lang(request))
+
+
+@router.get("/files/{file_id}/preview", summary="The first usable rows as the model will see them (mapped "
+            "fields, the chat template, the learned part marked) and the table's column mapping",
+            response_model=DataPreview, responses=error_responses(400, 404), **_TYPED)
+async def file_preview(request: Request, file_id: str, model: str = "default",
+                       rows: Annotated[int, Query(ge=1, le=20)] = 3) -> dict:
+    record = get_file_or_404(request, file_id)
+    lang = request_lang(request)
+    if model not in base_model_ids():
+        raise model_not_found(model)
+
+    def work() -> dict:
+        return {"file_id": record["id"], **preview(_validate(record, lang), model, rows)}
+
+    return await run_in_threadpool(work)
+
+
+class MappingRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    fields: dict[str, str | None] = Field(description="source column → instruction, input, response, system, "
+                                          "or null (not used)")
+
+
+@router.post("/files/{file_id}/mapping", summary="Use the table's columns as the user says: a new file (JSONL, "
+             "same row numbers) with those fields", response_model=FileObject, responses=error_responses(400, 404),
+             **_TYPED)
+async def file_mapping(request: Request, file_id: str, body: MappingRequest) -> dict:
+    record = get_file_or_404(request, file_id)
+    lang = request_lang(request)
+    settings = request.app.state.settings
+
+    def work() -> dict:
+        columns = [c["column"] for c in column_mapping(_validate(record, lang))["columns"]]
+        if not columns:
+            raise APIError(400, say(lang, "studio.mapping.not_table", file=record["filename"]), param="file_id",
+                           code="not_a_table")
+        try:
+            chosen = check_mapping(body.fields, columns)
+        except MappingError as exc:
+            params = {k: f"@studio.field.{v}" if k == "field" else v for k, v in exc.params.items()}
+            raise APIError(400, say(lang, f"studio.mapping.{exc.code}", **params), param="fields",
+                           code="invalid_mapping") from None
+        new = new_id("file")
+        target = settings.files_dir / f"{new}.jsonl"
+        size = write_mapped(record["path"], chosen, target)
+        name = f"{Path(record['filename']).stem}.mapped.jsonl"
+        return file_object(request.app.state.store.add_file(filename=name, nbytes=size, purpose="fine-tune",
+                                                            path=str(target), file_id=new))
+
+    return await run_in_threadpool(work)
 
 
 @router.get("/files/{file_id}/rejected", summary="Rejected rows with their reasons (CSV, in the request's language)",

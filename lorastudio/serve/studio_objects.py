@@ -84,6 +84,36 @@ class ValidationReport(_Open):
     sheet_row_offset: int | None = Field(None, description="XLSX: Excel's row of data row r is r + this.")
 
 
+class PreviewSegment(_Open):
+    text: str
+    learned: bool = Field(description="The part the model learns to write (the answer); the rest is context.")
+
+
+class PreviewRow(_Open):
+    row: int
+    messages: list[dict[str, Any]]
+    segments: list[PreviewSegment] | None = Field(description="The text the model is trained on, rendered by the "
+                                                  "base's chat template; null when its tokenizer is not here.")
+
+
+class ColumnUse(_Open):
+    column: str
+    field: str | None = Field(description="instruction, input, response, system, or null (not used).")
+    how: Literal["exact", "guessed", "unused"]
+
+
+class DataPreview(_Open):
+    file_id: str
+    model: str
+    schema_: str | None = Field(None, alias="schema")
+    format: str | None = None
+    template: str | None = Field(None, description="chatml, chat_template, plain, or null (no tokenizer here).")
+    rows: list[PreviewRow]
+    columns: list[ColumnUse]
+    editable: bool = Field(description="A table whose mapping was guessed or left columns unused: the user may "
+                           "change it (POST /studio/files/{id}/mapping).")
+
+
 # --- recommendations -----------------------------------------------------------------------------
 class Estimate(_Open):
     seconds: Number | None = None

@@ -59,6 +59,8 @@ export const api = {
   },
   file: (id) => request("GET", `/v1/files/${encodeURIComponent(id)}`),
   report: (id) => request("GET", `/studio/files/${encodeURIComponent(id)}/report`),
+  preview: (id, model) => request("GET", `/studio/files/${encodeURIComponent(id)}/preview?model=${encodeURIComponent(model)}`),
+  remap: (id, fields) => request("POST", `/studio/files/${encodeURIComponent(id)}/mapping`, { fields }),
   rejectedUrl: (id) => `/studio/files/${encodeURIComponent(id)}/rejected`,
   recommend: (trainingFile, model, task, quick = false) =>
     request("POST", "/studio/recommend", { training_file: trainingFile, model, task, quick: Boolean(quick) }),

@@ -11,6 +11,9 @@ const state = {
   // 1. data
   file: null, // {id, filename}
   report: null, // the service's validation report
+  preview: null, // the first rows as the model sees them, and the column mapping ({file, model, …} or null)
+  previewError: null,
+  previewLoading: false,
   // 2. model and settings
   models: null, // the catalogue; null while loading
   modelsError: null,

@@ -1,5 +1,8 @@
 // Step 1, the data: upload (input or drop zone), the service's validation report, one table line
-// per problem row, the rejected-rows download. The last uploaded file is remembered over a reload.
+// per problem row, the rejected-rows download, and the preview: the first rows as the model will see
+// them (the chosen base's chat template, the learned answer highlighted) with the table's column mapping,
+// which the user can change when it was guessed (the service writes a new file with that mapping, and
+// the page goes on with it). The last uploaded file is remembered over a reload.
 
 import { api, ApiError } from "../api.js";
 import { $, errorText, node, showStatus, tNodes } from "../dom.js";
@@ -14,7 +17,13 @@ const FILE_KEY = "lorastudio.file";
  */
 export function initData({ dataChanged }) {
   store.subscribe(["file", "report", "lang"], renderReport);
+  store.subscribe(["report", "preview", "previewError", "previewLoading", "lang"], renderPreview);
   store.subscribe("lang", askAgainInPageLang);
+  store.subscribe("model", () => {
+    const preview = store.get("preview");
+    if (store.get("report") && preview && preview.model !== store.get("model")) loadPreview();
+  });
+  $("mapping-apply").addEventListener("click", () => applyMapping(dataChanged));
   const upload = (file) => uploadFile(file, dataChanged);
   $("upload-input").addEventListener("change", (e) => upload(e.target.files[0]));
   const dz = $("dropzone");
@@ -88,7 +97,99 @@ async function loadReport(dataChanged) {
   }
   if (store.get("file")?.id !== file.id) return; // another file was uploaded meanwhile
   store.set({ file: { ...file, filename: file.filename || report?.file || "" }, report });
+  if (report) loadPreview();
   await dataChanged();
+}
+
+// ---------------------------------------------------------------------------------------------
+// the preview: the first rows as the model sees them, and the column mapping
+
+async function loadPreview() {
+  const file = store.get("file");
+  const model = store.get("model") || "default";
+  if (!file || !(store.get("report")?.rows_ok > 0)) {
+    store.set({ preview: null, previewError: null, previewLoading: false });
+    return;
+  }
+  store.set({ previewLoading: true, previewError: null });
+  try {
+    const preview = await api.preview(file.id, model);
+    if (store.get("file")?.id !== file.id || (store.get("model") || "default") !== model) return;
+    store.set({ preview: { ...preview, file: file.id }, previewLoading: false });
+  } catch (err) {
+    if (store.get("file")?.id !== file.id) return;
+    store.set({ preview: null, previewError: err, previewLoading: false });
+  }
+}
+
+/** The chosen use of each column, from the selects (only when the mapping may be changed). */
+function chosenMapping() {
+  const fields = {};
+  for (const select of document.querySelectorAll("#mapping-fields select")) fields[select.dataset.column] = select.value || null;
+  return fields;
+}
+
+async function applyMapping(dataChanged) {
+  const file = store.get("file");
+  if (!file) return;
+  $("mapping-apply").disabled = true;
+  showStatus("mapping-state", "loading", t("data.mapping_applying"));
+  try {
+    const made = await api.remap(file.id, chosenMapping());
+    showStatus("mapping-state", "", "");
+    store.set({ file: { id: made.id, filename: made.filename || "" }, report: null, preview: null });
+    store.remember(FILE_KEY, made.id);
+    dataChanged();
+    await loadReport(dataChanged);
+  } catch (err) {
+    showStatus("mapping-state", "error", t("data.mapping_failed", { message: errorText(err) }));
+  } finally {
+    $("mapping-apply").disabled = false;
+  }
+}
+
+const FIELD_CHOICES = ["instruction", "input", "response", "system", ""];
+
+function renderMapping(preview) {
+  const box = $("mapping");
+  const columns = preview?.columns || [];
+  box.hidden = columns.length === 0;
+  if (box.hidden) return;
+  const editable = Boolean(preview.editable);
+  $("mapping-note").textContent = t(editable ? "data.mapping_guessed" : "data.mapping_exact");
+  $("mapping-apply").hidden = !editable;
+  $("mapping-fields").replaceChildren(...columns.map((c, i) => {
+    const id = `mapping-${i}`;
+    const label = node("label", { for: id },
+      node("span", { class: "data", translate: "no", text: c.column }),
+      c.how === "guessed" ? node("span", { class: "tag tag-guessed", text: t("data.mapping_tag_guessed") }) : null);
+    const select = node("select", { id, "data-testid": "mapping-select", "data-column": c.column, disabled: !editable });
+    for (const f of FIELD_CHOICES) select.append(node("option", { value: f, text: t(`data.use_${f || "unused"}`) }));
+    select.value = c.field || "";
+    return node("div", { class: "field mapping-field" }, label, select);
+  }));
+}
+
+function renderPreview() {
+  const box = $("data-preview");
+  const report = store.get("report");
+  const shown = store.get("preview");
+  const preview = shown && shown.file === store.get("file")?.id ? shown : null; // never another file's rows
+  const error = store.get("previewError");
+  box.hidden = !(report?.rows_ok > 0) || (!preview && !error && !store.get("previewLoading"));
+  if (box.hidden) return;
+  if (store.get("previewLoading") && !preview) showStatus("preview-state", "loading", t("data.preview_loading"));
+  else if (error) showStatus("preview-state", "error", t("data.preview_failed", { message: errorText(error) }));
+  else showStatus("preview-state", "", "");
+  renderMapping(preview);
+  const rows = preview?.rows || [];
+  $("preview-rows").replaceChildren(...rows.map((row) => node("figure", { class: "preview-row", "data-row": row.row },
+    node("figcaption", { class: "small", text: t("data.preview_row", { row: row.row }) }),
+    row.segments
+      ? node("pre", { class: "preview-text data", tabindex: "0", translate: "no" },
+        ...row.segments.map((seg) => (seg.learned ? node("mark", { text: seg.text }) : document.createTextNode(seg.text))))
+      : node("dl", { class: "preview-messages" }, ...row.messages.flatMap((m) => [
+        node("dt", { text: t(`data.role_${m.role}`) }), node("dd", { class: "data", text: m.content })])))));
 }
 
 /** A service that localises its report (Accept-Language) is asked again after a language switch. */
