@@ -323,3 +323,33 @@ def test_data_preview_and_a_guessed_mapping_changed(browser, static_server, lang
     check_layout(page, ["yunzhan_broken.csv", "faq.mapped.jsonl"])
     assert errors == []
     context.close()
+
+
+class TooBigStudio(FakeStudio):
+    """The service refuses the upload as too large (413), in English, as the middleware does."""
+
+    def handle(self, route, request) -> None:
+        if request.url.endswith("/v1/files") and request.method == "POST":
+            body = {"error": {"message": "The request body (600000000 bytes) is larger than this server's limit of "
+                              "536870912 bytes. Split the file, or start the server with a larger "
+                              "LORASTUDIO_MAX_UPLOAD_MB.", "type": "invalid_request_error", "param": "file",
+                              "code": "file_too_large"}}
+            return route.fulfill(status=413, content_type="application/json", body=json.dumps(body))
+        return super().handle(route, request)
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_a_file_over_the_upload_limit_is_said_in_the_users_words(browser, static_server, lang, tmp_path):  # noqa: F811
+    from playwright.sync_api import expect
+
+    context, page, errors = open_page(browser, static_server, lang, TooBigStudio(), viewport=PHONE)
+    data = tmp_path / "faq.csv"
+    data.write_text("instruction,response\n" + "问,答\n" * 60000, encoding="utf-8")
+    page.get_by_test_id("upload-input").set_input_files(str(data))
+    state = page.locator("#upload-state")
+    expect(state).to_contain_text("超过了这个工作室允许的大小" if lang == "zh" else "is larger than this studio accepts")
+    expect(state).to_contain_text("469 KB")  # its size, as the browser knows it
+    expect(state).not_to_contain_text("LORASTUDIO_MAX_UPLOAD_MB")
+    check_layout(page, ["faq.csv"])
+    assert errors == []
+    context.close()

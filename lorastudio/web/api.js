@@ -5,28 +5,31 @@
 import { lang } from "./i18n.js";
 
 export class ApiError extends Error {
-  constructor(message, status, param = null) {
+  constructor(message, status, param = null, code = null) {
     super(message);
     this.status = status;
     this.param = param;
+    this.code = code; // the service's error code (e.g. file_too_large): the page may say it in its own words
   }
 }
 
 async function errorFrom(response) {
   let message = "";
   let param = null;
+  let code = null;
   try {
     const body = await response.json();
     if (body && body.error) {
       message = typeof body.error === "string" ? body.error : body.error.message || "";
       param = body.error.param || null;
+      code = body.error.code || null;
     } else if (body && body.detail) {
       message = typeof body.detail === "string"
         ? body.detail
         : body.detail.map((d) => d.msg || JSON.stringify(d)).join("; ");
     }
   } catch { /* not JSON */ }
-  return new ApiError(message || `HTTP ${response.status}`, response.status, param);
+  return new ApiError(message || `HTTP ${response.status}`, response.status, param, code);
 }
 
 async function request(method, url, body, { json = true } = {}) {

@@ -6,7 +6,7 @@
 
 import { api, ApiError } from "../api.js";
 import { $, errorText, node, showStatus, tNodes } from "../dom.js";
-import { has, lang, t, tOr } from "../i18n.js";
+import { formatNumber, has, lang, t, tOr } from "../i18n.js";
 import * as store from "../store.js";
 
 const FILE_KEY = "lorastudio.file";
@@ -71,10 +71,24 @@ async function uploadFile(file, dataChanged) {
     store.remember(FILE_KEY, uploaded.id);
     await loadReport(dataChanged);
   } catch (err) {
-    showStatus("upload-state", "error", t("data.upload_failed", { name: file.name, message: errorText(err) }));
+    showStatus("upload-state", "error", t("data.upload_failed", { name: file.name, message: uploadError(err, file) }));
   } finally {
     $("upload-input").value = ""; // so the same (fixed) file name can be chosen again
   }
+}
+
+/** Why an upload was refused: the limits in the page's words (the service's message only for the rest). */
+function uploadError(err, file) {
+  if (err instanceof ApiError && (err.code === "file_too_large" || err.code === "request_too_large" || err.status === 413)) {
+    return t("data.too_large", { size: formatSize(file.size) });
+  }
+  if (err instanceof ApiError && err.code === "empty_file") return t("data.empty_upload");
+  return errorText(err);
+}
+
+function formatSize(bytes) {
+  const mb = Number(bytes) / (1024 * 1024);
+  return mb >= 1 ? `${formatNumber(mb, 1)} MB` : `${formatNumber(Number(bytes) / 1024, 0)} KB`;
 }
 
 async function loadReport(dataChanged) {
