@@ -647,6 +647,9 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "studio.mapping.need_one": (
         "Choose exactly one column as the {field} ({count} chosen).", "请恰好选择一列作为{field}（现在选了 {count} 列）。"),
     "studio.mapping.twice": ("Each use can go to one column only.", "每种用途只能对应一列。"),
+    "studio.model_unavailable": (
+        "{model} cannot run on this server: {reasons}. Choose another base model.",
+        "{model} 无法在这台服务器上运行：{reasons}。请选择其他基础模型。"),
     # --- end of service: /studio routes
 }
 

@@ -14,7 +14,7 @@ import json
 import re
 import threading
 import time
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, urlparse
 
 import pytest
 from browser_support import (
@@ -199,6 +199,12 @@ class FakeStudio:
         if path == "/studio/files/file-broken/report":
             lang = (request.headers.get("accept-language") or "en")[:2]
             return ok(broken_report(lang if self.localised_reports else None))
+        if path == "/studio/files/file-broken/preview":  # the first usable rows as the model sees them
+            segments = [{"text": "<|im_start|>user\n退款多久到账？<|im_end|>\n<|im_start|>assistant\n", "learned": False},
+                        {"text": "3 个工作日。<|im_end|>", "learned": True}]
+            return ok({"file_id": "file-broken", "model": parse_qs(url.query).get("model", ["default"])[0],
+                       "schema": "instruction_response", "format": "csv", "template": "chatml", "columns": [],
+                       "editable": False, "rows": [{"row": 1, "messages": [], "segments": segments}]})
         if path == "/studio/recommend":
             body = json.loads(request.post_data)
             self.recommends.append(body)

@@ -288,3 +288,18 @@ def test_a_guessed_column_mapping_can_be_changed_into_a_new_file(client):
     assert report["rows_ok"] == 3 and report["rows_total"] == 3  # the blank row 3 is no row, row 4 keeps its number
     preview = client.get(f"/studio/files/{new['id']}/preview", params={"model": "tiny-random"}).json()
     assert preview["rows"][0]["messages"][1]["content"] == "x" and [r["row"] for r in preview["rows"]] == [1, 2, 4]
+
+
+def test_no_settings_for_a_base_that_cannot_run_here(client, monkeypatch):
+    import lorastudio.serve.api_studio as api_studio
+    from lorastudio.serve import studio_jobs
+
+    monkeypatch.setattr(api_studio, "has_gpu", lambda: False)
+    monkeypatch.setattr(api_studio, "hub_reachable", lambda: False)
+    monkeypatch.setattr(studio_jobs, "hub_cached", lambda hub_id: False)
+    fid = upload(client).json()["id"]
+    refused = client.post("/studio/recommend", headers=ZH, json={"training_file": fid, "model": "Qwen/Qwen2.5-7B-Instruct"})
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "model_unavailable"
+    assert refused.json()["error"]["message"].startswith(
+        "Qwen/Qwen2.5-7B-Instruct 无法在这台服务器上运行：需要显存 24 GB 的 GPU，这台服务器没有；")
+    assert client.post("/studio/recommend", json={"training_file": fid, "model": "tiny-random"}).status_code == 200

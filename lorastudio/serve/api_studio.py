@@ -127,6 +127,22 @@ def request_lang(request: Request) -> str:
     return "zh" if first.startswith("zh") else "en"
 
 
+def _refuse_unavailable(model: str, lang: str) -> None:
+    """A base that cannot run on this server (e.g. a 7B on a CPU-only, offline machine) gets no settings:
+    a 400 that says why, instead of a job that fails after minutes."""
+    from lorastudio.models import catalog
+
+    entry = next((e for e in catalog() if e["id"] == model), None)
+    if entry is None:
+        return
+    found = availability(entry, gpu=has_gpu(), online=hub_reachable)
+    if not found["available"]:
+        reasons = ("；" if lang == "zh" else "; ").join(
+            say(lang, f"studio.unavailable.{r['code']}", **r["params"]) for r in found["unavailable"])
+        raise APIError(400, say(lang, "studio.model_unavailable", model=model, reasons=reasons), param="model",
+                       code="model_unavailable")
+
+
 @router.get("/files/{file_id}/report", summary="Validation report of an uploaded file (Accept-Language: zh|en)",
             response_model=ValidationReport, responses=error_responses(400, 404), **_TYPED)
 async def file_report(request: Request, file_id: str) -> dict:
@@ -245,6 +261,7 @@ async def studio_recommend(request: Request, body: RecommendRequest) -> dict:
         raise model_not_found(body.model)
     if body.task not in TASKS:
         raise APIError(400, f"task must be one of {', '.join(TASKS)}.", param="task", code="invalid_value")
+    _refuse_unavailable(body.model, lang)
 
     def work() -> dict:
         report = _validate(record, lang)
