@@ -307,6 +307,7 @@ async function onAsk(event) {
     $(`compare-${s}-timing`).textContent = "";
     $(`compare-${s}-output`).dataset.state = s === "b" && !body.b ? "off" : "waiting";
   }
+  if (body.b) $("compare-b-timing").textContent = t("pg.waiting");
   const abort = new AbortController();
   store.set({ pgAbort: abort });
   $("playground-send").disabled = true;
