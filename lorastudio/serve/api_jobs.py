@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lorastudio.serve.api_files import get_file_or_404
 from lorastudio.serve.engines import base_model_ids, model_not_found
-from lorastudio.serve.errors import APIError, error_responses
+from lorastudio.serve.errors import APIError, error_responses, public_for
 from lorastudio.serve.objects import (
     FineTuningJob,
     FineTuningJobCheckpointList,
@@ -101,6 +101,15 @@ def check_hyperparameters(hp: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def public_job(request: Request, row: dict) -> dict:
+    """The job as a client sees it: its error message (the worker's and trainer's words) without
+    server paths or tracebacks."""
+    job = job_object(row)
+    if job["error"]:
+        job["error"] = public_for(request, job["error"])
+    return job
+
+
 def get_job_or_404(request: Request, job_id: str) -> dict:
     job = request.app.state.store.get_job(job_id)
     if job is None:
@@ -139,19 +148,19 @@ def create_job(request: Request, body: JobCreate) -> dict:
                         validation_file=body.validation_file, suffix=body.suffix, hyperparameters=hp,
                         status="validating_files", seed=body.seed, metadata=body.metadata, job_dir=str(job_dir))
     _tell_worker(request, job_id, "Validating training file")
-    return job_object(job)
+    return public_job(request, job)
 
 
 @router.get("", summary="List fine-tuning jobs, newest first", response_model=FineTuningJobList,
             response_model_exclude_unset=True)
 def list_jobs(request: Request, after: str | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 20) -> dict:
     rows = request.app.state.store.list_jobs(after=after, limit=limit + 1)
-    return list_object([job_object(r) for r in rows[:limit]], len(rows) > limit)
+    return list_object([public_job(request, r) for r in rows[:limit]], len(rows) > limit)
 
 
 @router.get("/{job_id}", summary="One fine-tuning job", **_JOB, responses=error_responses(404))
 def get_job(request: Request, job_id: str) -> dict:
-    return job_object(get_job_or_404(request, job_id))
+    return public_job(request, get_job_or_404(request, job_id))
 
 
 @router.post("/{job_id}/cancel", summary="Cancel a job; a running trainer is stopped within seconds", **_JOB,
@@ -167,7 +176,7 @@ def cancel_job(request: Request, job_id: str) -> dict:
     if store.update_job(job_id, only_if_status=unfinished, status="cancelled",
                         finished_at=now(), estimated_finish=None):
         _tell_worker(request, job_id, "Job cancelled by request.")
-    return job_object(store.get_job(job_id))
+    return public_job(request, store.get_job(job_id))
 
 
 @router.post("/{job_id}/pause", summary="Pause a job: the trainer checkpoints and frees the device", **_JOB,
@@ -176,14 +185,14 @@ def pause_job(request: Request, job_id: str) -> dict:
     store = request.app.state.store
     job = get_job_or_404(request, job_id)
     if job["status"] == "paused":
-        return job_object(job)
+        return public_job(request, job)
     # resume=1: whenever it runs again, it continues from its latest checkpoint.
     if not store.update_job(job_id, only_if_status=("queued", "running"), status="paused", resume=1,
                             estimated_finish=None):
         raise APIError(409, f"Job {job_id} is {job['status']}; only queued or running jobs can be paused.",
                        param="fine_tuning_job_id", code="job_not_pausable")
     _tell_worker(request, job_id, "Job paused by request.")
-    return job_object(store.get_job(job_id))
+    return public_job(request, store.get_job(job_id))
 
 
 @router.post("/{job_id}/resume", summary="Resume a paused job from its latest checkpoint", **_JOB,
@@ -195,7 +204,7 @@ def resume_job(request: Request, job_id: str) -> dict:
         raise APIError(409, f"Job {job_id} is {job['status']}, not paused.", param="fine_tuning_job_id",
                        code="job_not_paused")
     _tell_worker(request, job_id, "Job resumed by request; queued.")
-    return job_object(store.get_job(job_id))
+    return public_job(request, store.get_job(job_id))
 
 
 @router.get("/{job_id}/events", summary="A job's events, newest first", response_model=FineTuningJobEventList,
@@ -204,7 +213,7 @@ def list_events(request: Request, job_id: str, after: str | None = None,
                 limit: Annotated[int, Query(ge=1, le=10000)] = 20) -> dict:
     get_job_or_404(request, job_id)
     rows, more = request.app.state.store.list_events(job_id, after=after, limit=limit)
-    return list_object([event_object(r) for r in rows], more)
+    return list_object([public_for(request, event_object(r)) for r in rows], more)
 
 
 @router.get("/{job_id}/checkpoints", summary="A job's checkpoints, newest first",

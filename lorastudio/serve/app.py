@@ -24,10 +24,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from lorastudio import __version__
 from lorastudio.serve.errors import (
     ERROR_MEANINGS,
+    INTERNAL_ERROR_MESSAGE,
     APIError,
     ErrorResponse,
     error_body,
     install_error_handlers,
+    server_roots,
 )
 from lorastudio.serve.settings import Settings, SettingsError
 from lorastudio.serve.store import SQLiteStore
@@ -53,7 +55,7 @@ async def _send_json_error(send: Send, status: int, message: str, param: str | N
 
 
 class GuardMiddleware:
-    """API-key check and upload size limit, before any body is read.
+    """API-key check and upload size limit, before any body is read; a 500 for an unexpected error.
 
     Pure ASGI (not BaseHTTPMiddleware) so that streamed responses and the request body pass through
     untouched. The key is compared in constant time and never logged.
@@ -71,14 +73,16 @@ class GuardMiddleware:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         key = self.settings.api_key
         if key and path.startswith(PROTECTED_PREFIXES):
-            auth = headers.get("authorization", "")
-            scheme, _, token = auth.partition(" ")
+            # Bytes against bytes: the key is printable ASCII (Settings refuses anything else), so no
+            # header decoding can make a right key wrong, and any other byte is simply a wrong key.
+            auth = next((v for k, v in scope.get("headers", []) if k.lower() == b"authorization"), b"")
+            scheme, _, token = auth.partition(b" ")
             if not auth:
                 await _send_json_error(send, 401, "Missing API key: send 'Authorization: Bearer <key>' (the key "
                                        "the server was started with).", None, "missing_api_key",
                                        [(b"www-authenticate", b"Bearer")])
                 return
-            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), key.encode("ascii")):
                 await _send_json_error(send, 401, "Incorrect API key provided.", None, "invalid_api_key",
                                        [(b"www-authenticate", b"Bearer")])
                 return
@@ -108,7 +112,22 @@ class GuardMiddleware:
                                    f"{what}", param=param, code=code)
             return message
 
-        await self.app(scope, counting_receive, send)
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except Exception:
+            # Answered here rather than by Starlette's ServerErrorMiddleware, which re-raises after its
+            # 500 so that the server resets the connection: a keep-alive client would lose it.
+            log.exception("unhandled error on %s %s", scope.get("method"), path)
+            if started:  # half a response is out; only closing the connection can end it
+                raise
+            await _send_json_error(send, 500, INTERNAL_ERROR_MESSAGE, None, "internal_error")
 
 
 def lock_data_dir(data_dir: Path) -> TextIO:
@@ -139,6 +158,15 @@ def lock_data_dir(data_dir: Path) -> TextIO:
     return handle
 
 
+SERVER_SENT_EVENT = {
+    "type": "object", "title": "ServerSentEvent",
+    "description": "One event of a text/event-stream answer, as an EventSource sees it: `data` is the text "
+                   "after `data:` (a JSON object, or `[DONE]` at the end of a chat stream).",
+    "properties": {"data": {"type": "string"}, "event": {"type": "string"}, "id": {"type": "string"},
+                   "retry": {"type": "integer", "minimum": 0}},
+}
+
+
 class Health(BaseModel):
     status: str
     version: str
@@ -146,26 +174,47 @@ class Health(BaseModel):
 
 
 def openapi_document(app: FastAPI) -> dict:
-    """FastAPI's document, told the truth about validation errors.
+    """FastAPI's document, told the truth about errors.
 
     FastAPI lists a 422 `HTTPValidationError` on every route with parameters, but this server turns
     request validation errors into 400 with the OpenAI error object (errors.install_error_handlers).
     So each 422 becomes that 400 (unless the route documents its own 400), and the unused
-    validation-error schemas go.
+    validation-error schemas go. The statuses that the guard and the handlers give on any route
+    are added where they apply: 401 under /v1 and /studio, 413 with a request body, 404 with an
+    `…_id` path parameter. Route-specific ones (409, 429, …) each route declares itself. A
+    text/event-stream answer's schema is that of one event (`ServerSentEvent`), as OpenAPI 3.1 tools
+    (schemathesis among them) read it.
     """
     if app.openapi_schema:
         return app.openapi_schema
     doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-    error_400 = {"description": ERROR_MEANINGS[400],
-                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
-    for operations in doc.get("paths", {}).values():
+
+    def error(status: int) -> dict:
+        return {"description": ERROR_MEANINGS[status],
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
+
+    for path, operations in doc.get("paths", {}).items():
         for operation in operations.values():
-            responses = operation.get("responses", {})
+            responses = operation.setdefault("responses", {})
             if responses.pop("422", None) is not None:
-                responses.setdefault("400", error_400)
+                responses.setdefault("400", error(400))
+            # What the server answers on every such route, whatever the route itself documents:
+            if path.startswith(PROTECTED_PREFIXES):  # GuardMiddleware, when a key is configured
+                responses.setdefault("401", error(401))
+            if "requestBody" in operation:  # GuardMiddleware's body limits
+                responses.setdefault("413", error(413))
+            if any(p.get("in") == "path" and p["name"].endswith("_id") for p in operation.get("parameters", [])):
+                responses.setdefault("404", error(404))  # an id that names no object
+            for response in responses.values():
+                stream = response.get("content", {}).get("text/event-stream")
+                if stream is not None:  # before OpenAPI 3.2 a stream's `schema` describes one event
+                    what = stream.get("schema", {}).get("description")
+                    stream["schema"] = {"allOf": [{"$ref": "#/components/schemas/ServerSentEvent"}],
+                                        **({"description": what} if what else {})}
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
     for name in ("HTTPValidationError", "ValidationError"):
         schemas.pop(name, None)
+    schemas["ServerSentEvent"] = SERVER_SENT_EVENT
     if "ErrorResponse" not in schemas:  # no route named its errors: add the schema the 400s point at
         error_schema = ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(error_schema.pop("$defs", {}))
@@ -206,6 +255,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.worker = worker
     app.state.engines = EnginePool(store, settings.max_adapters, settings.engine_factory)
     app.state.started_at = int(time.time())
+    app.state.public_roots = server_roots(settings.data_dir)  # what errors.public_for hides
     app.state.wake_worker = worker.wake
     app.state.worker_event = worker.message_event
     install_error_handlers(app)

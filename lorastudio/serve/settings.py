@@ -69,6 +69,13 @@ class Settings:
             raise SettingsError("the chat queue limit must be 0 or more (LORASTUDIO_CHAT_QUEUE / --chat-queue)")
         if not self.devices:
             raise SettingsError("at least one training device slot is needed")
+        if self.api_key and not all("!" <= ch <= "~" for ch in self.api_key):
+            # HTTP clients send header bytes in different encodings (the openai SDK refuses anything but
+            # ASCII), so such a key could lock every client out. The key itself is never printed.
+            raise SettingsError("the API key may contain only printable ASCII characters without spaces "
+                                "(letters, digits, punctuation): HTTP clients, the official openai SDK among "
+                                "them, cannot send others in a header. Generate one with: python -c "
+                                "'import secrets; print(secrets.token_urlsafe(32))'")
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
