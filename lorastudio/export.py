@@ -1,9 +1,10 @@
 """Exports of a trained adapter: a merged model directory, and a GGUF file with an Ollama Modelfile.
 
 ```python
-from lorastudio.export import export_merged, export_gguf, verify_gguf
+from lorastudio.export import export_merged, export_gguf
 export_merged("runs/yunzhan", "out/yunzhan-merged")         # plain transformers loads it
-export_gguf("runs/yunzhan", "out/yunzhan.gguf", dtype="q8_0")  # + out/Modelfile for `ollama create`
+r = export_gguf("runs/yunzhan", "out/yunzhan.gguf", dtype="q8_0")  # + out/Modelfile for `ollama create`
+r.fidelity["passed"]   # the file run in llama.cpp answers like the adapter (lorastudio/export_check.py)
 ```
 
 Merging folds each LoRA product into its base weight (W' = W + (alpha/r)·B·A) in float32, then
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-GGUF_TYPES = ("f16", "q8_0")
+GGUF_TYPES = ("f16", "q8_0", "q4_K_M")
 
 
 class ExportError(ValueError):
@@ -38,6 +39,8 @@ class ExportResult:
     bytes: int
     modelfile: str | None = None
     check: dict[str, Any] | None = None  # verification numbers when a check ran
+    fidelity: dict[str, Any] | None = None  # the llama.cpp fidelity gate's report (export_check.check_gguf)
+    fidelity_file: str | None = None  # where that report was written (<name>.fidelity.json)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -58,13 +61,8 @@ def adapter_base(adapter_dir: str | os.PathLike, base: str | None = None) -> str
     return recorded
 
 
-def merge_adapter(adapter_dir: str | os.PathLike, base: str | None = None,
-                  probe: str | None = None) -> tuple[Any, Any, str, Any]:
-    """(merged float32 model, tokenizer, base id, probe logits of base+adapter before merging or None).
-
-    Merging in float32 avoids bf16 rounding of W + BA. The probe logits come from the unmerged PEFT
-    model, so a check against them tests the whole merge, not just a save/load round trip.
-    """
+def load_peft(adapter_dir: str | os.PathLike, base: str | None = None) -> tuple[Any, Any, str]:
+    """(base + adapter as an unmerged float32 PEFT model on the CPU, tokenizer, base id)."""
     import torch
     from peft import PeftModel
 
@@ -80,13 +78,30 @@ def merge_adapter(adapter_dir: str | os.PathLike, base: str | None = None,
         raise AdapterError(f"adapter {str(path)!r} does not fit base model {base_id!r}: "
                            f"{str(exc).splitlines()[0][:300]}") from None
     peft_model.eval()
-    reference = None
-    if probe is not None:
-        with torch.inference_mode():
-            reference = peft_model(_probe_ids(tokenizer, probe)).logits.float()
+    return peft_model, tokenizer, base_id
+
+
+def merge_adapter(adapter_dir: str | os.PathLike, base: str | None = None,
+                  probe: str | None = None) -> tuple[Any, Any, str, Any]:
+    """(merged float32 model, tokenizer, base id, probe logits of base+adapter before merging or None).
+
+    Merging in float32 avoids bf16 rounding of W + BA. The probe logits come from the unmerged PEFT
+    model, so a check against them tests the whole merge, not just a save/load round trip.
+    """
+    peft_model, tokenizer, base_id = load_peft(adapter_dir, base)
+    reference = _probe_logits(peft_model, tokenizer, probe)
     merged = peft_model.merge_and_unload()
     merged.eval()
     return merged, tokenizer, base_id, reference
+
+
+def _probe_logits(model: Any, tokenizer: Any, probe: str | None) -> Any:
+    if probe is None:
+        return None
+    import torch
+
+    with torch.inference_mode():
+        return model(_probe_ids(tokenizer, probe)).logits.float()
 
 
 PROBE = "工单超过多久会升级？ What is the return policy?"
@@ -197,13 +212,26 @@ def _fresh_dir(out_dir: str | os.PathLike) -> Path:
 
 
 def export_gguf(adapter_dir: str | os.PathLike, out_file: str | os.PathLike, dtype: str = "f16", *,
-                base: str | None = None, modelfile: bool = True, verify: bool = False) -> ExportResult:
-    """Write the merged model as one GGUF file (f16 or q8_0) plus a `Modelfile` for Ollama beside it.
+                base: str | None = None, modelfile: bool = True, verify: bool = False, check: bool = True,
+                check_questions: int = 5, check_tokens: int = 16,
+                questions_file: str | os.PathLike | None = None) -> ExportResult:
+    """Write the merged model as one GGUF file (f16, q8_0 or q4_K_M) plus a `Modelfile` for Ollama beside it.
 
-    With `verify`, the file is read back by transformers (`gguf_file=`) and its logits compared with
-    base+adapter (unmerged) on a probe prompt; it also checks the GGUF's tokenizer encodes the probe
+    With `check` (the default), the written file is run in llama.cpp on the adapter's own questions
+    (`export_check.check_questions`) and its first `check_tokens` greedy tokens compared with base +
+    adapter in transformers; the Modelfile's TEMPLATE and stops are checked against the training chat
+    template. The report is `result.fidelity` (its `passed` is False when the export answers
+    differently beyond the type's threshold) and `<name>.fidelity.json` beside the file. The export is
+    still written when the check fails: the caller decides what to do with it (the CLI exits 1).
+    When llama.cpp is not installed, `result.fidelity` says the check did not run.
+
+    With `verify`, the file is also read back by transformers (`gguf_file=`) and its logits compared
+    with base+adapter (unmerged) on a probe prompt; it checks the GGUF's tokenizer encodes the probe
     to the same ids.
     """
+    import time
+
+    from lorastudio import export_check
     from lorastudio.inference import adapter_system_prompt, check_adapter_dir
 
     if dtype not in GGUF_TYPES:
@@ -214,32 +242,78 @@ def export_gguf(adapter_dir: str | os.PathLike, out_file: str | os.PathLike, dty
     if out.is_dir():
         raise ExportError(f"{out} is a directory; give a file name ending in .gguf")
     adapter = check_adapter_dir(adapter_dir)
-    merged, tokenizer, base_id, reference = merge_adapter(adapter, base, PROBE if verify else None)
+    system = adapter_system_prompt(adapter)
+    started = time.perf_counter()
+    questions, source, skipped = [], "", None
+    if check:
+        try:
+            questions, source = export_check.check_questions(adapter, check_questions, questions_file)
+        except export_check.CheckError as exc:
+            raise ExportError(str(exc)) from None
+        skipped = export_check.prepare_llamacpp()  # before torch, so llama.cpp's threads wait politely
+    peft_model, tokenizer, base_id = load_peft(adapter, base)
+    reference = _probe_logits(peft_model, tokenizer, PROBE if verify else None)
+    greedy = None
+    if check and skipped is None:
+        greedy = export_check.reference_greedy(peft_model, tokenizer, questions, system, check_tokens)
+    seconds_reference = time.perf_counter() - started
+    merged = peft_model.merge_and_unload()
+    merged.eval()
+    del peft_model
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".part")
-    try:
-        write_gguf(merged, tokenizer, tmp, dtype, name=adapter.name)
-        os.replace(tmp, out)  # never leave a half-written .gguf under the final name
-    finally:
-        tmp.unlink(missing_ok=True)
+    _write_gguf_file(merged, tokenizer, out, dtype, adapter.name)
     files = [out.name]
     modelfile_path = None
     if modelfile:
         modelfile_path = out.parent / "Modelfile"
-        modelfile_path.write_text(ollama_modelfile(tokenizer, out.name, adapter_system_prompt(adapter)),
-                                  encoding="utf-8")
+        modelfile_path.write_text(ollama_modelfile(tokenizer, out.name, system), encoding="utf-8")
         files.append(modelfile_path.name)
-    check = None
+    seconds_export = time.perf_counter() - started
+    verified = None
     if verify:
         del merged
         loaded, gguf_tokenizer = load_gguf(out)
-        check = compare_logits(reference, loaded, tokenizer)
-        check["dtype"] = dtype
-        check["tokenizer_match"] = bool(
+        verified = compare_logits(reference, loaded, tokenizer)
+        verified["dtype"] = dtype
+        verified["tokenizer_match"] = bool(
             _probe_ids(gguf_tokenizer, PROBE).tolist() == _probe_ids(tokenizer, PROBE).tolist())
+    fidelity = fidelity_file = None
+    if check:
+        if greedy is None:
+            fidelity = {"gguf": str(out), "type": dtype, "passed": None, "skipped": skipped}
+        else:
+            fidelity = export_check.check_gguf(out, dtype, greedy, tokenizer, modelfile=modelfile_path, system=system,
+                                               tokens=check_tokens, source=source)
+            fidelity["seconds"] = {"reference": round(seconds_reference, 2),
+                                   "merge_and_write": round(seconds_export - seconds_reference, 2),
+                                   "llamacpp": fidelity.pop("seconds_llamacpp"),
+                                   "total": round(time.perf_counter() - started, 2)}
+        fidelity_file = str(export_check.write_report(fidelity, out))
+        files.append(Path(fidelity_file).name)
     return ExportResult(path=str(out), files=files, base=base_id, adapter=str(adapter),
                         bytes=out.stat().st_size, modelfile=str(modelfile_path) if modelfile_path else None,
-                        check=check)
+                        check=verified, fidelity=fidelity, fidelity_file=fidelity_file)
+
+
+def _write_gguf_file(model: Any, tokenizer: Any, out: Path, dtype: str, name: str) -> None:
+    """`out` written whole or not at all; q4_K_M goes through an f16 file and llama.cpp's quantizer."""
+    tmp = out.with_name(out.name + ".part")
+    f16 = out.with_name(out.name + ".f16.part")
+    try:
+        if dtype == "q4_K_M":
+            from lorastudio import llamacpp
+
+            write_gguf(model, tokenizer, f16, "f16", name=name)
+            try:
+                llamacpp.quantize_gguf(f16, tmp, "q4_K_M")
+            except llamacpp.LlamaCppError as exc:
+                raise ExportError(f"q4_K_M needs llama.cpp's quantizer: {exc}") from None
+        else:
+            write_gguf(model, tokenizer, tmp, dtype, name=name)
+        os.replace(tmp, out)  # never leave a half-written .gguf under the final name
+    finally:
+        tmp.unlink(missing_ok=True)
+        f16.unlink(missing_ok=True)
 
 
 def write_gguf(model: Any, tokenizer: Any, path: str | os.PathLike, dtype: str = "f16", name: str = "model") -> None:
@@ -359,8 +433,9 @@ def ollama_modelfile(tokenizer: Any, gguf_name: str, system: str | None = None) 
     head = "<|im_start|>system\n"
     if probe.startswith(head):
         default_system = probe[len(head):probe.index("<|im_end|>")]
+    # Ollama keeps system messages in .Messages (and prepends SYSTEM there when a chat brings none),
+    # so the template ranges over the messages only: printing .System as well would say it twice.
     template = (
-        "{{- if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}"
         "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}"
         "<|im_start|>assistant\n"
     )
