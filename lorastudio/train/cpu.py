@@ -23,6 +23,15 @@ through the kernels the CUDA path uses too (`lorastudio.train.kernels`; this mod
 - `torch.set_num_threads` = the physical cores this process may use (hyper-threads slow GEMMs).
 
 `LORASTUDIO_CPU_FAST=0` turns all of it off (the plain PEFT + autocast loop, for comparison).
+
+Two more levers for fp32 runs (issue 13, docs/BENCHMARKS.md "fp32 CPU training levers"), chosen by
+`customize` per run (`levers`) and applied by `enable`/`packed_loss`:
+- `cpu_int8`: the decoder layers' frozen W products (forward and input gradient) as int8 fbgemm GEMMs,
+  the LoRA branch fp32 (`LORASTUDIO_CPU_INT8=1` on; default `INT8_DEFAULT`, off: not faster on AVX2);
+- `cpu_prefix`: the template head all examples of a packed row share, computed once, exact
+  (`LORASTUDIO_CPU_PREFIX=0/1`; default `PREFIX_DEFAULT`, on; never with NEFTune or gradient
+  checkpointing).
+Without `customize` (tests, benchmarks calling `packed_loss`) only an explicit `=1` turns one on.
 """
 
 from __future__ import annotations
@@ -30,9 +39,15 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from lorastudio.train import kernels
+from lorastudio.train import cpu_int8, cpu_prefix, kernels
 
 ATTN_IMPLEMENTATION = "lorastudio_cpu_docs"
+LEVERS_ATTR = "_lorastudio_cpu_levers"
+INT8_DEFAULT = False
+"""int8 frozen-base GEMMs off unless asked for: on a 2-core AVX2 CPU they were not faster than the
+fp32 GEMMs they replace (docs/BENCHMARKS.md, "fp32 CPU training levers")."""
+PREFIX_DEFAULT = True
+"""The shared template head once per packed row on by default: exact, fewer tokens computed."""
 
 
 def enabled() -> bool:
@@ -75,21 +90,64 @@ def fuse_lora_linears(model: Any) -> int:
     return kernels.fuse_lora_linears(model, allow_dropout=True)
 
 
+def levers(model: Any) -> dict[str, bool]:
+    """The levers this model runs: what `customize` chose for the run, else only those switched on
+    explicitly by their environment variable."""
+    chosen = getattr(model, LEVERS_ATTR, None)
+    if chosen is not None:
+        return chosen
+    return {"int8": cpu_int8.setting() is True and cpu_int8.available(), "prefix": cpu_prefix.setting() is True}
+
+
 def enable(model: Any) -> kernels.FastPath:
     """Switch a PEFT-wrapped causal LM to the CPU fast path (idempotent): per-document attention,
-    fused LoRA linears (dropout too), chunked head + cross-entropy; norms and MLPs left eager."""
+    fused LoRA linears (dropout too), chunked head + cross-entropy; norms and MLPs left eager; then
+    the run's `levers` (int8 frozen-base GEMMs, the shared template head's attention)."""
     fp = getattr(model, "_lorastudio_fast_path", None)
     if fp is None:
         fp = kernels.install(model, attention=register_attention(), per_document=True, fuse_lora=True,
                              lora_dropout=True, elementwise=None, ce="chunked", ce_chunk=CE_CHUNK)
+        chosen = levers(model)
+        if chosen["int8"]:
+            cpu_int8.enable(model)
+        if chosen["prefix"]:
+            cpu_prefix.enable(model)
     return fp
 
 
 def packed_loss(model: Any, batch: dict[str, Any]) -> tuple[Any, int]:
     """(summed next-token CE over target tokens, number of targets) of one packed row — the same
-    quantity as `trainer.causal_lm_loss`, on the fast path (`kernels.packed_loss`)."""
+    quantity as `trainer.causal_lm_loss`, on the fast path (`kernels.packed_loss`, through the levers)."""
     enable(model)
-    return kernels.packed_loss(model, batch)
+    chosen = levers(model)
+    inner = cpu_int8.packed_loss if chosen["int8"] else kernels.packed_loss
+    if chosen["prefix"]:
+        return cpu_prefix.packed_loss(model, batch, inner=inner)
+    return inner(model, batch)
+
+
+def choose_levers(cfg: Any, setup: Any) -> tuple[dict[str, bool], list[str]]:
+    """({"int8": …, "prefix": …}, notes) for a run: the environment switches, else the defaults."""
+    import torch
+
+    notes = []
+    int8 = cpu_int8.setting()
+    if int8 is None:
+        int8 = INT8_DEFAULT and setup.dtype == torch.float32
+    if int8 and not cpu_int8.available():
+        notes.append("int8 base GEMMs off: this torch build or CPU has no fbgemm/AVX2")
+        int8 = False
+    prefix = cpu_prefix.setting()
+    if prefix is None:
+        prefix = PREFIX_DEFAULT
+    if prefix and getattr(cfg, "neftune_alpha", None):
+        notes.append("shared template head off: NEFTune adds noise per example")
+        prefix = False
+    if prefix and getattr(setup, "gradient_checkpointing", False):
+        # the recomputation runs in backward, after `packed_loss` has returned: the row's layout is gone
+        notes.append("shared template head off: gradient checkpointing recomputes the layers without it")
+        prefix = False
+    return {"int8": bool(int8), "prefix": bool(prefix)}, notes
 
 
 def customize(cfg: Any, setup: Any) -> Any:
@@ -110,9 +168,14 @@ def customize(cfg: Any, setup: Any) -> Any:
         # LoRA linears on its first call, once PEFT has wrapped the model (the attribute is found through
         # PEFT's wrappers).
         model._lorastudio_loss = packed_loss
+        setattr(model, LEVERS_ATTR, chosen)
         return model
 
+    chosen, notes = choose_levers(cfg, setup)
+    extra = (", int8 base GEMMs (fbgemm)" if chosen["int8"] else "") + \
+        (", shared template head once per row" if chosen["prefix"] else "")
     setup.prepare_model = prepare_model
     setup.notes = [*getattr(setup, "notes", []),
-                   f"CPU fast path: {torch.get_num_threads()} threads, fused LoRA, per-document attention"]
+                   f"CPU fast path: {torch.get_num_threads()} threads, fused LoRA, per-document attention{extra}",
+                   *notes]
     return setup

@@ -1,0 +1,460 @@
+"""int8 frozen-base GEMMs for fp32 CPU training (issue 13; off by default, `LORASTUDIO_CPU_INT8=1`).
+
+A LoRA run never trains the base weights W, so W can be quantized once and its products in a training
+step run as int8 GEMMs (fbgemm, `quantized::linear_dynamic`). The bare kernel is about 2× faster than
+the fp32 GEMM on a 2-core AVX2 CPU, but with what keeps the gradients right (per-token scales, outlier
+channels in fp32, below) the MLP products gained only 1.07–1.25× and the attention projections' became
+1.6–4× slower (`bench/cpu_speed.py kernels`), so a whole step was not faster: off by default
+(`cpu.INT8_DEFAULT`; docs/BENCHMARKS.md, "fp32 CPU training levers"). Kept for CPUs with VNNI, where
+the int8 kernels are faster still and 8-bit activations fit (not measured). Which products:
+
+- the **input gradient** `g W` of every frozen linear of the decoder layers (`BACKWARD`): Wᵀ packed
+  per input channel; the LoRA gradient stays a cosine ≥ 0.995 from fp32 and the loss is untouched;
+- the **forward** `x Wᵀ` only of the linears in `FORWARD` (gate_proj/up_proj: inputs fresh out of an
+  RMSNorm, 58 % of a layer's forward work). With every forward product in int8 the errors of 7 GEMMs
+  per layer compound over 24 layers and the LoRA gradient's cosine to fp32 fell to 0.98–0.99.
+
+Numerics of one int8 product `a ↦ a Mᵀ` (a = x or g, M = W or Wᵀ):
+- M quantized per output channel, symmetric int8, packed once (the fp32 W stays for everything else);
+- the `OUTLIERS` input channels of `a` with the largest |value| (found in this very `a`) go through a
+  thin fp32 GEMM instead (Qwen2's residual stream has a few channels ~40× the others);
+- every row (token) of the rest is divided by its max |value|, quantized by the kernel (uint8 over
+  the tensor; 7 bits on a CPU without VNNI, `reduce_range`, where 8 bits overflow the int16 pair sums
+  of AVX2's `vpmaddubsw`), and the product's row multiplied back: per-token quantization through the
+  per-tensor kernel (a row's scale commutes with the GEMM). Gradients differ by orders of magnitude
+  between tokens; per-tensor quantization made the loss 25 % wrong.
+Nothing is calibrated on a first batch: a product is a function of (W, a) alone, so a resumed run or
+another rank computes the same numbers.
+
+The LoRA branch stays fp32 and exact (`y = x Wᵀ + b + s·(x Aᵀ) Bᵀ`, A/B gradients from the fp32 x and
+g), as do attention, norms, the LM head + cross-entropy (`HEAD`) and the optimizer. The packs live on
+the modules (`_lorastudio_int8`, not in the state dict) and are rebuilt if W or b change.
+
+Switch: `LORASTUDIO_CPU_INT8=1` on (fp32 base weights, a CPU that fbgemm runs on), `=0` or unset off. `tests/test_cpu_speed.py`: parity with the fp32 path within int8 noise, and
+the switch really changes the path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+from lorastudio.train.lora_patch import ORIGINAL_FORWARD
+
+ENV = "LORASTUDIO_CPU_INT8"
+FORWARD: frozenset[str] | None = frozenset({"gate_proj", "up_proj", "w1", "w3"})
+"""Linears (by attribute name) whose forward product runs in int8; None: all; empty: none."""
+BACKWARD: frozenset[str] | None = None
+"""Linears whose input-gradient product runs in int8; None: all; empty: none."""
+OUTLIERS = 16
+"""Input channels per product computed in fp32 (the largest |value| of the activation, per call)."""
+PLAIN_LINEARS = True
+"""Also the frozen linears without LoRA (the attention projections under `all-mlp`)."""
+REDUCE_RANGE: bool | None = None
+"""7-bit activations (True), 8-bit (False), or by the CPU (None: `reduce_range()`)."""
+HEAD = {"forward": False, "backward": False}
+"""The LM head's two frozen GEMMs in int8 too (`packed_loss`); off: the cross-entropy's logits and the
+hidden-state gradient stay fp32 (measured: docs/BENCHMARKS.md)."""
+MARK = "_lorastudio_int8"
+
+
+def setting() -> bool | None:
+    """The environment switch: True (=1), False (=0), None (unset: the caller's default)."""
+    value = os.environ.get(ENV, "").strip().lower()
+    if value in ("", "auto"):
+        return None
+    return value not in ("0", "false", "no", "off")
+
+
+def _cpu_flags() -> set[str]:
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def available() -> bool:
+    """fbgemm is in this torch build and the CPU has AVX2 (its int8 kernels' minimum)."""
+    import torch
+
+    engines = getattr(torch.backends.quantized, "supported_engines", [])
+    if "fbgemm" not in engines and "x86" not in engines:
+        return False
+    flags = _cpu_flags()
+    return not flags or "avx2" in flags  # no /proc/cpuinfo (not Linux): trust the build
+
+
+def reduce_range() -> bool:
+    """7-bit activations unless the CPU has VNNI (int32 accumulation, no int16 pair overflow)."""
+    if REDUCE_RANGE is not None:
+        return REDUCE_RANGE
+    return not ({"avx512_vnni", "avx_vnni"} & _cpu_flags())
+
+
+def _chosen(names: frozenset[str] | None, name: str) -> bool:
+    return names is None or name in names
+
+
+# ------------------------------------------------------------------------------------------------
+# Packed int8 weights and prepared activations
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class Packs:
+    key: tuple
+    name: str = ""         # the linear's attribute name (q_proj, gate_proj, …)
+    forward: Any = None    # W (n × k), per output channel: x ↦ x Wᵀ
+    backward: Any = None   # Wᵀ (k × n), per input channel: g ↦ g W
+
+
+def _prepack(w: Any) -> Any:
+    """fbgemm's packed int8 form of `w` (n × k, fp32), per row symmetric."""
+    import torch
+
+    w = w.detach().float().contiguous()
+    scale = (w.abs().amax(dim=1) / 127.0).clamp_min(1e-12).double()
+    zero = torch.zeros(w.shape[0], dtype=torch.long)
+    engine = torch.backends.quantized.engine
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # quantized tensor creation is deprecated (still there in 2.13)
+        try:
+            if engine not in ("x86", "fbgemm"):
+                torch.backends.quantized.engine = "x86" if "x86" in torch.backends.quantized.supported_engines \
+                    else "fbgemm"
+            qw = torch.quantize_per_channel(w, scale, zero, 0, torch.qint8)
+            return torch.ops.quantized.linear_prepack(qw, None)
+        finally:
+            torch.backends.quantized.engine = engine
+
+
+def packs(module: Any, weight: Any, bias: Any) -> Packs:
+    """The module's int8 packs of its weight, made on first use and whenever W or b changed."""
+    key = (weight.data_ptr(), weight._version, tuple(weight.shape),
+           None if bias is None else (bias.data_ptr(), bias._version))
+    p = module.__dict__.get(MARK)
+    if not isinstance(p, Packs) or p.key != key:
+        p = Packs(key, module.__dict__.get(MARK + "_name", ""))
+        module.__dict__[MARK] = p
+    return p
+
+
+@dataclass
+class Prepared:
+    """An activation ready for the int8 GEMM: rows scaled to max |value| 1 with the outlier channels
+    zeroed (`scaled`), the row scales `r`, the outlier channels `idx` and their values `outliers`."""
+
+    scaled: Any
+    r: Any
+    idx: Any
+    outliers: Any
+
+
+_LAST: tuple[Any, tuple, Prepared] | None = None
+"""The last prepared activation (gate_proj and up_proj get the same x: prepared once)."""
+
+
+def prepare(a: Any, a2: Any) -> Prepared:
+    """`a2` (= a as m × k) prepared for `qmm`; reused when the same `a` (same object, unchanged) comes
+    again right away."""
+    global _LAST
+    key = (a._version, a.data_ptr(), tuple(a.shape), OUTLIERS)
+    last = _LAST  # one read: another thread may replace it meanwhile
+    if last is not None and last[0]() is a and last[1] == key:
+        return last[2]
+    mag = a2.abs()
+    idx = None
+    outliers = None
+    if 0 < OUTLIERS < a2.shape[1]:
+        idx = mag.amax(dim=0).topk(OUTLIERS).indices
+        outliers = a2.index_select(1, idx)
+        mag.index_fill_(1, idx, 0.0)
+    r = mag.amax(dim=1, keepdim=True).clamp_min_(1e-30)
+    del mag
+    scaled = a2 * r.reciprocal()
+    if idx is not None:
+        scaled.index_fill_(1, idx, 0.0)
+    prep = Prepared(scaled, r, idx, outliers)
+    _LAST = (weakref.ref(a), key, prep)
+    return prep
+
+
+def _linear_dynamic(a2: Any, packed: Any, reduce: bool) -> Any:
+    import torch
+
+    return torch.ops.quantized.linear_dynamic(a2, packed, reduce)
+
+
+def qmm(prep: Prepared, packed: Any, columns: Any) -> Any:
+    """The prepared activation times the packed matrix M (n × k): (m × n) fp32; `columns(idx)` gives
+    M[:, idx] in fp32 for the outlier channels."""
+    y = _linear_dynamic(prep.scaled, packed, reduce_range()).mul_(prep.r)
+    if prep.idx is not None:
+        y.addmm_(prep.outliers, columns(prep.idx).t())
+    return y
+
+
+def _forward_product(p: Packs, x: Any, x2: Any, weight: Any, bias: Any, head: bool = False) -> Any:
+    """x2 Wᵀ + b: int8 if chosen for this linear, else fp32."""
+    import torch
+
+    if not (HEAD["forward"] if head else _chosen(FORWARD, p.name)):
+        return torch.nn.functional.linear(x2, weight, bias)
+    if p.forward is None:
+        p.forward = _prepack(weight)
+    y = qmm(prepare(x, x2), p.forward, lambda idx: weight.index_select(1, idx))
+    return y.add_(bias) if bias is not None else y
+
+
+def _input_grad(p: Packs, g: Any, weight: Any, head: bool = False) -> Any:
+    """g W: int8 if chosen for this linear, else fp32."""
+    if not (HEAD["backward"] if head else _chosen(BACKWARD, p.name)):
+        return g @ weight
+    if p.backward is None:
+        p.backward = _prepack(weight.detach().t())
+    return qmm(prepare(g, g), p.backward, lambda idx: weight.index_select(0, idx).t())
+
+
+# ------------------------------------------------------------------------------------------------
+# Autograd functions
+# ------------------------------------------------------------------------------------------------
+def _functions() -> tuple[type, type, type]:
+    import torch
+
+    class Int8LinearFn(torch.autograd.Function):
+        """y = x Wᵀ + b with W, b frozen; saves nothing but the packs (W for an fp32 input gradient)."""
+
+        @staticmethod
+        def forward(ctx, x, weight, bias, p):
+            x2 = x.reshape(-1, x.shape[-1])
+            y = _forward_product(p, x, x2, weight, bias)
+            ctx.p, ctx.weight = p, weight
+            return y.view(*x.shape[:-1], y.shape[-1])
+
+        @staticmethod
+        def backward(ctx, grad_out):
+            g = grad_out.reshape(-1, grad_out.shape[-1]).contiguous()
+            grad_x = _input_grad(ctx.p, g, ctx.weight)
+            return grad_x.view(*grad_out.shape[:-1], -1), None, None, None
+
+    class Int8LoraLinearFn(torch.autograd.Function):
+        """y = x Wᵀ + b + s·(x' Aᵀ) Bᵀ (as `kernels.LoraLinearFn`), the W products through
+        `_forward_product` / `_input_grad`, the LoRA branch and its gradients in the activation dtype
+        (fp32) from the exact x' and g."""
+
+        @staticmethod
+        def forward(ctx, x, xd, weight, bias, lora_a, lora_b, scaling, p):
+            x2 = x.reshape(-1, x.shape[-1])
+            xd2 = x2 if xd is None else xd.reshape(-1, xd.shape[-1])
+            a = lora_a.to(x.dtype)
+            b = lora_b.to(x.dtype)
+            xa = xd2 @ a.t()
+            y = _forward_product(p, x, x2, weight, bias)
+            y.addmm_(xa, b.t(), alpha=scaling)
+            ctx.save_for_backward(x if xd is None else xd, a, b, xa)
+            ctx.p, ctx.weight = p, weight
+            ctx.scaling = scaling
+            ctx.dropout = xd is not None
+            ctx.param_dtypes = (lora_a.dtype, lora_b.dtype)
+            return y.view(*x.shape[:-1], y.shape[-1])
+
+        @staticmethod
+        def backward(ctx, grad_out):
+            xl, a, b, xa = ctx.saved_tensors
+            s = ctx.scaling
+            g = grad_out.reshape(-1, grad_out.shape[-1]).contiguous()
+            xl2 = xl.reshape(-1, xl.shape[-1])
+            gxa = torch.mm(g, b)
+            grad_x = grad_xd = None
+            if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+                base = _input_grad(ctx.p, g, ctx.weight)
+                if ctx.dropout:
+                    grad_x = base.view(*grad_out.shape[:-1], -1) if ctx.needs_input_grad[0] else None
+                    grad_xd = torch.mm(gxa, a).mul_(s).view(*grad_out.shape[:-1], -1)
+                else:
+                    grad_x = base.addmm_(gxa, a, alpha=s).view(*grad_out.shape[:-1], -1)
+            grad_a = torch.mm(gxa.t(), xl2).mul_(s).to(ctx.param_dtypes[0]) if ctx.needs_input_grad[4] else None
+            grad_b = torch.mm(g.t(), xa).mul_(s).to(ctx.param_dtypes[1]) if ctx.needs_input_grad[5] else None
+            return grad_x, grad_xd, None, None, grad_a, grad_b, None, None
+
+    class Int8LinearCrossEntropy(torch.autograd.Function):
+        """`kernels.ChunkedLinearCrossEntropy` (sum over rows of CE(h Wᵀ, target), chunked, gradient
+        computed in the forward) with the frozen head's GEMMs as `HEAD` says. Log-softmax in fp32."""
+
+        @staticmethod
+        def forward(ctx, hidden, weight, targets, chunk, p):
+            rows = hidden.shape[0]
+            grad_h = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+            total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            for start in range(0, rows, chunk):
+                h = hidden[start:start + chunk]
+                t = targets[start:start + chunk]
+                logp = torch.log_softmax(_forward_product(p, h, h, weight, None, head=True), dim=-1)
+                total -= logp.gather(1, t[:, None]).sum()
+                if grad_h is None:
+                    continue
+                probs = logp.exp_()
+                probs[torch.arange(t.numel(), device=t.device), t] -= 1.0
+                grad_h[start:start + chunk] = _input_grad(p, probs, weight, head=True)
+            ctx.save_for_backward(grad_h)
+            return total
+
+        @staticmethod
+        def backward(ctx, grad_total):
+            (grad_h,) = ctx.saved_tensors
+            return (None if grad_h is None else grad_h * grad_total), None, None, None, None
+
+    return Int8LinearFn, Int8LoraLinearFn, Int8LinearCrossEntropy
+
+
+_FNS: tuple[type, type, type] | None = None
+
+
+def _fns() -> tuple[type, type, type]:
+    global _FNS
+    if _FNS is None:
+        _FNS = _functions()
+    return _FNS
+
+
+def _frozen(weight: Any, bias: Any) -> bool:
+    import torch
+
+    return (not weight.requires_grad and weight.dtype == torch.float32 and weight.device.type == "cpu"
+            and (bias is None or not bias.requires_grad))
+
+
+def int8_linear_forward(self: Any, x: Any) -> Any:
+    """Replacement `forward` of a frozen fp32 `nn.Linear`."""
+    import torch
+
+    if not _frozen(self.weight, self.bias) or x.dtype != torch.float32:
+        return torch.nn.functional.linear(x, self.weight, self.bias)
+    return _fns()[0].apply(x, self.weight, self.bias, packs(self, self.weight, self.bias))
+
+
+def int8_lora_forward(self: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
+    """Replacement `forward` of a PEFT `lora.Linear` over a frozen fp32 base: one plain adapter active →
+    `Int8LoraLinearFn`; anything else → PEFT's own forward (as `kernels.fused_lora_forward`)."""
+    import torch
+
+    original = getattr(self, ORIGINAL_FORWARD)
+    if self.disable_adapters or self.merged or args or kwargs or len(self.active_adapters) != 1:
+        return original(x, *args, **kwargs)
+    name = self.active_adapters[0]
+    base = self.base_layer
+    if name not in self.lora_A or not _frozen(base.weight, base.bias) or x.dtype != torch.float32:
+        return original(x, *args, **kwargs)
+    dropout = self.lora_dropout[name]
+    xd = None if isinstance(dropout, torch.nn.Identity) else dropout(x)
+    return _fns()[1].apply(x, xd, base.weight, base.bias, self.lora_A[name].weight, self.lora_B[name].weight,
+                           float(self.scaling[name]), packs(base, base.weight, base.bias))
+
+
+# ------------------------------------------------------------------------------------------------
+# Installing
+# ------------------------------------------------------------------------------------------------
+def _decoder_layers(model: Any) -> list[Any]:
+    """The modules holding the decoder layers' linears (all of the model but its head and embeddings)."""
+    from lorastudio.train.kernels import causal_lm_parts
+
+    backbone, _ = causal_lm_parts(model)
+    layers = getattr(backbone, "layers", None) or getattr(backbone, "h", None)
+    return list(layers) if layers is not None else [backbone]
+
+
+def _patch(module: Any, forward: Any) -> None:
+    import types
+
+    if MARK + "_previous" not in module.__dict__:
+        module.__dict__[MARK + "_previous"] = module.__dict__.get("forward")  # None: the class's forward
+    module.forward = types.MethodType(forward, module)
+
+
+def enable(model: Any) -> dict[str, int]:
+    """Route every frozen fp32 linear of the decoder layers through the int8 functions (idempotent).
+    Returns how many: {"lora": LoRA-wrapped linears, "linear": plain ones}."""
+    import torch
+    from peft.tuners.lora import Linear as LoraLinear
+
+    counts = {"lora": 0, "linear": 0}
+    lora_parts = set()
+    for layer in _decoder_layers(model):
+        for qualified, module in layer.named_modules():
+            if isinstance(module, torch.nn.Linear):
+                parts = [x for x in qualified.split(".") if x != "base_layer"]
+                module.__dict__[MARK + "_name"] = parts[-1] if parts else ""
+        for module in layer.modules():
+            if not isinstance(module, LoraLinear):
+                continue
+            lora_parts.update(id(m) for m in module.modules())  # its base and its own A/B linears
+            if type(module.base_layer) is not torch.nn.Linear or getattr(module, "fan_in_fan_out", False):
+                continue
+            if getattr(module, "lora_variant", None) and any(module.lora_variant.values()):
+                continue
+            if not hasattr(module, ORIGINAL_FORWARD):  # PEFT's own, the fallback (as the fused path keeps it)
+                setattr(module, ORIGINAL_FORWARD, module.forward)
+            _patch(module, int8_lora_forward)
+            counts["lora"] += 1
+        for module in layer.modules():
+            if PLAIN_LINEARS and type(module) is torch.nn.Linear and id(module) not in lora_parts:
+                _patch(module, int8_linear_forward)
+                counts["linear"] += 1
+    model.__dict__[MARK] = counts
+    return counts
+
+
+def enabled_on(model: Any) -> dict[str, int] | None:
+    """What `enable` patched on this model (through PEFT's wrappers), or None."""
+    for m in (model, getattr(model, "base_model", None), getattr(getattr(model, "base_model", None), "model", None)):
+        if m is not None and isinstance(m.__dict__.get(MARK), dict):
+            return m.__dict__[MARK]
+    return None
+
+
+def disable(model: Any, *, keep_packs: bool = False) -> None:
+    """Back to the forwards that were there before `enable` (the fp32 paths); drops the packs unless
+    `keep_packs` (a benchmark switching back and forth)."""
+    global _LAST
+    _LAST = None
+    for module in model.modules():
+        if MARK + "_previous" in module.__dict__:
+            previous = module.__dict__.pop(MARK + "_previous")
+            if previous is None:
+                module.__dict__.pop("forward", None)
+            else:
+                module.forward = previous
+        if not keep_packs or not isinstance(module.__dict__.get(MARK), Packs):
+            module.__dict__.pop(MARK, None)
+
+
+def packed_loss(model: Any, batch: dict[str, Any]) -> tuple[Any, int]:
+    """`kernels.packed_loss` with the LM head + cross-entropy through `Int8LinearCrossEntropy` when
+    `HEAD` asks for it (a frozen fp32 bias-free head), else exactly `kernels.packed_loss`."""
+    import torch
+
+    from lorastudio.train import kernels
+
+    if not (HEAD["forward"] or HEAD["backward"]):
+        return kernels.packed_loss(model, batch)
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = lm.get_output_embeddings()
+    if not isinstance(head, torch.nn.Linear) or head.bias is not None or not _frozen(head.weight, None):
+        return kernels.packed_loss(model, batch)
+    if "target_index" not in batch:
+        batch = kernels.packed_batch(batch["input_ids"], batch["position_ids"], batch["labels"], batch.get("lengths"))
+    fp = getattr(model, "_lorastudio_fast_path", None)
+    backbone, _ = kernels.causal_lm_parts(model)
+    cu, max_len = batch["cu_seq_lens"], batch["max_length"]
+    kwargs = {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": max_len, "max_length_k": max_len}
+    if fp is not None and fp.per_document:
+        kwargs["attention_mask"] = kernels.NO_MASK
+    out = backbone(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False, **kwargs)
+    hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+    hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch["target_index"])
+    chunk = fp.ce_chunk if fp else 1024
+    total = _fns()[2].apply(hidden, head.weight, batch["target_ids"], int(chunk), packs(head, head.weight, None))
+    return total, batch["num_targets"]
