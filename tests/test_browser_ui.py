@@ -60,7 +60,7 @@ RECOMMENDATION = {
                  "augment_paraphrases": 2, "replay_rows": 32, "max_length": 256, "batch_tokens": 512,
                  "gradient_accumulation": 1, "num_epochs": 4.0, "val_fraction": 0.0, "early_stopping_patience": None,
                  "neftune_alpha": None, "dtype": "fp32", "gradient_checkpointing": False, "device": "cpu",
-                 "price_per_hour": 0.0},
+                 "price_per_hour": 0.0, "quantize_base": "auto"},
     "reasons": {"lora_r": "rank 16: enough capacity for 28 rows on a 0.5B model",
                 "learning_rate": "0.0005: fast enough to learn facts in a few epochs on a 0.5B model",
                 "num_epochs": "4 epochs over data + paraphrases + replay", "max_length": "256 tokens: longest row",

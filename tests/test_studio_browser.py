@@ -33,10 +33,16 @@ def test_job_list_clone_delete_and_downloads_of_the_chosen_job(browser, static_s
     context, page, errors = open_page(browser, static_server, lang, fake)
     upload_broken(page, tmp_path)
     page.locator("#advanced summary").click()
+    # the QLoRA choices in words (issue 15 #7: they were raw "none" / "4bit")
+    expect(page.locator("#adv-quantize_base option[value='4bit']")).to_have_text(
+        "开启（4 位基础模型，省显存）" if zh else "on (4-bit base: less GPU memory)")
+    expect(page.locator("#adv-quantize_base option[value=none]")).to_have_text(
+        "不量化（全精度）" if zh else "off (full-precision base)")
     page.locator("#adv-max_steps").fill("6")
     page.locator("#adv-max_steps").press("Tab")
     page.get_by_test_id("start-training").click()
     expect(page.get_by_test_id("job-status")).to_have_attribute("data-status", "succeeded")
+    expect(page.locator("#job-cost")).to_have_text("无费用（本机）" if zh else "free (this machine)")  # not "$0"
     items = page.get_by_test_id("job-list-item")
     expect(items).to_have_count(1)
     first = items.first

@@ -354,8 +354,9 @@ function renderJob() {
     ? `${formatNumber(percent, 0)}%${last ? ` · ${t("train.steps", { step: last.step, total: last.total_steps })}` : ""}` : "—";
   $("job-speed").textContent = last?.tokens_per_s !== undefined
     ? t("train.tokens_per_s", { n: formatNumber(last.tokens_per_s, 0) }) : "—";
-  $("job-cost").textContent = last?.cost !== undefined
-    ? formatMoney(last.cost, store.get("rec")?.estimate?.currency) : "—";
+  // A run on this machine costs nothing: said so, as the estimate does ("$0" read as a price).
+  $("job-cost").textContent = last?.cost === undefined ? "—"
+    : Number(last.cost) === 0 ? t("train.cost_free") : formatMoney(last.cost, store.get("rec")?.estimate?.currency);
   $("job-loss").textContent = last?.loss !== undefined ? formatNumber(last.loss, 4) : "—";
 
   const errBox = $("job-error");
