@@ -20,7 +20,8 @@ from lorastudio.train import (
     read_events,
     train,
 )
-from lorastudio.train.schedule import build_schedule
+from lorastudio.train.config import MAX_EPOCHS, MAX_STEPS
+from lorastudio.train.schedule import Schedule, build_schedule
 
 METRIC_KEYS = {"time", "type", "step", "total_steps", "epoch", "percent", "eta_s", "tokens_per_s", "loss",
                "lr", "elapsed_s", "cost"}
@@ -290,3 +291,31 @@ def test_qlora_without_bitsandbytes_is_a_clear_error(tmp_path, small_model_dir, 
                       output_dir=str(tmp_path / "q"), max_steps=1, quantize_base="4bit")
     with pytest.raises(ConfigError, match="bitsandbytes"):
         train(cfg)
+
+
+def _schedule_peak(lengths: list[int], cfg: TrainConfig) -> tuple[int, int]:
+    """(steps, peak bytes allocated while the schedule is made and its first steps taken)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        schedule = Schedule(lengths, cfg)
+        steps = schedule.iterate()
+        assert [next(steps)[0] for _ in range(3)] == [1, 2, 3]
+        return len(schedule), tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("field, short, long, rows", [("num_epochs", 1, MAX_EPOCHS, 800),
+                                                      ("max_steps", 1000, MAX_STEPS // 5, 20)])
+def test_the_schedule_is_lazy_its_memory_does_not_grow_with_its_length(field, short, long, rows):
+    """Issue 16: a list of every step grew ~10 MB/s for n_epochs=1e9. The schedule keeps one epoch at a
+    time, so the longest schedule a config allows needs no more memory than a short one."""
+    lengths = [17 + (i * 7919) % 40 for i in range(rows)]
+    cfg = TrainConfig(batch_tokens=64, max_length=64)
+    short_steps, short_peak = _schedule_peak(lengths, cfg.with_overrides({field: short}))
+    long_steps, long_peak = _schedule_peak(lengths, cfg.with_overrides({field: long}))
+    assert long_steps >= 99 * short_steps and long_steps >= 50_000
+    # A list of every step (the old schedule) needs ~100x more for the long one.
+    assert long_peak < 1.5 * short_peak + 65_536, (short_peak, long_peak, long_steps)

@@ -202,14 +202,17 @@ def _preview(text: str) -> str:
     return text if len(text) <= HINT_PREVIEW_CHARS else text[:HINT_PREVIEW_CHARS] + "…"
 
 
-def validate(path: str | Path, *, max_length: int = 2048, tokenizer: object | None = None,
+def validate(path: str | Path, *, max_length: int | None = 2048, tokenizer: object | None = None,
              sheet: str | None = None) -> ValidationReport:
     """Read ``path`` (any supported format/encoding), check every row, return the report.
+
+    ``max_length=None`` leaves lengths to the caller: the trainer counts every row's tokens exactly
+    when it tokenizes them (one pass), so its reading is the service's validation, not a second one.
 
     Raises DataError only when the file cannot be used at all. Row contents are never changed:
     usable rows become Conversations with their text exactly as written (no trimming).
     """
-    if max_length < 1:
+    if max_length is not None and max_length < 1:
         raise DataError(f"max_length must be at least 1 (got {max_length})", "bad_argument")
     table = read_table(path, sheet=sheet)
     try:
@@ -224,7 +227,7 @@ def validate(path: str | Path, *, max_length: int = 2048, tokenizer: object | No
         raise
 
 
-def validate_table(table: RawTable, name: str, *, max_length: int = 2048,
+def validate_table(table: RawTable, name: str, *, max_length: int | None = 2048,
                    tokenizer: object | None = None) -> ValidationReport:
     if not table.records:
         raise DataError.of("no_rows", "empty_file", file=name)
@@ -283,7 +286,7 @@ def validate_table(table: RawTable, name: str, *, max_length: int = 2048,
             bad = next(tn for tn in turns if tn.text is None)
             row_issues.append(RowIssue("error", "malformed_row", "malformed_row.turn", bad.field,
                                        {"field": bad.field, "example": '{"role": "user", "content": "…"}'}))
-        if not any(i.severity == "error" for i in row_issues):
+        if max_length is not None and not any(i.severity == "error" for i in row_issues):
             msgs = [{"role": tn.role, "content": tn.text or ""} for tn in turns]
             longest = max(turns, key=lambda tn: len(tn.text or "")).field if turns else None
             row_issues += _length_issues(msgs, max_length, tokenizer, longest)

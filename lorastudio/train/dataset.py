@@ -9,7 +9,7 @@ from typing import Any
 
 from lorastudio.train.config import TrainConfig
 from lorastudio.train.events import EventLog
-from lorastudio.train.schedule import Step, build_schedule
+from lorastudio.train.schedule import Schedule
 from lorastudio.train.tokenize import Example, encode_dataset
 
 
@@ -17,11 +17,14 @@ class DataUnusable(ValueError):
     """The data cannot train anything (no usable rows, every row too long…); the CLI exits 2."""
 
 
-def validate_file(path: str, max_length: int, tokenizer) -> tuple[list[Any], dict[str, Any]]:
+def validate_file(path: str) -> tuple[list[Any], dict[str, Any]]:
+    """The service's validation of a file (`lorastudio.data.validate`); lengths are left to `tokenize`,
+    which counts every row's tokens exactly anyway (counting them here too made reading a 200 MB file
+    take minutes where the service's validation took 19 s: issue 16)."""
     from lorastudio.data import DataError, validate
 
     try:
-        report = validate(path, max_length=max_length, tokenizer=tokenizer)
+        report = validate(path, max_length=None)
     except DataError as error:
         raise DataUnusable(str(error)) from error
     except FileNotFoundError as error:
@@ -40,7 +43,7 @@ def validate_file(path: str, max_length: int, tokenizer) -> tuple[list[Any], dic
     return list(report.conversations), report.to_dict()
 
 
-def load_conversations(cfg: TrainConfig, tokenizer, given_train: Sequence[Any] | None,
+def load_conversations(cfg: TrainConfig, given_train: Sequence[Any] | None,
                        given_val: Sequence[Any] | None) -> tuple[list[Any], list[Any], dict[str, Any]]:
     """(training conversations, validation conversations, data report)."""
     from lorastudio.data import split_train_val
@@ -51,11 +54,11 @@ def load_conversations(cfg: TrainConfig, tokenizer, given_train: Sequence[Any] |
     else:
         if not cfg.data:
             raise DataUnusable("no training data given (cfg.data is empty)")
-        train, report = validate_file(cfg.data, cfg.max_length, tokenizer)
+        train, report = validate_file(cfg.data)
     if given_val is not None:
         val = list(given_val)
     elif cfg.validation_data:
-        val, report["validation"] = validate_file(cfg.validation_data, cfg.max_length, tokenizer)
+        val, report["validation"] = validate_file(cfg.validation_data)
     else:
         train, val = (list(part) for part in split_train_val(train, val_fraction=cfg.val_fraction, seed=cfg.seed))
     return train, val, report
@@ -87,7 +90,7 @@ def augment(conversations: list[Any], *, model, tokenizer, cfg: TrainConfig, log
 class Tokenized:
     train: list[Example]
     val: list[Example]
-    schedule: list[Step]
+    schedule: Schedule
 
 
 def tokenize(train_convs: list[Any], val_convs: list[Any], *, tokenizer, cfg: TrainConfig, log: EventLog,
@@ -103,8 +106,10 @@ def tokenize(train_convs: list[Any], val_convs: list[Any], *, tokenizer, cfg: Tr
         log.stage("tokenize", f"skipped {len(skipped)} conversation(s) longer than max_length="
                               f"{cfg.max_length} tokens (rows {rows}); raise max_length to keep them")
     if not train.examples:
+        too_long = ", ".join(f"row {s['row']}: {s['tokens']} tokens" for s in train.too_long[:3])
         raise DataUnusable(f"no conversation fits max_length={cfg.max_length} tokens with an assistant "
-                           "answer to learn; raise max_length or shorten the rows")
+                           "answer to learn" + (f" (too_long ×{len(train.too_long)}: {too_long})" if too_long else "")
+                           + "; raise max_length or shorten the rows")
     lengths = [e.num_tokens for e in train.examples]
     report["tokens"] = {
         "train_conversations": len(train.examples), "validation_conversations": len(val.examples),
@@ -112,7 +117,7 @@ def tokenize(train_convs: list[Any], val_convs: list[Any], *, tokenizer, cfg: Tr
         "max_tokens": max(lengths), "mean_tokens": round(sum(lengths) / len(lengths), 1),
         "skipped_too_long": skipped, "skipped_no_answer": train.no_targets + val.no_targets,
     }
-    schedule = build_schedule(lengths, cfg, [e.rotation for e in train.examples])
+    schedule = Schedule(lengths, cfg, [e.rotation for e in train.examples])
     variants = sum(1 for e in train.examples if e.rotation)
     log.stage("tokenize", f"{len(lengths)} examples, {sum(lengths):,} tokens"
                           + (f" ({variants} of them variants trained in one epoch each)" if variants else "")

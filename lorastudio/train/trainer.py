@@ -31,10 +31,11 @@ from lorastudio.train.card import model_card
 from lorastudio.train.config import ConfigError, TrainConfig
 from lorastudio.train.dataset import DataUnusable
 from lorastudio.train.device import DeviceSetup, causal_lm_loss, device_setup
+from lorastudio.train.evaluation import Evaluation
 from lorastudio.train.events import EventCallback, EventLog
-from lorastudio.train.schedule import Step, build_schedule, lr_lambda
+from lorastudio.train.schedule import Schedule, Step, build_schedule, lr_lambda
 from lorastudio.train.stopping import StepAborted, StopFlag, TrainingInterrupted, install_abort_hooks
-from lorastudio.train.tokenize import Example, collate_packed, pack
+from lorastudio.train.tokenize import Example, collate_packed
 
 # Steps (and seconds) measured before the run's own speed replaces the recommender's assumption.
 CALIBRATION_STEPS = 2
@@ -165,9 +166,9 @@ class Trainer:
             log.stage("prepare", note)  # auto-fit plan, QLoRA, fast paths, ranks: what was decided
         log.stage("prepare", f"reading {cfg.data or 'the given conversations'} and {cfg.base}")
         self.model_dir = resolve_model(cfg.base)
-        # Data first (needs only the tokenizer): bad data fails in seconds, not after a model load.
+        # Data first: bad data fails in seconds, not after a model load.
+        train_convs, val_convs, self.data_report = dataset.load_conversations(cfg, *self._given)
         tokenizer = load_tokenizer(self.model_dir)
-        train_convs, val_convs, self.data_report = dataset.load_conversations(cfg, tokenizer, *self._given)
         log.stage("prepare", f"loading {cfg.base} on {self.device.device} ({_dtype_name(self.device)})")
         quantization = None
         if self.device.quantize_4bit:
@@ -200,10 +201,10 @@ class Trainer:
         data = dataset.tokenize(train_convs, val_convs, tokenizer=tokenizer, cfg=cfg, log=log, report=self.data_report)
         self.train_examples, self.val_examples, self.schedule = data.train, data.val, data.schedule
         self.total_steps = len(self.schedule)
-        self.step_tokens = [sum(self.train_examples[i].num_tokens for mb in plan.micro_batches for i in mb)
-                            for plan in self.schedule]
         self.optimizer, self.scheduler, self.scaler = build_optimizer(self.trainable, cfg, self.device,
                                                                       self.total_steps)
+        self.evaluation = Evaluation(cfg, log, self.strategy, self.model, self.val_examples, self._forward_loss,
+                                     self._write_adapter, self.output_dir)
         self.progress = Progress()
         self.calibrated = False
         self.start_step = self._restore(checkpoint) if checkpoint else 0
@@ -219,8 +220,7 @@ class Trainer:
             install_abort_hooks(self.model, self.stop)
         self.model.train()
         early_stopped, last_saved, step = False, self.start_step, self.start_step
-        for step in range(self.start_step + 1, self.total_steps + 1):
-            plan = self.schedule[step - 1]
+        for step, plan in self.schedule.iterate(self.start_step):
             train_loss, stop_now = self._step(step, plan, last_saved)
             self._report(step, plan, train_loss)
             valid_loss = None
@@ -234,7 +234,7 @@ class Trainer:
                     self._interrupt(step, last_saved, train_loss, None)
                 progress.history[-1]["valid_loss"] = valid_loss
                 self.log.emit("eval", step=step, valid_loss=round(valid_loss, 5))
-                early_stopped = self._early_stopping(step, valid_loss)
+                early_stopped = self.evaluation.should_stop(step, valid_loss, progress)
             if (step % cfg.save_every == 0) if cfg.save_every else plan.epoch_end:
                 self._save_checkpoint(step, train_loss, valid_loss)
                 last_saved = step
@@ -297,7 +297,7 @@ class Trainer:
         progress = self.progress
         session_s = max(time.time() - progress.session_start, 1e-9)
         rate = progress.session_tokens / session_s  # includes evaluation and checkpoints: an honest ETA
-        remaining_tokens = sum(self.step_tokens[step:])
+        remaining_tokens = self.schedule.total_tokens - plan.tokens_done
         eta = remaining_tokens / max(rate, 1e-9)
         elapsed = progress.elapsed()
         metrics = {
@@ -334,42 +334,7 @@ class Trainer:
 
     def evaluate(self) -> float | None:
         """Mean validation loss per target token (every rank calls it; the result is global)."""
-        import torch
-
-        if not self.val_examples:
-            return None
-        self.model.eval()
-        total, count = 0.0, 0
-        batches = pack([e.num_tokens for e in self.val_examples], range(len(self.val_examples)), self.cfg.batch_tokens)
-        share, fillers = self.strategy.eval_share(batches)
-        with torch.no_grad():
-            for indices in share:
-                loss_sum, n = self._forward_loss(indices, self.val_examples)
-                total += float(loss_sum)
-                count += n
-            for _ in range(fillers):  # FSDP: every rank takes part in every forward's all-gathers
-                self._forward_loss(batches[0][:1], self.val_examples)
-        total, count = self.strategy.reduce_step([], [total, count])
-        self.model.train()
-        return total / max(1, count)
-
-    def _early_stopping(self, step: int, valid_loss: float) -> bool:
-        progress, patience = self.progress, self.cfg.early_stopping_patience
-        if progress.best_valid_loss is None or valid_loss < progress.best_valid_loss - 1e-4:
-            progress.best_valid_loss, progress.bad_evals = valid_loss, 0
-            if patience:
-                weights = self.strategy.full_weights(self.model)
-                if self.strategy.writes:
-                    best = checkpoints.best_path(self.output_dir)
-                    checkpoints.atomic_dir(best, lambda tmp: self._write_adapter(tmp, weights))
-                    (best / "step.txt").write_text(str(step))
-            return False
-        progress.bad_evals += 1
-        if patience and progress.bad_evals >= patience:
-            self.log.stage("evaluate", f"early stopping at step {step}: validation loss has not improved for "
-                                       f"{patience} evaluation(s); keeping the best adapter")
-            return True
-        return False
+        return self.evaluation.loss()
 
     # -- checkpoints ---------------------------------------------------------------------------
     def _write_adapter(self, path: Path, weights: dict[str, Any] | None) -> None:
@@ -509,5 +474,5 @@ def _dtype_name(setup: DeviceSetup) -> str:
 
 
 __all__ = ["DataUnusable", "DeviceSetup", "Progress", "Step", "TrainResult", "Trainer", "TrainingInterrupted",
-           "build_schedule", "causal_lm_loss", "device_setup", "error_code", "lr_lambda", "mlp_linears",
+           "Schedule", "build_schedule", "causal_lm_loss", "device_setup", "error_code", "lr_lambda", "mlp_linears",
            "neftune_hook", "train"]
