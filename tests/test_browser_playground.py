@@ -285,6 +285,11 @@ def test_phone_width_from_the_start(browser, server):
     for lang in ("zh", "en"):
         context, page, errors = open_page(browser, server, lang, viewport=PHONE)
         expect(page.get_by_test_id("compare-model-a")).not_to_have_value("")
+        # bases that cannot run here are listed but cannot be chosen (the catalogue says which)
+        catalog = json.load(urllib.request.urlopen(server + "/studio/models"))["data"]
+        off = sorted(m["id"] for m in catalog if m.get("available") is False)
+        disabled = page.locator("[data-testid=compare-model-a] option[disabled]")
+        assert sorted(o.get_attribute("value") for o in disabled.all()) == off
         page.get_by_test_id("playground-send").click()  # no question: said in words
         expect(page.locator("#pg-state[data-testid=error-message]")).to_have_text(
             "请先输入问题。" if lang == "zh" else "Type a question first.")

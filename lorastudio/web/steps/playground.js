@@ -184,7 +184,7 @@ export async function readQuestionFile(file) {
 // the model pickers
 
 export function initPlayground() {
-  store.subscribe(["pgModels", "pgModelsError", "job", "lang"], renderPickers);
+  store.subscribe(["pgModels", "pgModelsError", "models", "job", "lang"], renderPickers);
   store.subscribe(["chat", "lang"], renderChat);
   store.subscribe(["setRun", "lang"], renderSet);
   store.subscribe(["jobs", "job"], refreshWhenNewAdapter);
@@ -216,9 +216,15 @@ function refreshWhenNewAdapter() {
 
 function fillSelect(select, groups, value) {
   select.replaceChildren(...groups.filter((g) => g.options.length).map((g) => node("optgroup", { label: g.label },
-    ...g.options.map((o) => node("option", { value: o.value, text: o.label })))));
-  const values = groups.flatMap((g) => g.options.map((o) => o.value));
+    ...g.options.map((o) => node("option", { value: o.value, text: o.label, disabled: o.disabled, title: o.title })))));
+  const values = groups.flatMap((g) => g.options.filter((o) => !o.disabled).map((o) => o.value));
   select.value = values.includes(value) ? value : values[0] ?? "";
+}
+
+/** A base of the catalogue (settings' list, store "models") that cannot run on this server, or null. */
+function unavailable(id) {
+  const m = (store.get("models") || []).find((x) => x.id === id);
+  return m && m.available === false ? m : null;
 }
 
 function renderPickers() {
@@ -231,14 +237,20 @@ function renderPickers() {
   const job = store.get("job");
   const onScreen = job && job.status === "succeeded" ? job.fine_tuned_model : null;
   const adapters = models.adapters || [];
-  const bases = { label: t("pg.group_bases"), options: models.bases.map((id) => ({ value: id, label: modelName(id) })) };
+  // Bases that cannot run here (no GPU, not downloaded and offline) are listed but cannot be chosen.
+  const bases = { label: t("pg.group_bases"), options: models.bases.map((id) => {
+    const off = unavailable(id);
+    return { value: id, label: off ? `${modelName(id)} · ${t("model.unavailable_tag")}` : modelName(id),
+      disabled: Boolean(off), title: off ? off.unavailable_reason : null };
+  }) };
   const tuned = { label: t("pg.group_tuned"), options: adapters.map((a) => ({ value: a.model, label: modelLabel(a.model) })) };
   const none = { label: t("pg.group_none"), options: [{ value: "", label: t("pg.none") }] };
   const a = $("compare-model-a");
   const b = $("compare-model-b");
   // The first time (and when the job on screen changes): its base against it; else keep the user's choice.
   const suggested = onScreen || adapters[0]?.model || "";
-  const baseOf = (m) => adapterOf(m)?.base || (models.bases.includes("default") ? "default" : models.bases[0]);
+  const baseOf = (m) => adapterOf(m)?.base || (models.bases.includes("default") && !unavailable("default") ? "default"
+    : models.bases.find((id) => !unavailable(id)));
   const firstTime = !a.options.length || a.dataset.jobOnScreen !== String(onScreen);
   a.dataset.jobOnScreen = String(onScreen);
   fillSelect(a, [bases, tuned], firstTime ? baseOf(suggested) : a.value);
