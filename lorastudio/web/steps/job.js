@@ -10,7 +10,7 @@
 import { api, ApiError } from "../api.js";
 import { drawChart } from "../chart.js";
 import { $, errorText, node, showStatus, tNodes } from "../dom.js";
-import { formatDuration, formatNumber, t, tOr } from "../i18n.js";
+import { formatDuration, formatNumber, has, t, tOr } from "../i18n.js";
 import { formatMoney, formatSetting, formatTime, modelName, settingLabel, statusText } from "../format.js";
 import * as store from "../store.js";
 import { timeLeft, timeline } from "../timeline.js";
@@ -361,10 +361,16 @@ function renderJob() {
 
   const errBox = $("job-error");
   if (status === "failed" || (job.error && job.error.message)) {
-    const message = job.error?.message || t("train.failed_unknown");
     errBox.hidden = false;
-    if (status === "failed") errBox.replaceChildren(...tNodes("train.failed", { message }));
-    else errBox.replaceChildren(node("span", { class: "data", text: message }));
+    // What went wrong and what to do, in the page's words by the error's code; the trainer's own
+    // (English) message follows as a detail, as data.
+    const code = job.error?.code;
+    const said = code && has(`train.error.${code}`) ? t(`train.error.${code}`) : null;
+    const detail = job.error?.message;
+    if (status === "failed") {
+      errBox.replaceChildren(node("span", { text: t("train.failed_said", { reason: said || t("train.failed_unknown") }) }),
+        detail ? node("span", { class: "error-detail" }, ...tNodes("train.error_detail", { message: detail })) : null);
+    } else errBox.replaceChildren(node("span", { class: "data", text: detail }));
   } else errBox.hidden = true;
 
   drawLoss();
