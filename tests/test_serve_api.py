@@ -463,6 +463,35 @@ def test_openapi_document_types_the_openai_routes(client):
     assert set(schemas["ErrorDetail"]["properties"]) == {"message", "type", "param", "code"}
 
 
+def test_openapi_declares_what_the_guard_and_handlers_answer_everywhere(client):
+    """Issue 16 item 10 / the fuzz suite: the document listed neither the 401 of a configured key nor
+    the 413 of the body limits nor the 404 of an unknown id on most routes, and described each SSE
+    stream as one string (schemathesis reads a 3.1 stream schema as one event's)."""
+    spec = client.get("/openapi.json").json()
+    streams = []
+    for path, operations in spec["paths"].items():
+        for method, op in operations.items():
+            responses = op["responses"]
+            if path.startswith(("/v1/", "/studio/")):
+                assert "401" in responses, (method, path)
+            if "requestBody" in op:
+                assert {"400", "413"} <= set(responses), (method, path)
+            if any(p["in"] == "path" and p["name"].endswith("_id") for p in op.get("parameters", [])):
+                assert "404" in responses, (method, path)
+            for response in responses.values():
+                stream = response.get("content", {}).get("text/event-stream")
+                if stream:
+                    streams.append(f"{method.upper()} {path}")
+                    assert stream["schema"]["allOf"] == [{"$ref": "#/components/schemas/ServerSentEvent"}]
+    assert {"POST /v1/chat/completions", "GET /studio/jobs/{job_id}/stream"} <= set(streams)
+    event = spec["components"]["schemas"]["ServerSentEvent"]
+    assert event["type"] == "object" and set(event["properties"]) == {"data", "event", "id", "retry"}
+    # What the document says is what the server does.
+    assert_openai_error(client.get("/v1/fine_tuning/jobs/ftjob-nope/checkpoints"), 404, "job_not_found")
+    assert_openai_error(client.post("/studio/recommend", content=b"x" * (17 * 1024 * 1024),
+                                    headers={"Content-Type": "application/json"}), 413, "request_too_large")
+
+
 def test_list_and_model_objects_keep_their_optional_keys_out(client):
     """Response models do not add keys: an empty list has no first_id/last_id; a base model no parent."""
     empty = client.get("/v1/files").json()

@@ -237,6 +237,18 @@ NOT_YET = {
                                               content_type_conformance},        # text/event-stream
 }
 
+def negative_data_refused(ctx, response, case):
+    """schemathesis' negative_data_rejection, less one false alarm: a multipart field is bytes on the
+    wire, so a `type` mutation of one (the number 4.8e+194 instead of a file's content) sends a valid
+    request (schemathesis allows for this in query and path parameters, not in multipart bodies)."""
+    data = getattr(getattr(case.meta, "phase", None), "data", None)
+    mutations = getattr(data, "mutations", None) or ()
+    if (case.media_type or "").startswith("multipart/") and mutations and \
+            all(m.keywords == ("type",) and m.parameter_location.value == "body" for m in mutations):
+        return None
+    return negative_data_rejection(ctx, response, case)
+
+
 CASES = [(label, GenerationMode.POSITIVE) for label in OPERATIONS] + \
     [(label, GenerationMode.NEGATIVE) for label in NEGATIVE]
 
@@ -245,7 +257,7 @@ CASES = [(label, GenerationMode.POSITIVE) for label in OPERATIONS] + \
 def test_fuzz_operation(world, label, mode):
     operation = world.operations[label]
     checks = [check for check in CHECKS if check not in NOT_YET.get(label, ())]
-    checks += [negative_data_rejection] if mode is GenerationMode.NEGATIVE else []
+    checks += [negative_data_refused] if mode is GenerationMode.NEGATIVE else []
     strategy = operation.as_strategy(generation_mode=mode)
 
     @settings(max_examples=EXAMPLES, derandomize=True, deadline=None, database=None, print_blob=False,
