@@ -206,3 +206,54 @@ def test_an_engine_failing_on_one_side_leaves_the_other():
     events = list(playground.compare_events([ok, bad], "q"))
     assert [e["type"] for e in events][-3:] == ["start", "error", "end"]
     assert events[-2]["code"] == "generation_failed" and any(e["type"] == "done" and e["side"] == "a" for e in events)
+
+
+def test_a_client_that_goes_away_stops_generation(tmp_path, monkeypatch):
+    """Stop in the page (or a closed tab) closes the engine's stream, which stops generation and frees
+    the engine's lock, instead of generating to the end for nobody."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    state = {"closed": False, "pieces": 0}
+
+    class Endless(ScriptedEngine):
+        def stream(self, messages, adapter=None, max_new_tokens=256, temperature=0.0, top_p=1.0, seed=None, *,
+                   stats=None):
+            try:
+                for i in range(2000):
+                    time.sleep(0.02)
+                    state["pieces"] += 1
+                    yield f"w{i} "
+            finally:
+                state["closed"] = True
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(make_settings(tmp_path, engine_factory=Endless)),
+                                           host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        body = json.dumps({"a": {"model": "tiny-random"}, "question": "q"}).encode()
+        conn = socket.create_connection(("127.0.0.1", port))
+        conn.sendall(b"POST /studio/playground/stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        received = b""
+        while b'"delta"' not in received:
+            received += conn.recv(4096)
+        conn.close()
+        deadline = time.monotonic() + 5
+        while not state["closed"]:
+            assert time.monotonic() < deadline, f"still generating after the client left ({state['pieces']} pieces)"
+            time.sleep(0.02)
+        assert state["pieces"] < 2000
+    finally:
+        server.should_exit = True
+        thread.join(10)

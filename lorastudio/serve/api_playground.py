@@ -73,17 +73,41 @@ def _bad(exc: Any) -> APIError:
                     code=exc.code)
 
 
-def _sse(events: Iterator[dict]) -> StreamingResponse:
-    def body() -> Iterator[str]:
-        # A sync generator: Starlette iterates it in a worker thread, so the event loop stays free;
-        # a client that goes away closes it, which stops generation at the next token.
-        try:
-            for event in events:
-                yield f"data: {json.dumps(event, ensure_ascii=False)}\n\n"
-        except Exception as exc:  # the status line is sent: report in-band, never a traceback
-            from lorastudio.playground import _error_event
+_END = object()
 
-            yield f"data: {json.dumps(_error_event(None, exc), ensure_ascii=False)}\n\n"
+
+def _sse(events: Iterator[dict]) -> StreamingResponse:
+    """Events as Server-Sent Events. Each `next()` runs in the thread pool (the event loop stays free);
+    when the client goes away (Stop, a closed tab) the generator is closed as soon as its current step
+    returns, which closes the engine's stream: generation stops at the next token and frees the lock."""
+    step = threading.Lock()
+
+    def advance() -> Any:
+        with step:
+            return next(events, _END)
+
+    def close() -> None:
+        with step:  # after a step still running in another thread
+            events.close()
+
+    async def body():
+        finished = False
+        try:
+            while True:
+                try:
+                    event = await run_in_threadpool(advance)
+                except Exception as exc:  # the status line is sent: report in-band, never a traceback
+                    from lorastudio.playground import _error_event
+
+                    yield f"data: {json.dumps(_error_event(None, exc), ensure_ascii=False)}\n\n"
+                    break
+                if event is _END:
+                    break
+                yield f"data: {json.dumps(event, ensure_ascii=False)}\n\n"
+            finished = True
+        finally:
+            if not finished:
+                threading.Thread(target=close, name="lorastudio-playground-close", daemon=True).start()
 
     return StreamingResponse(body(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
