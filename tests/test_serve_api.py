@@ -765,6 +765,10 @@ def test_lists_page_to_the_end_and_unknown_cursors_are_refused(client):
     assert_openai_error(client.get("/v1/files", params={"after": "file-nope"}), 400, "invalid_cursor", "after")
     assert_openai_error(client.get("/v1/fine_tuning/jobs", params={"after": "ftjob-nope"}), 400,
                         "invalid_cursor", "after")
+    job = client.post("/v1/fine_tuning/jobs", json={"model": "tiny-random", "training_file": ids[0]}).json()
+    for kind in ("events", "checkpoints"):
+        assert_openai_error(client.get(f"/v1/fine_tuning/jobs/{job['id']}/{kind}", params={"after": "x-nope"}),
+                            400, "invalid_cursor", "after")
 
 
 @pytest.mark.parametrize("body, param", [
@@ -779,6 +783,7 @@ def test_out_of_range_job_settings_are_400_naming_the_parameter(client, body, pa
     resp = client.post("/v1/fine_tuning/jobs", json={"model": "tiny-random", "training_file": fid, **body})
     assert_openai_error(resp, 400, "invalid_value", param)
     assert client.get("/v1/fine_tuning/jobs").json()["data"] == []
+    assert list(client.app.state.settings.jobs_dir.iterdir()) == []  # no orphan job directory either
 
 
 def test_non_finite_json_numbers_are_refused_at_create(client):
