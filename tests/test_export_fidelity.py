@@ -278,6 +278,15 @@ def test_quantized_exports_report_agreement_with_their_threshold(tiny, tmp_path,
     assert file_type == {"q8_0": 7, "q4_K_M": 15}[gguf_type]
 
 
+@needs_llama
+def test_cli_json_carries_the_report_and_skips_the_transformers_round_trip(tiny, tmp_path, capsys):
+    out = tmp_path / "j.gguf"
+    assert main(["export", "--adapter", str(tiny["adapter"]), "--gguf", str(out), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["fidelity"]["passed"] is True and data["fidelity_file"] == str(out.with_name("j.fidelity.json"))
+    assert data["check"] is None  # the llama.cpp gate replaces the transformers round trip for GGUF
+
+
 def test_no_check_and_bad_check_options(tiny, tmp_path, capsys):
     out = tmp_path / "n.gguf"
     assert main(["export", "--adapter", str(tiny["adapter"]), "--gguf", str(out), "--no-check", "--no-verify"]) == 0

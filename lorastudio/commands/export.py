@@ -18,7 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(about a quarter, llama.cpp's quantizer)")
     parser.add_argument("--base", help="base model (default: the one recorded in the adapter)")
     parser.add_argument("--no-verify", action="store_true",
-                        help="skip loading the export back and comparing its logits with base+adapter")
+                        help="skip loading the export back in transformers and comparing its logits with "
+                             "base+adapter (for --gguf it runs only when the llama.cpp fidelity check does not)")
     parser.add_argument("--no-check", action="store_true",
                         help="GGUF: skip the fidelity check (running the file in llama.cpp on the adapter's own "
                              "questions and comparing its first greedy tokens with base+adapter)")
@@ -37,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
+    from lorastudio import llamacpp
     from lorastudio.commands._using import UsageError, fail, lang
     from lorastudio.export import ExportError, export_gguf, export_merged
     from lorastudio.export_check import summary_lines
@@ -52,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
             result = export_merged(args.adapter, args.merged, base=args.base, verify=not args.no_verify)
         else:
             result = export_gguf(args.adapter, args.gguf, args.gguf_type, base=args.base,
-                                 verify=not args.no_verify, check=not args.no_check,
+                                 verify=not args.no_verify and (args.no_check or not llamacpp.available()),
+                                 check=not args.no_check,
                                  check_questions=args.check_count, check_tokens=args.check_tokens,
                                  questions_file=args.check_questions)
     except (AdapterError, ExportError, UsageError) as exc:
