@@ -207,8 +207,15 @@ def test_public_text_hides_server_roots_and_tracebacks():
     assert public_text("model /root/.cache/lorastudio/models/tiny-random: bad", roots) == "model tiny-random: bad"
     tb = 'Traceback (most recent call last):\n  File "/usr/lib/x.py", line 1\nOSError: disk full: /var/tmp/a/b'
     assert public_text(tb, roots) == "OSError: disk full: b"
-    kept = "See /docs, GET /v1/files/file-1 or http://127.0.0.1:8000/v1/models; en/zh, 1/2."
+    kept = "See /docs, GET /v1/files/file-1 or http://127.0.0.1:8000/v1/models; en/zh, 1/2; my--file.csv."
     assert public_text(kept, roots) == kept
+    # Command-line advice is left out: an API client has no --sheet, no `lorastudio validate`.
+    assert public_text("a.xlsx: no header (read sheet 'S'; other sheets: T; choose one with --sheet).", roots) == \
+        "a.xlsx: no header (read sheet 'S'; other sheets: T)."
+    assert public_text("no usable rows; details: `lorastudio validate /srv/studio/data/files/f.csv`", roots) == \
+        "no usable rows"
+    assert public_text("adapter '/srv/studio/data/jobs/j' does not exist; pass the output directory of "
+                       "`lorastudio train` (it contains adapter_config.json)", roots) == "adapter 'j' does not exist"
 
 
 LEAKY_TRAINER = r'''
@@ -219,6 +226,7 @@ if os.environ.get("HOSTILE_MODE") == "leak":
     def emit(**kw):
         kw["time"] = time.time(); ev.write(json.dumps(kw) + "\n"); ev.flush()
     emit(type="stage", stage="train", message=f"Training in {out}")
+    emit(type="stage", stage="save", message="interrupted (signal) at step 1; resume with --resume")
     ck = os.path.join(out, "checkpoints", "step-00000001")
     os.makedirs(ck)
     open(os.path.join(ck, "adapter_config.json"), "w").write("{}")
@@ -305,12 +313,14 @@ def test_no_server_path_or_traceback_in_responses_or_events(failing_flow, tmp_pa
             assert data_dir not in text and str(tmp_path) not in text and str(Path.home()) + "/" not in text, \
                 (what, text)
             assert not SERVER_PATH.search(text), (what, text)
+            assert not re.search(r"(?<![\w-])--[a-z]|`lorastudio ", text), (what, text)  # no CLI advice
     # ... and the messages still say what went wrong, with names the client knows.
     assert "is not a text file" in bodies["job invalid"]["error"]["message"]
     assert "No space left on device" in bodies["job crashed"]["error"]["message"]
     assert "adapter_model.safetensors" in bodies["job crashed"]["error"]["message"]
     messages = [e["message"] for e in bodies["events crashed"]["data"]]
     assert any(m.startswith("Unreadable line in events.jsonl") for m in messages), messages
+    assert "interrupted (signal) at step 1" in messages
     assert f"'{jobs['ok']}' has no adapter_model.safetensors" in bodies["chat"]["message"]
 
 

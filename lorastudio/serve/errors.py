@@ -88,6 +88,9 @@ def error_body(status: int, message: str, param: str | None = None, code: str | 
 _ABSOLUTE_PATH = re.compile(r"(?<![\w:/.~-])/(?!(?:v1|studio|docs|redoc|openapi\.json|health)(?![\w.-]))"
                             r"[^\s'\"`<>()\[\]{},;|]+/[^\s'\"`<>()\[\]{},;|]*")
 _TRACEBACK = "Traceback (most recent call last)"
+# A "; …" clause that tells a command-line user what to type (`--sheet`, `lorastudio validate …`), with
+# the parenthesis that explains it: advice an API client cannot follow.
+_CLI_HINT = re.compile(r";\s[^;()]*?(?:(?<![\w-])--[a-z][\w-]*|`lorastudio [^`]*`)[^;()]*(?:\s*\([^()]*\))?")
 T = TypeVar("T")
 INTERNAL_ERROR_MESSAGE = ("The server had an internal error while processing your request. The details are in "
                           "the server log.")
@@ -105,10 +108,12 @@ def server_roots(data_dir: str | Path) -> tuple[str, ...]:
 
 def public_text(text: str, roots: Iterable[str] = ()) -> str:
     """`text` as a client may see it: a traceback cut to its last line (the error itself), paths
-    under the server's roots made relative, and any other absolute path cut to its last component."""
+    under the server's roots made relative, any other absolute path cut to its last component, and
+    command-line advice ("; choose one with --sheet") left out."""
     if _TRACEBACK in text:
         lines = [line.strip() for line in text.splitlines() if line.strip()]
         text = lines[-1] if lines else ""
+    text = _CLI_HINT.sub("", text)
     for root in roots:
         text = text.replace(root.rstrip("/") + "/", "")
     return _ABSOLUTE_PATH.sub(lambda m: m.group(0).rstrip("/").rsplit("/", 1)[-1] or "/", text)
