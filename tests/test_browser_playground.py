@@ -174,7 +174,8 @@ def test_playground_and_evaluation(browser, server, tmp_path):
             a, b = page.get_by_test_id("compare-model-a"), page.get_by_test_id("compare-model-b")
             out_a, out_b = page.get_by_test_id("compare-a-output"), page.get_by_test_id("compare-b-output")
 
-        # two adapters of different jobs, none of them on screen
+        # two adapters of different jobs, none of them on screen; step 4 shows the newest finished job too
+        expect(page.locator("#compare-body")).to_be_visible()
         adapters = [o.get_attribute("value") for o in b.locator("optgroup").first.locator("option").all()]
         assert len(adapters) == 2 and all(m.startswith("ft:") for m in adapters)
         a.select_option(adapters[1])

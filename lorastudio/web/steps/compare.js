@@ -9,7 +9,7 @@ import * as store from "../store.js";
 import { tunedJob } from "./job.js";
 
 export function initCompare() {
-  store.subscribe(["job", "lang"], renderCompare);
+  store.subscribe(["job", "jobs", "useJobId", "lang"], renderCompare);
   $("compare-form").addEventListener("submit", onCompare);
   $("question-set-run").addEventListener("click", runQuestionSet);
 }
