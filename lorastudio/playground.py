@@ -129,7 +129,7 @@ def stream_side(side: Side, messages: list[dict], max_new_tokens: int,
            "finish_reason": stats.get("finish_reason")}
 
 
-def _error_event(side: str | None, exc: Exception) -> dict:
+def error_event(side: str | None, exc: Exception) -> dict:
     from lorastudio.inference import AdapterError, PromptError
 
     if isinstance(exc, PlaygroundError):
@@ -154,7 +154,7 @@ def compare_events(sides: Sequence[Side], question: str, history: Sequence[dict]
         try:
             yield from stream_side(side, msgs, max_new_tokens)
         except Exception as exc:  # reported in-band: the stream has started
-            yield _error_event(side.label, exc)
+            yield error_event(side.label, exc)
     yield {"type": "end"}
 
 
@@ -219,7 +219,7 @@ def set_events(sides: Sequence[Side], questions: Sequence[SetQuestion], max_new_
                 answer = side.engine.generate(msgs, side.adapter, max_new_tokens=max_new_tokens,
                                               temperature=side.temperature, seed=side.seed)
             except Exception as exc:
-                event = _error_event(side.label, exc)
+                event = error_event(side.label, exc)
                 yield {**event, "index": index}
                 passed[side.label].append(None)
                 continue

@@ -97,9 +97,9 @@ def _sse(events: Iterator[dict]) -> StreamingResponse:
                 try:
                     event = await run_in_threadpool(advance)
                 except Exception as exc:  # the status line is sent: report in-band, never a traceback
-                    from lorastudio.playground import _error_event
+                    from lorastudio.playground import error_event
 
-                    yield f"data: {json.dumps(_error_event(None, exc), ensure_ascii=False)}\n\n"
+                    yield f"data: {json.dumps(error_event(None, exc), ensure_ascii=False)}\n\n"
                     break
                 if event is _END:
                     break
