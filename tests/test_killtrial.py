@@ -64,15 +64,6 @@ for t in threads:
 time.sleep(60)
 """
 
-OLD_LAUNCHER = (  # distributed.PDEATHSIG_LAUNCHER as the worker used it: the trainer itself is the child
-    "import ctypes, os, signal, sys\n"
-    "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)\n"
-    "if os.getppid() != int(sys.argv[1]):\n"
-    "    sys.exit(130)\n"
-    "os.execvp(sys.argv[2], sys.argv[2:])\n"
-)
-
-
 def _count_sigterms(tmp_path: Path, launcher: str, trial: int) -> int:
     out = tmp_path / f"terms-{trial}.txt"
     parent = subprocess.Popen([sys.executable, "-c", PARENT, launcher, COUNTER, str(out)], start_new_session=True)
