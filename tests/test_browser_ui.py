@@ -257,6 +257,9 @@ class FakeStudio:
         """A job as GET /studio/jobs lists it: the job object plus its summary."""
         job = self.job_now(job)
         done = job["status"] == "succeeded"
+        # Once queued, the service fills OpenAI's three with the resolved values (not the user's choice).
+        job = {**job, "hyperparameters": {"n_epochs": 4, "batch_size": 1, "learning_rate_multiplier": 1,
+                                          **job.get("hyperparameters", {})}}
         return {**job, "studio": {"duration_s": 754 if done else None, "final_loss": 0.9333 if done else None,
                                   "steps": 6, "total_steps": 6, "rows": 28, "valid_loss": None}}
 

@@ -20,7 +20,8 @@ import { useSettingsOf } from "./settings.js";
 const JOB_KEY = "lorastudio.job";
 const ESTIMATE_KEY = "lorastudio.jobEstimate";
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
-// Hyperparameters of a job that are not a changed setting: the task and schedule, OpenAI's "auto"s.
+// Hyperparameters of a job that are not a changed setting: the task and schedule, and OpenAI's three
+// (which the job object fills with the resolved values once queued: not the user's choice).
 const NOT_CHANGES = new Set(["task", "quick", "time_budget_s", "n_epochs", "batch_size", "learning_rate_multiplier"]);
 
 export function initJob() {
@@ -570,8 +571,7 @@ async function cloneJob(job) {
   const overrides = {};
   for (const [key, value] of Object.entries(hp)) {
     if (value === "auto" || value === null || value === undefined) continue;
-    if (key === "n_epochs") overrides.num_epochs = value;
-    else if (!NOT_CHANGES.has(key)) overrides[key] = value;
+    if (!NOT_CHANGES.has(key)) overrides[key] = value;
   }
   store.set({ jobAction: { id: job.id, action: "clone" } });
   showStatus("jobs-action-state", "loading", t("jobs.cloning"));
@@ -597,7 +597,6 @@ function settingsText(job) {
   const hp = job.hyperparameters || {};
   const changes = Object.entries(hp).filter(([k, v]) => !NOT_CHANGES.has(k) && v !== "auto" && v !== null)
     .map(([k, v]) => `${settingLabel(k)} ${formatSetting(k, v)}`);
-  if (Number.isFinite(hp.n_epochs)) changes.unshift(`${settingLabel("num_epochs")} ${formatSetting("num_epochs", hp.n_epochs)}`);
   const task = hp.task && hp.task !== "auto" ? t(`task.${hp.task}`) : null;
   const schedule = hp.quick === true ? t("train.quick_tag") : null;
   const settings = changes.length ? t("jobs.changed", { settings: changes.join(", ") }) : t("jobs.recommended");
