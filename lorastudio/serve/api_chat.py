@@ -277,7 +277,8 @@ def _close_then(pieces: Any, after: Callable[[], None]) -> None:
         close = getattr(pieces, "close", None)
         try:
             if close:
-                close()
+                with contextlib.suppress(ValueError):  # "already executing": its consumer closes it
+                    close()
         finally:
             with contextlib.suppress(RuntimeError):  # the loop is gone at shutdown
                 loop.call_soon_threadsafe(after)
@@ -305,8 +306,23 @@ async def _stream(body: ChatRequest, engine: Any, adapter: str | None, sampling:
     except Exception as exc:
         raise _engine_error(exc) from None
     include_usage = bool((body.stream_options or {}).get("include_usage"))
-    # From now on a disconnect sets `cancel` at once, whatever the stream is doing.
-    gone.add_done_callback(lambda f: cancel.set() if not f.cancelled() else None)
+    done = {"released": False, "iterated": False}
+
+    def release_once() -> None:
+        if not done["released"]:
+            done["released"] = True
+            release()
+
+    def on_gone(f: asyncio.Future) -> None:
+        # From now on a disconnect sets `cancel` at once, whatever the stream is doing; and if the
+        # response never started iterating (cancelled before its first chunk), nothing else frees the slot.
+        if f.cancelled():
+            return
+        cancel.set()
+        if not done["iterated"]:
+            _close_then(pieces, release_once)
+
+    gone.add_done_callback(on_gone)
 
     def chunk(delta: dict, finish: str | None = None) -> str:
         payload = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": body.model,
@@ -316,6 +332,7 @@ async def _stream(body: ChatRequest, engine: Any, adapter: str | None, sampling:
 
     async def events() -> AsyncIterator[str]:
         finished = False
+        done["iterated"] = True
         try:
             yield chunk({"role": "assistant", "content": ""})
             cut = StopFilter(stops) if stops else None
@@ -353,9 +370,9 @@ async def _stream(body: ChatRequest, engine: Any, adapter: str | None, sampling:
             cancel.set()
             gone.cancel()
             if finished and stats:
-                release()  # ran to its end: nothing left to join
+                release_once()  # ran to its end: nothing left to join
             else:
-                _close_then(pieces, release)
+                _close_then(pieces, release_once)
 
     return StreamingResponse(events(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
