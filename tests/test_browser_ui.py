@@ -159,6 +159,7 @@ class FakeStudio:
         self.phase = 0
         self.status_overrides: dict[str, str] = {}  # a paused / cancelled job (pause, resume, cancel)
         self.actions: list[tuple[str, str]] = []  # (action, job id) of every pause/resume/cancel/delete
+        self.compared: list[dict] = []  # bodies of step 4's streamed compare requests
         if script is not None:
             LIVE["fake"] = self
 
@@ -248,9 +249,19 @@ class FakeStudio:
                                                     "fine_tuned_model": job["fine_tuned_model"],
                                                     "error": job["error"]}) + "\n\n")
                 return route.fulfill(status=200, headers={"content-type": "text/event-stream"}, body="".join(lines))
-        if path == "/studio/compare":
+        if path == "/studio/playground/stream":  # step 4's compare: a = base, b = tuned, streamed
             body = json.loads(request.post_data)
-            return ok({"base_answer": "I am not sure.", "tuned_answer": f"48 小时 ({body['question']})"})
+            self.compared.append(body)
+            answers = {"a": ["I am ", "not sure."], "b": ["48 小时 ", f"({body['question']})"]}
+            events = []
+            for side in ("a", "b") if body.get("b") else ("a",):
+                events.append({"type": "start", "side": side})
+                events += [{"type": "delta", "side": side, "delta": d} for d in answers[side]]
+                events.append({"type": "done", "side": side, "text": "".join(answers[side]), "first_token_s": 0.42,
+                               "total_s": 1.5, "tokens": 7, "tokens_per_s": 4.7})
+            events.append({"type": "end"})
+            return route.fulfill(status=200, headers={"content-type": "text/event-stream"},
+                                 body="".join(f"data: {json.dumps(e)}\n\n" for e in events))
         return ok({"error": {"message": f"fake API has no {method} {path}", "type": "invalid_request_error"}}, 404)
 
     def summary(self, job: dict) -> dict:
@@ -430,6 +441,11 @@ def test_every_state_renders_translated_and_fits(browser, static_server, lang, t
     page.get_by_test_id("compare-send").click()
     expect(page.get_by_test_id("compare-tuned-output")).to_contain_text("48 小时")
     expect(page.get_by_test_id("compare-base-output")).to_have_text("I am not sure.")
+    expect(page.get_by_test_id("compare-tuned-output")).to_have_attribute("data-state", "done")
+    timing = {"en": "First word after 0.42 s", "zh": "0.42"}[lang]
+    expect(page.get_by_test_id("compare-base-timing")).to_contain_text(timing)
+    expect(page.get_by_test_id("compare-tuned-timing")).to_contain_text(timing)
+    assert fake.compared[0]["a"] == {"model": "default"} and fake.compared[0]["b"] == {"model": "ft:default:studio:ftjob-1"}
     page.locator("#question-set summary").click()
     page.locator("#question-set-input").fill("退款多久到账？\n\n栈台Max多少钱？")
     page.locator("#question-set-run").click()

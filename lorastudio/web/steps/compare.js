@@ -1,12 +1,17 @@
 // Step 4, compare before and after (once a job has succeeded): one question to the base and the
-// tuned model side by side, with an answer-length choice, and a set of up to 20 questions as a table.
+// tuned model side by side, both streamed as they write with their timings (the playground's route,
+// POST /studio/playground/stream: sides a = base, b = tuned), with an answer-length choice, and a set
+// of up to 20 questions as a table (each question through the same route).
 
-import { api } from "../api.js";
-import { $, errorText, node, showStatus, tNodes } from "../dom.js";
+import { $, node, showStatus, tNodes } from "../dom.js";
 import { t } from "../i18n.js";
 import { modelName } from "../format.js";
 import * as store from "../store.js";
 import { tunedJob } from "./job.js";
+import { errorWords, showError, streamPost, timingText } from "./playground.js";
+
+// The route's sides: a is the base, b the tuned model; the page's elements are named base/tuned.
+const SIDES = { a: "base", b: "tuned" };
 
 export function initCompare() {
   store.subscribe(["job", "jobs", "useJobId", "lang"], renderCompare);
@@ -24,9 +29,24 @@ function renderCompare() {
   }));
 }
 
-async function compareOnce(question) {
+/**
+ * Ask the base and the tuned model one question through the streamed route. `on(event)` sees every
+ * event as it arrives (start/delta/done/error, `side` = "base"|"tuned"); resolves to
+ * {base, tuned} (the texts) and {failed} (the first side's error event, if any).
+ */
+async function compareStream(question, on = () => {}) {
   const job = tunedJob();
-  return api.compare(job.model, job.fine_tuned_model, question, Number($("compare-length").value) || 256);
+  const maxTokens = Number($("compare-length").value) || 256;
+  const body = { a: { model: job.model }, b: { model: job.fine_tuned_model }, question, max_tokens: maxTokens };
+  const text = { base: "", tuned: "" };
+  let failed = null;
+  await streamPost("/studio/playground/stream", body, (ev) => {
+    const side = SIDES[ev.side];
+    if (ev.type === "delta" && side) text[side] += ev.delta;
+    if (ev.type === "error" && !failed) failed = { ...ev, side };
+    on({ ...ev, side });
+  });
+  return { ...text, failed };
 }
 
 /** Model output as text; runs of blank lines folded, an empty answer said in words. */
@@ -46,16 +66,39 @@ async function onCompare(event) {
     return;
   }
   $("compare-send").disabled = true;
-  $("compare-base-output").textContent = "";
-  $("compare-tuned-output").textContent = "";
+  for (const side of Object.values(SIDES)) {
+    $(`compare-${side}-output`).textContent = "";
+    $(`compare-${side}-output`).dataset.state = "waiting";
+    $(`compare-${side}-timing`).textContent = "";
+  }
+  $("compare-tuned-timing").textContent = t("compare.waiting");
   showStatus("compare-state", "loading", t("compare.thinking"));
+  const text = { base: "", tuned: "" };
   try {
-    const result = await compareOnce(question);
-    showAnswer($("compare-base-output"), result.base_answer);
-    showAnswer($("compare-tuned-output"), result.tuned_answer);
-    showStatus("compare-state", "", "");
+    const result = await compareStream(question, (ev) => {
+      if (!ev.side) return;
+      const out = $(`compare-${ev.side}-output`);
+      if (ev.type === "start") {
+        out.dataset.state = "streaming";
+        $(`compare-${ev.side}-timing`).textContent = t("pg.writing");
+      } else if (ev.type === "delta") {
+        text[ev.side] += ev.delta;
+        out.textContent = text[ev.side].replace(/\n{3,}/g, "\n\n").replace(/^\s+/, "");
+      } else if (ev.type === "done") {
+        showAnswer(out, text[ev.side]);
+        out.dataset.state = "done";
+        $(`compare-${ev.side}-timing`).textContent = timingText(ev);
+      } else if (ev.type === "error") {
+        out.dataset.state = "error";
+        $(`compare-${ev.side}-timing`).textContent = "";
+      }
+    });
+    const failed = result.failed;
+    if (failed && failed.side) showError("compare-state", "compare.side_failed", { side: t(`compare.${failed.side}`) }, failed);
+    else if (failed) showError("compare-state", "compare.failed", {}, failed);
+    else showStatus("compare-state", "", "");
   } catch (err) {
-    showStatus("compare-state", "error", t("compare.failed", { message: errorText(err) }));
+    showError("compare-state", "compare.failed", {}, err);
   } finally {
     $("compare-send").disabled = false;
   }
@@ -80,11 +123,12 @@ async function runQuestionSet() {
         node("td", { "data-label": t("compare.tuned"), class: "data", text: "…" }));
       body.append(tr);
       try {
-        const r = await compareOnce(q);
-        showAnswer(tr.children[1], r.base_answer);
-        showAnswer(tr.children[2], r.tuned_answer);
+        const r = await compareStream(q);
+        showAnswer(tr.children[1], r.base);
+        showAnswer(tr.children[2], r.tuned);
+        if (r.failed) tr.children[r.failed.side === "tuned" ? 2 : 1].textContent = errorWords(r.failed);
       } catch (err) {
-        tr.children[1].textContent = errorText(err);
+        tr.children[1].textContent = errorWords(err);
         tr.children[2].textContent = "";
       }
     }

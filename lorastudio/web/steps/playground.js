@@ -296,7 +296,7 @@ function questionProblem(text) {
 // ---------------------------------------------------------------------------------------------
 // side by side, streamed
 
-function timingText(done) {
+export function timingText(done) {
   if (done.first_token_s === null || done.first_token_s === undefined) return t("pg.timing_empty", { total: formatNumber(done.total_s, 1) });
   return t("pg.timing", { first: formatNumber(done.first_token_s, 2), total: formatNumber(done.total_s, 1),
     tokens: formatNumber(done.tokens), rate: done.tokens_per_s ? formatNumber(done.tokens_per_s, 1) : "—" });
