@@ -522,7 +522,8 @@ def test_running_job_resumes_after_a_crash(tmp_path, monkeypatch):
         fid, job, _ = start_long_job(c, "/v1/fine_tuning/jobs/{id}/checkpoints")
         # Simulate the crash: the worker vanishes without a word (no graceful stop).
         c.app.state.worker._stop.set()
-        c.app.state.worker._thread.join()
+        c.app.state.worker._thread.join(timeout=60)  # a hang here once held a suite run for 8+ min
+        assert not c.app.state.worker._thread.is_alive(), "the worker loop did not stop within 60 s"
         c.app.state.worker._running.clear()
         c.app.state.settings.start_worker = False  # lifespan exit must not stop anything
     assert settings.start_worker is False
