@@ -118,6 +118,23 @@ def get_job_or_404(request: Request, job_id: str) -> dict:
     return job
 
 
+def refuse_unavailable_base(model: str) -> None:
+    """A base that cannot train on this server (e.g. a 7B on a CPU-only machine, or a hub model not
+    downloaded while offline) is a 400 `model_unavailable` at create, not a job that fails later."""
+    from lorastudio.i18n import t
+    from lorastudio.models import catalog
+    from lorastudio.serve.studio_jobs import availability, has_gpu, hub_reachable
+
+    entry = next((e for e in catalog() if e["id"] == model), None)
+    if entry is None:
+        return
+    found = availability(entry, gpu=has_gpu(), online=hub_reachable)
+    if not found["available"]:
+        reasons = "; ".join(t(f"studio.unavailable.{r['code']}", "en", **r["params"]) for r in found["unavailable"])
+        raise APIError(400, t("studio.model_unavailable", "en", model=model, reasons=reasons), param="model",
+                       code="model_unavailable")
+
+
 def _tell_worker(request: Request, job_id: str, message: str) -> None:
     """Record why the job changed (a job event) and wake the worker to act on it now."""
     request.app.state.worker_event(job_id, message)
@@ -130,6 +147,7 @@ def create_job(request: Request, body: JobCreate) -> dict:
     settings = request.app.state.settings
     if body.model not in base_model_ids():
         raise model_not_found(body.model)
+    refuse_unavailable_base(body.model)
     get_file_or_404(request, body.training_file, "training_file")
     if body.validation_file:
         get_file_or_404(request, body.validation_file, "validation_file")
