@@ -209,6 +209,7 @@ def test_studio_routes_are_typed_in_openapi_and_answer_as_before(client):
         ("/studio/messages", "get"): "MessageCatalogue", ("/studio/recommend", "post"): "Recommendation",
         ("/studio/jobs/{job_id}/metrics", "get"): "MetricsList", ("/studio/compare", "post"): "CompareAnswer",
         ("/studio/jobs", "get"): "StudioJobList", ("/studio/jobs/{job_id}", "delete"): "JobDeleted",
+        ("/studio/jobs/{job_id}/gguf-check", "get"): "GgufCheck", ("/studio/jobs/{job_id}/gguf-check", "post"): "GgufCheck",
     }
     for (path, method), name in typed.items():
         schema = doc["paths"][path][method]["responses"]["200"]["content"]["application/json"]["schema"]

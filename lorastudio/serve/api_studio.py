@@ -22,6 +22,7 @@ from lorastudio.serve.engines import base_model_ids, model_not_found
 from lorastudio.serve.errors import APIError, error_responses
 from lorastudio.serve.objects import FileObject, file_object, job_object
 from lorastudio.serve.store import TERMINAL_STATUSES, new_id
+from lorastudio.serve.studio_export import check_state
 from lorastudio.serve.studio_jobs import (
     availability,
     build_adapter_zip,
@@ -34,6 +35,7 @@ from lorastudio.serve.studio_jobs import (
 from lorastudio.serve.studio_objects import (
     CompareAnswer,
     DataPreview,
+    GgufCheck,
     JobDeleted,
     MessageCatalogue,
     MetricsList,
@@ -464,6 +466,51 @@ def _build_export(job: dict, kind: str, filename: str | None) -> Path:
     return target
 
 
+def _succeeded_or_409(request: Request, job_id: str, lang: str) -> dict:
+    job = _job_or_404(request, job_id, lang)
+    if job["status"] != "succeeded":
+        raise APIError(409, say(lang, "studio.download_not_ready", job=job_id), param="fine_tuning_job_id",
+                       code="job_not_finished")
+    return job
+
+
+@router.get("/jobs/{job_id}/gguf-check", summary="The GGUF download's fidelity check: its time before the "
+            "build, its result after (llama.cpp vs the adapter on the check questions)",
+            response_model=GgufCheck, responses=error_responses(404, 409), **_TYPED)
+def gguf_check(request: Request, job_id: str) -> dict:
+    job = _succeeded_or_409(request, job_id, request_lang(request))
+    return check_state(job, has_gpu())
+
+
+@router.post("/jobs/{job_id}/gguf-check", summary="Build the GGUF download and run its fidelity check (minutes on "
+             "a CPU); the result as GET gives it. The file is kept, also when the check fails.",
+             response_model=GgufCheck, responses=error_responses(404, 409), **_TYPED)
+async def build_gguf_checked(request: Request, job_id: str) -> dict:
+    lang = request_lang(request)
+    job = _succeeded_or_409(request, job_id, lang)
+    await run_in_threadpool(_export_work(job, "gguf", None, lang))
+    return check_state(job, has_gpu())
+
+
+def _export_work(job: dict, kind: str, filename: str | None, lang: str):
+    """The build of one download, one at a time per job and kind (two clicks never build it twice)."""
+    with _export_guard:
+        lock = _export_locks.setdefault((job["id"], kind), threading.Lock())
+
+    def work() -> Path:
+        from lorastudio.export import ExportError
+        from lorastudio.inference import AdapterError
+
+        with lock:
+            try:
+                return _build_export(job, kind, filename)
+            except (ExportError, AdapterError, OSError) as exc:
+                raise APIError(409, say(lang, "studio.export_failed", kind=kind, reason=exc), param="kind",
+                               code="export_failed") from None
+
+    return work
+
+
 @router.get("/jobs/{job_id}/download/{kind}",
             summary="Download the adapter (zip: PEFT files + model card), the training report (zip: events, "
                     "augmented rows), the merged model (zip) or a GGUF", response_class=FileResponse,
@@ -479,23 +526,11 @@ async def download(request: Request, job_id: str, kind: str) -> FileResponse:
                        code="job_not_finished")
     record = request.app.state.store.get_file(job["training_file"])
     filename = record["filename"] if record else None
-    with _export_guard:
-        lock = _export_locks.setdefault((job_id, kind), threading.Lock())
-
-    def work() -> Path:
-        from lorastudio.export import ExportError
-        from lorastudio.inference import AdapterError
-
-        with lock:  # two clicks must not build the same export twice
-            try:
-                return _build_export(job, kind, filename)
-            except (ExportError, AdapterError, OSError) as exc:
-                raise APIError(409, say(lang, "studio.export_failed", kind=kind, reason=exc), param="kind",
-                               code="export_failed") from None
-
-    path = await run_in_threadpool(work)
+    path = await run_in_threadpool(_export_work(job, kind, filename, lang))
     stem = safe_download_name(job.get("fine_tuned_model") or job_id)
     names = {"adapter": f"{stem}-adapter.zip", "report": f"{stem}-training-report.zip",
              "merged": f"{stem}-merged.zip", "gguf": f"{stem}.gguf"}
     media = "application/zip" if kind != "gguf" else "application/octet-stream"
-    return FileResponse(path, media_type=media, filename=names[kind])
+    # the GGUF's fidelity check travels with the file: passed | failed | skipped | unchecked
+    headers = {"X-LoraStudio-Fidelity": check_state(job, False)["status"]} if kind == "gguf" else None
+    return FileResponse(path, media_type=media, filename=names[kind], headers=headers)

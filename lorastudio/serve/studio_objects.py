@@ -190,6 +190,25 @@ class CompareAnswer(_Open):
     tuned_answer: str
 
 
+class GgufCheck(_Open):
+    """The GGUF download's fidelity check (serve/studio_export.py): numbers, not sentences; `problems`
+    are the check's own (English) words for a labelled detail."""
+    job_id: str
+    status: Literal["none", "unchecked", "passed", "failed", "skipped"]
+    estimate_s: int | None = Field(None, description="Build + check time here (CPU); null when not known")
+    type: str | None = None
+    agreeing: int | None = None
+    identical: int | None = None
+    first_token_agreement: int | None = None
+    total: int | None = None
+    required: int | None = None
+    criterion: str | None = None
+    tokens: int | None = None
+    seconds: float | None = None
+    problems: list[str] | None = None
+    questions: list[dict[str, Any]] | None = None
+
+
 def binary(media: str, what: str) -> dict:
     """OpenAPI `responses=` for a route that answers with a file."""
     return {200: {"description": what, "content": {media: {"schema": {"type": "string", "format": "binary"}}}}}
