@@ -283,13 +283,17 @@ def test_whole_flow_on_tiny_random(browser, studio, lang, tmp_path):
     expect(page.locator("#compare-body")).to_be_visible(timeout=60_000)
     page.locator("#compare-length").select_option("32")  # tiny-random writes noise; keep it short
     page.get_by_test_id("compare-input").fill(question)
-    with page.expect_response("**/studio/compare", timeout=120_000) as answer:
+    # streamed (the playground's route: side a = the base, b = the tuned model), each with its timing
+    with page.expect_response("**/studio/playground/stream", timeout=120_000) as answer:
         page.get_by_test_id("compare-send").click()
+    expect(page.get_by_test_id("compare-send")).to_be_enabled(timeout=120_000)
     assert answer.value.status == 200, answer.value.text()
-    body = answer.value.json()
-    assert isinstance(body["base_answer"], str) and isinstance(body["tuned_answer"], str)
-    expect(page.get_by_test_id("compare-send")).to_be_enabled(timeout=30_000)
+    events = [json.loads(line[6:]) for line in answer.value.text().splitlines() if line.startswith("data: ")]
+    done = {e["side"]: e for e in events if e["type"] == "done"}
+    assert set(done) == {"a", "b"}, events
+    body = {"base_answer": done["a"]["text"], "tuned_answer": done["b"]["text"]}
     expect(page.locator("#compare-state")).to_be_empty()
+    expect(page.get_by_test_id("compare-tuned-timing")).not_to_be_empty()
     for side, text in (("compare-base-output", body["base_answer"]), ("compare-tuned-output", body["tuned_answer"])):
         shown = page.get_by_test_id(side).text_content()
         # tiny-random's noise may be blank: then the page says so instead of showing an empty box
