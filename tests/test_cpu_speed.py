@@ -172,7 +172,7 @@ def test_int8_leaves_trainable_or_non_fp32_linears_alone(small_model_dir):
                                         ({"LORASTUDIO_CPU_INT8": "1", "LORASTUDIO_CPU_PREFIX": "0"}, (True, False))])
 def test_customize_switches(small_model_dir, monkeypatch, env, expect):
     """`cpu.customize` turns the shared head on for an fp32 run unless switched off, int8 only when
-    asked for (not faster on AVX2: docs/BENCHMARKS.md); `cpu.packed_loss` then runs them (and nothing
+    asked for (1.1× on AVX2, loss curve not proven: docs/BENCHMARKS.md); `cpu.packed_loss` then runs them (and nothing
     else does without customize)."""
     from lorastudio.train.config import TrainConfig
     from lorastudio.train.device import device_setup

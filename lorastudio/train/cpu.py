@@ -27,7 +27,7 @@ through the kernels the CUDA path uses too (`lorastudio.train.kernels`; this mod
 Two more levers for fp32 runs (issue 13, docs/BENCHMARKS.md "fp32 CPU training levers"), chosen by
 `customize` per run (`levers`) and applied by `enable`/`packed_loss`:
 - `cpu_int8`: the decoder layers' frozen W products (forward and input gradient) as int8 fbgemm GEMMs,
-  the LoRA branch fp32 (`LORASTUDIO_CPU_INT8=1` on; default `INT8_DEFAULT`, off: not faster on AVX2);
+  the LoRA branch fp32 (`LORASTUDIO_CPU_INT8=1` on; default `INT8_DEFAULT`, off: 1.1× on AVX2, loss not proven);
 - `cpu_prefix`: the template head all examples of a packed row share, computed once, exact
   (`LORASTUDIO_CPU_PREFIX=0/1`; default `PREFIX_DEFAULT`, on; never with NEFTune or gradient
   checkpointing).
@@ -44,8 +44,9 @@ from lorastudio.train import cpu_int8, cpu_prefix, kernels
 ATTN_IMPLEMENTATION = "lorastudio_cpu_docs"
 LEVERS_ATTR = "_lorastudio_cpu_levers"
 INT8_DEFAULT = False
-"""int8 frozen-base GEMMs off unless asked for: on a 2-core AVX2 CPU they were not faster than the
-fp32 GEMMs they replace (docs/BENCHMARKS.md, "fp32 CPU training levers")."""
+"""int8 frozen-base GEMMs off unless asked for: on a 2-core AVX2 CPU only 1.1× per CPU-second (1 thread,
+24 layers), per-step loss within 0.15 %, and no ≥ 30-step loss curve yet (docs/BENCHMARKS.md, "fp32 CPU
+training levers")."""
 PREFIX_DEFAULT = True
 """The shared template head once per packed row on by default: exact, fewer tokens computed."""
 

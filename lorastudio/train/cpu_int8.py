@@ -4,9 +4,10 @@ A LoRA run never trains the base weights W, so W can be quantized once and its p
 step run as int8 GEMMs (fbgemm, `quantized::linear_dynamic`). The bare kernel is about 2× faster than
 the fp32 GEMM on a 2-core AVX2 CPU, but with what keeps the gradients right (per-token scales, outlier
 channels in fp32, below) the MLP products gained only 1.07–1.25× and the attention projections' became
-1.6–4× slower (`bench/cpu_speed.py kernels`), so a whole step was not faster: off by default
-(`cpu.INT8_DEFAULT`; docs/BENCHMARKS.md, "fp32 CPU training levers"). Kept for CPUs with VNNI, where
-the int8 kernels are faster still and 8-bit activations fit (not measured). Which products:
+1.6–4× slower (`bench/cpu_speed.py kernels`): a whole step 1.1× per CPU-second, per-step loss within
+0.15 %, LoRA gradient cosine 0.993–0.995 on the default model. Off by default (`cpu.INT8_DEFAULT`;
+docs/BENCHMARKS.md, "fp32 CPU training levers") until a ≥ 30-step loss curve says the same; worth
+more on CPUs with VNNI, where 8-bit activations fit (not measured). Which products:
 
 - the **input gradient** `g W` of every frozen linear of the decoder layers (`BACKWARD`): Wᵀ packed
   per input channel; the LoRA gradient stays a cosine ≥ 0.995 from fp32 and the loss is untouched;
