@@ -159,6 +159,8 @@ class FakeStudio:
         self.phase = 0
         self.status_overrides: dict[str, str] = {}  # a paused / cancelled job (pause, resume, cancel)
         self.actions: list[tuple[str, str]] = []  # (action, job id) of every pause/resume/cancel/delete
+        self.gguf_built = False
+        self.gguf_result = "passed"  # what the GGUF's fidelity check answers once built: passed | failed
         self.compared: list[dict] = []  # bodies of step 4's streamed compare requests
         if script is not None:
             LIVE["fake"] = self
@@ -249,6 +251,18 @@ class FakeStudio:
                                                     "fine_tuned_model": job["fine_tuned_model"],
                                                     "error": job["error"]}) + "\n\n")
                 return route.fulfill(status=200, headers={"content-type": "text/event-stream"}, body="".join(lines))
+        if path.endswith("/gguf-check") and parts[2] in self.jobs:  # the GGUF and its fidelity check
+            if method == "POST":
+                self.gguf_built = True
+            if not self.gguf_built:
+                return ok({"job_id": parts[2], "status": "none", "estimate_s": 578})
+            agreeing = 5 if self.gguf_result == "passed" else 1
+            return ok({"job_id": parts[2], "status": self.gguf_result, "estimate_s": 578, "type": "f16",
+                       "agreeing": agreeing, "identical": agreeing, "first_token_agreement": agreeing, "total": 5,
+                       "required": 4, "criterion": "identical", "tokens": 16, "seconds": 212.4,
+                       "problems": [] if agreeing == 5 else ["only 1 of 5 questions have the adapter's first 16 "
+                                                             "greedy tokens in llama.cpp (a f16 export needs 4)"],
+                       "questions": []})
         if path == "/studio/playground/stream":  # step 4's compare: a = base, b = tuned, streamed
             body = json.loads(request.post_data)
             self.compared.append(body)
@@ -452,6 +466,25 @@ def test_every_state_renders_translated_and_fits(browser, static_server, lang, t
     expect(page.locator("#question-set-body tr")).to_have_count(2)
     expect(page.locator("#question-set-body tr").nth(1)).to_contain_text("48 小时 (栈台Max多少钱？)")
     expect(page.get_by_test_id("download-adapter")).to_have_attribute("href", "/studio/jobs/ftjob-1/download/adapter")
+    # the GGUF: its time said before the build; then the fidelity check (en: passed; zh: failed, loudly)
+    check = page.get_by_test_id("gguf-check")
+    expect(check).to_have_attribute("data-state", "none")
+    expect(page.get_by_test_id("download-gguf")).to_be_hidden()
+    expect(check).to_contain_text({"en": "9 min 38 s", "zh": "9 分 38 秒"}[lang])
+    fake.gguf_result = "passed" if lang == "en" else "failed"
+    page.get_by_test_id("gguf-check-run").click()
+    expect(check).to_have_attribute("data-state", fake.gguf_result)
+    expect(page.get_by_test_id("download-gguf")).to_be_visible()
+    expect(page.get_by_test_id("download-gguf")).to_have_attribute("href", "/studio/jobs/ftjob-1/download/gguf")
+    if lang == "en":
+        expect(check).to_contain_text("llama.cpp agrees with your tuned model on 5/5 check questions")
+        expect(page.get_by_test_id("gguf-check-problems")).to_be_hidden()
+    else:
+        expect(check).to_contain_text("警告：这个 GGUF 文件的回答与你的微调模型不一致")
+        expect(check).to_contain_text("5 个检查问题中的 1 个")
+        expect(check).to_contain_text("请改用适配器下载")
+        expect(page.locator("#gguf-check-details summary")).to_contain_text("英文")
+    check_layout(page)
 
     expect(page.locator("#snippet-code")).to_contain_text("ft:default:studio:ftjob-1")
     check_layout(page)

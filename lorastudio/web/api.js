@@ -80,5 +80,7 @@ export const api = {
   streamUrl: (id) => `/studio/jobs/${encodeURIComponent(id)}/stream`,
   compare: (model, fineTunedModel, question, maxTokens) =>
     request("POST", "/studio/compare", { model, fine_tuned_model: fineTunedModel, question, max_tokens: maxTokens }),
+  ggufCheck: (id) => request("GET", `/studio/jobs/${encodeURIComponent(id)}/gguf-check`),
+  buildGguf: (id) => request("POST", `/studio/jobs/${encodeURIComponent(id)}/gguf-check`),
   downloadUrl: (id, kind) => `/studio/jobs/${encodeURIComponent(id)}/download/${kind}`,
 };
