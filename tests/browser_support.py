@@ -157,6 +157,43 @@ def check_layout(page, extra: list[str] | None = None) -> None:
     assert problems == {"untranslated": [], "overflow": [], "overlaps": []}, problems
 
 
+# What must never reach a user's page: the server's paths, Python's tracebacks and exception names.
+LEAKS = ("/tmp/", "/home/", "/root/", "/srv/", ".local/share", "site-packages", "Traceback", "Error:",
+         "Exception", "File \"", "lorastudio-questions")
+
+
+def leaks(page) -> list[str]:
+    """Server paths or tracebacks anywhere in the page's visible text, data included."""
+    text = page.locator("body").inner_text()
+    return [bad for bad in LEAKS if bad in text]
+
+
+_ATTRS_JS = r"""
+([lang, allowed]) => {
+  const bad = [];
+  for (const el of document.querySelectorAll('[placeholder], [title], [aria-label], option, button, summary')) {
+    if (el.closest('[hidden], .data, [translate="no"], #lang-toggle')) continue;
+    if (el.tagName === 'OPTION' && (el.closest('[data-testid^=compare-model], #eval-model, #use-job, #base-model-select')))
+      continue;  // model names and job ids: data
+    const texts = ['placeholder', 'title', 'aria-label'].map((a) => el.getAttribute(a)).filter(Boolean);
+    if (el.tagName === 'OPTION') texts.push(el.textContent);
+    for (let text of texts) {
+      const raw = text;
+      text = text.replace(/\b(ft:|ftjob-|file-)[\w:.-]+/g, ' ');  // ids are data
+      for (const w of [...allowed].sort((a, b) => b.length - a.length)) text = text.split(w).join(' ');
+      if (lang === 'zh' ? /[A-Za-z]{3,}/.test(text) : /[\u3400-\u9fff]/.test(text)) bad.push(raw);
+    }
+  }
+  return bad;
+}
+"""
+
+
+def untranslated_attributes(page, lang: str, extra: list[str] | None = None) -> list[str]:
+    """Placeholders, tooltips, screen-reader labels and fixed choices in the wrong language."""
+    return page.evaluate(_ATTRS_JS, [lang, ALLOWED_LATIN + (extra or [])])
+
+
 def i18n_keys(lang: str) -> dict:
     import json
 
