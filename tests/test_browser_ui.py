@@ -142,8 +142,10 @@ class FakeStudio:
     """Answers /v1 and /studio like the service would, from a script of job outcomes."""
 
     def __init__(self, outcome: str = "succeeded", localised_reports: bool = False, coded: bool = False,
-                 schedules: bool = False, hold_job_posts: bool = False, script: list[list[dict]] | None = None):
+                 schedules: bool = False, hold_job_posts: bool = False, script: list[list[dict]] | None = None,
+                 error_code: str | None = "training_failed"):
         self.outcome = outcome
+        self.error_code = error_code  # a failed job's error code, as the service sets it
         self.localised_reports = localised_reports
         self.coded = coded or schedules
         self.schedules = schedules
@@ -314,7 +316,7 @@ class FakeStudio:
                "finished_at": None,
                "status": "failed" if failed else "succeeded", "training_file": body["training_file"],
                "fine_tuned_model": None if failed else f"ft:{body['model']}:studio:{job_id}",
-               "error": {"code": "training_failed", "param": None,
+               "error": {"code": self.error_code, "param": None,
                          "message": "The trainer ran out of memory at step 3 (needs 4 GB)."} if failed else None,
                "hyperparameters": body.get("hyperparameters", {})}
         if self.script is not None:
@@ -527,6 +529,34 @@ def test_failed_job_says_why_in_both_languages(browser, static_server, tmp_path)
     check_layout(page, ["yunzhan_broken.csv"])
     assert errors == []
     context.close()
+
+
+def test_every_failure_code_is_said_in_chinese_and_english_only_as_the_labelled_detail(browser, static_server,
+                                                                                       tmp_path):
+    """Each code the service gives a failed job (tests/test_studio_api.py collects them from its source), an
+    unknown one and none: the reason in Chinese; the trainer's English sentence only inside the labelled
+    detail, never as the reason."""
+    from playwright.sync_api import expect
+
+    from tests.test_studio_api import job_failure_codes
+
+    for code in [*sorted(job_failure_codes()), "a_code_from_the_future", None]:
+        fake = FakeStudio(outcome="failed", error_code=code)
+        context, page, errors = open_page(browser, static_server, "zh", fake, viewport=PHONE)
+        upload_broken(page, tmp_path)
+        page.get_by_test_id("start-training").click()
+        expect(page.get_by_test_id("job-status")).to_have_text("失败")
+        box = page.locator("#job-error")
+        expect(box.locator(".error-detail .data")).to_have_text("The trainer ran out of memory at step 3 (needs 4 GB).")
+        reason = box.locator("> span").first.inner_text()
+        assert reason.startswith("训练失败："), (code, reason)
+        assert not re.search("[A-Za-z]{3,}", reason), (code, reason)  # no English outside the detail
+        expect(box.locator(".error-detail")).to_contain_text("训练程序给出的详情：")
+        if code is None or code == "a_code_from_the_future":
+            assert "原话见下方" in reason, reason
+        check_layout(page, ["yunzhan_broken.csv"])
+        assert errors == []
+        context.close()
 
 
 def test_language_toggle_translates_everything_and_persists(browser, static_server):

@@ -304,3 +304,37 @@ def test_no_settings_for_a_base_that_cannot_run_here(client, monkeypatch):
     assert refused.json()["error"]["message"].startswith(
         "Qwen/Qwen2.5-7B-Instruct 无法在这台服务器上运行：需要显存 24 GB 的 GPU，这台服务器没有；")
     assert client.post("/studio/recommend", json={"training_file": fid, "model": "tiny-random"}).status_code == 200
+
+
+def job_failure_codes() -> set[str]:
+    """Every `code` the service can give a failed job: the worker's, the supervisor's and the intake's
+    `fail(…, code=…)`, and the trainer's error events (`trainer.error_code`), read from their source."""
+    import re
+
+    root = Path(__file__).resolve().parents[1] / "lorastudio"
+    codes: set[str] = set()
+    for name in ("serve/worker.py", "serve/supervisor.py", "serve/intake.py"):
+        text = (root / name).read_text(encoding="utf-8")
+        for call in re.finditer(r"fail\((.*?)\)\n", text, re.S):
+            codes.update(re.findall(r'code="(\w+)"', call.group(1)))
+    trainer = (root / "train" / "trainer.py").read_text(encoding="utf-8")
+    body = trainer.split("def error_code", 1)[1].split("\nclass ", 1)[0]
+    codes.update(re.findall(r'return "(\w+)"', body))
+    return codes
+
+
+def test_every_job_failure_code_has_words_in_both_languages():
+    """A failed job's reason is said by the page from its code (steps/job.js, `train.error.<code>`): every
+    code the service can set has an English and a Chinese rendering; the Chinese one has no English words."""
+    import re
+
+    codes = job_failure_codes()
+    assert {"invalid_file", "invalid_hyperparameters", "model_unavailable", "training_failed",
+            "training_interrupted", "internal_error"} <= codes, codes  # the collection itself works
+    web = Path(__file__).resolve().parents[1] / "lorastudio" / "web" / "i18n"
+    en = json.loads((web / "en.json").read_text(encoding="utf-8"))
+    zh = json.loads((web / "zh.json").read_text(encoding="utf-8"))
+    missing = sorted(c for c in codes if f"train.error.{c}" not in en or f"train.error.{c}" not in zh)
+    assert missing == [], missing
+    for c in codes:
+        assert not re.search("[A-Za-z]{3,}", zh[f"train.error.{c}"]), (c, zh[f"train.error.{c}"])

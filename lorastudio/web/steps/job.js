@@ -259,7 +259,7 @@ function onLiveEvent(ev) {
   } else if (ev.type === "status" && job) {
     patch.job = { ...job, status: ev.status, ...(ev.fine_tuned_model ? { fine_tuned_model: ev.fine_tuned_model } : {}) };
   } else if (ev.type === "error" && job && !job.error) {
-    patch.job = { ...job, error: { message: ev.message } };
+    patch.job = { ...job, error: { message: ev.message, code: ev.code || ev.data?.code || null } };
   }
   store.set(patch);
   if (ev.type === "status" && TERMINAL.has(ev.status)) {
@@ -365,13 +365,15 @@ function renderJob() {
     errBox.hidden = false;
     // What went wrong and what to do, in the page's words by the error's code; the trainer's own
     // (English) message follows as a detail, as data.
+    // Any other text (a code the page does not know, the trainer's sentence) is never shown as the
+    // reason: only inside the labelled detail.
     const code = job.error?.code;
-    const said = code && has(`train.error.${code}`) ? t(`train.error.${code}`) : null;
     const detail = job.error?.message;
-    if (status === "failed") {
-      errBox.replaceChildren(node("span", { text: t("train.failed_said", { reason: said || t("train.failed_unknown") }) }),
-        detail ? node("span", { class: "error-detail" }, ...tNodes("train.error_detail", { message: detail })) : null);
-    } else errBox.replaceChildren(node("span", { class: "data", text: detail }));
+    const said = code && has(`train.error.${code}`) ? t(`train.error.${code}`)
+      : detail ? t("train.failed_other") : t("train.failed_unknown");
+    const lead = status === "failed" ? t("train.failed_said", { reason: said }) : t("train.error_reported", { reason: said });
+    errBox.replaceChildren(node("span", { text: lead }),
+      detail ? node("span", { class: "error-detail" }, ...tNodes("train.error_detail", { message: detail })) : null);
   } else errBox.hidden = true;
 
   drawLoss();
