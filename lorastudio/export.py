@@ -72,8 +72,13 @@ def load_peft(adapter_dir: str | os.PathLike, base: str | None = None) -> tuple[
     path = check_adapter_dir(adapter_dir)
     base_id = adapter_base(path, base)
     model, tokenizer = load_model(base_id, dtype=torch.float32, device="cpu")
+    from safetensors import SafetensorError
+
     try:
         peft_model = PeftModel.from_pretrained(model, str(path))
+    except SafetensorError as exc:  # a truncated or damaged adapter_model.safetensors
+        raise AdapterError(f"adapter {str(path)!r}: its weights file cannot be read ({str(exc)[:200]}); "
+                           "the adapter is damaged: train again or restore it from a checkpoint") from None
     except (RuntimeError, ValueError, KeyError) as exc:
         raise AdapterError(f"adapter {str(path)!r} does not fit base model {base_id!r}: "
                            f"{str(exc).splitlines()[0][:300]}") from None

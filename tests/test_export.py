@@ -139,6 +139,21 @@ def test_export_bad_inputs(tiny, tmp_path):
         export_gguf(tiny["adapter"], tmp_path / "x.gguf", "q4_k")
 
 
+def test_a_damaged_adapter_file_is_an_adapter_error(tiny, tmp_path):
+    """A truncated adapter_model.safetensors says the adapter is damaged (an AdapterError the service
+    turns into a 409), not a raw safetensors exception."""
+    import shutil
+
+    from lorastudio.export import load_peft
+    from lorastudio.inference import AdapterError
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(tiny["adapter"], damaged)
+    (damaged / "adapter_model.safetensors").write_bytes(b"\x01\x00")
+    with pytest.raises(AdapterError, match="damaged"):
+        load_peft(damaged, str(tiny["base"]))
+
+
 def test_export_cli(tiny, tmp_path, capsys):
     out = tmp_path / "cli.gguf"
     assert main(["export", "--adapter", str(tiny["adapter"]), "--gguf", str(out), "--gguf-type", "q8_0",

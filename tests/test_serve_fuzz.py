@@ -221,20 +221,7 @@ def test_the_document_has_the_routes_this_suite_relies_on():
 
 # Checks not yet met by routes this suite's author does not own. Every other check still runs on
 # them. Remove an entry once its route is fixed (the xfail in test_serve_hostile.py flips too).
-NOT_YET = {
-    # lorastudio/serve/api_studio.py: the stream sends the raw events.jsonl objects (a checkpoint's
-    # "path", a trainer's error text) and the job list the worker's error messages; both should pass
-    # what they send through errors.public_for (api_jobs.public_job for job objects).
-    "GET /studio/jobs/{job_id}/stream": {"no_server_paths"},
-    "GET /studio/jobs": {"no_server_paths"},
-    # lorastudio/serve/api_playground.py: statuses and content types its routes answer but do not declare.
-    "POST /studio/playground/stream": {status_code_conformance,                 # 404 model_not_found
-                                       content_type_conformance},               # text/event-stream
-    "POST /studio/playground/set": {status_code_conformance,                    # 404 model_not_found
-                                    content_type_conformance},                  # text/event-stream
-    "GET /studio/jobs/{job_id}/forgetting": {status_code_conformance},          # 409 job_not_finished
-    "POST /studio/jobs/{job_id}/forgetting": {status_code_conformance,          # 409 job_not_finished
-                                              content_type_conformance},        # text/event-stream
+NOT_YET: dict[str, set] = {
 }
 
 def negative_data_refused(ctx, response, case):

@@ -324,8 +324,6 @@ def test_no_server_path_or_traceback_in_responses_or_events(failing_flow, tmp_pa
     assert f"'{jobs['ok']}' has no adapter_model.safetensors" in bodies["chat"]["message"]
 
 
-@pytest.mark.xfail(strict=True, reason="api_studio.py's SSE route sends the raw events.jsonl objects (a "
-                   "checkpoint's 'path', a trainer's traceback) without errors.public_for; its owner adds the call")
 def test_no_server_path_in_the_studio_event_stream(failing_flow):
     c, jobs, _ = failing_flow
     data_dir = str(c.app.state.settings.data_dir)

@@ -24,9 +24,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from lorastudio.serve.api_files import display_name, safe_download_name
 from lorastudio.serve.api_jobs import get_job_or_404
 from lorastudio.serve.engines import base_model_ids
-from lorastudio.serve.errors import APIError
+from lorastudio.serve.errors import APIError, error_responses
 
-router = APIRouter(prefix="/studio", tags=["playground"])
+router = APIRouter(prefix="/studio", tags=["playground"], responses=error_responses(401))
+
+
+def _sse_doc(what: str, *statuses: int) -> dict:
+    """OpenAPI for a route that answers Server-Sent Events (app.py gives each event its schema)."""
+    return {"response_class": StreamingResponse,
+            "responses": {200: {"description": what, "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                          **error_responses(*statuses)}}
 
 MAX_QUESTION_FILE_BYTES = 2 * 1024 * 1024
 QUESTION_SUFFIXES = (".csv", ".tsv", ".txt", ".xlsx", ".jsonl", ".json")
@@ -154,7 +161,8 @@ async def _sides(request: Request, a: SideRequest, b: SideRequest | None) -> lis
     return sides
 
 
-@router.post("/playground/stream", summary="One question (with earlier turns) to one or two models, streamed (SSE)")
+@router.post("/playground/stream", summary="One question (with earlier turns) to one or two models, streamed (SSE)",
+             **_sse_doc("`data:` lines: start, delta {side, delta}, done {side, timings}, error", 400, 404))
 async def playground_stream(request: Request, body: StreamRequest) -> StreamingResponse:
     from lorastudio.playground import PlaygroundError, compare_events, conversation
 
@@ -166,7 +174,8 @@ async def playground_stream(request: Request, body: StreamRequest) -> StreamingR
     return _sse(compare_events(sides, body.question, body.history, body.max_tokens))
 
 
-@router.post("/playground/set", summary="A question set answered by one or two models, scored on key strings (SSE)")
+@router.post("/playground/set", summary="A question set answered by one or two models, scored on key strings (SSE)",
+             **_sse_doc("`data:` lines: one per answered question, then the totals", 400, 404))
 async def playground_set(request: Request, body: SetRequest) -> StreamingResponse:
     from lorastudio.playground import PlaygroundError, parse_questions, set_events
 
@@ -245,7 +254,8 @@ def _finished_job(request: Request, job_id: str) -> dict:
     return job
 
 
-@router.get("/jobs/{job_id}/forgetting", summary="The job's forgetting check if it was run ({status: none} if not)")
+@router.get("/jobs/{job_id}/forgetting", summary="The job's forgetting check if it was run ({status: none} if not)",
+            responses=error_responses(404, 409))
 def forgetting_get(request: Request, job_id: str) -> dict:
     job = _finished_job(request, job_id)
     path, version = _forgetting_cache(request, job)
@@ -253,7 +263,8 @@ def forgetting_get(request: Request, job_id: str) -> dict:
     return {"status": "done", **found} if found else {"status": "none"}
 
 
-@router.post("/jobs/{job_id}/forgetting", summary="Run the forgetting check: general questions, base vs tuned (SSE)")
+@router.post("/jobs/{job_id}/forgetting", summary="Run the forgetting check: general questions, base vs tuned (SSE)",
+             **_sse_doc("`data:` lines: progress per question, then the result", 404, 409))
 async def forgetting_run(request: Request, job_id: str) -> StreamingResponse:
     from lorastudio.playground import forgetting_events
 

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from lorastudio.serve.api_files import get_file_or_404, safe_download_name
 from lorastudio.serve.api_jobs import get_job_or_404
 from lorastudio.serve.engines import base_model_ids, model_not_found
-from lorastudio.serve.errors import APIError, error_responses
+from lorastudio.serve.errors import APIError, error_responses, public_for
 from lorastudio.serve.objects import FileObject, file_object, job_object
 from lorastudio.serve.store import TERMINAL_STATUSES, new_id
 from lorastudio.serve.studio_export import check_state
@@ -307,18 +307,18 @@ async def job_stream(request: Request, job_id: str) -> StreamingResponse:
             rows = await run_in_threadpool(store.events_since, job_id, last_seq)
             for row in rows:
                 last_seq = row["seq"]
-                yield f"id: {row['seq']}\ndata: {json.dumps(row['raw'], ensure_ascii=False)}\n\n"
+                yield f"id: {row['seq']}\ndata: {json.dumps(public_for(request, row['raw']), ensure_ascii=False)}\n\n"
             current = await run_in_threadpool(store.get_job, job_id)
             if current is None:
                 return
             if current["status"] != status:
                 status = current["status"]
-                yield f"data: {json.dumps(_status_event(current), ensure_ascii=False)}\n\n"
+                yield f"data: {json.dumps(public_for(request, _status_event(current)), ensure_ascii=False)}\n\n"
             if status in TERMINAL_STATUSES:
                 rows = await run_in_threadpool(store.events_since, job_id, last_seq)
                 for row in rows:  # events written together with the final status
                     last_seq = row["seq"]
-                    yield f"id: {row['seq']}\ndata: {json.dumps(row['raw'], ensure_ascii=False)}\n\n"
+                    yield f"id: {row['seq']}\ndata: {json.dumps(public_for(request, row['raw']), ensure_ascii=False)}\n\n"
                 return
             if await request.is_disconnected():
                 return
@@ -337,7 +337,7 @@ async def job_stream(request: Request, job_id: str) -> StreamingResponse:
 def job_metrics(request: Request, job_id: str) -> dict:
     get_job_or_404(request, job_id)
     rows = request.app.state.store.events_since(job_id, 0)
-    return {"data": [r["raw"] for r in rows if r["raw"].get("type") in ("metrics", "eval")]}
+    return {"data": [public_for(request, r["raw"]) for r in rows if r["raw"].get("type") in ("metrics", "eval")]}
 
 
 # --- compare -------------------------------------------------------------------------------------
@@ -402,7 +402,7 @@ def studio_jobs(request: Request, limit: int = 100) -> dict:
     store = request.app.state.store
     rows = store.list_jobs(limit=max(1, min(limit, 1000)) + 1)
     cache = _summary_cache(request)
-    data = [job_summary(store, job, cache) for job in rows[:limit]]
+    data = [public_for(request, job_summary(store, job, cache)) for job in rows[:limit]]
     return {"object": "list", "data": data, "has_more": len(rows) > limit}
 
 
