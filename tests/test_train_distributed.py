@@ -64,7 +64,14 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run / "adapter_model.safetensors"))
 
 
-def _assert_same_adapter(a: Path, b: Path, atol: float = 1e-6) -> None:
+# The CPU fast path computes the chat-template head once per packed row (train/cpu_prefix.py, exact in
+# arithmetic): its small GEMMs round differently with 1 thread per rank than with 2 in one process, a few
+# 1e-7 of the weights' size (measured max 3.2e-6 on a 0.12-sized weight); a rank that summed or scaled the
+# gradients wrongly is off by orders of magnitude more.
+DDP_ATOL = 1e-5
+
+
+def _assert_same_adapter(a: Path, b: Path, atol: float = DDP_ATOL) -> None:
     wa, wb = _weights(a), _weights(b)
     assert wa.keys() == wb.keys()
     for key in wa:
@@ -99,7 +106,7 @@ def test_two_gloo_ranks_equal_one_process_and_only_rank_0_writes(data, single_ru
     log, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, log
 
-    _assert_same_adapter(out, single_run, atol=FSDP_ATOL if strategy == "fsdp" else 1e-6)
+    _assert_same_adapter(out, single_run, atol=FSDP_ATOL if strategy == "fsdp" else DDP_ATOL)
     # The loss is summed over ranks and divided by the step's global target count: the same numbers.
     dist_losses, single_losses = _losses(out), _losses(single_run)
     assert [s for s, _ in dist_losses] == list(range(1, STEPS + 1))  # one line per step, not one per rank
