@@ -105,3 +105,119 @@ def test_a_failing_llamacpp_child_falls_back_to_transformers(tiny, home, monkeyp
         rows = replay.general_replay(base, 2, prompts=PROMPTS[:2], device="cpu", model=tiny["model"],
                                      tokenizer=tiny["tokenizer"])
     assert len(rows) <= 2 and [r["engine"] for r in _cache(home, base)] == ["transformers", "transformers"]
+
+
+# --------------------------------------------------------------------------------------------------
+# paraphrases (augment_paraphrases > 0): the same engine rule, child process and fallback
+
+
+def _convs():
+    from lorastudio.data.types import Conversation, Message
+
+    return [Conversation([Message("user", q), Message("assistant", "ok")], row=i + 1) for i, q in enumerate(PROMPTS)]
+
+
+def _cfg(tiny, tmp_path, device="cpu"):
+    from lorastudio.train.config import TrainConfig
+
+    return TrainConfig(base=str(tiny["gguf"]), device=device, augment_paraphrases=2, output_dir=str(tmp_path / "run"))
+
+
+@pytest.fixture
+def spies(monkeypatch):
+    """Records the llama.cpp child's calls (passing them on) and the transformers path's prompts."""
+    from lorastudio.engines import batch
+    from lorastudio.train import augment, generation
+
+    monkeypatch.setattr(augment, "PARAPHRASE_MAX_NEW_TOKENS", 12)  # short: a random model's near-ties part later
+    seen: dict[str, list] = {"llama.cpp": [], "transformers": []}
+    real_child, real_tf = batch.run_llamacpp_batch, generation.generate_batch
+
+    def child(base, prompts, **kw):
+        out = real_child(base, prompts, **kw)
+        seen["llama.cpp"].append({"base": base, "prompts": prompts, "out": out, **kw})
+        return out
+
+    def transformers(model, tokenizer, prompts, **kw):
+        out = real_tf(model, tokenizer, prompts, **kw)
+        seen["transformers"].append({"prompts": prompts, "out": out, **kw})
+        return out
+
+    monkeypatch.setattr(batch, "run_llamacpp_batch", child)
+    monkeypatch.setattr(generation, "generate_batch", transformers)
+    return seen
+
+
+@needs_llama
+def test_paraphrases_on_cpu_come_from_the_llamacpp_child_with_the_transformers_answers(tiny, home, spies, tmp_path):
+    from lorastudio.train import augment
+    from lorastudio.train.generation import generate_batch
+
+    events: list[dict] = []
+    convs = _convs()
+    out = augment.augment_conversations(convs, model=tiny["model"], tokenizer=tiny["tokenizer"],
+                                        cfg=_cfg(tiny, tmp_path), on_event=events.append)
+    assert spies["transformers"] == [] and len(spies["llama.cpp"]) == 1
+    call = spies["llama.cpp"][0]
+    assert call["base"] == str(tiny["gguf"]) and call["max_new_tokens"] == 12 and len(call["prompts"]) == 4
+    assert "换成3种不同的问法" in call["prompts"][1][0]["content"]  # n + 1 asked, the Chinese prompt
+    assert "in 3 different ways" in call["prompts"][0][0]["content"]
+    # What training used before (the trainer's model through transformers), same weights: same text.
+    assert call["out"] == generate_batch(tiny["model"], tiny["tokenizer"], call["prompts"], max_new_tokens=12)
+    assert any("paraphrases: the llama.cpp engine" in e.get("message", "") for e in events)
+    expected = [p for q, a in zip(PROMPTS, call["out"], strict=True) for p in augment.parse_paraphrases(a, q, 2)]
+    assert [c.messages[0].content for c in out[len(convs):]] == expected
+
+
+@needs_llama
+def test_paraphrases_written_by_the_child_become_training_rows(tiny, home, monkeypatch, tmp_path):
+    from lorastudio.engines import batch
+    from lorastudio.train import augment
+
+    scripted = {"What is the price of YZ-LD2406?": "How much does the YZ-LD2406 cost?\nTell me YZ-LD2406's price?",
+                "工单超过多久会升级？": "1. 工单放多长时间没处理就会升级？\n这是一个陈述句。"}
+
+    def child(base, prompts, **kw):
+        return [next((v for k, v in scripted.items() if k in p[0]["content"]), "") for p in prompts]
+
+    monkeypatch.setattr(batch, "run_llamacpp_batch", child)
+    out = augment.augment_conversations(_convs(), model=tiny["model"], tokenizer=tiny["tokenizer"],
+                                        cfg=_cfg(tiny, tmp_path))
+    rows = [json.loads(x) for x in (tmp_path / "run" / "augmented.jsonl").read_text("utf-8").splitlines()]
+    assert [(r["source"], r["row"], r["messages"][0]["content"]) for r in rows] == [
+        ("paraphrase", 1, "How much does the YZ-LD2406 cost?"), ("paraphrase", 1, "Tell me YZ-LD2406's price?"),
+        ("paraphrase", 2, "工单放多长时间没处理就会升级？")]
+    assert len(out) == 4 + 3 and out[4].messages[1].content == "ok"
+
+
+@needs_llama
+def test_paraphrases_fall_back_to_transformers_when_the_child_fails_and_say_why(tiny, home, spies, monkeypatch,
+                                                                                 tmp_path):
+    from lorastudio.engines import batch
+    from lorastudio.train import augment
+
+    def broken(*args, **kw):
+        raise batch.BatchError("the llama.cpp generation process exited with code 1: boom")
+
+    monkeypatch.setattr(batch, "run_llamacpp_batch", broken)
+    events: list[dict] = []
+    with pytest.warns(UserWarning, match="paraphrases: llama.cpp failed, using transformers .*boom"):
+        augment.augment_conversations(_convs(), model=tiny["model"], tokenizer=tiny["tokenizer"],
+                                      cfg=_cfg(tiny, tmp_path), on_event=events.append)
+    assert len(spies["transformers"]) == 1 and len(spies["transformers"][0]["prompts"]) == 4
+    assert any(e["type"] == "stage" and "llama.cpp failed, using transformers" in e["message"] and "boom" in e["message"]
+               for e in events)
+
+
+def test_paraphrases_stay_on_transformers_where_llamacpp_does_not_apply(tiny, home, spies, monkeypatch, tmp_path):
+    from lorastudio.train import augment
+
+    for device, env in (("cuda", None), ("cpu", "transformers")):
+        if env:
+            monkeypatch.setenv("LORASTUDIO_ENGINE", env)
+        events: list[dict] = []
+        augment.augment_conversations(_convs(), model=tiny["model"], tokenizer=tiny["tokenizer"],
+                                      cfg=_cfg(tiny, tmp_path, device), on_event=events.append)
+        assert spies["llama.cpp"] == []
+        assert any("paraphrases: the transformers engine writes them" in e.get("message", "") for e in events)
+    assert len(spies["transformers"]) == 2

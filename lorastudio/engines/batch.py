@@ -1,5 +1,5 @@
 """Greedy answers from the llama.cpp engine in a fresh process, for a process that already has
-torch loaded (the trainer's replay answers).
+torch loaded (the trainer's replay answers and paraphrases, bench/quality/score.py's answers).
 
 Why a child process: llama.cpp's threads wait with libgomp, which reads its spin setting once,
 when first loaded. In the trainer torch loaded it first with the default (long) spin, and two
@@ -9,7 +9,8 @@ llama.cpp before torch, so it gets the short spin; it also frees the GGUF's memo
 ```bash
 python -m lorastudio.engines.batch request.json answers.json
 # request: {"base": "default", "prompts": [[{"role": "user", "content": "..."}], ...],
-#           "max_new_tokens": 192, "batch_size": 8}
+#           "max_new_tokens": 192, "batch_size": 8, "adapter": null}
+# max_new_tokens: one number, or one per prompt; adapter: a LoRA adapter directory (optional)
 # stdout: "progress DONE TOTAL" lines; answers.json: a list of strings in prompt order
 ```
 """
@@ -30,14 +31,20 @@ class BatchError(RuntimeError):
     """The llama.cpp child failed; the message carries the end of its output."""
 
 
-def run_llamacpp_batch(base: str, prompts: Sequence[Any], *, max_new_tokens: int, batch_size: int = 8,
+def run_llamacpp_batch(base: str, prompts: Sequence[Any], *, max_new_tokens: int | Sequence[int],
+                       batch_size: int = 8, adapter: str | os.PathLike | None = None,
                        on_progress: Callable[[int, int], None] | None = None) -> list[str]:
     """Greedy answers (stripped, end-of-turn excluded) to `prompts` (messages lists) from the llama.cpp
-    engine on `base`, computed in a child process. Raises `BatchError` if the child fails."""
+    engine on `base` (with the LoRA `adapter` when given), computed in a child process.
+    `max_new_tokens`: one cap, or one per prompt. Raises `BatchError` if the child fails."""
+    if not isinstance(max_new_tokens, int) and len(max_new_tokens) != len(prompts):
+        raise ValueError(f"{len(max_new_tokens)} max_new_tokens for {len(prompts)} prompts")
     with tempfile.TemporaryDirectory(prefix="lorastudio-batch-") as tmp:
         request, answers = Path(tmp) / "request.json", Path(tmp) / "answers.json"
-        request.write_text(json.dumps({"base": base, "prompts": list(prompts), "max_new_tokens": max_new_tokens,
-                                       "batch_size": batch_size}, ensure_ascii=False), encoding="utf-8")
+        budget = max_new_tokens if isinstance(max_new_tokens, int) else [int(x) for x in max_new_tokens]
+        request.write_text(json.dumps({"base": base, "prompts": list(prompts), "max_new_tokens": budget,
+                                       "batch_size": batch_size, "adapter": None if adapter is None else str(adapter)},
+                                      ensure_ascii=False), encoding="utf-8")
         proc = subprocess.Popen([sys.executable, "-m", "lorastudio.engines.batch", str(request), str(answers)],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, encoding="utf-8",
                                 errors="replace")
@@ -67,13 +74,19 @@ def main(argv: Sequence[str]) -> int:
 
     engine = ChatEngine(request["base"], engine="llama.cpp")
     prompts, batch = request["prompts"], max(1, int(request.get("batch_size", 8)))
+    budget = request["max_new_tokens"]
+    budgets = [int(x) for x in budget] if isinstance(budget, list) else [int(budget)] * len(prompts)
+    adapter = request.get("adapter")
     answers: list[str] = []
     step = batch * 2
-    for start in range(0, len(prompts), step):
-        answers += [a.strip() for a in engine.generate_batch(prompts[start:start + step], temperature=0.0,
-                                                              max_new_tokens=int(request["max_new_tokens"]),
-                                                              batch_size=batch)]
+    start = 0
+    while start < len(prompts):
+        end = min(start + step, len(prompts))
+        end = next((i for i in range(start + 1, end) if budgets[i] != budgets[start]), end)  # one cap per call
+        answers += [a.strip() for a in engine.generate_batch(prompts[start:end], adapter=adapter, temperature=0.0,
+                                                              max_new_tokens=budgets[start], batch_size=batch)]
         print(f"progress {len(answers)} {len(prompts)}", flush=True)
+        start = end
     tmp = Path(argv[1]).with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(answers, ensure_ascii=False), encoding="utf-8")
     tmp.replace(argv[1])

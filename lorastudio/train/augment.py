@@ -10,7 +10,8 @@ Sources, measured on the real default model (docs/QUALITY.md, bench/quality/swee
   trained as a question of its own, so the fact is found without the conversation before it.
 * base-model paraphrases (`augment_paraphrases` = n): the base model rewrites each question n ways;
   rewrites that are not a question, copy the original, switch language or have an odd length are
-  dropped. Costs generation time, so the recommender turns it on where generation is cheap (GPU).
+  dropped. Costs generation time, so the recommender turns it on where generation is cheap (GPU). On a
+  CPU that runs the base in llama.cpp the rewrites come from it, as the replay answers do (`generation.py`).
 
 Everything generated is written to `<output_dir>/augmented.jsonl` so the user can read it.
 """
@@ -29,12 +30,15 @@ from typing import Any
 
 from lorastudio.data.facts import fact_groups
 from lorastudio.data.types import Conversation, Message
+from lorastudio.train.generation import generate_batch  # noqa: F401 - its old home, kept for callers
 
 PARAPHRASE_PROMPT_ZH = ("请把下面这个问题换成{n}种不同的问法，意思必须完全相同，保留其中的专有名词和数字，不要回答问题。"
                         "每行写一个问题，不要编号，不要其他内容。\n问题：{q}")
 PARAPHRASE_PROMPT_EN = ("Rewrite the following question in {n} different ways with exactly the same meaning. "
                         "Keep names and numbers. Do not answer it. One question per line, no numbering, "
                         "nothing else.\nQuestion: {q}")
+PARAPHRASE_MAX_NEW_TOKENS = 256
+"""Cap on one rewrite request's answer (n + 1 questions; below it, about 1.2 tokens per character asked)."""
 
 _QUESTION = re.compile(r"(吗|呢|什么|多少|几|怎么|怎样|如何|哪|谁|是否|能否|可以|有没有|要不要|多久|多长|为何|为什么"
                        r"|\?|？|^(what|how|why|when|where|which|who|is|are|can|does|do|should|could|would)\b)",
@@ -92,12 +96,17 @@ def _replace_question(conv: Conversation, question: str) -> Conversation:
 
 def paraphrase_questions(engine_or_model: Any, conversations: Sequence[Conversation], n: int, *,
                          tokenizer: Any = None, batch_size: int = 32,
-                         on_progress: Callable[[int, int], None] | None = None) -> list[Conversation]:
+                         on_progress: Callable[[int, int], None] | None = None, base: str | None = None,
+                         device: str | None = None,
+                         on_event: Callable[[dict], None] | None = None) -> list[Conversation]:
     """n reworded copies of each conversation (its first question rewritten by the base model).
 
     `engine_or_model`: a `ChatEngine` (anything with `.generate(messages, ...) -> str`), or a causal LM
-    with its `tokenizer` (batched greedy generation, much faster per token on a CPU). Rows whose rewrites
-    all fail the filters get fewer than n (or none): a bad paraphrase teaches the wrong question.
+    with its `tokenizer` (batched greedy generation, much faster per token on a CPU). With `base` (the
+    trainer's call) the rewrites come from `generation.base_answers`, as the replay answers do: the
+    llama.cpp engine in a child process on a CPU that runs the base, else (or if that fails, said
+    through `on_event` and a warning) the causal LM given. Rows whose rewrites all fail the filters get
+    fewer than n (or none): a bad paraphrase teaches the wrong question.
     """
     if n <= 0:
         return []
@@ -106,8 +115,16 @@ def paraphrase_questions(engine_or_model: Any, conversations: Sequence[Conversat
     ask = n + 1  # ask for one more than needed: some rewrites are filtered out
     prompts = [[{"role": "user", "content": (PARAPHRASE_PROMPT_ZH if _is_cjk(q) else PARAPHRASE_PROMPT_EN)
                  .format(n=ask, q=q)}] for q in questions]
-    max_new = int(min(256, 8 + ask * (max(len(q) for q in questions) * 1.2 + 6))) if questions else 0
-    if tokenizer is not None and not hasattr(engine_or_model, "stream"):
+    max_new = int(min(PARAPHRASE_MAX_NEW_TOKENS, 8 + ask * (max(len(q) for q in questions) * 1.2 + 6))) if questions else 0
+    if not prompts:
+        outputs: list[str] = []
+    elif base is not None:
+        from lorastudio.train.generation import base_answers
+
+        outputs, _engine = base_answers(base, prompts, max_new_tokens=max_new, model=engine_or_model,
+                                        tokenizer=tokenizer, device=device, batch_size=batch_size,
+                                        what="paraphrases", on_progress=on_progress, on_event=on_event)
+    elif tokenizer is not None and not hasattr(engine_or_model, "stream"):
         outputs = generate_batch(engine_or_model, tokenizer, prompts, max_new_tokens=max_new,
                                  batch_size=batch_size, on_progress=on_progress)
     else:
@@ -120,39 +137,6 @@ def paraphrase_questions(engine_or_model: Any, conversations: Sequence[Conversat
     for conv, question, text in zip(convs, questions, outputs, strict=True):
         out += [_replace_question(conv, p) for p in parse_paraphrases(text, question, n)]
     return out
-
-
-def generate_batch(model: Any, tokenizer: Any, prompts: list[list[dict]], *, max_new_tokens: int,
-                   batch_size: int = 32, on_progress: Callable[[int, int], None] | None = None) -> list[str]:
-    """Greedy answers for many chats at once (left padding; longest first so batches pad little)."""
-    import torch
-
-    order = sorted(range(len(prompts)), key=lambda i: -len(json.dumps(prompts[i], ensure_ascii=False)))
-    texts = [tokenizer.apply_chat_template(prompts[i], tokenize=False, add_generation_prompt=True) for i in order]
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    was_training = model.training
-    model.eval()
-    results: dict[int, str] = {}
-    device = next(model.parameters()).device
-    try:
-        with torch.no_grad():
-            for start in range(0, len(texts), batch_size):
-                batch = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
-                                  add_special_tokens=False).to(device)
-                generated = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                                           temperature=None, top_p=None, top_k=None,
-                                           pad_token_id=tokenizer.pad_token_id)
-                for j, seq in enumerate(generated[:, batch["input_ids"].shape[1]:]):
-                    results[order[start + j]] = tokenizer.decode(seq, skip_special_tokens=True).strip()
-                if on_progress:
-                    on_progress(min(start + batch_size, len(texts)), len(texts))
-    finally:
-        tokenizer.padding_side = side
-        model.train(was_training)
-    return [results[i] for i in range(len(prompts))]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -493,8 +477,10 @@ def augment_conversations(conversations: Sequence[Conversation], *, model: Any =
                 on_event({"type": "stage", "stage": "prepare",
                           "message": f"writing paraphrases with the base model: {done}/{total} questions"})
 
-        added += [("paraphrase", c) for c in paraphrase_questions(model, conversations, n, tokenizer=tokenizer,
-                                                                   on_progress=progress)]
+        added += [("paraphrase", c) for c in paraphrase_questions(
+            model, conversations, n, tokenizer=tokenizer, on_progress=progress,
+            base=str(getattr(cfg, "base", None) or "default"), device=getattr(cfg, "device", None),
+            on_event=on_event)]
     output_dir = getattr(cfg, "output_dir", None)
     if output_dir:
         write_augmented(Path(output_dir) / "augmented.jsonl", added)

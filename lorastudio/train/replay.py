@@ -155,54 +155,25 @@ def _read_cache(path: Path) -> dict[str, str]:
 
 def replay_engine(base: str, device: str | None = None) -> tuple[str, str]:
     """(engine, reason) for the replay answers: "llama.cpp" on a CPU when it can run the base (the
-    `default` model straight from its GGUF; `inference.choose_engine`'s rules, `LORASTUDIO_ENGINE`
-    included), else "transformers" (the trainer's own model)."""
-    from lorastudio.inference import choose_engine
+    `default` model straight from its GGUF), else "transformers" (`generation.base_engine`, the rule
+    the paraphrases follow too)."""
+    from lorastudio.train.generation import base_engine
 
-    try:
-        choice = choose_engine(base, device=device)
-    except ValueError as exc:  # LORASTUDIO_ENGINE=llama.cpp on a base it cannot run
-        return "transformers", str(exc)
-    return choice.name, choice.reason
-
-
-def _answer(base: str, missing: list[str], *, model: Any, tokenizer: Any, device: str | None,
-            on_progress: Callable[[int, int], None] | None) -> tuple[list[str], str]:
-    """Greedy answers (≤ MAX_NEW_TOKENS, the model's own chat template, no system prompt of ours)
-    and the engine that wrote them."""
-    chats = [[{"role": "user", "content": p}] for p in missing]
-    engine, _reason = replay_engine(base, device)
-    if engine == "llama.cpp":
-        from lorastudio.engines.batch import BatchError, run_llamacpp_batch
-
-        try:
-            return run_llamacpp_batch(base, chats, max_new_tokens=MAX_NEW_TOKENS, batch_size=8,
-                                      on_progress=on_progress), "llama.cpp"
-        except BatchError as exc:
-            import warnings
-
-            warnings.warn(f"replay answers: llama.cpp failed, using transformers ({exc})", stacklevel=2)
-    if model is None or tokenizer is None:
-        from lorastudio.models import load_model
-
-        model, tokenizer = load_model(base)
-    from lorastudio.train.augment import generate_batch
-
-    return generate_batch(model, tokenizer, chats, max_new_tokens=MAX_NEW_TOKENS, batch_size=16,
-                          on_progress=on_progress), "transformers"
+    return base_engine(base, device)
 
 
 def general_replay(base: str, n: int, *, model: Any = None, tokenizer: Any = None,
                    model_dir: str | Path | None = None, prompts: Sequence[str] | None = None,
                    on_progress: Callable[[int, int], None] | None = None,
-                   device: str | None = None) -> list[Conversation]:
+                   device: str | None = None, on_event: Callable[[dict], None] | None = None) -> list[Conversation]:
     """n conversations: a general prompt (the first n of `prompts`, else of the built-in order) and the
     base model's own greedy answer to it.
 
     Answers come from the cache when present; missing ones are generated and added to the cache
-    (each line names the engine that wrote it): on a CPU by the llama.cpp engine when it runs the base
-    (`replay_engine`; in a child process, see `lorastudio.engines.batch`), else batched with `model` /
-    `tokenizer`, or with the base model loaded here.
+    (each line names the engine that wrote it) by `generation.base_answers`: on a CPU by the llama.cpp
+    engine when it runs the base (`replay_engine`; in a child process, see `lorastudio.engines.batch`),
+    else batched with `model` / `tokenizer`, or with the base model loaded here. `on_event` gets the
+    engine used, and the reason when llama.cpp failed and transformers answered instead.
     """
     if n <= 0:
         return []
@@ -212,8 +183,12 @@ def general_replay(base: str, n: int, *, model: Any = None, tokenizer: Any = Non
     answers = {**_read_cache(shipped), **_read_cache(cached)}
     missing = [p for p in prompts if p not in answers]
     if missing:
-        generated, engine = _answer(base, missing, model=model, tokenizer=tokenizer, device=device,
-                                    on_progress=on_progress)
+        from lorastudio.train.generation import base_answers
+
+        generated, engine = base_answers(base, [[{"role": "user", "content": p}] for p in missing],
+                                         max_new_tokens=MAX_NEW_TOKENS, model=model, tokenizer=tokenizer,
+                                         device=device, batch_size=16, what="replay answers",
+                                         on_progress=on_progress, on_event=on_event)
         cached.parent.mkdir(parents=True, exist_ok=True)
         with open(cached, "a", encoding="utf-8") as f:
             for prompt, answer in zip(missing, generated, strict=True):
@@ -245,7 +220,8 @@ def replay_conversations(conversations: Sequence[Conversation], *, model: Any = 
     # augment_per_epoch: new prompts every epoch, as many epochs as the prompts last
     cycle = max(1, min(epoch_cycle(cfg), len(prompts) // n))
     replay = general_replay(base, n * cycle, model=model, tokenizer=tokenizer, model_dir=model_dir,
-                            prompts=prompts, on_progress=progress, device=getattr(cfg, "device", None))
+                            prompts=prompts, on_progress=progress, device=getattr(cfg, "device", None),
+                            on_event=on_event)
     if cycle > 1:
         for index, row in enumerate(replay):
             row.rotation = (index // n, cycle)
