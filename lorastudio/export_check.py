@@ -286,7 +286,7 @@ def prepare_llamacpp() -> str | None:
     if not llamacpp.available():
         return "llama-cpp-python is not installed, so the export was not run in llama.cpp: " + llamacpp.install_hint()
     try:
-        llamacpp._lib()  # noqa: SLF001 - the module has no public "load now"; the load order matters here
+        llamacpp.load_library()
     except llamacpp.LlamaCppError as exc:
         return str(exc)
     return None

@@ -93,7 +93,7 @@ def _libgomp_loaded() -> bool:
 def _lib() -> Any:
     """The low-level ctypes module of the binding."""
     global omp_wait
-    if "llama_cpp" in sys.modules:
+    if "llama_cpp.llama_cpp" in sys.modules:  # loaded already (a failed load leaves no entry)
         from llama_cpp import llama_cpp as lib
 
         return lib
@@ -111,22 +111,36 @@ def _lib() -> Any:
     except ImportError as exc:
         omp_wait = "not loaded"
         raise LlamaCppError(f"llama-cpp-python is not installed ({exc}); {install_hint()}") from None
+    except (OSError, RuntimeError) as exc:  # the binding is there, its shared library does not load
+        omp_wait = "not loaded"
+        raise LlamaCppError(f"llama-cpp-python is installed but its library does not load ({exc}); "
+                            f"reinstall it: {install_hint()}") from None
     finally:
         if ours:
             os.environ.pop("GOMP_SPINCOUNT", None)
     return lib
 
 
-def preload() -> str:
-    """Load the library now, while torch is not loaded yet, so its threads get the short spin; for
-    long-lived processes that import torch later (the server: a chat engine is made on first use).
-    Returns how llama.cpp's threads wait ("not loaded" when the binding is missing)."""
-    if available():
-        try:
-            _lib()
-        except LlamaCppError:
-            pass
+def load_library() -> str:
+    """Load llama.cpp's library now and say how its threads wait (`omp_wait`), or raise
+    `LlamaCppError` saying why it cannot be loaded and how to install it.
+
+    Call it before anything imports torch: only then do llama.cpp's threads get the short OpenMP spin
+    that keeps them fast on a shared CPU (see above); afterwards the load is a no-op."""
+    if not available():
+        raise LlamaCppError(f"llama-cpp-python is not installed; {install_hint()}")
+    _lib()
     return omp_wait
+
+
+def preload() -> str:
+    """`load_library` for long-lived processes that import torch later (the server: a chat engine is
+    made on first use), without the error: returns how llama.cpp's threads wait ("not loaded" when
+    the binding is missing or does not load)."""
+    try:
+        return load_library()
+    except LlamaCppError:
+        return omp_wait
 
 
 # --------------------------------------------------------------------------------------------
