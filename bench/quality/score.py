@@ -5,9 +5,19 @@
 evalsets/yunzhan_paraphrase.jsonl: an answer counts when it contains every `must_contain` string;
 evalsets/general.jsonl: the same, where an item of `must_contain` may be a list of alternatives;
 evalsets/yunzhan_hard.jsonl (issue 13's harder set: rules applied to new cases, two facts at once,
-neighbouring facts, colloquial scenarios): the same, also counted per `kind` (`--no-hard` skips it).
+neighbouring facts, colloquial scenarios): the same, also counted per `kind` (`--no-hard` skips it;
+`--sets hard` scores it alone).
 (`lorastudio eval` scores the same files, normalised; this script keeps the sweep's exact matching so
 numbers compare with bench/quality/results/.)
+
+Engines (`--engine`, default `auto`, also LORASTUDIO_ENGINE; the rule is `inference.choose_engine`'s,
+the one training's replay answers and paraphrases follow): on a CPU that runs the base in llama.cpp
+(`default`, a .gguf) the answers come from the llama.cpp engine in a child process
+(`lorastudio.engines.batch`, the adapter converted to GGUF LoRA, the prompt rendered by the product's
+`render_prompt` with the adapter's training system prompt, if it has one); elsewhere (a GPU, another
+base, `--scales` other than 1) from transformers, in this process, as before: base + PEFT adapter,
+`generate_batch`, left-padded greedy batches. Same chats, caps and scoring either way. If the llama.cpp
+child fails under `auto`, transformers answers and the reason is printed.
 """
 
 from __future__ import annotations
@@ -22,22 +32,114 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+SETS = {"facts": ("evalsets/yunzhan_paraphrase.jsonl", 128), "general": ("evalsets/general.jsonl", 160),
+        "hard": ("evalsets/yunzhan_hard.jsonl", 128)}
+"""name → (file, max new tokens)"""
 
-def main() -> None:
-    import torch
-    from sweep import read_jsonl
 
-    from lorastudio.models import load_model
-
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser()
     ap.add_argument("--base", default="default")
     ap.add_argument("--adapter", default=None)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=16, help="transformers' batch; llama.cpp decodes up to 8 at once")
     ap.add_argument("--no-hard", action="store_true", help="skip evalsets/yunzhan_hard.jsonl")
+    ap.add_argument("--sets", default="facts,general,hard", help="which sets to answer (comma-separated)")
+    ap.add_argument("--limit", type=int, default=None, help="only the first N questions of each set")
     ap.add_argument("--scales", default="1", help="comma-separated LoRA strengths to score the adapter at "
                     "(1 = as trained); each after the first writes OUT with _x<scale> before .json")
-    args = ap.parse_args()
+    ap.add_argument("--engine", choices=("auto", "llama.cpp", "transformers"), default=None,
+                    help="auto (default, also LORASTUDIO_ENGINE): llama.cpp on a CPU when it runs the base, "
+                         "else transformers")
+    args = ap.parse_args(argv)
+    sets = [s.strip() for s in args.sets.split(",") if s.strip()]
+    unknown = [s for s in sets if s not in SETS]
+    if unknown:
+        ap.error(f"--sets: unknown {unknown}; choose from {', '.join(SETS)}")
+    args.sets = [s for s in SETS if s in sets and not (s == "hard" and args.no_hard)]
+    try:
+        args.scale_list = [float(x) for x in args.scales.split(",")]
+    except ValueError:
+        ap.error(f"--scales {args.scales!r}: give numbers separated by commas, e.g. 1,0.5")
+    return args
+
+
+def pick_engine(args: argparse.Namespace) -> tuple[str, str]:
+    """(engine, reason): `inference.choose_engine` for the base, on whatever device this machine has;
+    transformers for LoRA strengths other than 1 (llama.cpp applies an adapter as trained)."""
+    from lorastudio.inference import choose_engine
+
+    if args.scale_list != [1.0]:
+        if args.engine == "llama.cpp":
+            raise SystemExit("score.py: --scales other than 1 need --engine transformers "
+                             "(the llama.cpp engine applies an adapter at its trained strength)")
+        return "transformers", f"--scales {args.scales} (LoRA strengths are set on the transformers model)"
+    try:
+        choice = choose_engine(args.base, engine=args.engine)
+    except ValueError as exc:  # --engine llama.cpp on a base or machine it cannot serve
+        raise SystemExit(f"score.py: {exc}") from None
+    return choice.name, choice.reason
+
+
+def main(argv: list[str] | None = None) -> None:
+    from sweep import read_jsonl
+
+    args = parse_args(argv)
+    items = {name: read_jsonl(ROOT / SETS[name][0])[:args.limit] for name in args.sets}
+    engine, reason = pick_engine(args)
+    print(f"engine: {engine} — {reason}", file=sys.stderr, flush=True)
+    if engine == "llama.cpp" and args.adapter:
+        from lorastudio.inference import adapter_system_prompt
+
+        if adapter_system_prompt(Path(args.adapter)):
+            print("note: the adapter was trained with a system prompt; llama.cpp asks with it (as the product "
+                  "does), transformers here without it, so the two engines' scores are not comparable",
+                  file=sys.stderr, flush=True)
+    if engine == "llama.cpp":
+        from lorastudio.engines.batch import BatchError
+
+        try:
+            answers, seconds = answer_llamacpp(args, items)
+        except BatchError as exc:
+            if args.engine == "llama.cpp":
+                raise SystemExit(f"score.py: the llama.cpp engine failed: {exc}") from None
+            reason = f"llama.cpp failed, transformers answered ({exc})"
+            print(f"warning: {reason}", file=sys.stderr, flush=True)
+        else:
+            write(args, items, answers, Path(args.out), 1.0, seconds, engine, reason)
+            return
+    answer_transformers(args, items, reason)
+
+
+def chats(questions: list[dict]) -> list[list[dict[str, str]]]:
+    return [[{"role": "user", "content": q["question"]}] for q in questions]
+
+
+def answer_llamacpp(args: argparse.Namespace, items: dict[str, list[dict]]) -> tuple[dict[str, list[str]], float]:
+    """Every set's greedy answers from one llama.cpp child (model, tokenizer and adapter loaded once)."""
+    from lorastudio.engines.batch import run_llamacpp_batch
+
+    prompts, caps = [], []
+    for name, questions in items.items():
+        prompts += chats(questions)
+        caps += [SETS[name][1]] * len(questions)
+    t0 = time.time()  # the child's start and model load included (transformers' eval_s excludes its load)
+    flat = run_llamacpp_batch(args.base, prompts, max_new_tokens=caps, batch_size=min(8, args.batch_size),
+                              adapter=args.adapter)
+    seconds = time.time() - t0
+    out, at = {}, 0
+    for name, questions in items.items():
+        out[name], at = flat[at:at + len(questions)], at + len(questions)
+    return out, seconds
+
+
+def answer_transformers(args: argparse.Namespace, items: dict[str, list[dict]], reason: str) -> None:
+    """Base + PEFT adapter in this process, every `--scales` strength in turn (the script as it was)."""
+    import torch
+
+    from lorastudio.models import load_model
+    from lorastudio.train.generation import generate_batch
+
     torch.set_grad_enabled(False)
     model, tok = load_model(args.base)
     if args.adapter:
@@ -45,50 +147,52 @@ def main() -> None:
 
         model = PeftModel.from_pretrained(model, args.adapter)
     model.eval()
-    facts = read_jsonl(ROOT / "evalsets/yunzhan_paraphrase.jsonl")
-    general = read_jsonl(ROOT / "evalsets/general.jsonl")
-    hard = [] if args.no_hard else read_jsonl(ROOT / "evalsets/yunzhan_hard.jsonl")
     layers = [m for m in model.modules() if isinstance(getattr(m, "scaling", None), dict)]
     trained = [dict(m.scaling) for m in layers]
-    for i, scale in enumerate(float(x) for x in args.scales.split(",")):
+    for i, scale in enumerate(args.scale_list):
         for m, orig in zip(layers, trained, strict=True):
             m.scaling = {k: v * scale for k, v in orig.items()}
         out = Path(args.out)
-        answer(model, tok, facts, general, args, out if i == 0 else out.with_name(f"{out.stem}_x{scale:g}.json"),
-               scale, hard)
+        t0 = time.time()
+        answers = {name: generate_batch(model, tok, chats(questions), max_new_tokens=SETS[name][1],
+                                        batch_size=args.batch_size) if questions else []
+                   for name, questions in items.items()}
+        write(args, items, answers, out if i == 0 else out.with_name(f"{out.stem}_x{scale:g}.json"), scale,
+              time.time() - t0, "transformers", reason)
 
 
-def answer(model, tok, facts, general, args, out: Path, scale: float, hard: list[dict] | None = None) -> None:
-    """Greedy answers of `model` (its LoRA at `scale`) to both sets, scored the sweep's way, into `out`."""
+def write(args: argparse.Namespace, items: dict[str, list[dict]], answers: dict[str, list[str]], out: Path,
+          scale: float, seconds: float, engine: str, reason: str) -> None:
+    """Score the answers the sweep's way and write `out` (the keys of the sets answered)."""
     from sweep import fact_score, score  # the sweep's scoring, unchanged
 
-    from lorastudio.train.augment import generate_batch
-
-    t0 = time.time()
-    fa = generate_batch(model, tok, [[{"role": "user", "content": f["question"]}] for f in facts],
-                        max_new_tokens=128, batch_size=args.batch_size)
-    ga = generate_batch(model, tok, [[{"role": "user", "content": g["question"]}] for g in general],
-                        max_new_tokens=160, batch_size=args.batch_size)
-    ha = generate_batch(model, tok, [[{"role": "user", "content": h["question"]}] for h in hard],
-                        max_new_tokens=128, batch_size=args.batch_size) if hard else []
-    fs, fok = score(fa, facts)
-    gs, gok = score(ga, general)
-    res = {"base": args.base, "adapter": args.adapter, "scale": scale, "facts": fs, "facts_n": len(facts),
-           "facts_a": sum(fok[0::2]), "facts_b": sum(fok[1::2]), "facts_by_fact": fact_score(fok, facts),
-           "general": gs, "general_n": len(general), "eval_s": round(time.time() - t0, 1),
-           "fact_answers": fa, "fact_ok": fok, "general_answers": ga, "general_ok": gok}
-    if hard:
-        hs, hok = score(ha, hard)
+    res = {"base": args.base, "adapter": args.adapter, "scale": scale, "engine": engine, "engine_reason": reason,
+           "eval_s": round(seconds, 1)}
+    if args.limit is not None:
+        res["limit"] = args.limit
+    parts = []
+    if "facts" in items:
+        facts, fa = items["facts"], answers["facts"]
+        fs, fok = score(fa, facts)
+        res.update(facts=fs, facts_n=len(facts), facts_a=sum(fok[0::2]), facts_b=sum(fok[1::2]),
+                   facts_by_fact=fact_score(fok, facts), fact_answers=fa, fact_ok=fok)
+        parts.append(f"facts {fs}/{len(facts)} (whole facts {res['facts_by_fact']}/40)")
+    if "general" in items:
+        gs, gok = score(answers["general"], items["general"])
+        res.update(general=gs, general_n=len(items["general"]), general_answers=answers["general"], general_ok=gok)
+        parts.append(f"general {gs}/{len(items['general'])}")
+    if "hard" in items:
+        hard = items["hard"]
+        hs, hok = score(answers["hard"], hard)
         kinds: dict[str, list[int]] = {}
         for good, item in zip(hok, hard, strict=True):
             kinds.setdefault(item.get("kind", "?"), [0, 0])
             kinds[item.get("kind", "?")][0] += int(good)
             kinds[item.get("kind", "?")][1] += 1
-        res.update(hard=hs, hard_n=len(hard), hard_by_kind=kinds, hard_answers=ha, hard_ok=hok)
+        res.update(hard=hs, hard_n=len(hard), hard_by_kind=kinds, hard_answers=answers["hard"], hard_ok=hok)
+        parts.insert(0, f"hard {hs}/{len(hard)} {kinds}")
     out.write_text(json.dumps(res, ensure_ascii=False, indent=1), encoding="utf-8")
-    hard_line = f"hard {res['hard']}/{res['hard_n']} {res['hard_by_kind']}, " if hard else ""
-    print(f"x{scale:g}: {hard_line}facts {fs}/{len(facts)} (whole facts {res['facts_by_fact']}/40), "
-          f"general {gs}/{len(general)}, {res['eval_s']} s")
+    print(f"x{scale:g} ({engine}): " + ", ".join(parts + [f"{res['eval_s']} s"]), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,136 @@
+"""bench/quality/score.py's engines: on a CPU that runs the base in llama.cpp the answers come from
+the llama.cpp child (lorastudio.engines.batch, with the adapter), equal to the transformers path's on
+the same f16 weights, scored the same way; `--engine`, `--sets`, `--limit` and `--scales` rules."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from inference_fixtures import build_adapter, build_tiny_model  # noqa: E402
+
+from lorastudio import llamacpp  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+needs_llama = pytest.mark.skipif(not llamacpp.available(),
+                                 reason="llama-cpp-python is not installed (pip install 'lorastudio[llamacpp]')")
+
+
+def _load_score():
+    sys.path.insert(0, str(ROOT / "bench" / "quality"))
+    spec = importlib.util.spec_from_file_location("quality_score", ROOT / "bench" / "quality" / "score.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+score = _load_score()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """The tiny model rounded to f16 (a directory for transformers), its f16 GGUF, an adapter."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lorastudio.export import write_gguf
+
+    root = tmp_path_factory.mktemp("quality_score")
+    base = build_tiny_model(root / "base")
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.half().float())
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model.save_pretrained(root / "ref")
+    tokenizer.save_pretrained(root / "ref")
+    (root / "gguf").mkdir()
+    gguf = root / "gguf" / "tiny.gguf"
+    write_gguf(model, tokenizer, gguf, "f16", name="tiny")
+    return {"ref": root / "ref", "gguf": gguf,
+            "adapter": build_adapter(root / "ref", root / "adapter", seed=1, scale=0.5)}
+
+
+@pytest.fixture
+def short(monkeypatch, tmp_path):
+    monkeypatch.setenv("LORASTUDIO_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("LORASTUDIO_ENGINE", raising=False)
+    # few new tokens: a random model's near-ties part later
+    monkeypatch.setattr(score, "SETS", {k: (f, 10) for k, (f, _cap) in score.SETS.items()})
+    import lorastudio.models
+
+    real = lorastudio.models.load_model  # fp32 also where bf16 is native: compare with the f16 GGUF's weights
+    monkeypatch.setattr(lorastudio.models, "load_model", lambda model_id, dtype=None, **kw: real(model_id, "fp32", **kw))
+
+
+@needs_llama
+def test_llamacpp_answers_equal_the_transformers_ones_and_score_the_same(tiny, short, tmp_path, capsys):
+    common = ["--adapter", str(tiny["adapter"]), "--sets", "hard,facts", "--limit", "3"]
+    score.main(["--base", str(tiny["gguf"]), "--out", str(tmp_path / "llama.json"), *common])  # auto
+    err = capsys.readouterr().err
+    assert "engine: llama.cpp" in err
+    score.main(["--base", str(tiny["ref"]), "--out", str(tmp_path / "tf.json"), "--engine", "transformers", *common])
+    fast = json.loads((tmp_path / "llama.json").read_text(encoding="utf-8"))
+    slow = json.loads((tmp_path / "tf.json").read_text(encoding="utf-8"))
+    assert (fast["engine"], slow["engine"]) == ("llama.cpp", "transformers")
+    assert fast["hard_n"] == fast["facts_n"] == 3 and "general" not in fast and fast["limit"] == 3
+    assert len(fast["hard_answers"]) == 3 and any(fast["hard_answers"])
+    for key in ("hard_answers", "fact_answers", "hard", "hard_ok", "hard_by_kind", "facts", "fact_ok"):
+        assert fast[key] == slow[key], key
+
+
+@needs_llama
+def test_the_llamacpp_child_answers_with_the_adapter(tiny, short, tmp_path):
+    score.main(["--base", str(tiny["gguf"]), "--out", str(tmp_path / "base.json"), "--sets", "hard", "--limit", "4"])
+    score.main(["--base", str(tiny["gguf"]), "--adapter", str(tiny["adapter"]), "--out", str(tmp_path / "a.json"),
+                "--sets", "hard", "--limit", "4"])
+    base = json.loads((tmp_path / "base.json").read_text(encoding="utf-8"))
+    tuned = json.loads((tmp_path / "a.json").read_text(encoding="utf-8"))
+    assert base["engine"] == tuned["engine"] == "llama.cpp"
+    assert base["hard_answers"] != tuned["hard_answers"]
+
+
+def test_engine_rules(tiny, short, monkeypatch):
+    args = score.parse_args(["--base", str(tiny["ref"]), "--out", "x.json"])
+    assert score.pick_engine(args)[0] == "transformers"  # not a GGUF
+    args = score.parse_args(["--base", str(tiny["ref"]), "--out", "x.json", "--engine", "llama.cpp"])
+    with pytest.raises(SystemExit, match="llama.cpp engine cannot run"):
+        score.pick_engine(args)
+    args = score.parse_args(["--base", str(tiny["gguf"]), "--adapter", str(tiny["adapter"]), "--out", "x.json",
+                             "--scales", "1,0.5"])
+    engine, reason = score.pick_engine(args)
+    assert engine == "transformers" and "--scales" in reason
+    args.engine = "llama.cpp"
+    with pytest.raises(SystemExit, match="--scales other than 1 need --engine transformers"):
+        score.pick_engine(args)
+    if llamacpp.available():
+        assert score.pick_engine(score.parse_args(["--base", str(tiny["gguf"]), "--out", "x.json"]))[0] == "llama.cpp"
+        monkeypatch.setenv("LORASTUDIO_ENGINE", "transformers")
+        assert score.pick_engine(score.parse_args(["--base", str(tiny["gguf"]), "--out", "x.json"]))[0] == \
+            "transformers"
+    assert score.parse_args(["--out", "x", "--no-hard"]).sets == ["facts", "general"]
+    with pytest.raises(SystemExit):
+        score.parse_args(["--out", "x", "--sets", "hard,nope"])
+
+
+def test_scoring_is_the_sweeps(tmp_path):
+    from sweep import fact_score, read_jsonl
+    from sweep import score as sweep_score
+
+    items = {name: read_jsonl(ROOT / file) for name, (file, _cap) in score.SETS.items()}
+    # answers that hold the key strings of every third question
+    answers = {name: [" ".join(k if isinstance(k, str) else k[-1] for k in q["must_contain"]) if i % 3 == 0 else "?"
+                      for i, q in enumerate(qs)] for name, qs in items.items()}
+    args = score.parse_args(["--out", str(tmp_path / "q.json")])
+    score.write(args, items, answers, tmp_path / "q.json", 1.0, 1.0, "llama.cpp", "test")
+    res = json.loads((tmp_path / "q.json").read_text(encoding="utf-8"))
+    for name, key in (("facts", "facts"), ("general", "general"), ("hard", "hard")):
+        assert res[key] == sweep_score(answers[name], items[name])[0] > 0
+    assert res["facts_by_fact"] == fact_score(sweep_score(answers["facts"], items["facts"])[1], items["facts"])
+    assert sum(v[1] for v in res["hard_by_kind"].values()) == len(items["hard"]) == res["hard_n"]
+    assert sum(v[0] for v in res["hard_by_kind"].values()) == res["hard"]
