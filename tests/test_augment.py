@@ -405,3 +405,49 @@ def test_hard_eval_set_is_held_out_and_well_formed():
         train = [json.loads(x)["instruction"] for x in DEMO.read_text("utf-8").splitlines()]
         for item in items:  # reworded and new cases, never a training question
             assert max(difflib.SequenceMatcher(None, item["question"], q).ratio() for q in train) < 0.7, item
+
+
+def test_contrast_pairs_of_the_demo_file_are_the_ones_measured():
+    """The pairs `augment_contrast` trains on the demo file (seed 0, 3 epochs) are exactly the rows the
+    session-4 sweep measured (bench/quality/results/session4_contrast_rows.jsonl): a refactor of how the
+    questions are collected must not change the lever the default rests on."""
+    from lorastudio.data import validate
+    from lorastudio.train.augment import contrast_pairs
+
+    measured = Path(__file__).resolve().parents[1] / "bench" / "quality" / "results" / "session4_contrast_rows.jsonl"
+    expected = [json.loads(line) for line in measured.read_text("utf-8").splitlines()]
+    pairs = contrast_pairs(validate(str(DEMO)).conversations, seed=0, cycle=3)
+    got = [{**p.to_dict(), "row": p.row, "epoch": p.rotation[0] + 1} for p in pairs]
+    assert got == [{k: e[k] for k in ("messages", "row", "epoch")} for e in expected]
+
+
+def test_contrast_pairs_use_every_turn_of_multi_turn_rows():
+    from lorastudio.train.augment import contrast_pairs, contrast_plan, question_turns
+
+    system = {"role": "system", "content": "你是云栈客服助手。"}
+
+    def conv(*turns: str, row: int) -> Conversation:
+        messages = [system] + [{"role": "user" if i % 2 == 0 else "assistant", "content": t} for i, t in enumerate(turns)]
+        return Conversation.from_messages(messages, row=row)
+
+    convs = [conv("退款多久能到账？", "原路退回3个工作日内到账；退到云栈钱包2小时内到账。",
+                  "大额退款要谁批？", "单笔退款超过2000元要走双签：主管审批+财务复核。", row=1),
+             conv("客户申请退款2600元可以直接通过吗？", "不可以，单笔退款超过2000元需双签：主管审批+财务复核。", row=2),
+             conv("栖夏连衣裙多少钱？", "栖夏亚麻连衣裙售价299元。", "它是什么面料？", "栖夏面料55%亚麻+45%粘胶，售价299元。",
+                  row=3)]
+    units = question_turns(convs)
+    assert [u.messages[1].content for u in units] == ["退款多久能到账？", "大额退款要谁批？", "客户申请退款2600元可以直接通过吗？",
+                                                      "栖夏连衣裙多少钱？", "它是什么面料？"]
+    assert all(u.messages[0] == convs[0].messages[0] for u in units)  # the system message kept
+    questions, candidates = contrast_plan(convs, k=1)
+    assert len(questions) == 5 and any(candidates)
+    answers = {u.messages[1].content: u.messages[2].content for u in units}
+    pairs = contrast_pairs(convs, k=1, cycle=2)
+    assert pairs and {p.rotation for p in pairs} <= {(0, 2), (1, 2)}
+    for p in pairs:
+        assert p.messages[0].content == system["content"] and len(p.messages) == 3
+        first, second = p.messages[1].content.split("另外，")
+        assert p.messages[2].content == answers[first] + "\n" + answers[second]
+    # the single-turn file is unchanged: its rows are its questions
+    single = _refund_rows()
+    assert question_turns(single) == single

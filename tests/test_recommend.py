@@ -3,8 +3,10 @@ in both languages), sensible across cases; quality never shrunk unasked; time es
 
 from __future__ import annotations
 
+import functools
 import re
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -336,7 +338,8 @@ def _all_emitted_codes() -> list[dict]:
 
     multi = {"rows": 30, "mean_tokens": 220, "max_tokens": 500, "mean_answer_tokens": 120, "turns": 2.2}
     datas = [rows(20), DEMO, multi, DataStats(rows=3000, mean_tokens=300, max_tokens=700),
-             DataStats(rows=20000, mean_tokens=300, max_tokens=900), DataStats(rows=0, mean_tokens=0, max_tokens=0)]
+             DataStats(rows=20000, mean_tokens=300, max_tokens=900), DataStats(rows=0, mean_tokens=0, max_tokens=0),
+             list(demo_rows())]
     hws = [cpu(k, c) for k in CLASSES for c in (1, 2)] + [GPU, {**GPU, "gpus": 2}, {**GPU, "bf16": False},
                                                           {"device": "cuda", "gpu_memory_gb": 4, "bf16": True}]
     qwen7b = {"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28, "num_attention_heads": 28,
@@ -374,7 +377,10 @@ def test_every_emitted_code_exists_in_both_languages_with_all_its_params():
             "warn.budget_paraphrases", "warn.budget_unmet", "warn.long_cpu_run", "warn.few_rows",
             "warn.gpu_does_not_fit", "warn.cpu_speed_unknown", "estimate.quick_cost", "estimate.quick_same",
             "estimate.full_gain", "rec.gradient_checkpointing.auto_ckpt", "rec.gradient_checkpointing.auto_full",
-            "rec.augment_turns.on", "rec.dtype.fp32_cpu", "rec.dtype.fp16_gpu"} <= seen
+            "rec.augment_turns.on", "rec.dtype.fp32_cpu", "rec.dtype.fp16_gpu", "rec.augment_contrast.on",
+            "rec.augment_contrast.on_example", "rec.augment_contrast.budget", "rec.augment_contrast.off_few",
+            "rec.augment_contrast.off_big", "rec.augment_contrast.off_style", "warn.budget_contrast",
+            "rec.learning_rate.contrast"} <= seen
     for entry in emitted:
         code, params = entry["code"], entry["params"]
         assert code in MESSAGES, f"{code} is not in lorastudio.i18n.MESSAGES"
@@ -451,15 +457,111 @@ def test_cpu_class_of_this_machine_and_physical_cores(tmp_path):
     assert hardware.physical_cores([0, 2, 7, 8], topology=pattern) == 4  # cpu7/cpu8: unreadable → own core
 
 
-def test_contrastive_pairs_are_on_for_single_turn_facts_with_a_gentler_rate():
-    on = recommend(DEMO, "default", hardware=cpu("avx2-fp32"))
+# --- contrastive neighbour pairs: on where they apply, counted in the time, shrunk first (issue 13) ------
+DEMO_FILE = Path(__file__).resolve().parents[1] / "lorastudio" / "assets" / "demo"
+
+
+@functools.cache
+def demo_rows(name: str = "yunzhan_train.jsonl") -> tuple:
+    from lorastudio.data import validate
+
+    return tuple(validate(str(DEMO_FILE / name)).conversations)
+
+
+def test_contrastive_pairs_are_on_for_fact_data_with_neighbours_with_a_gentler_rate():
+    on = recommend(list(demo_rows()), "default", hardware=cpu("avx2-fp32"))
     assert on.settings["augment_contrast"] is True
-    assert on.reason_codes["augment_contrast"]["code"] == "rec.augment_contrast.on"
-    off = recommend(DEMO, "default", task="copywriting", hardware=cpu("avx2-fp32"))
-    assert off.settings["augment_contrast"] is False
-    assert on.settings["learning_rate"] == pytest.approx(0.8 * off.settings["learning_rate"])
-    # counted in the estimate (the time shown is the time it takes) and stated in its reason
-    assert int(on.reason_codes["augment_contrast"]["params"]["minutes"]) >= 1
-    multi = {"rows": 30, "mean_tokens": 220, "max_tokens": 500, "mean_answer_tokens": 120, "turns": 2.2}
-    assert recommend(multi, "default", hardware=cpu("avx2-fp32")).settings["augment_contrast"] is False
+    assert on.settings["learning_rate"] == 8e-4  # 0.8 × 1e-3, as measured (not 0.0008000000000000001)
+    code = on.reason_codes["augment_contrast"]
+    assert code["code"] == "rec.augment_contrast.on_example"
+    # the reason names two neighbouring questions of THIS file and what turning it off saves
+    questions = {c.messages[0].content for c in demo_rows()}
+    assert any(code["params"]["first"] == q[:40] for q in questions)
+    assert any(code["params"]["second"] == q[:40] for q in questions)
+    assert code["params"]["first"] != code["params"]["second"]
+    assert int(code["params"]["minutes"]) >= 1 and 15 <= code["params"]["pct"] <= 45
+    assert code["params"]["first"] in on.reasons["augment_contrast"]
+    assert code["params"]["second"] in on.reasons_in("zh")["augment_contrast"]
+    assert on.reason_codes["learning_rate"]["code"] == "rec.learning_rate.contrast"
+    assert "0.8" in on.reasons["learning_rate"] and "0.001" in on.reasons["learning_rate"]
+
+    off = recommend(list(demo_rows()), "default", task="copywriting", hardware=cpu("avx2-fp32"))
+    assert off.settings["augment_contrast"] is False and off.settings["learning_rate"] == 1e-3
+    assert off.reason_codes["augment_contrast"]["code"] == "rec.augment_contrast.off_style"
+    # a file whose rows all state one fact has no neighbouring facts: nothing to pair (was on from 20 rows)
+    same = recommend(rows(150), "default", hardware=cpu("avx2-fp32"))
+    assert same.settings["augment_contrast"] is False and same.settings["learning_rate"] == 1e-3
+    assert same.reason_codes["augment_contrast"]["code"] == "rec.augment_contrast.off_few"
+    assert same.reason_codes["augment_contrast"]["params"]["questions"] == 0
     assert recommend(rows(10), "default", hardware=cpu("avx2-fp32")).settings["augment_contrast"] is False
+    # the big-file regime (one pass, half the rate) is not where they were measured
+    for n in (5000, 20000):
+        big = recommend(DataStats(rows=n, mean_tokens=70, max_tokens=150), "default", hardware=cpu("avx2-fp32"))
+        assert big.settings["augment_contrast"] is False
+        assert big.reason_codes["augment_contrast"]["code"] == "rec.augment_contrast.off_big"
+
+
+def test_contrastive_pairs_on_multi_turn_files_use_every_turn():
+    conversations = list(demo_rows("yunzhan_conversations.jsonl"))
+    stats = DataStats.from_conversations(conversations)
+    assert stats.turns > 1 and stats.contrast_questions >= 20
+    rec = recommend(conversations, "default", hardware=cpu("avx512-bf16"))
+    assert rec.settings["augment_turns"] is True
+    assert rec.settings["augment_contrast"] is True and rec.settings["learning_rate"] == 8e-4
+
+
+def _trained_tokens(conversations) -> int:
+    """Tokens of rows as the estimate counts them (template, overheads, the same character estimate)."""
+    from lorastudio.data.checks import PER_MESSAGE_OVERHEAD
+    from lorastudio.train.recommend import TEMPLATE_TOKENS_PER_ROW
+
+    return sum(TEMPLATE_TOKENS_PER_ROW + sum(estimate_tokens(m.content) + PER_MESSAGE_OVERHEAD for m in c.messages)
+               for c in conversations)
+
+
+@pytest.mark.parametrize("name", ["yunzhan_train.jsonl", "yunzhan_conversations.jsonl"])
+def test_the_estimate_counts_the_contrastive_pairs_the_trainer_builds(name):
+    """What the estimate adds for augment_contrast is what augment.contrast_pairs builds over the run
+    (within 3 %), counted the same way; the old guess (0.4 × single-turn rows) was 4 % short on the
+    demo file and counted nothing for multi-turn files."""
+    from lorastudio.train.augment import contrast_pairs
+    from lorastudio.train.recommend import Hardware, _estimate
+
+    conversations = list(demo_rows(name))
+    rec = recommend(conversations, "default", hardware=cpu("avx512-bf16"))
+    s = rec.settings
+    assert s["augment_contrast"] is True and s["val_fraction"] == 0.0
+    stats, hw = DataStats.from_conversations(conversations), Hardware.from_any(cpu("avx512-bf16"))
+    with_pairs = _estimate(s, stats, hw, 0.5, 0.0, "USD")["tokens"]
+    without = _estimate({**s, "augment_contrast": False}, stats, hw, 0.5, 0.0, "USD")["tokens"]
+    epochs = int(s["num_epochs"])
+    built = _trained_tokens(contrast_pairs(conversations, seed=0, cycle=epochs))  # every epoch's pairs
+    assert with_pairs - without == pytest.approx(built, rel=0.03)
+
+
+def test_a_time_budget_drops_the_contrastive_pairs_before_any_pass():
+    data = list(demo_rows())
+    full = recommend(data, "default", hardware=cpu("avx2-fp32"))
+    without = recommend(data, "default", hardware=cpu("avx2-fp32"), time_budget_s=10 * 3600)
+    assert without.settings == full.settings  # a budget that fits changes nothing
+    from lorastudio.train.recommend import Hardware, _estimate
+
+    stats, hw = DataStats.from_conversations(data), Hardware.from_any(cpu("avx2-fp32"))
+    no_pairs_s = _estimate({**full.settings, "augment_contrast": False}, stats, hw, 0.5, 0.0, "USD")["seconds"]
+    assert no_pairs_s < full.estimate["seconds"]
+    rec = recommend(data, "default", hardware=cpu("avx2-fp32"), time_budget_s=no_pairs_s + 30)
+    assert rec.schedule == "budget"
+    assert rec.settings["augment_contrast"] is False and rec.settings["num_epochs"] == 3.0  # the passes kept
+    assert rec.settings["learning_rate"] == 1e-3  # the rate measured without the pairs
+    assert rec.estimate["seconds"] <= no_pairs_s + 30
+    warning = next(w for w in rec.warning_codes if w["code"] == "warn.budget_contrast")
+    assert warning["params"]["minutes"] >= 1 and not any(w["code"] == "warn.budget_epochs" for w in rec.warning_codes)
+    assert rec.reason_codes["augment_contrast"]["code"] == "rec.augment_contrast.budget"
+    assert rec.reason_codes["learning_rate"]["code"] == "rec.learning_rate"
+    assert rec.alternatives["full"]["settings_changes"] == {"augment_contrast": True, "learning_rate": 8e-4}
+    # a tighter budget then takes passes too, each shrink said
+    tight = recommend(data, "default", hardware=cpu("avx2-fp32"), time_budget_s=20 * 60)
+    codes = [w["code"] for w in tight.warning_codes]
+    assert "warn.budget_contrast" in codes and "warn.budget_epochs" in codes
+    assert tight.settings["augment_contrast"] is False and tight.settings["num_epochs"] < 3
+    assert tight.estimate["seconds"] <= 20 * 60

@@ -266,39 +266,67 @@ def _ends_question(text: str) -> str:
     return text if text[-1:] in ("？", "?", "。", ".", "！", "!") else text + ("？" if _is_cjk(text) else "?")
 
 
+def question_turns(conversations: Sequence[Conversation]) -> list[Conversation]:
+    """Every question-and-answer turn of the file as a single-turn row: single-turn rows as they are; a
+    multi-turn row's first turn (its system message kept) and its later turns (`standalone_turns`)."""
+    out: list[Conversation] = []
+    for conv in conversations:
+        if _single_turn(conv):
+            out.append(conv)
+            continue
+        system = [Message(m.role, m.content) for m in conv.messages if m.role == "system"][:1]
+        turns = [m for m in conv.messages if m.role != "system"]
+        if len(turns) >= 2 and turns[0].role == "user" and turns[1].role == "assistant":
+            out.append(Conversation(system + [Message("user", turns[0].content),
+                                              Message("assistant", turns[1].content)], row=conv.row))
+        out += standalone_turns([conv])
+    return out
+
+
+def contrast_plan(conversations: Sequence[Conversation], k: int = 2) -> tuple[list[Conversation], list[list[int]]]:
+    """The questions contrastive pairs are built from (`question_turns` that read as questions) and, for
+    each, the questions of its k neighbouring facts (`neighbour_facts`; empty: no neighbour, no pair).
+    `contrast_pairs` trains from it; the recommender counts from it (how many pairs, how long)."""
+    units = [c for c in question_turns(conversations) if _QUESTION.search(c.messages[_first_user(c)].content)]
+    if len(units) < 2:
+        return units, [[] for _ in units]
+    groups = fact_groups(units)
+    near = neighbour_facts(units, groups, k=k)
+    members: dict[int, list[int]] = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    return units, [[j for h in near[groups[i]] for j in members[h]] for i in range(len(units))]
+
+
+def _joined(conv: Conversation, other: Conversation) -> tuple[str, str]:
+    q_i = conv.messages[_first_user(conv)].content
+    q_j = other.messages[_first_user(other)].content
+    question = _ends_question(q_i) + ("另外，" if _is_cjk(q_i) else " Also, ") + _ends_question(q_j)
+    return question, conv.messages[-1].content.rstrip() + "\n" + other.messages[-1].content.strip()
+
+
 def contrast_pairs(conversations: Sequence[Conversation], seed: int = 0, cycle: int = 1,
                    k: int = 2) -> list[Conversation]:
     """Two neighbouring facts asked in one question, each part answered with its OWN row's answer.
 
-    Every other single-turn question (the other half in the next epoch) is joined with a question of a
-    neighbouring fact ("…？另外，…？") and trained with both rows' answers in that order, so the model
-    learns to keep close facts apart instead of answering the neighbour. Under `cycle` > 1 a row pairs
-    with a different neighbour row each epoch (rows carry `rotation`). Nothing is generated.
+    Every other question (the other half in the next epoch) is joined with a question of a neighbouring
+    fact ("…？另外，…？") and trained with both rows' answers in that order, so the model learns to keep
+    close facts apart instead of answering the neighbour. The questions are the file's single-turn rows
+    and, for multi-turn rows, each turn on its own (`question_turns`). Under `cycle` > 1 a row pairs with a
+    different neighbour row each epoch (rows carry `rotation`). Nothing is generated.
     """
-    convs = [c for c in conversations if _single_turn(c) and _QUESTION.search(c.messages[_first_user(c)].content)]
-    if len(convs) < 2:
-        return []
-    groups = fact_groups(convs)
-    near = neighbour_facts(convs, groups, k=k)
-    members: dict[int, list[int]] = {}
-    for i, g in enumerate(groups):
-        members.setdefault(g, []).append(i)
+    convs, candidates_of = contrast_plan(conversations, k=k)
     rng = random.Random(seed)
     out: list[Conversation] = []
     for i, conv in enumerate(convs):
-        candidates = [j for h in near[groups[i]] for j in members[h]]
+        candidates = list(candidates_of[i])
         if not candidates:
             continue
         rng.shuffle(candidates)
         for epoch in range(cycle):
             if (i + epoch) % 2:  # half the rows each epoch, the other half the next
                 continue
-            j = candidates[epoch % len(candidates)]
-            q_i = conv.messages[_first_user(conv)].content
-            q_j = convs[j].messages[_first_user(convs[j])].content
-            cjk = _is_cjk(q_i)
-            question = _ends_question(q_i) + ("另外，" if cjk else " Also, ") + _ends_question(q_j)
-            answer = conv.messages[-1].content.rstrip() + "\n" + convs[j].messages[-1].content.strip()
+            question, answer = _joined(conv, convs[candidates[epoch % len(candidates)]])
             messages = [Message(m.role, m.content) for m in conv.messages[:-2]]
             messages += [Message("user", question), Message("assistant", answer)]
             out.append(Conversation(messages, row=conv.row, rotation=(epoch, cycle) if cycle > 1 else None))
@@ -498,6 +526,6 @@ def write_augmented(path: Path, rows: list[tuple[str, Conversation]]) -> None:
     tmp.replace(path)
 
 
-__all__ = ["applied_cases", "augment_conversations", "case_variants", "contrast_pairs", "epoch_cycle", "fact_groups",
-           "is_good_paraphrase", "neighbour_facts", "paraphrase_questions", "parse_paraphrases", "rule_cases",
-           "same_fact_pairs", "standalone_turns", "strip_verdict"]
+__all__ = ["applied_cases", "augment_conversations", "case_variants", "contrast_pairs", "contrast_plan", "epoch_cycle",
+           "fact_groups", "is_good_paraphrase", "neighbour_facts", "paraphrase_questions", "parse_paraphrases",
+           "question_turns", "rule_cases", "same_fact_pairs", "standalone_turns", "strip_verdict"]

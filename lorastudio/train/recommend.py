@@ -97,11 +97,18 @@ QUICK_RECALL = {"quick_facts": 8, "full_facts": 28, "facts": 40}
 # Template overhead per conversation beyond 5 per message: role markers and the system prompt that
 # Qwen's chat template injects (31 tokens a row in all, measured with the default tokenizer).
 TEMPLATE_TOKENS_PER_ROW = 21
-# Contrastive neighbour pairs (augment.py): each epoch about 0.4 × rows joined questions, each as long
-# as two rows less one template; needs a few facts to have neighbours at all.
+# Contrastive neighbour pairs (augment.contrast_pairs): each epoch half the questions that have a
+# neighbouring fact are joined with one of its questions, each pair as long as its two rows less one
+# template. On when at least this many questions have a neighbour (fewer: too few facts to confuse),
+# below the big-file regime (measured on 150 rows; not on thousands); the learning rate is 0.8× with
+# them (docs/QUALITY.md, "Recall that generalises": 8e-4 kept 18.5 of 24 general answers, 1e-3 18.0).
 CONTRAST_MIN_ROWS = 20
-CONTRAST_ROWS_PER_ROW = 0.4
+CONTRAST_MAX_ROWS = 5000
 CONTRAST_LR_FACTOR = 0.8
+# Files above this many rows are counted from a sample of this many (DataStats.from_conversations).
+CONTRAST_EXACT_ROWS = 600
+# A shown example question is cut to this many characters.
+EXAMPLE_CHARS = 40
 
 # Known families: name fragment → (parameters in billions, supports chat template).
 _KNOWN_SIZES = {
@@ -215,6 +222,13 @@ class DataStats:
     same_fact_share: float = 1.0
     """Share of the single-turn questions (rows, and later turns trained on their own) whose answer states
     the same fact as another's: the ones that get same-fact pairs (1.0 when unknown)."""
+    contrast_questions: int | None = None
+    """Questions (single-turn rows, and each turn of a multi-turn row) that have a neighbouring fact, i.e.
+    get contrastive pairs (`augment.contrast_plan`); None when unknown (then every question is counted)."""
+    contrast_pair_tokens: float = 0.0
+    """Mean tokens of one contrastive pair (0 when unknown: two turns less one template)."""
+    contrast_example: tuple[str, str] | None = None
+    """Two neighbouring questions of this file, the first row's pair, for the reason shown to the user."""
 
     @classmethod
     def from_any(cls, value: Any, tokenizer: Any = None) -> DataStats:
@@ -225,10 +239,12 @@ class DataStats:
         if isinstance(value, Mapping):
             rows = int(value.get("rows") or value.get("rows_ok") or value.get("count") or 0)
             mean = float(value.get("mean_tokens") or estimate_tokens("x" * int(value.get("mean_chars", 240))))
+            known = value.get("contrast_questions")
             return cls(rows=rows, mean_tokens=mean,
                        max_tokens=int(value.get("max_tokens") or mean * 3),
                        mean_answer_tokens=float(value.get("mean_answer_tokens") or mean / 2),
-                       turns=float(value.get("turns") or 1.0), has_system=bool(value.get("has_system")))
+                       turns=float(value.get("turns") or 1.0), has_system=bool(value.get("has_system")),
+                       contrast_questions=None if known is None else int(known))
         return cls.from_conversations(list(value), tokenizer)
 
     @classmethod
@@ -241,8 +257,10 @@ class DataStats:
         lengths, answers, turns = [], [], []
         pool: list[str] = []  # the answers same-fact pairing looks at (augment.same_fact_pairs' pool)
         has_system = False
+        all_messages: list[list[tuple[str, str]]] = []
         for conv in conversations:
             messages = _messages_of(conv)
+            all_messages.append(messages)
             replies = [content for role, content in messages if role == "assistant"]
             pool.extend(replies if len(replies) == 1 else replies[1:])
             total = TEMPLATE_TOKENS_PER_ROW
@@ -259,9 +277,10 @@ class DataStats:
             turns.append(max(1, sum(1 for role, _ in messages if role == "assistant")))
         if not lengths:
             return cls(rows=0, mean_tokens=0.0, max_tokens=0)
+        contrast = _contrast_stats(all_messages, count) if len(lengths) < CONTRAST_MAX_ROWS else {}
         return cls(rows=len(lengths), mean_tokens=sum(lengths) / len(lengths), max_tokens=max(lengths),
                    mean_answer_tokens=sum(answers) / len(answers), turns=sum(turns) / len(turns),
-                   has_system=has_system, same_fact_share=_same_fact_share(pool))
+                   has_system=has_system, same_fact_share=_same_fact_share(pool), **contrast)
 
 
 def _same_fact_share(answers: list[str]) -> float:
@@ -277,6 +296,61 @@ def _same_fact_share(answers: list[str]) -> float:
     groups = fact_groups([Conversation([Message("user", "?"), Message("assistant", a)]) for a in answers])
     sizes = Counter(groups)
     return round(sum(1 for g in groups if sizes[g] > 1) / len(groups), 3)
+
+
+def _contrast_stats(rows: list[list[tuple[str, str]]], count: Any) -> dict[str, Any]:
+    """How many questions get contrastive pairs, how long a pair is, and one example pair: counted with
+    `augment.contrast_plan`, the function the trainer builds the pairs from (no model; 150 rows in
+    milliseconds)."""
+    from lorastudio.data.types import Conversation, Message
+    from lorastudio.train.augment import contrast_plan
+
+    # Above CONTRAST_EXACT_ROWS rows an evenly spaced sample of that many is counted and scaled up (the
+    # neighbour search is near-linear but slow in Python: 4999 rows took 5 s, 600 well under one).
+    step = max(1.0, len(rows) / CONTRAST_EXACT_ROWS)
+    picked = [rows[int(k * step)] for k in range(min(len(rows), CONTRAST_EXACT_ROWS))]
+    convs = [Conversation([Message(role, content) for role, content in messages], row=i + 1)
+             for i, messages in enumerate(picked) if messages]
+    units, candidates = contrast_plan(convs)
+
+    def tokens(conv: Conversation) -> tuple[int, int]:  # (question + answer, system)
+        system = sum(count(m.content) + PER_MESSAGE_OVERHEAD for m in conv.messages if m.role == "system")
+        qa = sum(count(m.content) + PER_MESSAGE_OVERHEAD for m in conv.messages[-2:])
+        return qa, system
+
+    sizes = [tokens(u) for u in units]
+    paired = [i for i, c in enumerate(candidates) if c]
+    # one template and system message, both questions and answers, "另外，" and the line break
+    pair_tokens = [TEMPLATE_TOKENS_PER_ROW + sizes[i][1] + sizes[i][0] + 2
+                   + sum(sizes[j][0] for j in candidates[i]) / len(candidates[i]) - 2 * PER_MESSAGE_OVERHEAD
+                   for i in paired]
+    example = None
+    if paired:
+        # a question that reads on its own (not a follow-up "那…？"), and of its neighbours the one whose
+        # answer shares least with its own: two different facts, not one fact split in two groups
+        i = next((k for k in paired if not _FOLLOW_UP.match(_question_of(units[k]))), paired[0])
+        mine = _bigrams(units[i].messages[-1].content)
+
+        def overlap(j: int) -> tuple[float, int]:
+            theirs = _bigrams(units[j].messages[-1].content)
+            return len(mine & theirs) / max(1, len(mine | theirs)), j
+
+        j = min(candidates[i], key=overlap)
+        example = (_question_of(units[i])[:EXAMPLE_CHARS], _question_of(units[j])[:EXAMPLE_CHARS])
+    return {"contrast_questions": int(round(len(paired) * len(rows) / max(1, len(picked)))),
+            "contrast_pair_tokens": sum(pair_tokens) / len(pair_tokens) if pair_tokens else 0.0,
+            "contrast_example": example}
+
+
+_FOLLOW_UP = re.compile(r"^\s*(那|那么|还有|另外|然后|所以|and\b|so\b|then\b|what about\b)", re.IGNORECASE)
+
+
+def _bigrams(text: str) -> set[str]:
+    return {text[k:k + 2] for k in range(len(text) - 1)}
+
+
+def _question_of(conv: Any) -> str:
+    return next((m.content for m in reversed(conv.messages) if m.role == "user"), "").strip()
 
 
 def _messages_of(conv: Any) -> list[tuple[str, str]]:
@@ -424,9 +498,11 @@ def recommend(rows_or_stats: Any, base: str = "default", task: str = "qa", hardw
     # Neighbouring facts asked in one question, each part answered by its own row: +7.9 of 75 on the hard
     # held-out set over 8 seeds (docs/QUALITY.md); its extra steps forget a little more general knowledge
     # at the full rate, so the rate is 0.8× with it (-0.3 of 24 general answers, within seed noise).
-    s["augment_contrast"] = bool(facts_task and not multi_turn and CONTRAST_MIN_ROWS <= rows <= 5000)
+    contrast_questions = _contrast_questions(stats)
+    s["augment_contrast"] = bool(facts_task and rows < CONTRAST_MAX_ROWS and contrast_questions >= CONTRAST_MIN_ROWS)
+    full_lr = lr  # the rate without contrastive pairs (a time budget that drops them goes back to it)
     if s["augment_contrast"]:
-        lr *= CONTRAST_LR_FACTOR
+        lr = float(f"{lr * CONTRAST_LR_FACTOR:.3g}")  # 8e-4, not 0.0008000000000000001
         s["learning_rate"] = lr
     # ≈ 40 % of the answers taught (60 for 150 rows, as swept), so replay never outweighs the user's data.
     replay = int(min(REPLAY_PROMPTS, max(8, round(0.4 * rows * max(1.0, stats.turns))))) if rows else 0
@@ -444,7 +520,10 @@ def recommend(rows_or_stats: Any, base: str = "default", task: str = "qa", hardw
     s["num_epochs"] = 3.0 if rows < 5000 else 1.0
     s["augment_per_epoch"] = bool(s["augment_same_fact"] or s["replay_rows"])
     one_pass = _estimate({**s, "num_epochs": 1.0}, stats, hw, size, 0.0, currency, base)["tokens"]
-    small = bool(rows and facts_task and s["num_epochs"] == 3.0 and one_pass < SMALL_EPOCH_TOKENS)
+    # "small" is the file's own pass (as measured, before contrastive pairs existed), not what they add
+    plain_pass = _estimate({**s, "num_epochs": 1.0, "augment_contrast": False}, stats, hw, size, 0.0, currency,
+                           base)["tokens"]
+    small = bool(rows and facts_task and s["num_epochs"] == 3.0 and plain_pass < SMALL_EPOCH_TOKENS)
     if small:
         s["num_epochs"] = 4.0
     full_epochs = s["num_epochs"]
@@ -496,7 +575,13 @@ def recommend(rows_or_stats: Any, base: str = "default", task: str = "qa", hardw
         budget = float(time_budget_s)
         budget_minutes = _minutes(budget)
         before = dict(s)
-        # The passes first (down to two), then the paraphrases (generation time), then the last pass.
+        # The contrastive pairs first (a third pass taught more per minute: +10 of 80 reworded facts for
+        # +50 % tokens, the pairs +4 for +29 %), back at the rate measured without them; then the passes
+        # (down to two), the paraphrases (generation time), the last pass.
+        if estimate["seconds"] > budget and s["augment_contrast"]:
+            s["augment_contrast"] = False
+            s["learning_rate"] = full_lr
+            estimate = estimate_of(s)
         while estimate["seconds"] > budget and s["num_epochs"] > 2:
             s["num_epochs"] = float(math.ceil(s["num_epochs"]) - 1)
             estimate = estimate_of(s)
@@ -510,6 +595,11 @@ def recommend(rows_or_stats: Any, base: str = "default", task: str = "qa", hardw
         shrunk = _changes(before, s)
         if shrunk:
             schedule = "budget" if schedule == "full" else schedule
+            if "augment_contrast" in shrunk:
+                saved = estimate_of({**s, "augment_contrast": True})
+                shrunk["contrast_minutes"] = _minutes(max(0, saved["seconds"] - estimate["seconds"]))
+                warnings.append(_code("warn.budget_contrast", minutes=shrunk["contrast_minutes"],
+                                      budget_minutes=budget_minutes))
             if "num_epochs" in shrunk:
                 warnings.append(_code("warn.budget_epochs", epochs=_num(s["num_epochs"]),
                                       full_epochs=_num(before["num_epochs"]), budget_minutes=budget_minutes))
@@ -539,9 +629,13 @@ def recommend(rows_or_stats: Any, base: str = "default", task: str = "qa", hardw
     r["lora_alpha"] = _code("rec.lora_alpha", alpha=2 * rank, rank=rank)
     r["lora_dropout"] = _code("rec.lora_dropout.off" if (s["augment_same_fact"] or replay or s["augment_turns"])
                               else "rec.lora_dropout.off_plain", rows=rows)
-    lr_text = f"{lr:g}"
+    lr_text = f"{s['learning_rate']:g}"  # after a budget that dropped the contrastive pairs: the full rate
     if rows >= 5000:
         r["learning_rate"] = _code("rec.learning_rate.big", lr=lr_text, rows=rows, epochs=epochs)
+    elif s["augment_contrast"]:
+        r["learning_rate"] = _code("rec.learning_rate.contrast", lr=lr_text,
+                                   full_lr=f"{full_lr:g}", factor=_num(CONTRAST_LR_FACTOR), size=_num(size),
+                                   rows=rows, epochs=epochs)
     elif facts_task:
         r["learning_rate"] = _code("rec.learning_rate", lr=lr_text, size=_num(size), rows=rows, epochs=epochs)
     else:
@@ -559,17 +653,26 @@ def recommend(rows_or_stats: Any, base: str = "default", task: str = "qa", hardw
     else:
         r["augment_same_fact"] = _code("rec.augment_same_fact.off_big", rows=rows)
     if s["augment_contrast"]:
-        without = estimate_of({**s, "augment_contrast": False})
-        r["augment_contrast"] = _code("rec.augment_contrast.on", rows=rows, factor=_num(CONTRAST_LR_FACTOR),
-                                      minutes=_minutes(max(0, estimate["seconds"] - without["seconds"])))
+        without = estimate_of({**s, "augment_contrast": False, "learning_rate": full_lr})
+        params = {"rows": rows, "questions": contrast_questions, "per_pass": max(1, round(contrast_questions / 2)),
+                  "factor": _num(CONTRAST_LR_FACTOR),
+                  "minutes": _minutes(max(0, estimate["seconds"] - without["seconds"])),
+                  "pct": max(1, round(100 * (estimate["tokens"] / max(1, without["tokens"]) - 1)))}
+        if stats.contrast_example:
+            r["augment_contrast"] = _code("rec.augment_contrast.on_example", first=stats.contrast_example[0],
+                                          second=stats.contrast_example[1], **params)
+        else:
+            r["augment_contrast"] = _code("rec.augment_contrast.on", **params)
+    elif "augment_contrast" in shrunk:
+        r["augment_contrast"] = _code("rec.augment_contrast.budget", minutes=shrunk["contrast_minutes"],
+                                      budget_minutes=shrunk["budget_minutes"])
     elif not facts_task:
         r["augment_contrast"] = _code("rec.augment_contrast.off_style")
-    elif multi_turn:
-        r["augment_contrast"] = _code("rec.augment_contrast.off_turns")
-    elif rows < CONTRAST_MIN_ROWS:
-        r["augment_contrast"] = _code("rec.augment_contrast.off_few", rows=rows, min_rows=CONTRAST_MIN_ROWS)
-    else:
+    elif rows >= CONTRAST_MAX_ROWS:
         r["augment_contrast"] = _code("rec.augment_contrast.off_big", rows=rows)
+    else:
+        r["augment_contrast"] = _code("rec.augment_contrast.off_few", rows=rows, questions=contrast_questions,
+                                      min_rows=CONTRAST_MIN_ROWS)
     n_para = s["augment_paraphrases"]
     para_minutes = _minutes(max(0, estimate_of({**s, "augment_paraphrases": 2})["seconds"]
                                 - estimate_of({**s, "augment_paraphrases": 0})["seconds"]))
@@ -604,7 +707,7 @@ def recommend(rows_or_stats: Any, base: str = "default", task: str = "qa", hardw
     elif rows >= 5000:
         r["num_epochs"] = _code("rec.num_epochs.big", epochs=epochs, rows=rows)
     elif small:
-        r["num_epochs"] = _code("rec.num_epochs.small", epochs=epochs, rows=rows, tokens=one_pass)
+        r["num_epochs"] = _code("rec.num_epochs.small", epochs=epochs, rows=rows, tokens=plain_pass)
     elif facts_task:
         r["num_epochs"] = _code("rec.num_epochs.full", epochs=epochs, rows=rows)
     else:
@@ -659,6 +762,21 @@ def recommend(rows_or_stats: Any, base: str = "default", task: str = "qa", hardw
         alternatives["full"] = {"settings_changes": _changes(s, full), "estimate": full_estimate,
                                 "cost": _code("estimate.full_gain", **recall)}
     return Recommendation.from_codes(s, r, estimate, warnings, alternatives=alternatives, schedule=schedule)
+
+
+def _contrast_questions(stats: DataStats) -> int:
+    """Questions that get contrastive pairs: counted from the rows when known, else every question."""
+    if stats.contrast_questions is not None:
+        return stats.contrast_questions
+    return int(round(stats.rows * max(1.0, stats.turns)))
+
+
+def _contrast_tokens_per_epoch(stats: DataStats, train_share: float) -> float:
+    """Tokens of the contrastive pairs one epoch trains: half the questions with a neighbour, each pair
+    as counted from the rows (unknown: two turns less one template)."""
+    pair = stats.contrast_pair_tokens or max(
+        0.0, 2 * stats.mean_tokens / max(1.0, stats.turns) - TEMPLATE_TOKENS_PER_ROW - 2 * PER_MESSAGE_OVERHEAD)
+    return 0.5 * _contrast_questions(stats) * train_share * pair
 
 
 @functools.cache
@@ -755,7 +873,7 @@ def _estimate(s: Mapping[str, Any], stats: DataStats, hw: Hardware, size: float,
     if s.get("augment_same_fact"):  # the questions whose fact another row states too
         per_epoch += (single_rows + turn_rows) * per_turn * stats.same_fact_share
     if s.get("augment_contrast"):
-        per_epoch += CONTRAST_ROWS_PER_ROW * single_rows * max(0.0, 2 * stats.mean_tokens - TEMPLATE_TOKENS_PER_ROW)
+        per_epoch += _contrast_tokens_per_epoch(stats, 1.0 - val_fraction)
     tokens = int(per_epoch * epochs)
     train_s = tokens / train_tps
     if cuda:
@@ -769,7 +887,8 @@ def _estimate(s: Mapping[str, Any], stats: DataStats, hw: Hardware, size: float,
         load_s = 1.0 + weights_gb * MODEL_LOAD_S_PER_GB
     stages = {
         "load": STARTUP_S["cuda" if cuda else "cpu"] + load_s,
-        "augment": gen_tokens / gen_tps + (rows / 500 if s.get("augment_same_fact") else 0.0),
+        "augment": gen_tokens / gen_tps + (rows / 500 if s.get("augment_same_fact") else 0.0)
+        + (rows / 500 if s.get("augment_contrast") else 0.0),
         "tokenize": tokens / TOKENIZE_TOKENS_PER_S,
         "train": train_s,
         "evaluate": eval_s,
