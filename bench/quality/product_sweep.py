@@ -106,6 +106,13 @@ MIXES.update({
     # contrastive pairs with a guard for the general answers they cost (-0.8 of 24 over 10 seeds)
     "h_con_rp80": {"augment_contrast": True, "replay_rows": 80},
     "h_con_lr8e-4": {"augment_contrast": True, "learning_rate": 8e-4},
+    # Session 5: contrastive pairs (lr 0.8x) are the default; `n_default` is recommend() as is (no override),
+    # `o_default` the session-4 defaults (no pairs, the full rate), and two levers on top of the new default:
+    # the GPU recommendation's 2 base-model rewordings a question, and a 4th pass.
+    "n_default": {},
+    "o_default": {"augment_contrast": False, "learning_rate": 1e-3},
+    "n_para2": {"augment_paraphrases": 2},
+    "n_e4": {"num_epochs": 4},
 })
 for _name, _settings in MIXES.items():
     RECIPES[_name] = _settings
