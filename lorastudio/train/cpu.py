@@ -55,6 +55,15 @@ def enabled() -> bool:
     return os.environ.get("LORASTUDIO_CPU_FAST", "1") != "0"
 
 
+def switch(env: str) -> bool | None:
+    """A lever's environment switch (`cpu_int8.ENV`, `cpu_prefix.ENV`): True (=1), False (=0, false,
+    no, off), None (unset or auto: the default decides)."""
+    value = os.environ.get(env, "").strip().lower()
+    if value in ("", "auto"):
+        return None
+    return value not in ("0", "false", "no", "off")
+
+
 def physical_cores() -> int:
     """Physical cores among the CPUs this process may run on (hyper-thread siblings counted once).
     The one count used everywhere: `lorastudio.hardware.physical_cores`."""
@@ -97,7 +106,7 @@ def levers(model: Any) -> dict[str, bool]:
     chosen = getattr(model, LEVERS_ATTR, None)
     if chosen is not None:
         return chosen
-    return {"int8": cpu_int8.setting() is True and cpu_int8.available(), "prefix": cpu_prefix.setting() is True}
+    return {"int8": switch(cpu_int8.ENV) is True and cpu_int8.available(), "prefix": switch(cpu_prefix.ENV) is True}
 
 
 def enable(model: Any) -> kernels.FastPath:
@@ -118,7 +127,7 @@ def enable(model: Any) -> kernels.FastPath:
 
 def packed_loss(model: Any, batch: dict[str, Any]) -> tuple[Any, int]:
     """(summed next-token CE over target tokens, number of targets) of one packed row — the same
-    quantity as `trainer.causal_lm_loss`, on the fast path (`kernels.packed_loss`, through the levers)."""
+    quantity as `device.causal_lm_loss`, on the fast path (`kernels.packed_loss`, through the levers)."""
     enable(model)
     chosen = levers(model)
     inner = cpu_int8.packed_loss if chosen["int8"] else kernels.packed_loss
@@ -132,13 +141,13 @@ def choose_levers(cfg: Any, setup: Any) -> tuple[dict[str, bool], list[str]]:
     import torch
 
     notes = []
-    int8 = cpu_int8.setting()
+    int8 = switch(cpu_int8.ENV)
     if int8 is None:
         int8 = INT8_DEFAULT and setup.dtype == torch.float32
     if int8 and not cpu_int8.available():
         notes.append("int8 base GEMMs off: this torch build or CPU has no fbgemm/AVX2")
         int8 = False
-    prefix = cpu_prefix.setting()
+    prefix = switch(cpu_prefix.ENV)
     if prefix is None:
         prefix = PREFIX_DEFAULT
     if prefix and getattr(cfg, "neftune_alpha", None):
@@ -165,7 +174,7 @@ def customize(cfg: Any, setup: Any) -> Any:
 
     def prepare_model(model: Any) -> Any:
         model = (previous(model) or model) if previous else model
-        # `trainer.causal_lm_loss` (still the setup's loss_fn) hands over to `packed_loss`, which fuses the
+        # `device.causal_lm_loss` (still the setup's loss_fn) hands over to `packed_loss`, which fuses the
         # LoRA linears on its first call, once PEFT has wrapped the model (the attribute is found through
         # PEFT's wrappers).
         model._lorastudio_loss = packed_loss

@@ -38,12 +38,12 @@ the switch really changes the path.
 from __future__ import annotations
 
 import contextlib
-import os
 import warnings
 import weakref
 from dataclasses import dataclass
 from typing import Any
 
+from lorastudio.train import kernels
 from lorastudio.train.lora_patch import ORIGINAL_FORWARD
 
 ENV = "LORASTUDIO_CPU_INT8"
@@ -61,14 +61,6 @@ HEAD = {"forward": False, "backward": False}
 """The LM head's two frozen GEMMs in int8 too (`packed_loss`); off: the cross-entropy's logits and the
 hidden-state gradient stay fp32 (measured: docs/BENCHMARKS.md)."""
 MARK = "_lorastudio_int8"
-
-
-def setting() -> bool | None:
-    """The environment switch: True (=1), False (=0), None (unset: the caller's default)."""
-    value = os.environ.get(ENV, "").strip().lower()
-    if value in ("", "auto"):
-        return None
-    return value not in ("0", "false", "no", "off")
 
 
 def _cpu_flags() -> set[str]:
@@ -106,10 +98,18 @@ def _chosen(names: frozenset[str] | None, name: str) -> bool:
 # ------------------------------------------------------------------------------------------------
 @dataclass
 class Packs:
+    """One linear's int8 packs, and its frozen products for `kernels.LoraLinearFn` (as `kernels.FloatBase`)."""
+
     key: tuple
     name: str = ""         # the linear's attribute name (q_proj, gate_proj, …)
     forward: Any = None    # W (n × k), per output channel: x ↦ x Wᵀ
     backward: Any = None   # Wᵀ (k × n), per input channel: g ↦ g W
+
+    def product(self, x: Any, x2: Any, weight: Any, bias: Any) -> Any:
+        return _forward_product(self, x, x2, weight, bias)
+
+    def input_grad(self, g: Any, weight: Any) -> Any:
+        return _input_grad(self, g.contiguous(), weight)
 
 
 def _prepack(w: Any) -> Any:
@@ -222,7 +222,7 @@ def _input_grad(p: Packs, g: Any, weight: Any, head: bool = False) -> Any:
 # ------------------------------------------------------------------------------------------------
 # Autograd functions
 # ------------------------------------------------------------------------------------------------
-def _functions() -> tuple[type, type, type]:
+def _functions() -> tuple[type, type]:
     import torch
 
     class Int8LinearFn(torch.autograd.Function):
@@ -240,46 +240,6 @@ def _functions() -> tuple[type, type, type]:
             g = grad_out.reshape(-1, grad_out.shape[-1]).contiguous()
             grad_x = _input_grad(ctx.p, g, ctx.weight)
             return grad_x.view(*grad_out.shape[:-1], -1), None, None, None
-
-    class Int8LoraLinearFn(torch.autograd.Function):
-        """y = x Wᵀ + b + s·(x' Aᵀ) Bᵀ (as `kernels.LoraLinearFn`), the W products through
-        `_forward_product` / `_input_grad`, the LoRA branch and its gradients in the activation dtype
-        (fp32) from the exact x' and g."""
-
-        @staticmethod
-        def forward(ctx, x, xd, weight, bias, lora_a, lora_b, scaling, p):
-            x2 = x.reshape(-1, x.shape[-1])
-            xd2 = x2 if xd is None else xd.reshape(-1, xd.shape[-1])
-            a = lora_a.to(x.dtype)
-            b = lora_b.to(x.dtype)
-            xa = xd2 @ a.t()
-            y = _forward_product(p, x, x2, weight, bias)
-            y.addmm_(xa, b.t(), alpha=scaling)
-            ctx.save_for_backward(x if xd is None else xd, a, b, xa)
-            ctx.p, ctx.weight = p, weight
-            ctx.scaling = scaling
-            ctx.dropout = xd is not None
-            ctx.param_dtypes = (lora_a.dtype, lora_b.dtype)
-            return y.view(*x.shape[:-1], y.shape[-1])
-
-        @staticmethod
-        def backward(ctx, grad_out):
-            xl, a, b, xa = ctx.saved_tensors
-            s = ctx.scaling
-            g = grad_out.reshape(-1, grad_out.shape[-1]).contiguous()
-            xl2 = xl.reshape(-1, xl.shape[-1])
-            gxa = torch.mm(g, b)
-            grad_x = grad_xd = None
-            if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-                base = _input_grad(ctx.p, g, ctx.weight)
-                if ctx.dropout:
-                    grad_x = base.view(*grad_out.shape[:-1], -1) if ctx.needs_input_grad[0] else None
-                    grad_xd = torch.mm(gxa, a).mul_(s).view(*grad_out.shape[:-1], -1)
-                else:
-                    grad_x = base.addmm_(gxa, a, alpha=s).view(*grad_out.shape[:-1], -1)
-            grad_a = torch.mm(gxa.t(), xl2).mul_(s).to(ctx.param_dtypes[0]) if ctx.needs_input_grad[4] else None
-            grad_b = torch.mm(g.t(), xa).mul_(s).to(ctx.param_dtypes[1]) if ctx.needs_input_grad[5] else None
-            return grad_x, grad_xd, None, None, grad_a, grad_b, None, None
 
     class Int8LinearCrossEntropy(torch.autograd.Function):
         """`kernels.ChunkedLinearCrossEntropy` (sum over rows of CE(h Wᵀ, target), chunked, gradient
@@ -308,13 +268,13 @@ def _functions() -> tuple[type, type, type]:
             (grad_h,) = ctx.saved_tensors
             return (None if grad_h is None else grad_h * grad_total), None, None, None, None
 
-    return Int8LinearFn, Int8LoraLinearFn, Int8LinearCrossEntropy
+    return Int8LinearFn, Int8LinearCrossEntropy
 
 
-_FNS: tuple[type, type, type] | None = None
+_FNS: tuple[type, type] | None = None
 
 
-def _fns() -> tuple[type, type, type]:
+def _fns() -> tuple[type, type]:
     global _FNS
     if _FNS is None:
         _FNS = _functions()
@@ -339,20 +299,15 @@ def int8_linear_forward(self: Any, x: Any) -> Any:
 
 def int8_lora_forward(self: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
     """Replacement `forward` of a PEFT `lora.Linear` over a frozen fp32 base: one plain adapter active →
-    `Int8LoraLinearFn`; anything else → PEFT's own forward (as `kernels.fused_lora_forward`)."""
+    `kernels.LoraLinearFn` with this linear's `Packs` as its frozen products; anything else → PEFT's own
+    forward (as `kernels.fused_lora_forward`)."""
     import torch
 
-    original = getattr(self, ORIGINAL_FORWARD)
-    if self.disable_adapters or self.merged or args or kwargs or len(self.active_adapters) != 1:
-        return original(x, *args, **kwargs)
-    name = self.active_adapters[0]
+    name = kernels.one_plain_adapter(self, args, kwargs)
     base = self.base_layer
-    if name not in self.lora_A or not _frozen(base.weight, base.bias) or x.dtype != torch.float32:
-        return original(x, *args, **kwargs)
-    dropout = self.lora_dropout[name]
-    xd = None if isinstance(dropout, torch.nn.Identity) else dropout(x)
-    return _fns()[1].apply(x, xd, base.weight, base.bias, self.lora_A[name].weight, self.lora_B[name].weight,
-                           float(self.scaling[name]), packs(base, base.weight, base.bias))
+    if name is None or not _frozen(base.weight, base.bias) or x.dtype != torch.float32:
+        return getattr(self, ORIGINAL_FORWARD)(x, *args, **kwargs)
+    return kernels.lora_module_call(self, name, x, packs(base, base.weight, base.bias))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -360,9 +315,7 @@ def int8_lora_forward(self: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
 # ------------------------------------------------------------------------------------------------
 def _decoder_layers(model: Any) -> list[Any]:
     """The modules holding the decoder layers' linears (all of the model but its head and embeddings)."""
-    from lorastudio.train.kernels import causal_lm_parts
-
-    backbone, _ = causal_lm_parts(model)
+    backbone, _ = kernels.causal_lm_parts(model)
     layers = getattr(backbone, "layers", None) or getattr(backbone, "h", None)
     return list(layers) if layers is not None else [backbone]
 
@@ -437,25 +390,13 @@ def packed_loss(model: Any, batch: dict[str, Any]) -> tuple[Any, int]:
     `HEAD` asks for it (a frozen fp32 bias-free head), else exactly `kernels.packed_loss`."""
     import torch
 
-    from lorastudio.train import kernels
-
     if not (HEAD["forward"] or HEAD["backward"]):
         return kernels.packed_loss(model, batch)
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    head = lm.get_output_embeddings()
+    head = kernels.causal_lm(model).get_output_embeddings()
     if not isinstance(head, torch.nn.Linear) or head.bias is not None or not _frozen(head.weight, None):
         return kernels.packed_loss(model, batch)
-    if "target_index" not in batch:
-        batch = kernels.packed_batch(batch["input_ids"], batch["position_ids"], batch["labels"], batch.get("lengths"))
+    batch, hidden = kernels.target_hidden(model, batch)
     fp = getattr(model, "_lorastudio_fast_path", None)
-    backbone, _ = kernels.causal_lm_parts(model)
-    cu, max_len = batch["cu_seq_lens"], batch["max_length"]
-    kwargs = {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": max_len, "max_length_k": max_len}
-    if fp is not None and fp.per_document:
-        kwargs["attention_mask"] = kernels.NO_MASK
-    out = backbone(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False, **kwargs)
-    hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-    hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch["target_index"])
     chunk = fp.ce_chunk if fp else 1024
-    total = _fns()[2].apply(hidden, head.weight, batch["target_ids"], int(chunk), packs(head, head.weight, None))
+    total = _fns()[1].apply(hidden, head.weight, batch["target_ids"], int(chunk), packs(head, head.weight, None))
     return total, batch["num_targets"]

@@ -26,7 +26,6 @@ Switch: `LORASTUDIO_CPU_PREFIX=1/0`; unset: `cpu.customize` decides.
 from __future__ import annotations
 
 import contextvars
-import os
 from itertools import accumulate
 from typing import Any
 
@@ -40,14 +39,6 @@ through sdpa with an explicit (own tokens × head + own tokens) mask — as `ker
 NAME = "lorastudio_prefix"
 
 _LAYOUT: contextvars.ContextVar[int] = contextvars.ContextVar("lorastudio_prefix_len", default=0)
-
-
-def setting() -> bool | None:
-    """The environment switch: True (=1), False (=0), None (unset)."""
-    value = os.environ.get(ENV, "").strip().lower()
-    if value in ("", "auto"):
-        return None
-    return value not in ("0", "false", "no", "off")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -116,16 +107,11 @@ def _segment_attention(q: Any, k: Any, v: Any, prefix: int, scale: float | None,
     import torch.nn.functional as F
 
     _, h, m, d = q.shape
-    kv = k.shape[1]
-    n = k.shape[2]
+    kv, n = k.shape[1], k.shape[2]
+    if n <= SMALL_DOC and not p_drop:
+        return kernels.small_doc_attention(q, k, v, scale)
     mask = torch.ones(m, n, dtype=torch.bool, device=q.device).triu_(1 + prefix)  # True = not seen
     scale = scale if scale is not None else d ** -0.5
-    if n <= SMALL_DOC and not p_drop:
-        qg = q.reshape(1, kv, h // kv, m, d).float()
-        scores = (qg @ k.unsqueeze(2).float().transpose(-1, -2)).mul_(scale)
-        probs = scores.masked_fill_(mask, float("-inf")).softmax(-1)
-        out = (probs @ v.unsqueeze(2).float()).to(q.dtype)
-        return out.reshape(1, h, m, d).transpose(1, 2)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=~mask, dropout_p=p_drop, scale=scale,
                                           enable_gqa=kv != h).transpose(1, 2)
 

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from itertools import accumulate
 from typing import Any
 
-from lorastudio.train.lora_patch import patch_lora_linears
+from lorastudio.train.lora_patch import ORIGINAL_FORWARD, patch_lora_linears
 
 log = logging.getLogger(__name__)
 
@@ -87,24 +87,48 @@ def packed_batch(input_ids: Any, position_ids: Any, labels: Any, lengths: Any = 
 # ------------------------------------------------------------------------------------------------
 # LoRA linear as one autograd function
 # ------------------------------------------------------------------------------------------------
+class FloatBase:
+    """The frozen base products of `LoraLinearFn` in the activation dtype (every device's choice):
+    `product` = x Wᵀ + b and `input_grad` = g W, each a fresh (m × n) / (m × k) tensor that the function
+    adds the LoRA term into in place. Another base (`cpu_int8.Packs`: int8 GEMMs) is an object with the
+    same two methods; `x` is the call's input as given (a cache key), `x2` its (m × k) rows."""
+
+    __slots__ = ()
+
+    @staticmethod
+    def product(x: Any, x2: Any, weight: Any, bias: Any) -> Any:
+        import torch
+
+        return torch.addmm(bias, x2, weight.t()) if bias is not None else x2 @ weight.t()
+
+    @staticmethod
+    def input_grad(g: Any, weight: Any) -> Any:
+        return g @ weight
+
+
+FLOAT_BASE = FloatBase()
+
+
 def _lora_linear_fn() -> type:
     import torch
 
     class LoraLinearFn(torch.autograd.Function):
-        """y = x Wᵀ + b + s·(x' Aᵀ) Bᵀ, W frozen, x' = dropout(x) or x (``xd`` None). The low-rank
+        """y = x Wᵀ + b + s·(x' Aᵀ) Bᵀ, W frozen, x' = dropout(x) or x (``xd`` None). The frozen products
+        x Wᵀ + b and g W come from ``base`` (`FloatBase`, or the int8 `cpu_int8.Packs`); the low-rank
         update is added in place by the GEMM epilogue (addmm_, alpha = s); A and B (fp32 masters) are
         cast to the activation dtype once per call. Saves x' (or x), W, A, B and x'Aᵀ."""
 
         @staticmethod
-        def forward(ctx, x, xd, weight, bias, lora_a, lora_b, scaling):
+        def forward(ctx, x, xd, weight, bias, lora_a, lora_b, scaling, base):
             x2 = x.reshape(-1, x.shape[-1])
             xd2 = x2 if xd is None else xd.reshape(-1, xd.shape[-1])
             a = lora_a.to(x.dtype)
             b = lora_b.to(x.dtype)
             xa = xd2 @ a.t()
-            y = torch.addmm(bias, x2, weight.t()) if bias is not None else x2 @ weight.t()
+            y = base.product(x, x2, weight, bias)
             y.addmm_(xa, b.t(), alpha=scaling)
             ctx.save_for_backward(x if xd is None else xd, weight, a, b, xa)
+            ctx.base = base
             ctx.scaling = scaling
             ctx.dropout = xd is not None
             ctx.param_dtypes = (lora_a.dtype, lora_b.dtype)
@@ -119,7 +143,7 @@ def _lora_linear_fn() -> type:
             gxa = torch.mm(g, b)  # (m, r), unscaled
             grad_x = grad_xd = None
             if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-                base = g @ weight
+                base = ctx.base.input_grad(g, weight)
                 if ctx.dropout:
                     grad_x = base.view(*grad_out.shape[:-1], -1) if ctx.needs_input_grad[0] else None
                     grad_xd = torch.mm(gxa, a).mul_(s).view(*grad_out.shape[:-1], -1)
@@ -127,7 +151,7 @@ def _lora_linear_fn() -> type:
                     grad_x = base.addmm_(gxa, a, alpha=s).view(*grad_out.shape[:-1], -1)
             grad_a = torch.mm(gxa.t(), xl2).mul_(s).to(ctx.param_dtypes[0]) if ctx.needs_input_grad[4] else None
             grad_b = torch.mm(g.t(), xa).mul_(s).to(ctx.param_dtypes[1]) if ctx.needs_input_grad[5] else None
-            return grad_x, grad_xd, None, None, grad_a, grad_b, None
+            return grad_x, grad_xd, None, None, grad_a, grad_b, None, None
 
     return LoraLinearFn
 
@@ -135,29 +159,43 @@ def _lora_linear_fn() -> type:
 _LORA_FN: Any = None
 
 
-def lora_linear(x: Any, weight: Any, bias: Any, lora_a: Any, lora_b: Any, scaling: float, xd: Any = None) -> Any:
-    """`x Wᵀ + b + scaling·(x' Aᵀ) Bᵀ` through `LoraLinearFn`; `xd` = dropout(x), or None for x."""
+def lora_linear(x: Any, weight: Any, bias: Any, lora_a: Any, lora_b: Any, scaling: float, xd: Any = None,
+                base: Any = FLOAT_BASE) -> Any:
+    """`x Wᵀ + b + scaling·(x' Aᵀ) Bᵀ` through `LoraLinearFn`; `xd` = dropout(x), or None for x; `base`
+    computes the frozen products (`FloatBase`)."""
     global _LORA_FN
     if _LORA_FN is None:
         _LORA_FN = _lora_linear_fn()
-    return _LORA_FN.apply(x, xd, weight, bias, lora_a, lora_b, float(scaling))
+    return _LORA_FN.apply(x, xd, weight, bias, lora_a, lora_b, float(scaling), base)
+
+
+def one_plain_adapter(module: Any, args: tuple, kwargs: dict) -> str | None:
+    """The name of the one plain LoRA adapter a fused call can run on a PEFT `lora.Linear`, or None when
+    PEFT's own forward must (adapters off, merged, several active, extra arguments, not a LoRA linear)."""
+    if module.disable_adapters or module.merged or args or kwargs or len(module.active_adapters) != 1:
+        return None
+    name = module.active_adapters[0]
+    return name if name in module.lora_A else None
+
+
+def lora_module_call(module: Any, name: str, x: Any, base: Any = FLOAT_BASE) -> Any:
+    """`lora_linear` over a PEFT `lora.Linear`'s base layer and its adapter `name` (its dropout applied)."""
+    import torch
+
+    dropout = module.lora_dropout[name]
+    xd = None if isinstance(dropout, torch.nn.Identity) else dropout(x)
+    layer = module.base_layer
+    return lora_linear(x, layer.weight, layer.bias, module.lora_A[name].weight, module.lora_B[name].weight,
+                       module.scaling[name], xd, base)
 
 
 def fused_lora_forward(self: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
     """Replacement `forward` of a PEFT `lora.Linear`: one plain LoRA adapter active → `lora_linear`;
     anything else (adapters off, merged, several active, extra arguments) → PEFT's own forward."""
-    if self.disable_adapters or self.merged or args or kwargs or len(self.active_adapters) != 1:
-        return self._lorastudio_original_forward(x, *args, **kwargs)
-    name = self.active_adapters[0]
-    if name not in self.lora_A:
-        return self._lorastudio_original_forward(x, *args, **kwargs)
-    import torch
-
-    dropout = self.lora_dropout[name]
-    xd = None if isinstance(dropout, torch.nn.Identity) else dropout(x)
-    base = self.base_layer
-    return lora_linear(x, base.weight, base.bias, self.lora_A[name].weight, self.lora_B[name].weight,
-                       self.scaling[name], xd)
+    name = one_plain_adapter(self, args, kwargs)
+    if name is None:
+        return getattr(self, ORIGINAL_FORWARD)(x, *args, **kwargs)
+    return lora_module_call(self, name, x)
 
 
 def fuse_lora_linears(model: Any, *, allow_dropout: bool = True) -> int:
@@ -170,17 +208,19 @@ def fuse_lora_linears(model: Any, *, allow_dropout: bool = True) -> int:
 # ------------------------------------------------------------------------------------------------
 # Attention over one packed row, per document (transformers attention functions)
 # ------------------------------------------------------------------------------------------------
-def _small_doc_attention(q: Any, k: Any, v: Any, scale: float | None) -> Any:
+def small_doc_attention(q: Any, k: Any, v: Any, scale: float | None) -> Any:
     """Causal attention of one short document, fp32 scores/softmax; query heads grouped onto their
-    key/value head (GQA, the head order of transformers' repeat_kv). (1, H, L, D) → (1, L, H, D)."""
+    key/value head (GQA, the head order of transformers' repeat_kv). q (1, H, L, D), k/v (1, Hkv, N, D)
+    with N - L ≥ 0 leading keys that every query sees (a shared head, `cpu_prefix`; 0: plain causal).
+    Returns (1, L, H, D)."""
     import torch
 
     _, h, length, d = q.shape
-    kv = k.shape[1]
+    kv, n = k.shape[1], k.shape[2]
     qg = q.reshape(1, kv, h // kv, length, d).float()
     scores = qg @ k.unsqueeze(2).float().transpose(-1, -2)
     scores = scores.mul_(scale if scale is not None else d ** -0.5)
-    mask = torch.ones(length, length, dtype=torch.bool, device=q.device).triu_(1)
+    mask = torch.ones(length, n, dtype=torch.bool, device=q.device).triu_(1 + n - length)  # True: not seen
     probs = scores.masked_fill_(mask, float("-inf")).softmax(-1)
     out = (probs @ v.unsqueeze(2).float()).to(q.dtype)
     return out.reshape(1, h, length, d).transpose(1, 2)
@@ -209,7 +249,7 @@ def doc_attention(module: Any, query: Any, key: Any, value: Any, attention_mask:
     for start, end in zip(cu[:-1], cu[1:], strict=True):
         q, k, v = query[:, :, start:end], key[:, :, start:end], value[:, :, start:end]
         if end - start <= small_doc and not p_drop:
-            outs.append(_small_doc_attention(q, k, v, scaling))
+            outs.append(small_doc_attention(q, k, v, scaling))
             continue
         outs.append(F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p_drop, scale=scaling,
                                                    enable_gqa=gqa).transpose(1, 2))
@@ -464,14 +504,15 @@ def liger_linear_cross_entropy(hidden: Any, weight: Any, targets: Any) -> Any:
 # ------------------------------------------------------------------------------------------------
 # The model on a fast path, and its loss
 # ------------------------------------------------------------------------------------------------
-def _causal_lm(model: Any) -> Any:
+def causal_lm(model: Any) -> Any:
+    """The causal LM inside a PEFT wrapper (or the model itself)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def causal_lm_parts(model: Any) -> tuple[Any, Any]:
     """(backbone, lm_head weight) of a (PEFT-wrapped) causal LM. The backbone is the module the loss
     calls (and FSDP's root unit, `distributed.apply_fsdp`)."""
-    lm = _causal_lm(model)
+    lm = causal_lm(model)
     backbone = getattr(lm, lm.base_model_prefix, None) or lm.model
     return backbone, lm.get_output_embeddings().weight
 
@@ -511,12 +552,10 @@ def install(model: Any, *, attention: str, per_document: bool, fuse_lora: bool =
     return fp
 
 
-def packed_loss(model: Any, batch: dict[str, Any]) -> tuple[Any, int]:
-    """(summed next-token CE over target tokens in fp32, number of targets) of one packed row, with the
-    kernels `install` chose. `batch`: `packed_batch`'s dict, or the trainer's (input_ids, position_ids,
-    labels, lengths), from which it is derived."""
-    import torch
-
+def target_hidden(model: Any, batch: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    """(`packed_batch`'s dict, the backbone's last hidden states at its target positions) of one packed
+    row, through the attention `install` chose: everything of the loss but the LM head. `batch`:
+    `packed_batch`'s dict, or the trainer's (input_ids, position_ids, labels, lengths)."""
     if "target_index" not in batch:
         batch = packed_batch(batch["input_ids"], batch["position_ids"], batch["labels"], batch.get("lengths"))
     fp: FastPath | None = getattr(model, "_lorastudio_fast_path", None)
@@ -527,9 +566,19 @@ def packed_loss(model: Any, batch: dict[str, Any]) -> tuple[Any, int]:
         kwargs["attention_mask"] = NO_MASK
     out = backbone(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False, **kwargs)
     hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-    hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch["target_index"])
+    return batch, hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch["target_index"])
+
+
+def packed_loss(model: Any, batch: dict[str, Any]) -> tuple[Any, int]:
+    """(summed next-token CE over target tokens in fp32, number of targets) of one packed row, with the
+    kernels `install` chose. `batch`: `packed_batch`'s dict, or the trainer's (input_ids, position_ids,
+    labels, lengths), from which it is derived."""
+    import torch
+
+    batch, hidden = target_hidden(model, batch)
+    fp: FastPath | None = getattr(model, "_lorastudio_fast_path", None)
     targets = batch["target_ids"]
-    head = _causal_lm(model).get_output_embeddings()
+    head = causal_lm(model).get_output_embeddings()
     if fp is not None and fp.ce == "liger":
         total = liger_linear_cross_entropy(hidden, head.weight, targets)
     elif getattr(head, "bias", None) is not None or not isinstance(head, torch.nn.Linear):
