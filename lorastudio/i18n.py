@@ -217,6 +217,12 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "{file}: cannot tell the format (no JSON, no header row with known columns, no tab pairs, no 问：/答： blocks).",
         "{file}：无法识别格式（不是 JSON，没有带已知列名的表头，没有 Tab 分隔的问答，也没有 问：/答： 块）。"),
     "no_rows": ("{file} has a header but no data rows.", "{file} 只有表头，没有数据行。"),
+    "too_many_rows": (
+        "{file} has {rows:,} data rows; one training file may have at most {limit:,}. Split it into files of at "
+        "most {limit:,} rows (or keep the {limit:,} that matter most) and upload one, or ask whoever runs this "
+        "server for a larger limit.",
+        "{file} 有 {rows:,} 行数据，一个训练文件最多 {limit:,} 行。请把它拆成每个不超过 {limit:,} 行的文件"
+        "（或只保留最重要的 {limit:,} 行）再上传，或请管理这台服务器的人调高上限。"),
     "expected.table": (
         "a header row with a question column (instruction / question / prompt / input / 问题 / 指令) and an "
         "answer column (response / answer / output / completion / 答案 / 回复)",

@@ -320,22 +320,41 @@ def general_questions() -> list[SetQuestion]:
     return [SetQuestion(r["question"], r["must_contain"], i) for i, r in enumerate(rows, start=1)]
 
 
-def forgetting_events(engine: Any, adapter: str, max_new_tokens: int = 64, batch_size: int = 8) -> Iterator[dict]:
+def general_fingerprint(max_new_tokens: int = 64) -> str:
+    """What the base model's answers to the general questions depend on besides the model: the questions
+    and the answer length (a cache of those answers is valid while this stays the same)."""
+    import hashlib
+
+    text = resources.files("lorastudio").joinpath("assets", "general_check.jsonl").read_bytes()
+    return hashlib.sha256(text + f"|{max_new_tokens}".encode()).hexdigest()[:16]
+
+
+def forgetting_events(engine: Any, adapter: str, max_new_tokens: int = 64, batch_size: int = 8,
+                      base_answers: Sequence[str] | None = None) -> Iterator[dict]:
     """The general questions answered greedily by the base and by base + adapter: `progress` events,
-    then `result` (`kept` of the base's right answers still right, `lost`, `gained`, per question)."""
+    then `result` (`kept` of the base's right answers still right, `lost`, `gained`, per question).
+
+    `base_answers`: the base model's answers from an earlier check (greedy, same questions and length:
+    see `general_fingerprint`); then only the tuned model answers, which halves the work.
+    """
     qs = general_questions()
     prompts = [[{"role": "user", "content": q.question}] for q in qs]
     started = time.monotonic()
     answers: dict[str, list[str]] = {}
-    total = 2 * len(prompts)
-    for k, (name, which) in enumerate((("base", None), ("tuned", adapter))):
+    runs: list[tuple[str, str | None]] = [("base", None), ("tuned", adapter)]
+    if base_answers is not None and len(base_answers) == len(qs) and all(isinstance(a, str) for a in base_answers):
+        answers["base"] = list(base_answers)
+        runs = [("tuned", adapter)]
+    total = len(runs) * len(prompts)
+    for k, (name, which) in enumerate(runs):
         done: list[str] = []
         for i in range(0, len(prompts), batch_size):  # chunks: progress, and the lock shared with chat
             done += engine.generate_batch(prompts[i:i + batch_size], adapter=which, max_new_tokens=max_new_tokens,
                                           batch_size=batch_size)
             yield {"type": "progress", "done": k * len(prompts) + len(done), "total": total}
         answers[name] = done
-    yield {"type": "result", **forgetting_result(qs, answers["base"], answers["tuned"], time.monotonic() - started)}
+    result = forgetting_result(qs, answers["base"], answers["tuned"], time.monotonic() - started)
+    yield {"type": "result", **result, "base_reused": len(runs) == 1}
 
 
 def forgetting_result(qs: Sequence[SetQuestion], base: Sequence[str], tuned: Sequence[str], seconds: float) -> dict:

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 import os
 import re
+import socket
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -49,6 +56,77 @@ def require_chromium() -> str:
 
 def launch(playwright):
     return playwright.chromium.launch(executable_path=require_chromium(), headless=True, args=CHROMIUM_ARGS)
+
+
+def chromium() -> Iterator[Any]:
+    """Chromium for a test module: `@pytest.fixture(scope="module") def browser(): yield from chromium()`."""
+    require_chromium()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = launch(p)
+        yield b
+        b.close()
+
+
+def open_page(browser, url: str, lang: str, viewport: dict | None = None,
+              routes: dict[str, Callable] | None = None):
+    """A fresh context (its own localStorage) in `lang` at `viewport`, `routes` answered by the test
+    (Playwright route patterns → handlers), the page at `url` once the studio says it is ready.
+    Returns (context, page, errors): the page's uncaught JavaScript errors are collected in `errors`."""
+    context = browser.new_context(locale=LOCALES[lang], viewport=viewport or LAPTOP, accept_downloads=True)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    for pattern, handler in (routes or {}).items():
+        page.route(pattern, handler)
+    page.goto(url)
+    page.wait_for_selector("body[data-ready=true]")
+    return context, page, errors
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def studio_server(tmp: Path, engine_factory: Callable[[str], Any], **env: str) -> Iterator[str]:
+    """The real service with its web page, in this process (uvicorn on a thread, so tests can reach its
+    engines), the fake trainer (`env`: FAKE_STEPS, FAKE_STEP_S, set while it runs) and `engine_factory`
+    for chat. Yields its base URL."""
+    require_chromium()
+    import uvicorn
+
+    from lorastudio.serve import create_app
+    from tests.test_serve_api import make_settings
+
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    settings = make_settings(tmp, engine_factory=engine_factory, web_dir=None)
+    srv = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=free_port(),
+                                        log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{srv.config.port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(base + "/health", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.1)
+    try:
+        yield base
+    finally:
+        srv.should_exit = True
+        thread.join(10)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def shot(page, name: str) -> Path:

@@ -13,22 +13,12 @@ from __future__ import annotations
 import io
 import json
 import re
-import socket
-import threading
 import time
 import urllib.request
 
 import pytest
-from browser_support import (
-    LAPTOP,
-    LOCALES,
-    PHONE,
-    check_layout,
-    launch,
-    require_chromium,
-    shot,
-    shot_sections,
-)
+from browser_support import LAPTOP, PHONE, check_layout, chromium, leaks, shot, shot_sections, studio_server
+from browser_support import open_page as open_url
 
 from tests.playground_fakes import FORGOTTEN, GENERAL, SlowEngine
 
@@ -36,42 +26,16 @@ pytestmark = pytest.mark.browser
 SECTIONS = ("step-playground", "step-eval")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """The service with the real routes and web page, the fake trainer and the slow scripted engine."""
-    require_chromium()
-    import os
+    with studio_server(tmp_path_factory.mktemp("pg"), SlowEngine, FAKE_STEPS="2", FAKE_STEP_S="0.01") as base:
+        yield base
 
-    import uvicorn
 
-    from lorastudio.serve import create_app
-    from tests.test_serve_api import make_settings
-
-    os.environ["FAKE_STEPS"] = "2"
-    os.environ["FAKE_STEP_S"] = "0.01"
-    tmp = tmp_path_factory.mktemp("pg")
-    settings = make_settings(tmp, engine_factory=SlowEngine, web_dir=None)
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(base + "/health", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.1)
-    yield base
-    srv.should_exit = True
-    thread.join(10)
+@pytest.fixture(scope="module")
+def browser():
+    yield from chromium()
 
 
 def finish_job(base: str) -> dict:
@@ -97,32 +61,13 @@ def finish_job(base: str) -> dict:
     raise AssertionError(f"job did not finish: {job}")
 
 
-@pytest.fixture(scope="module")
-def browser():
-    require_chromium()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = launch(p)
-        yield b
-        b.close()
-
-
 def open_page(browser, base, lang, viewport=LAPTOP):
-    context = browser.new_context(locale=LOCALES[lang], viewport=viewport, accept_downloads=True)
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(base + "/")
-    page.wait_for_selector("body[data-ready=true]")
-    return context, page, errors
+    return open_url(browser, base + "/", lang, viewport)
 
 
 def no_leaks(page) -> None:
     """No server path, traceback or Python exception name anywhere on the page."""
-    text = page.locator("body").inner_text()
-    for bad in ("/tmp/", "/home/", ".local/share", "Traceback", "Error:", "lorastudio-questions"):
-        assert bad not in text, bad
+    assert leaks(page) == []
 
 
 def layout(page, name: str) -> None:
@@ -297,5 +242,53 @@ def test_phone_width_from_the_start(browser, server):
         check_layout(page)
         no_leaks(page)
         shot_sections(page, f"pg-{lang}-6-phone-fresh", SECTIONS)
+        assert errors == []
+        context.close()
+
+
+def test_the_forgetting_check_runs_by_itself_after_every_job(browser, server, monkeypatch):
+    """Issue 15: the forgetting meter is shown after every job without a click — the page starts the check
+    once the job it shows has succeeded; the service runs it once per job and the base model's answers
+    once per base (every later job answers only its tuned side)."""
+    from playwright.sync_api import expect
+
+    batches: list[bool] = []  # one entry per generate_batch call: True for the base model, False for tuned
+    plain = SlowEngine.generate_batch
+
+    def counted(self, questions, adapter=None, **kw):
+        batches.append(adapter is None)
+        return plain(self, questions, adapter, **kw)
+
+    monkeypatch.setattr(SlowEngine, "generate_batch", counted)
+    per_side = -(-len(GENERAL) // 8)  # batches of 8
+    for n, lang in enumerate(("en", "zh"), start=1):
+        zh = lang == "zh"
+        job = finish_job(server)
+        context, page, errors = open_url(browser, f"{server}/#job={job['id']}", lang)
+        panel = page.get_by_test_id("job-forgetting")
+        expect(panel).to_have_attribute("data-state", "done", timeout=60_000)
+        expect(panel).to_have_attribute("data-kept", "22")
+        expect(panel).to_have_attribute("data-lost", "2")
+        expect(panel).to_contain_text("基础模型答对的 24 个常识问题中，微调后仍答对 22 个" if zh
+                                      else "Kept 22 of the 24 general questions the base model answers right")
+        lost = panel.locator("[data-testid=forgetting-flip][data-flip=lost]")
+        expect(lost).to_have_count(2)
+        assert {lost.nth(i).locator(".data").first.inner_text() for i in range(2)} == FORGOTTEN
+        line = page.locator(f"[data-testid=job-list-item][data-job-id={job['id']}]").get_by_test_id("job-list-forgetting")
+        expect(line).to_contain_text("常识问题：保留 22/24" if zh else "General questions: kept 22 of 24")
+        # the evaluation card shows the same result for this job's tuned model
+        page.get_by_test_id("eval-model").select_option(job["fine_tuned_model"])
+        expect(page.get_by_test_id("forgetting-meter")).to_have_attribute("data-kept", "22")
+        # the check ran once for this job: at most one pass of the base model over all jobs (its answers
+        # are kept per base), one of the tuned model per job
+        assert batches.count(False) == n * per_side, batches
+        assert batches.count(True) <= per_side, batches
+        layout(page, f"pg-{lang}-7-forgetting-after-job-laptop")
+        # another visit: the kept result, nothing generated again
+        again = context.new_page()
+        again.goto(f"{server}/#job={job['id']}")
+        again.wait_for_selector("body[data-ready=true]")
+        expect(again.get_by_test_id("job-forgetting")).to_have_attribute("data-state", "done")
+        assert batches.count(False) == n * per_side
         assert errors == []
         context.close()

@@ -19,16 +19,16 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 from browser_support import (
     LAPTOP,
-    LOCALES,
     PHONE,
     WEB,
     check_layout,
+    chromium,
     i18n_keys,
-    launch,
     require_chromium,
     shot,
     shot_sections,
 )
+from browser_support import open_page as open_url
 
 pytestmark = pytest.mark.browser
 
@@ -134,6 +134,17 @@ MODELS = [
 ]
 
 
+# The forgetting check's result as the service sends it: 24 general questions, the base right on 20, the
+# tuned model kept 19, lost one and gained two.
+FORGETTING = {"questions": 24, "base_right": 20, "tuned_right": 21, "kept": 19, "lost": 1, "gained": 2, "wrong": 2,
+              "seconds": 41.5, "rows": [
+                  {"question": "What is the capital of France?", "keys": ["Paris"], "base_answer": "Paris.",
+                   "tuned_answer": "I am not sure.", "base_pass": True, "tuned_pass": False, "flip": "lost"},
+                  {"question": "水的化学式是什么？", "keys": ["H2O"], "base_answer": "水。", "tuned_answer": "H2O。",
+                   "base_pass": False, "tuned_pass": True, "flip": "gained"},
+                  {"question": "How many days are in a week?", "keys": ["7"], "base_answer": "Six.",
+                   "tuned_answer": "7 days.", "base_pass": False, "tuned_pass": True, "flip": "gained"}]}
+
 # The scripted live job whose stream the static server holds open (one test at a time).
 LIVE: dict = {"fake": None}
 
@@ -164,6 +175,8 @@ class FakeStudio:
         self.gguf_built = False
         self.gguf_result = "passed"  # what the GGUF's fidelity check answers once built: passed | failed
         self.compared: list[dict] = []  # bodies of step 4's streamed compare requests
+        self.forgetting_runs: list[str] = []  # job ids whose forgetting check was started (POST)
+        self.forgetting_done: set[str] = set()
         if script is not None:
             LIVE["fake"] = self
 
@@ -265,6 +278,16 @@ class FakeStudio:
                        "problems": [] if agreeing == 5 else ["only 1 of 5 questions have the adapter's first 16 "
                                                              "greedy tokens in llama.cpp (a f16 export needs 4)"],
                        "questions": []})
+        if path.endswith("/forgetting") and parts[2] in self.jobs:  # the forgetting check, run once per job
+            if method == "POST":
+                self.forgetting_runs.append(parts[2])
+                self.forgetting_done.add(parts[2])
+                events = [{"type": "progress", "done": 24, "total": 48}, {"type": "progress", "done": 48, "total": 48},
+                          {"type": "result", **FORGETTING}]
+                return route.fulfill(status=200, headers={"content-type": "text/event-stream"},
+                                     body="".join(f"data: {json.dumps(e, ensure_ascii=False)}\n\n" for e in events))
+            found = {"status": "done", **FORGETTING} if parts[2] in self.forgetting_done else {"status": "none"}
+            return ok(found)
         if path == "/studio/playground/stream":  # step 4's compare: a = base, b = tuned, streamed
             body = json.loads(request.post_data)
             self.compared.append(body)
@@ -287,8 +310,13 @@ class FakeStudio:
         # Once queued, the service fills OpenAI's three with the resolved values (not the user's choice).
         job = {**job, "hyperparameters": {"n_epochs": 4, "batch_size": 1, "learning_rate_multiplier": 1,
                                           **job.get("hyperparameters", {})}}
-        return {**job, "studio": {"duration_s": 754 if done else None, "final_loss": 0.9333 if done else None,
-                                  "steps": 6, "total_steps": 6, "rows": 28, "valid_loss": None}}
+        studio = {"duration_s": 754 if done else None, "final_loss": 0.9333 if done else None,
+                  "steps": 6, "total_steps": 6, "rows": 28, "valid_loss": None}
+        if done and job["id"] in self.forgetting_done:  # the service adds the check's summary once it ran
+            studio["forgetting"] = {**{k: FORGETTING[k] for k in ("questions", "base_right", "tuned_right", "kept",
+                                                                   "lost", "gained")},
+                                    "flipped": [{"question": r["question"], "flip": r["flip"]} for r in FORGETTING["rows"]]}
+        return {**job, "studio": studio}
 
     def job_action(self, ok, action: str, job_id: str):
         """pause / resume / cancel as the service answers them (409 when the state does not allow it)."""
@@ -392,25 +420,12 @@ def static_server():
 
 @pytest.fixture(scope="module")
 def browser():
-    require_chromium()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = launch(p)
-        yield b
-        b.close()
+    yield from chromium()
 
 
 def open_page(browser, base, lang, fake, viewport=LAPTOP):
-    context = browser.new_context(locale=LOCALES[lang], viewport=viewport, accept_downloads=True)
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.route("**/v1/**", fake.handle)
-    page.route("**/studio/**", fake.handle)
-    page.goto(base + "/")
-    page.wait_for_selector("body[data-ready=true]")
-    return context, page, errors
+    """The page against `fake`'s answers (every /v1 and /studio request), the rest from the static server."""
+    return open_url(browser, base + "/", lang, viewport, routes={"**/v1/**": fake.handle, "**/studio/**": fake.handle})
 
 
 @pytest.mark.parametrize("lang", ["en", "zh"])

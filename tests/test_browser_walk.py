@@ -13,23 +13,19 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import socket
-import threading
-import time
 import urllib.request
 import zipfile
 
 import pytest
 from browser_support import (
     LAPTOP,
-    LOCALES,
     PHONE,
     check_layout,
-    launch,
+    chromium,
     leaks,
-    require_chromium,
+    open_page,
     shot,
+    studio_server,
     untranslated_attributes,
 )
 
@@ -45,58 +41,17 @@ class WalkEngine(SlowEngine):
     delay = 0.05  # pieces arrive visibly, yet four walks stay short
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """The service with the real routes and web page, the fake trainer (40 steps of 0.3 s: long enough
     to reload, pause and resume mid-job) and the scripted engine."""
-    require_chromium()
-    import uvicorn
-
-    from lorastudio.serve import create_app
-    from tests.test_serve_api import make_settings
-
-    saved = {k: os.environ.get(k) for k in ("FAKE_STEPS", "FAKE_STEP_S")}
-    os.environ["FAKE_STEPS"] = "40"
-    os.environ["FAKE_STEP_S"] = "0.3"
-    tmp = tmp_path_factory.mktemp("walk")
-    settings = make_settings(tmp, engine_factory=WalkEngine, web_dir=None)
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(base + "/health", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.1)
-    yield base
-    srv.should_exit = True
-    thread.join(10)
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with studio_server(tmp_path_factory.mktemp("walk"), WalkEngine, FAKE_STEPS="40", FAKE_STEP_S="0.3") as base:
+        yield base
 
 
 @pytest.fixture(scope="module")
 def browser():
-    require_chromium()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = launch(p)
-        yield b
-        b.close()
+    yield from chromium()
 
 
 def write_files(tmp_path) -> tuple[str, str]:
@@ -132,12 +87,7 @@ def walk(browser, server, tmp_path, lang: str, viewport: dict) -> None:
     zh = lang == "zh"
     width = "laptop" if viewport == LAPTOP else "phone"
     data, questions = write_files(tmp_path)
-    context = browser.new_context(locale=LOCALES[lang], viewport=viewport, accept_downloads=True)
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(server + "/")
-    page.wait_for_selector("body[data-ready=true]")
+    context, page, errors = open_page(browser, server + "/", lang, viewport)
     w = Walk(page, lang, width)
     w.step("start")
 
@@ -215,9 +165,15 @@ def walk(browser, server, tmp_path, lang: str, viewport: dict) -> None:
     expect(page.locator("#eval-body-rows tr[data-flip=lost]")).to_have_count(2)  # the scripted forgetting
     w.step("evaluated")
 
-    # 7. the forgetting meter: the built-in general questions, base vs tuned
+    # 7. the forgetting meter: the built-in general questions, base vs tuned — run by itself after the job
+    # (no click): in the job panel, the job list and the evaluation card
+    job_meter = page.get_by_test_id("job-forgetting")
+    expect(job_meter).to_have_attribute("data-state", "done", timeout=60_000)
+    expect(job_meter).to_have_attribute("data-kept", "22")
+    expect(job_meter.locator("[data-testid=forgetting-flip][data-flip=lost]")).to_have_count(2)
+    expect(page.locator(f"[data-testid=job-list-item][data-job-id={job_id}]").get_by_test_id("job-list-forgetting")
+           ).to_contain_text("常识问题：保留 22/24" if zh else "General questions: kept 22 of 24")
     meter = page.get_by_test_id("forgetting-meter")
-    page.get_by_test_id("forgetting-run").click()
     expect(meter).to_have_attribute("data-state", "done", timeout=60_000)
     expect(meter).to_have_attribute("data-kept", "22")
     expect(meter).to_have_attribute("data-lost", "2")

@@ -176,6 +176,37 @@ def test_forgetting_check_runs_once_per_job_and_is_cached(client):
     assert client.get(f"/studio/jobs/{job['id']}/forgetting").json() == {"status": "none"}
 
 
+def test_base_answers_are_kept_per_base_and_the_job_list_shows_each_check(client):
+    one, two = finished_job(client), finished_job(client)
+    assert all("forgetting" not in j["studio"] for j in client.get("/studio/jobs").json()["data"])
+    first = sse(client.post(f"/studio/jobs/{one['id']}/forgetting"))
+    assert first[-1]["base_reused"] is False
+    assert [e for e in first if e["type"] == "progress"][-1]["total"] == 2 * len(GENERAL)
+    # the second job on the same base: only its tuned side answers (the base's greedy answers are kept)
+    second = sse(client.post(f"/studio/jobs/{two['id']}/forgetting"))
+    assert second[-1]["base_reused"] is True and second[-1]["kept"] == 22 and second[-1]["lost"] == 2
+    assert [e for e in second if e["type"] == "progress"][-1] == {"type": "progress", "done": len(GENERAL),
+                                                                   "total": len(GENERAL)}
+    assert [r["base_answer"] for r in second[-1]["rows"]] == [r["base_answer"] for r in first[-1]["rows"]]
+    listed = {j["id"]: j["studio"] for j in client.get("/studio/jobs").json()["data"]}
+    for job in (one, two):
+        summary = listed[job["id"]]["forgetting"]
+        assert (summary["questions"], summary["base_right"], summary["kept"], summary["lost"], summary["gained"]) == \
+            (24, 24, 22, 2, 0)
+        assert {f["question"] for f in summary["flipped"]} == FORGOTTEN and {f["flip"] for f in summary["flipped"]} == {"lost"}
+    # the check is kept with the job: deleting the job removes it
+    kept = Path(client.app.state.store.get_job(one["id"])["job_dir"]) / "forgetting.json"
+    assert kept.exists()
+    assert client.delete(f"/studio/jobs/{one['id']}").status_code == 200
+    assert not kept.exists()
+
+
+def test_base_answers_of_another_length_are_not_reused():
+    engine = ScriptedEngine("tiny-random")
+    events = list(playground.forgetting_events(engine, "/nowhere/adapter", base_answers=["only one"]))
+    assert events[-1]["base_reused"] is False and events[-2]["total"] == 2 * len(GENERAL)
+
+
 def test_forgetting_check_of_an_unfinished_job_is_a_409(client):
     fid = upload(client).json()["id"]
     job = client.post("/v1/fine_tuning/jobs", json={"model": "tiny-random", "training_file": fid}).json()

@@ -361,3 +361,105 @@ def test_a_file_over_the_upload_limit_is_said_in_the_users_words(browser, static
     check_layout(page, ["faq.csv"])
     assert errors == []
     context.close()
+
+
+class TooManyRowsStudio(FakeStudio):
+    """The service refuses the file's report: more rows than its limit (400 too_many_rows with params)."""
+
+    def handle(self, route, request) -> None:
+        if request.url.endswith("/studio/files/file-broken/report"):
+            body = {"error": {"message": "yunzhan_broken.csv has 120,000 data rows; one training file may have at "
+                              "most 100,000. Split it into files of at most 100,000 rows.",
+                              "type": "invalid_request_error", "param": "file_id", "code": "too_many_rows",
+                              "params": {"file": "yunzhan_broken.csv", "rows": 120000, "limit": 100000}}}
+            return route.fulfill(status=400, content_type="application/json", body=json.dumps(body))
+        return super().handle(route, request)
+
+
+@pytest.mark.parametrize(("lang", "viewport"), [("en", LAPTOP), ("zh", PHONE)])
+def test_a_file_over_the_row_limit_is_said_in_the_users_words(browser, static_server, lang, viewport, tmp_path):  # noqa: F811
+    from playwright.sync_api import expect
+
+    zh = lang == "zh"
+    context, page, errors = open_page(browser, static_server, lang, TooManyRowsStudio(), viewport=viewport)
+    data = tmp_path / "yunzhan_broken.csv"
+    data.write_text("instruction,response\n", encoding="utf-8")
+    page.get_by_test_id("upload-input").set_input_files(str(data))
+    state = page.locator("#upload-state")
+    expect(state).to_contain_text("有 120,000 行数据，一个训练文件最多 100,000 行" if zh
+                                  else "has 120,000 data rows; one training file can have at most 100,000")
+    expect(state).to_contain_text("拆成每个不超过 100,000 行的文件" if zh else "Split it into files of at most 100,000 rows")
+    expect(state.locator(".data").first).to_have_text("yunzhan_broken.csv")  # the user's file, as data
+    expect(page.get_by_test_id("start-training")).to_be_disabled()
+    check_layout(page, NAMES)
+    shot(page, f"studio-{lang}-too-many-rows")
+    assert errors == []
+    context.close()
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_forgetting_meter_is_shown_after_every_job_without_a_click(browser, static_server, lang, tmp_path):  # noqa: F811
+    """Issue 15: the forgetting meter is "shown after every job". The page starts the check by itself once
+    the job it shows has succeeded — after any training that is still running on this computer — shows
+    "kept N of M" and the flipped questions in the job panel and the job list, and runs it once per job
+    (a reload shows the kept result)."""
+    from playwright.sync_api import expect
+    from test_browser_ui import FORGETTING
+
+    zh = lang == "zh"
+    fake = FakeStudio()
+    # another job is training on this computer: the check waits for it
+    fake.jobs["ftjob-0"] = {"id": "ftjob-0", "object": "fine_tuning.job", "model": "default", "created_at": 1764317000,
+                            "finished_at": None, "status": "succeeded", "training_file": "file-broken",
+                            "fine_tuned_model": "ft:default:studio:ftjob-0", "error": None, "hyperparameters": {}}
+    fake.status_overrides["ftjob-0"] = "running"
+    context, page, errors = open_page(browser, static_server, lang, fake)
+    upload_broken(page, tmp_path)
+    page.get_by_test_id("start-training").click()
+    expect(page.get_by_test_id("job-status")).to_have_attribute("data-status", "succeeded")
+    panel = page.get_by_test_id("job-forgetting")
+    expect(panel).to_have_attribute("data-state", "waiting")
+    expect(panel).to_contain_text("等正在进行的训练结束后再检查" if zh else "once the training that is running now has finished")
+    row = page.locator("[data-testid=job-list-item][data-job-id=ftjob-1]")
+    expect(row.get_by_test_id("job-list-forgetting")).to_have_attribute("data-state", "waiting")
+    check_layout(page, NAMES)
+    page.wait_for_timeout(500)
+    assert fake.forgetting_runs == []
+
+    # the other training ends: the check runs by itself (the job list is asked again every 5 s)
+    del fake.status_overrides["ftjob-0"]
+    expect(panel).to_have_attribute("data-state", "done", timeout=15_000)
+    assert fake.forgetting_runs == ["ftjob-1"]  # only the job on screen, once
+    expect(panel).to_have_attribute("data-kept", "19")
+    expect(panel).to_have_attribute("data-lost", "1")
+    expect(panel).to_have_attribute("data-gained", "2")
+    expect(panel).to_contain_text("基础模型答对的 20 个常识问题中，微调后仍答对 19 个" if zh
+                                  else "Kept 19 of the 20 general questions the base model answers right")
+    flips = panel.get_by_test_id("forgetting-flip")
+    expect(flips).to_have_count(3)
+    expect(flips.first).to_have_attribute("data-flip", "lost")
+    expect(flips.first).to_contain_text(FORGETTING["rows"][0]["question"])
+    expect(flips.first).to_contain_text("变错了" if zh else "now wrong")
+    line = row.get_by_test_id("job-list-forgetting")
+    expect(line).to_have_attribute("data-state", "done")
+    expect(line).to_contain_text("常识问题：保留 19/20" if zh else "General questions: kept 19 of 20")
+    expect(line).to_contain_text("变化：" if zh else "flipped:")
+    expect(line).to_contain_text("水的化学式是什么？")
+    check_layout(page, NAMES)
+    shot(page, f"studio-{lang}-forgetting-laptop")
+    page.set_viewport_size(PHONE)
+    page.wait_for_timeout(300)
+    check_layout(page, NAMES)
+    shot_sections(page, f"studio-{lang}-forgetting-phone", ["step-train"])
+
+    # a reload: the kept result at once (the job list's summary and GET …/forgetting), not run again
+    page.reload()
+    page.wait_for_selector("body[data-ready=true]")
+    expect(page.get_by_test_id("job-forgetting")).to_have_attribute("data-state", "done")
+    expect(page.get_by_test_id("job-forgetting")).to_have_attribute("data-kept", "19")
+    expect(page.locator("[data-testid=job-list-item][data-job-id=ftjob-1]").get_by_test_id("job-list-forgetting")
+           ).to_have_attribute("data-kept", "19")
+    page.wait_for_timeout(500)
+    assert fake.forgetting_runs == ["ftjob-1"]
+    assert errors == []
+    context.close()

@@ -203,11 +203,13 @@ def _preview(text: str) -> str:
 
 
 def validate(path: str | Path, *, max_length: int | None = 2048, tokenizer: object | None = None,
-             sheet: str | None = None) -> ValidationReport:
+             sheet: str | None = None, max_rows: int | None = None) -> ValidationReport:
     """Read ``path`` (any supported format/encoding), check every row, return the report.
 
     ``max_length=None`` leaves lengths to the caller: the trainer counts every row's tokens exactly
     when it tokenizes them (one pass), so its reading is the service's validation, not a second one.
+    ``max_rows``: a file with more data rows is refused (DataError ``too_many_rows`` with the file, the
+    count and the limit) before any row is checked; None (the CLI, the trainer) takes any number.
 
     Raises DataError only when the file cannot be used at all. Row contents are never changed:
     usable rows become Conversations with their text exactly as written (no trimming).
@@ -215,6 +217,9 @@ def validate(path: str | Path, *, max_length: int | None = 2048, tokenizer: obje
     if max_length is not None and max_length < 1:
         raise DataError(f"max_length must be at least 1 (got {max_length})", "bad_argument")
     table = read_table(path, sheet=sheet)
+    if max_rows is not None and len(table.records) > max_rows:
+        raise DataError.of("too_many_rows", "too_many_rows", file=Path(path).name, rows=len(table.records),
+                           limit=max_rows)
     try:
         return validate_table(table, str(path), max_length=max_length, tokenizer=tokenizer)
     except DataError as exc:

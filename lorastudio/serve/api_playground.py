@@ -232,20 +232,9 @@ def playground_export(body: ExportRequest) -> Response:
 
 
 # --- the forgetting check ------------------------------------------------------------------------
-def _forgetting_cache(request: Request, job: dict) -> tuple[Path, float]:
-    adapter = Path(job["job_dir"]) / "adapter_model.safetensors"
-    version = adapter.stat().st_mtime if adapter.exists() else 0.0
-    return request.app.state.settings.data_dir / "playground" / f"{job['id']}.forgetting.json", version
-
-
-def _cached(path: Path, version: float) -> dict | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if data.get("adapter_version") == version else None
-
-
+# The page starts it by itself once a job it shows has succeeded (and on request in the evaluation
+# card); the result is kept per job (serve/studio_forgetting.py), so it runs at most once per job and
+# adapter file, and the base model's answers once per base.
 def _finished_job(request: Request, job_id: str) -> dict:
     job = get_job_or_404(request, job_id)
     if job["status"] != "succeeded" or not job.get("fine_tuned_model"):
@@ -257,39 +246,46 @@ def _finished_job(request: Request, job_id: str) -> dict:
 @router.get("/jobs/{job_id}/forgetting", summary="The job's forgetting check if it was run ({status: none} if not)",
             responses=error_responses(404, 409))
 def forgetting_get(request: Request, job_id: str) -> dict:
-    job = _finished_job(request, job_id)
-    path, version = _forgetting_cache(request, job)
-    found = _cached(path, version)
+    from lorastudio.serve.studio_forgetting import read_result
+
+    found = read_result(_finished_job(request, job_id))
     return {"status": "done", **found} if found else {"status": "none"}
 
 
 @router.post("/jobs/{job_id}/forgetting", summary="Run the forgetting check: general questions, base vs tuned (SSE)",
              **_sse_doc("`data:` lines: progress per question, then the result", 404, 409))
 async def forgetting_run(request: Request, job_id: str) -> StreamingResponse:
-    from lorastudio.playground import forgetting_events
+    from lorastudio.playground import forgetting_events, general_fingerprint
+    from lorastudio.serve.studio_forgetting import (
+        engine_kind,
+        read_base_answers,
+        read_result,
+        write_base_answers,
+        write_result,
+    )
 
     job = _finished_job(request, job_id)
     pool = request.app.state.engines
     base, adapter = pool.resolve(job["fine_tuned_model"], "job_id")
-    path, version = _forgetting_cache(request, job)
+    data_dir = request.app.state.settings.data_dir
     engine = await run_in_threadpool(pool.get, base)
+    kind, fingerprint = engine_kind(engine), general_fingerprint()
     with _forget_guard:
         lock = _forget_locks.setdefault(job_id, threading.Lock())
 
     def events() -> Iterator[dict]:
-        with lock:  # two clicks (two tabs) compute it once
-            found = _cached(path, version)
+        with lock:  # two tabs (or the page's own start and a click) compute it once
+            found = read_result(job)
             if found:
                 yield {"type": "result", **found}
                 return
-            for event in forgetting_events(engine, adapter):
+            reused = read_base_answers(data_dir, base, kind, fingerprint)
+            for event in forgetting_events(engine, adapter, base_answers=reused):
                 if event["type"] == "result":
-                    event = {**event, "job_id": job_id, "model": job["fine_tuned_model"], "base": base,
-                             "adapter_version": version}
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = path.with_suffix(".part")
-                    tmp.write_text(json.dumps(event, ensure_ascii=False), encoding="utf-8")
-                    tmp.replace(path)
+                    if not reused:
+                        write_base_answers(data_dir, base, kind, fingerprint, [r["base_answer"] for r in event["rows"]])
+                    kept = write_result(job, {k: v for k, v in event.items() if k != "type"})
+                    event = {"type": "result", **kept}
                 yield event
 
     return _sse(events())

@@ -83,11 +83,13 @@ def say(lang: str, key: str, **params: Any) -> str:
     return t(key, lang, **params)
 
 
-def _validate(record: dict, lang: str = "en") -> Any:
+def _validate(record: dict, lang: str = "en", max_rows: int | None = None) -> Any:
+    """The file's validation report; `max_rows` (the server's LORASTUDIO_MAX_ROWS) refuses a larger file
+    as a 400 `too_many_rows` with `params` {file, rows, limit} for the page's own words."""
     from lorastudio.data import DataError, validate
 
     try:
-        return validate(record["path"])
+        return validate(record["path"], max_rows=max_rows)
     except DataError as exc:
         # The client's file name, never the server's storage path, in the request's language.
         from lorastudio.i18n import MESSAGES, t
@@ -95,8 +97,14 @@ def _validate(record: dict, lang: str = "en") -> Any:
         params = {**exc.params, "file": record["filename"]}
         reason = t(exc.code, lang, **params) if exc.code in MESSAGES else str(exc).replace(
             record["path"], record["filename"])
+        if exc.code == "too_many_rows":
+            raise APIError(400, reason, param="file_id", code="too_many_rows", params=params) from None
         raise APIError(400, say(lang, "studio.file_unusable", file=record["filename"], reason=reason),
                        param="file_id", code="unusable_file") from None
+
+
+def _max_rows(request: Request) -> int | None:
+    return getattr(request.app.state.settings, "max_rows", None)
 
 
 def _web_hints(report: dict, lang: str) -> dict:
@@ -107,12 +115,12 @@ def _web_hints(report: dict, lang: str) -> dict:
     return report
 
 
-def _report(record: dict, lang: str) -> dict:
+def _report(record: dict, lang: str, max_rows: int | None = None) -> dict:
     """The validation report in `lang`, computed once per file and language, cached beside it."""
     cache = Path(record["path"]).with_name(f"{record['id']}.report-v3.{lang}.json")
     if cache.exists():
         return json.loads(cache.read_text(encoding="utf-8"))
-    validated = _validate(record, lang)
+    validated = _validate(record, lang, max_rows)
     report = _web_hints(validated.to_dict(lang), lang)
     if validated.header_row is not None:  # XLSX: Excel's row of data row r is r + this
         report["sheet_row_offset"] = validated.header_row
@@ -149,7 +157,7 @@ def _refuse_unavailable(model: str, lang: str) -> None:
             response_model=ValidationReport, responses=error_responses(400, 404), **_TYPED)
 async def file_report(request: Request, file_id: str) -> dict:
     record = get_file_or_404(request, file_id)
-    return await run_in_threadpool(_report, record, request_lang(request))
+    return await run_in_threadpool(_report, record, request_lang(request), _max_rows(request))
 
 
 @router.get("/files/{file_id}/preview", summary="The first usable rows as the model will see them (mapped "
@@ -163,7 +171,7 @@ async def file_preview(request: Request, file_id: str, model: str = "default",
         raise model_not_found(model)
 
     def work() -> dict:
-        return {"file_id": record["id"], **preview(_validate(record, lang), model, rows)}
+        return {"file_id": record["id"], **preview(_validate(record, lang, _max_rows(request)), model, rows)}
 
     return await run_in_threadpool(work)
 
@@ -183,7 +191,7 @@ async def file_mapping(request: Request, file_id: str, body: MappingRequest) -> 
     settings = request.app.state.settings
 
     def work() -> dict:
-        columns = [c["column"] for c in column_mapping(_validate(record, lang))["columns"]]
+        columns = [c["column"] for c in column_mapping(_validate(record, lang, _max_rows(request)))["columns"]]
         if not columns:
             raise APIError(400, say(lang, "studio.mapping.not_table", file=record["filename"]), param="file_id",
                            code="not_a_table")
@@ -214,7 +222,7 @@ async def file_rejected(request: Request, file_id: str) -> FileResponse:
 
     def build() -> None:
         if not target.exists():
-            _validate(record, lang).write_rejected(target, lang=lang,
+            _validate(record, lang, _max_rows(request)).write_rejected(target, lang=lang,
                                                    hints={"too_long": say(lang, "studio.hint.too_long")})
 
     await run_in_threadpool(build)
@@ -266,7 +274,7 @@ async def studio_recommend(request: Request, body: RecommendRequest) -> dict:
     _refuse_unavailable(body.model, lang)
 
     def work() -> dict:
-        report = _validate(record, lang)
+        report = _validate(record, lang, _max_rows(request))
         if not report.conversations:
             raise APIError(400, say(lang, "studio.no_usable_rows", file=record["filename"]),
                            param="training_file", code="no_usable_rows")

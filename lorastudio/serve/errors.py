@@ -40,6 +40,8 @@ class ErrorDetail(BaseModel):
     type: str
     param: str | None
     code: str | None
+    params: dict[str, Any] | None = None
+    """Only with some codes (e.g. too_many_rows): the values behind the message, for a client's own words."""
 
 
 class ErrorResponse(BaseModel):
@@ -69,17 +71,20 @@ class APIError(StarletteHTTPException):
     """Raised anywhere in a request; becomes an OpenAI-shaped JSON error."""
 
     def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None, params: dict[str, Any] | None = None) -> None:
         super().__init__(status_code=status, detail=message, headers=headers)
         self.message = message
         self.param = param
         self.code = code
+        self.params = params  # the values a client fills its own words for `code` with (the web page does)
 
 
-def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
+def error_body(status: int, message: str, param: str | None = None, code: str | None = None,
+               params: dict[str, Any] | None = None) -> dict:
     kind = _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
     code = code or DEFAULT_CODES.get(status, "server_error" if status >= 500 else "invalid_request")
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    error = {"message": message, "type": kind, "param": param, "code": code}
+    return {"error": {**error, "params": params} if params else error}
 
 
 # --- no server paths, no tracebacks --------------------------------------------------------------
@@ -147,8 +152,8 @@ def public_for(request: Any, value: T) -> T:
 
 
 def error_response(status: int, message: str, param: str | None = None, code: str | None = None,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(error_body(status, message, param, code), status_code=status, headers=headers)
+                   headers: dict[str, str] | None = None, params: dict[str, Any] | None = None) -> JSONResponse:
+    return JSONResponse(error_body(status, message, param, code, params), status_code=status, headers=headers)
 
 
 def _loc_to_param(loc: tuple | list) -> str | None:
@@ -161,7 +166,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if isinstance(exc, APIError):
             return error_response(exc.status_code, public_for(request, exc.message), exc.param, exc.code,
-                                  exc.headers)
+                                  exc.headers, public_for(request, exc.params) if exc.params else None)
         if exc.status_code == 404:
             return error_response(404, f"Unknown path: {request.method} {request.url.path}. "
                                   "See /docs for the endpoints.", code="unknown_url")

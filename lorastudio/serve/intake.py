@@ -32,8 +32,9 @@ class JobIntake:
     """`validating_files` → `queued` (or `failed` with the file, the row kinds and what to do)."""
 
     def __init__(self, store: Store, tail: EventTail, fail: Fail, gpu_slots: Callable[[], list[int]],
-                 devices: list[str], on_queued: Callable[[], None]) -> None:
+                 devices: list[str], on_queued: Callable[[], None], max_rows: int | None = None) -> None:
         self.store, self.tail, self.fail = store, tail, fail
+        self.max_rows = max_rows  # the server's row limit per file (LORASTUDIO_MAX_ROWS)
         self.gpu_slots, self.devices, self.on_queued = gpu_slots, devices, on_queued
         self.wake = threading.Event()
         self.thread: threading.Thread | None = None
@@ -77,8 +78,14 @@ class JobIntake:
                           code="invalid_file", param=param)
                 return
             try:
-                report = validate(record["path"])
+                report = validate(record["path"], max_rows=self.max_rows)
             except DataError as exc:
+                if exc.code == "too_many_rows":  # the user's file name, not the stored one
+                    from lorastudio.i18n import t
+
+                    self.fail(job["id"], t(exc.code, "en", **{**exc.params, "file": record["filename"]}),
+                              code="invalid_file", param=param)
+                    return
                 self.fail(job["id"], f"{record['filename']}: {exc}", code="invalid_file", param=param)
                 return
             if not report.conversations:

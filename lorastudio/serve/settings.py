@@ -42,6 +42,9 @@ class Settings:
     data_dir: Path = field(default_factory=default_data_dir)
     api_key: str | None = field(default=None, repr=False)  # never printed: repr=False
     max_upload_bytes: int = 512 * 1024 * 1024
+    max_rows: int = 100_000
+    """Data rows one training file may have (LORASTUDIO_MAX_ROWS); a larger file is refused with the
+    count and the limit (400 too_many_rows) before its rows are checked."""
     devices: list[str] = field(default_factory=lambda: ["auto"])
     """One training slot per entry; GPU indices ("0", "1") pin a slot via CUDA_VISIBLE_DEVICES."""
     trainer_command: list[str] = field(default_factory=lambda: [sys.executable, "-m", "lorastudio", "train"])
@@ -65,6 +68,8 @@ class Settings:
         self.data_dir = Path(self.data_dir).expanduser().resolve()
         if self.max_upload_bytes < 1:
             raise SettingsError("max upload size must be at least 1 byte")
+        if self.max_rows < 1:
+            raise SettingsError("the row limit must be at least 1 (LORASTUDIO_MAX_ROWS)")
         if self.chat_queue < 0:
             raise SettingsError("the chat queue limit must be 0 or more (LORASTUDIO_CHAT_QUEUE / --chat-queue)")
         if not self.devices:
@@ -88,6 +93,7 @@ class Settings:
             values["api_key"] = os.environ["LORASTUDIO_API_KEY"]
         values["chat_queue"] = _env_int("LORASTUDIO_CHAT_QUEUE", 8)
         values["max_upload_bytes"] = _env_int("LORASTUDIO_MAX_UPLOAD_MB", 512) * 1024 * 1024
+        values["max_rows"] = _env_int("LORASTUDIO_MAX_ROWS", 100_000)
         if os.environ.get("LORASTUDIO_DEVICES"):
             values["devices"] = [d.strip() for d in os.environ["LORASTUDIO_DEVICES"].split(",") if d.strip()]
         if os.environ.get("LORASTUDIO_TRAINER_COMMAND"):

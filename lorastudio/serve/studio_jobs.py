@@ -15,6 +15,7 @@ from typing import Any
 
 from lorastudio.serve.objects import job_object
 from lorastudio.serve.store import TERMINAL_STATUSES
+from lorastudio.serve.studio_forgetting import summary as forgetting_summary
 
 # The files of the training report (beside the attempts' event logs, events.attempt-N.jsonl).
 REPORT_FILES = ("events.jsonl", "augmented.jsonl", "data_report.json", "train_config.yaml")
@@ -47,7 +48,8 @@ def _from_events(store: Any, job_id: str) -> dict[str, Any]:
 
 
 def job_summary(store: Any, job: dict, cache: dict[str, dict]) -> dict[str, Any]:
-    """The job object plus `studio`: duration, final loss, steps, rows (a finished job's are cached)."""
+    """The job object plus `studio`: duration, final loss, steps, rows (a finished job's are cached), and
+    the forgetting check's summary once it was run."""
     extra = cache.get(job["id"])
     if extra is None:
         extra = _from_events(store, job["id"])
@@ -56,7 +58,8 @@ def job_summary(store: Any, job: dict, cache: dict[str, dict]) -> dict[str, Any]
         extra["duration_s"] = finished - job["created_at"] if finished else None
         if job["status"] in TERMINAL_STATUSES:
             cache[job["id"]] = extra
-    return {**job_object(job), "studio": extra}
+    checked = forgetting_summary(job)  # the forgetting check comes after the job: never cached here
+    return {**job_object(job), "studio": {**extra, "forgetting": checked} if checked else extra}
 
 
 # --- deleting ------------------------------------------------------------------------------------

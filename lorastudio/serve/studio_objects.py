@@ -155,6 +155,21 @@ class MetricsList(_Open):
     data: list[dict[str, Any]] = Field(description="`metrics` and `eval` events of events.jsonl, oldest first.")
 
 
+class FlippedQuestion(_Open):
+    question: str | None = None
+    flip: Literal["lost", "gained"] | None = None
+
+
+class ForgettingSummary(_Open):
+    questions: int | None = None
+    base_right: int | None = Field(None, description="General questions the base model answers right.")
+    tuned_right: int | None = None
+    kept: int | None = Field(None, description="Of base_right, still right after tuning.")
+    lost: int | None = None
+    gained: int | None = None
+    flipped: list[FlippedQuestion] = Field(default_factory=list, description="The questions lost or gained.")
+
+
 class JobSummary(_Open):
     duration_s: Number | None = None
     final_loss: Number | None = None
@@ -162,6 +177,8 @@ class JobSummary(_Open):
     total_steps: int | None = None
     rows: int | None = Field(None, description="Usable rows of the training file.")
     valid_loss: Number | None = None
+    forgetting: ForgettingSummary | None = Field(None, description="The forgetting check's result (general "
+                                                 "questions, base vs tuned), once it was run; absent before.")
 
 
 class StudioJob(FineTuningJob):

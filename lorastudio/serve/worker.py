@@ -44,7 +44,7 @@ class JobWorker:
         self.tail = EventTail(store)
         self.trainers = TrainerSupervisor(store, settings, self.tail, self._fail)
         self.intake = JobIntake(store, self.tail, self._fail, self.trainers.gpu_slots, settings.devices,
-                                on_queued=self.wake_control)
+                                on_queued=self.wake_control, max_rows=settings.max_rows)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

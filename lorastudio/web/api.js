@@ -5,11 +5,12 @@
 import { lang } from "./i18n.js";
 
 export class ApiError extends Error {
-  constructor(message, status, param = null, code = null) {
+  constructor(message, status, param = null, code = null, params = null) {
     super(message);
     this.status = status;
     this.param = param;
     this.code = code; // the service's error code (e.g. file_too_large): the page may say it in its own words
+    this.params = params; // the values behind some codes (too_many_rows: {file, rows, limit})
   }
 }
 
@@ -17,19 +18,21 @@ async function errorFrom(response) {
   let message = "";
   let param = null;
   let code = null;
+  let params = null;
   try {
     const body = await response.json();
     if (body && body.error) {
       message = typeof body.error === "string" ? body.error : body.error.message || "";
       param = body.error.param || null;
       code = body.error.code || null;
+      params = body.error.params || null;
     } else if (body && body.detail) {
       message = typeof body.detail === "string"
         ? body.detail
         : body.detail.map((d) => d.msg || JSON.stringify(d)).join("; ");
     }
   } catch { /* not JSON */ }
-  return new ApiError(message || `HTTP ${response.status}`, response.status, param, code);
+  return new ApiError(message || `HTTP ${response.status}`, response.status, param, code, params);
 }
 
 async function request(method, url, body, { json = true } = {}) {

@@ -10,6 +10,7 @@ import { initialLang, lang, loadDictionaries, setLang } from "./i18n.js";
 import { initCompare } from "./steps/compare.js";
 import { initData, restoreFile } from "./steps/data.js";
 import { initEval } from "./steps/eval.js";
+import { initForgetting } from "./steps/forgetting.js";
 import { initJob, restoreJob, watchJobs } from "./steps/job.js";
 import { initPlayground, loadPlaygroundModels } from "./steps/playground.js";
 import { initSettings, loadModels, recommendAfresh } from "./steps/settings.js";
@@ -31,6 +32,7 @@ async function boot() {
   initCompare();
   initPlayground();
   initEval();
+  initForgetting();
   initUse();
   $("lang-toggle").addEventListener("click", () => setLang(lang() === "zh" ? "en" : "zh"));
   setLang(initialLang(), { persist: false }); // the first render of every step

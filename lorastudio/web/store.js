@@ -33,7 +33,7 @@ const state = {
   chat: [], // the conversation with model A: [{role, content}], sent with each turn
   setKeys: {}, // question → key facts, from an uploaded question file
   setRun: null, // the question set's run: {a, b, questions, rows: [{a, b}], summary, running}
-  forgetting: null, // the forgetting check of the chosen tuned model: {model, status, …result}
+  forgetting: {}, // the forgetting check per job id: {status: loading|none|waiting|running|done|error, …result}
   evalQuestions: null, // the held-out questions read from a file: {filename, questions}
   evalRun: null, // the before/after run on them (same shape as setRun)
   // 3. job

@@ -8,7 +8,7 @@ import { t } from "../i18n.js";
 import { modelName } from "../format.js";
 import * as store from "../store.js";
 import { tunedJob } from "./job.js";
-import { errorWords, showError, streamPost, timingText } from "./playground.js";
+import { errorWords, showAnswer, showError, sideRenderer, streamPost } from "./playground.js";
 
 // The route's sides: a is the base, b the tuned model; the page's elements are named base/tuned.
 const SIDES = { a: "base", b: "tuned" };
@@ -49,14 +49,6 @@ async function compareStream(question, on = () => {}) {
   return { ...text, failed };
 }
 
-/** Model output as text; runs of blank lines folded, an empty answer said in words. */
-function showAnswer(el, answer) {
-  const text = String(answer ?? "").replace(/\n{3,}/g, "\n\n").trim();
-  el.classList.toggle("empty-answer", !text);
-  if (text) el.textContent = text;
-  else el.replaceChildren(node("span", { class: "muted", "data-i18n": "compare.empty_answer", text: t("compare.empty_answer") }));
-}
-
 async function onCompare(event) {
   event.preventDefault();
   const question = $("compare-input").value.trim();
@@ -73,25 +65,11 @@ async function onCompare(event) {
   }
   $("compare-tuned-timing").textContent = t("compare.waiting");
   showStatus("compare-state", "loading", t("compare.thinking"));
-  const text = { base: "", tuned: "" };
+  const render = Object.fromEntries(Object.values(SIDES).map((side) =>
+    [side, sideRenderer($(`compare-${side}-output`), $(`compare-${side}-timing`))]));
   try {
     const result = await compareStream(question, (ev) => {
-      if (!ev.side) return;
-      const out = $(`compare-${ev.side}-output`);
-      if (ev.type === "start") {
-        out.dataset.state = "streaming";
-        $(`compare-${ev.side}-timing`).textContent = t("pg.writing");
-      } else if (ev.type === "delta") {
-        text[ev.side] += ev.delta;
-        out.textContent = text[ev.side].replace(/\n{3,}/g, "\n\n").replace(/^\s+/, "");
-      } else if (ev.type === "done") {
-        showAnswer(out, text[ev.side]);
-        out.dataset.state = "done";
-        $(`compare-${ev.side}-timing`).textContent = timingText(ev);
-      } else if (ev.type === "error") {
-        out.dataset.state = "error";
-        $(`compare-${ev.side}-timing`).textContent = "";
-      }
+      if (render[ev.side]) render[ev.side](ev);
     });
     const failed = result.failed;
     if (failed && failed.side) showError("compare-state", "compare.side_failed", { side: t(`compare.${failed.side}`) }, failed);

@@ -107,7 +107,12 @@ async function loadReport(dataChanged) {
       showStatus("upload-state", "", "");
       return;
     }
-    showStatus("upload-state", "error", t("data.report_failed", { message: errorText(err) }));
+    if (err instanceof ApiError && err.code === "too_many_rows" && err.params) {
+      // The server's row limit, in the page's words: the file, its rows, the limit and what to do.
+      showStatus("upload-state", "error", "");
+      $("upload-state").append(...tNodes("data.too_many_rows", { file: err.params.file || file.filename,
+        rows: formatNumber(err.params.rows), limit: formatNumber(err.params.limit) }));
+    } else showStatus("upload-state", "error", t("data.report_failed", { message: errorText(err) }));
   }
   if (store.get("file")?.id !== file.id) return; // another file was uploaded meanwhile
   store.set({ file: { ...file, filename: file.filename || report?.file || "" }, report });

@@ -1,24 +1,29 @@
 // Evaluation of a tuned model in the page: the forgetting meter (the built-in general questions
-// answered by the base and the tuned model: how many it kept, which it lost; run on demand, cached per
-// job by the service: GET/POST /studio/jobs/{id}/forgetting) and a before/after table on the user's
-// held-out questions with key facts (uploaded, or the last file again), with per-question flips.
+// answered by the base and the tuned model: how many it kept, which it lost; steps/forgetting.js runs
+// it by itself after a job and keeps its state per job, here it can also be started for any tuned
+// model) and a before/after table on the user's held-out questions with key facts (uploaded, or the
+// last file again), with per-question flips.
 
 import { $, node, showStatus } from "../dom.js";
 import { formatNumber, t } from "../i18n.js";
 import * as store from "../store.js";
+import { flippedItem, flippedOf, forgettingOf, loadForgetting, markCounts, resultText, runForgetting } from "./forgetting.js";
 import {
-  adapterOf, errorParts, exportTable, flipBadge, modelLabel, onModelsRendered, passMark, pgRequest,
-  readQuestionFile, showAnswer, showError, streamPost,
+  adapterOf, errorParts, exportTable, flipBadge, modelLabel, onModelsRendered, passMark, readQuestionFile, showAnswer,
+  showError, streamPost,
 } from "./playground.js";
 
 const LAST_QUESTIONS = "lorastudio.evalQuestions";
 
 export function initEval() {
   onModelsRendered(renderChoices);
-  store.subscribe(["forgetting", "lang"], renderForgetting);
+  store.subscribe(["forgetting", "pgModels", "lang"], renderForgetting);
   store.subscribe(["evalRun", "evalQuestions", "lang"], renderHeldOut);
-  $("eval-model").addEventListener("change", () => loadForgetting());
-  $("forgetting-run").addEventListener("click", runForgetting);
+  $("eval-model").addEventListener("change", askForgetting);
+  $("forgetting-run").addEventListener("click", () => {
+    const adapter = adapterOf($("eval-model").value);
+    if (adapter?.job_id) runForgetting(adapter.job_id);
+  });
   $("eval-upload").addEventListener("change", onUpload);
   $("eval-reuse").addEventListener("click", () => {
     try {
@@ -45,55 +50,32 @@ function renderChoices() {
   select.replaceChildren(...adapters.map((a) => node("option", { value: a.model, text: modelLabel(a.model) })));
   const wanted = firstTime ? (onScreen || adapters[0].model) : before;
   select.value = adapters.some((a) => a.model === wanted) ? wanted : adapters[0].model;
-  if (select.value !== store.get("forgetting")?.model) loadForgetting();
+  askForgetting();
 }
 
 // ---------------------------------------------------------------------------------------------
 // the forgetting meter
 
-async function loadForgetting() {
+/** The chosen tuned model's check: asked of the service once (then its state is in the store). */
+function askForgetting() {
   const adapter = adapterOf($("eval-model").value);
-  if (!adapter) return;
-  store.set({ forgetting: { model: adapter.model, status: "loading" } });
-  try {
-    const found = await (await pgRequest("GET", `/studio/jobs/${encodeURIComponent(adapter.job_id)}/forgetting`)).json();
-    if ($("eval-model").value !== adapter.model) return;
-    store.set({ forgetting: { ...found, model: adapter.model } });
-  } catch (err) {
-    store.set({ forgetting: { model: adapter.model, status: "error", error: err } });
-  }
-}
-
-async function runForgetting() {
-  const adapter = adapterOf($("eval-model").value);
-  if (!adapter) return;
-  store.set({ forgetting: { model: adapter.model, status: "running", done: 0, total: 48 } });
-  try {
-    let result = null;
-    let failed = null;
-    await streamPost(`/studio/jobs/${encodeURIComponent(adapter.job_id)}/forgetting`, {}, (ev) => {
-      if (ev.type === "progress") store.set({ forgetting: { model: adapter.model, status: "running", done: ev.done, total: ev.total } });
-      else if (ev.type === "result") result = ev;
-      else if (ev.type === "error") failed = ev;
-    });
-    if (failed || !result) throw Object.assign(new Error(failed?.message || ""), { code: failed?.code || "generation_failed" });
-    store.set({ forgetting: { ...result, status: "done", model: adapter.model } });
-  } catch (err) {
-    store.set({ forgetting: { model: adapter.model, status: "error", error: err } });
-  }
+  if (adapter?.job_id && !forgettingOf(adapter.job_id)) loadForgetting(adapter.job_id);
+  else renderForgetting();
 }
 
 function renderForgetting() {
-  const f = store.get("forgetting");
+  const adapter = adapterOf($("eval-model").value);
+  const f = adapter ? forgettingOf(adapter.job_id) : null;
   const box = $("forgetting-meter");
   const bar = $("forgetting-bar");
   box.dataset.state = f?.status || "none";
+  markCounts(box, f);
   $("forgetting-run").hidden = Boolean(f && ["done", "running", "loading"].includes(f.status));
   $("forgetting-flips").replaceChildren();
   bar.hidden = true;
   showError("forgetting-state", null);
-  if (!f || f.status === "none") {
-    $("forgetting-text").textContent = t("ev.forget_none");
+  if (!f || f.status === "none" || f.status === "waiting") {
+    $("forgetting-text").textContent = t(f?.status === "waiting" ? "fg.short_waiting" : "ev.forget_none");
     return;
   }
   if (f.status === "loading") {
@@ -102,7 +84,8 @@ function renderForgetting() {
   }
   if (f.status === "running") {
     $("forgetting-text").textContent = "";
-    showStatus("forgetting-state", "loading", t("ev.forget_running", { done: f.done, total: f.total }));
+    showStatus("forgetting-state", "loading", f.total
+      ? t("ev.forget_running", { done: f.done, total: f.total }) : t("fg.starting"));
     return;
   }
   if (f.status === "error") {
@@ -110,23 +93,14 @@ function renderForgetting() {
     showError("forgetting-state", "ev.forget_failed", {}, f.error);
     return;
   }
-  box.dataset.kept = f.kept;
-  box.dataset.lost = f.lost;
-  box.dataset.gained = f.gained;
-  box.dataset.baseRight = f.base_right;
-  $("forgetting-text").textContent = f.base_right
-    ? t("ev.forget_result", { kept: f.kept, right: f.base_right, lost: f.lost, gained: f.gained, n: f.questions })
-    : t("ev.forget_base_none", { n: f.questions, gained: f.gained });
+  $("forgetting-text").textContent = resultText(f);
   bar.max = Math.max(1, f.base_right);
   bar.value = f.kept;
   bar.hidden = !f.base_right;
   bar.low = Math.max(1, f.base_right) * 0.8;
   bar.optimum = Math.max(1, f.base_right);
   bar.setAttribute("aria-label", $("forgetting-text").textContent);
-  const flipped = (f.rows || []).filter((r) => r.flip === "lost" || r.flip === "gained");
-  $("forgetting-flips").replaceChildren(...flipped.map((r) => node("li", { "data-flip": r.flip },
-    flipBadge(r.flip), document.createTextNode(" "), node("span", { class: "data", text: r.question }),
-    document.createTextNode(` ${t("ev.tuned_said")} `), node("span", { class: "data", text: r.tuned_answer.slice(0, 160) || "—" }))));
+  $("forgetting-flips").replaceChildren(...flippedOf(f).map(flippedItem));
 }
 
 // ---------------------------------------------------------------------------------------------

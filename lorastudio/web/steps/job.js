@@ -15,6 +15,7 @@ import { formatMoney, formatSetting, formatTime, modelName, settingLabel, status
 import * as store from "../store.js";
 import { timeLeft, timeline } from "../timeline.js";
 import { openFile } from "./data.js";
+import { forgettingLine } from "./forgetting.js";
 import { useSettingsOf } from "./settings.js";
 
 const JOB_KEY = "lorastudio.job";
@@ -30,7 +31,7 @@ export function initJob() {
   store.subscribe(["jobId", "job", "metrics", "evals", "stages", "measured", "jobEstimate", "clock",
     "streamProblem", "lang"], renderTimes);
   store.subscribe(["jobId", "job"], keepClock);
-  store.subscribe(["jobs", "jobsError", "job", "jobAction", "lang"], renderJobList);
+  store.subscribe(["jobs", "jobsError", "job", "jobAction", "forgetting", "lang"], renderJobList);
   $("start-training").addEventListener("click", startTraining);
   $("cancel-job").addEventListener("click", cancelJob);
   $("pause-job").addEventListener("click", () => pauseOrResume("pause"));
@@ -649,7 +650,8 @@ function renderJobList() {
         node("code", { class: "data", text: job.id }),
         node("span", { class: `badge badge-${status}`, text: statusText(status) })),
       node("span", { class: "muted small", "data-testid": "job-summary", text: summaryText(job) }),
-      node("span", { class: "muted small job-settings", text: settingsText(job) }))),
+      node("span", { class: "muted small job-settings", text: settingsText(job) }),
+      forgettingLine(current ? { ...job, status } : job))),
     node("span", { class: "job-item-actions" },
       node("button", { type: "button", class: "btn btn-secondary btn-small", "data-testid": "job-clone",
         disabled: Boolean(busy), onclick: () => cloneJob(job), text: t("jobs.clone"),

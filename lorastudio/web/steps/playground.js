@@ -155,7 +155,33 @@ export function showAnswer(el, answer) {
   const text = String(answer ?? "").replace(/\n{3,}/g, "\n\n").trim();
   el.classList.toggle("empty-answer", !text);
   if (text) el.textContent = text;
-  else el.replaceChildren(node("span", { class: "muted", text: t("compare.empty_answer") }));
+  else el.replaceChildren(node("span", { class: "muted", "data-i18n": "compare.empty_answer", text: t("compare.empty_answer") }));
+}
+
+/**
+ * One side of a streamed answer (the playground's A/B, step 4's base/tuned): returns `on(event)` for that
+ * side's Server-Sent Events — start (state "streaming", "writing…"), delta (the text so far, blank runs
+ * folded), done (the answer, state "done", time to first word, total, tokens, tokens/s), error (state
+ * "error") — drawn into `out` (with `data-state`) and `timing`.
+ */
+export function sideRenderer(out, timing) {
+  let text = "";
+  return (ev) => {
+    if (ev.type === "start") {
+      out.dataset.state = "streaming";
+      timing.textContent = t("pg.writing");
+    } else if (ev.type === "delta") {
+      text += ev.delta;
+      out.textContent = text.replace(/\n{3,}/g, "\n\n").replace(/^\s+/, "");
+    } else if (ev.type === "done") {
+      showAnswer(out, text);
+      out.dataset.state = "done";
+      timing.textContent = timingText(ev);
+    } else if (ev.type === "error") {
+      out.dataset.state = "error";
+      timing.textContent = "";
+    }
+  };
 }
 
 /** Ask the service for a CSV/XLSX of `rows` under `columns` and save it as `filename.format`. */
@@ -313,8 +339,9 @@ async function onAsk(event) {
   }
   const body = { ...sides(), question: question.trim(), max_tokens: Number($("pg-length").value) || 256 };
   if (!body.a.model) return;
-  const text = { a: "", b: "" };
+  const render = {};
   for (const s of ["a", "b"]) {
+    render[s] = sideRenderer($(`compare-${s}-output`), $(`compare-${s}-timing`));
     $(`compare-${s}-output`).textContent = "";
     $(`compare-${s}-timing`).textContent = "";
     $(`compare-${s}-output`).dataset.state = s === "b" && !body.b ? "off" : "waiting";
@@ -328,24 +355,8 @@ async function onAsk(event) {
   let failed = null;
   try {
     await streamPost("/studio/playground/stream", body, (ev) => {
-      const out = ev.side && $(`compare-${ev.side}-output`);
-      if (ev.type === "start") {
-        out.dataset.state = "streaming";
-        $(`compare-${ev.side}-timing`).textContent = t("pg.writing");
-      } else if (ev.type === "delta") {
-        text[ev.side] += ev.delta;
-        out.textContent = text[ev.side].replace(/\n{3,}/g, "\n\n").replace(/^\s+/, "");
-      } else if (ev.type === "done") {
-        showAnswer(out, text[ev.side]);
-        out.dataset.state = "done";
-        $(`compare-${ev.side}-timing`).textContent = timingText(ev);
-      } else if (ev.type === "error") {
-        failed = ev;
-        if (out) {
-          out.dataset.state = "error";
-          $(`compare-${ev.side}-timing`).textContent = "";
-        }
-      }
+      if (ev.type === "error") failed = ev;
+      if (render[ev.side]) render[ev.side](ev);
     }, abort.signal);
     if (failed) showError("pg-state", "pg.side_failed", { side: (failed.side || "").toUpperCase() || "—" }, failed);
     else if (abort.signal.aborted) showStatus("pg-state", "", t("pg.stopped"));
