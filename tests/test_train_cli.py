@@ -63,6 +63,31 @@ def test_recommended_settings_are_printed_and_used(tmp_path, small_model_dir, ca
     assert (out / "adapter_model.safetensors").is_file()
 
 
+def test_device_cpu_on_a_gpu_machine_gets_the_cpus_settings_and_estimate(tmp_path, small_model_dir, capsys,
+                                                                        monkeypatch):
+    """`--device cpu` where a GPU exists: the settings and the estimate are the CPU's (they were the GPU's:
+    paraphrases on, "about 51 s on NVIDIA H200" printed before a 5-minute CPU run)."""
+    import importlib
+
+    rec_mod = importlib.import_module("lorastudio.train.recommend")
+
+    gpu = rec_mod.Hardware(device="cuda", gpu_memory_gb=140.0, gpu_name="NVIDIA H200", cpu_cores=2)
+    monkeypatch.setattr(rec_mod, "detect_hardware", lambda: gpu)
+    good = write_rows(tmp_path / "good.jsonl")
+    for flags in (["--device", "cpu"], ["--set", "device=cpu"]):
+        out = tmp_path / f"out{len(flags[0])}"
+        assert main(["train", str(good), "--base", small_model_dir, "-o", str(out), "--max-steps", "1",
+                     "--set", "replay_rows=0", *flags]) == 0
+        err = capsys.readouterr().err
+        settings = TrainConfig.from_yaml(out / "train_config.yaml")
+        assert "H200" not in err and "estimate: about" in err
+        assert settings.augment_paraphrases == 0 and settings.extra["estimate"]["device"] != "cuda"
+    # no choice: the machine's best, the GPU
+    from lorastudio.commands.train import _recommended
+
+    assert _recommended(str(good), small_model_dir, "qa", quiet=True)["device"] == "cuda"
+
+
 def test_sigterm_saves_a_checkpoint_exits_130_and_resume_finishes(tmp_path, tiny_random_dir):
     good = write_rows(tmp_path / "good.jsonl")
     out = tmp_path / "out"

@@ -73,15 +73,27 @@ def _fail(message: str, code: int = 2) -> int:
     return code
 
 
+def _asked_device(args: argparse.Namespace) -> str | None:
+    """"cpu"/"cuda" when the user chose where to train (`--device`, or `--set device=…`), else None."""
+    asked = args.device
+    for item in getattr(args, "overrides", None) or []:
+        key, _, value = str(item).partition("=")
+        if key.strip() == "device":
+            asked = value.strip()
+    return asked if asked in ("cpu", "cuda") else None
+
+
 def _recommended(data: str, base: str, task: str, quiet: bool, quick: bool = False,
-                 time_budget_min: float | None = None) -> dict[str, Any]:
-    """The recommender's settings for this file (printed with their reasons in the user's language)."""
+                 time_budget_min: float | None = None, device: str | None = None) -> dict[str, Any]:
+    """The recommender's settings for this file (printed with their reasons in the user's language),
+    for the device the run will use: `device` when the user chose one (a CPU run on a machine that also
+    has a GPU gets the CPU's settings and estimate), else this machine's best."""
     from lorastudio.data import validate
     from lorastudio.i18n import current_lang
     from lorastudio.train.recommend import recommend
 
     report = validate(data)
-    rec = recommend(report.conversations, base=base, task=task, quick=quick,
+    rec = recommend(report.conversations, base=base, task=task, quick=quick, hardware=device,
                     time_budget_s=None if time_budget_min is None else time_budget_min * 60)
     settings = dict(rec.settings)
     # full | quick | budget, and the estimate the run's measured speed is compared with (train_config.yaml)
@@ -229,7 +241,8 @@ def _run(args: argparse.Namespace) -> int:
                 cfg = cfg.with_overrides(_recommended(args.data, args.base or cfg.base, args.task or cfg.task,
                                                       args.quiet or worker,  # the launcher printed it
                                                       quick=getattr(args, "quick", False),
-                                                      time_budget_min=getattr(args, "time_budget", None)))
+                                                      time_budget_min=getattr(args, "time_budget", None),
+                                                      device=_asked_device(args)))
             if args.config:
                 cfg = cfg.with_overrides(TrainConfig.from_yaml(args.config).to_dict())
         cfg = cfg.with_overrides({"data": args.data, "output_dir": output, **_flag_overrides(args)})
