@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -22,11 +21,12 @@ import pytest
 import yaml
 from browser_support import (
     LAPTOP,
-    LOCALES,
     PHONE,
     REPO,
     check_layout,
-    launch,
+    chromium,
+    free_port,
+    open_page,
     require_chromium,
     shot,
     shot_sections,
@@ -70,12 +70,6 @@ def good_file(tmp: Path) -> tuple[Path, int]:
             for i in range(40)]
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return path, len(rows)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Studio:
@@ -133,13 +127,7 @@ def studio(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    require_chromium()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = launch(p)
-        yield b
-        b.close()
+    yield from chromium()
 
 
 def both_widths(page, name: str, extra: list[str]) -> None:
@@ -158,12 +146,7 @@ def both_widths(page, name: str, extra: list[str]) -> None:
 def test_whole_flow_on_tiny_random(browser, studio, lang, tmp_path):
     from playwright.sync_api import expect
 
-    context = browser.new_context(locale=LOCALES[lang], viewport=LAPTOP, accept_downloads=True)
-    page = context.new_page()
-    page_errors: list[str] = []
-    page.on("pageerror", lambda e: page_errors.append(str(e)))
-    page.goto(studio.base + "/")
-    page.wait_for_selector("body[data-ready=true]")
+    context, page, page_errors = open_page(browser, studio.base + "/", lang)
     zh = lang == "zh"
     expect(page.locator("html")).to_have_attribute("lang", "zh-CN" if zh else "en")
     expect(page.get_by_test_id("base-model-select")).to_have_value("default")
