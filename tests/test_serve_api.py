@@ -807,10 +807,10 @@ def test_chat_bad_seed_and_content_parts_are_400_not_500(client):
 def test_a_base_that_cannot_train_here_is_refused_at_create(client, monkeypatch):
     """A 7B base on a CPU-only server is a 400 model_unavailable naming why, before any job exists
     (issue 15 #7 for API users); a base that can run is accepted."""
-    from lorastudio.serve import studio_jobs
+    from lorastudio.models import availability
 
-    monkeypatch.setattr(studio_jobs, "has_gpu", lambda: False)
-    monkeypatch.setattr(studio_jobs, "hub_cached", lambda hub_id: True)  # downloaded: only the GPU is missing
+    monkeypatch.setattr(availability, "has_gpu", lambda: False)
+    monkeypatch.setattr(availability, "hub_cached", lambda hub_id: True)  # downloaded: only the GPU is missing
     fid = upload(client).json()["id"]
     jobs_before = client.get("/v1/fine_tuning/jobs").json()["data"]
     r = client.post("/v1/fine_tuning/jobs", json={"model": "Qwen/Qwen2.5-7B-Instruct", "training_file": fid})

@@ -177,14 +177,11 @@ def test_rejected_rows_and_too_long_hints_speak_the_users_language(client):
 
 
 def test_bases_that_cannot_run_here_are_listed_with_the_reason(client, monkeypatch):
-    from lorastudio.serve import studio_jobs
+    from lorastudio.models import availability
 
-    monkeypatch.setattr(studio_jobs, "has_gpu", lambda: False)
-    monkeypatch.setattr(studio_jobs, "hub_cached", lambda hub_id: False)
-    import lorastudio.serve.api_studio as api_studio
-
-    monkeypatch.setattr(api_studio, "has_gpu", lambda: False)
-    monkeypatch.setattr(api_studio, "hub_reachable", lambda: False)
+    monkeypatch.setattr(availability, "has_gpu", lambda: False)
+    monkeypatch.setattr(availability, "hub_cached", lambda hub_id: False)
+    monkeypatch.setattr(availability, "hub_reachable", lambda: False)
     models = {m["id"]: m for m in client.get("/studio/models", headers=ZH).json()["data"]}
     assert models["default"]["available"] and models["tiny-random"]["available"]
     seven_b = models["Qwen/Qwen2.5-7B-Instruct"]
@@ -193,8 +190,8 @@ def test_bases_that_cannot_run_here_are_listed_with_the_reason(client, monkeypat
     small = models["Qwen/Qwen2.5-1.5B-Instruct"]
     assert [r["code"] for r in small["unavailable"]] == ["offline"]
 
-    monkeypatch.setattr(api_studio, "has_gpu", lambda: True)
-    monkeypatch.setattr(api_studio, "hub_reachable", lambda: True)
+    monkeypatch.setattr(availability, "has_gpu", lambda: True)
+    monkeypatch.setattr(availability, "hub_reachable", lambda: True)
     models = {m["id"]: m for m in client.get("/studio/models").json()["data"]}
     seven_b = models["Qwen/Qwen2.5-7B-Instruct"]
     assert seven_b["available"] and seven_b["notes"] == [{"code": "not_downloaded", "params": {"disk": 15.2}}]
@@ -292,12 +289,11 @@ def test_a_guessed_column_mapping_can_be_changed_into_a_new_file(client):
 
 
 def test_no_settings_for_a_base_that_cannot_run_here(client, monkeypatch):
-    import lorastudio.serve.api_studio as api_studio
-    from lorastudio.serve import studio_jobs
+    from lorastudio.models import availability
 
-    monkeypatch.setattr(api_studio, "has_gpu", lambda: False)
-    monkeypatch.setattr(api_studio, "hub_reachable", lambda: False)
-    monkeypatch.setattr(studio_jobs, "hub_cached", lambda hub_id: False)
+    monkeypatch.setattr(availability, "has_gpu", lambda: False)
+    monkeypatch.setattr(availability, "hub_reachable", lambda: False)
+    monkeypatch.setattr(availability, "hub_cached", lambda hub_id: False)
     fid = upload(client).json()["id"]
     refused = client.post("/studio/recommend", headers=ZH, json={"training_file": fid, "model": "Qwen/Qwen2.5-7B-Instruct"})
     assert refused.status_code == 400 and refused.json()["error"]["code"] == "model_unavailable"

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from lorastudio.serve.api_files import get_file_or_404
 from lorastudio.serve.engines import base_model_ids, model_not_found
 from lorastudio.serve.errors import APIError, error_responses, public_for
+from lorastudio.serve.intake import OPENAI_HYPERPARAMETERS, RESERVED_FIELDS, SCHEDULE_CHOICES
 from lorastudio.serve.objects import (
     FineTuningJob,
     FineTuningJobCheckpointList,
@@ -22,7 +23,6 @@ from lorastudio.serve.objects import (
     list_object,
 )
 from lorastudio.serve.store import TERMINAL_STATUSES, new_id, now
-from lorastudio.serve.worker import OPENAI_HYPERPARAMETERS, RESERVED_FIELDS, SCHEDULE_CHOICES
 from lorastudio.train.config import MAX_SEED
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"], responses=error_responses(401))
@@ -118,21 +118,17 @@ def get_job_or_404(request: Request, job_id: str) -> dict:
     return job
 
 
-def refuse_unavailable_base(model: str) -> None:
+def refuse_unavailable_base(model: str, lang: str = "en") -> None:
     """A base that cannot train on this server (e.g. a 7B on a CPU-only machine, or a hub model not
-    downloaded while offline) is a 400 `model_unavailable` at create, not a job that fails later."""
+    downloaded while offline) is a 400 `model_unavailable` that says why (in `lang`), at create or
+    before a recommendation, not a job that fails later."""
     from lorastudio.i18n import t
-    from lorastudio.models import catalog
-    from lorastudio.serve.studio_jobs import availability, has_gpu, hub_reachable
+    from lorastudio.models.availability import base_availability, reasons
 
-    entry = next((e for e in catalog() if e["id"] == model), None)
-    if entry is None:
-        return
-    found = availability(entry, gpu=has_gpu(), online=hub_reachable)
-    if not found["available"]:
-        reasons = "; ".join(t(f"studio.unavailable.{r['code']}", "en", **r["params"]) for r in found["unavailable"])
-        raise APIError(400, t("studio.model_unavailable", "en", model=model, reasons=reasons), param="model",
-                       code="model_unavailable")
+    found = base_availability(model)
+    if found is not None and not found["available"]:
+        raise APIError(400, t("studio.model_unavailable", lang, model=model, reasons=reasons(found, lang)),
+                       param="model", code="model_unavailable")
 
 
 def _tell_worker(request: Request, job_id: str, message: str) -> None:

@@ -16,22 +16,15 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from lorastudio.models.availability import catalog_availability, has_gpu, reasons
 from lorastudio.serve.api_files import get_file_or_404, safe_download_name
-from lorastudio.serve.api_jobs import get_job_or_404
+from lorastudio.serve.api_jobs import get_job_or_404, refuse_unavailable_base
 from lorastudio.serve.engines import base_model_ids, model_not_found
 from lorastudio.serve.errors import APIError, error_responses, public_for
 from lorastudio.serve.objects import FileObject, file_object, job_object
 from lorastudio.serve.store import TERMINAL_STATUSES, new_id
 from lorastudio.serve.studio_export import check_state
-from lorastudio.serve.studio_jobs import (
-    availability,
-    build_adapter_zip,
-    build_report_zip,
-    has_gpu,
-    hub_reachable,
-    job_summary,
-    remove_job_dir,
-)
+from lorastudio.serve.studio_jobs import build_adapter_zip, build_report_zip, job_summary, remove_job_dir
 from lorastudio.serve.studio_objects import (
     CompareAnswer,
     DataPreview,
@@ -62,17 +55,8 @@ _export_guard = threading.Lock()
             "whether it can run on this server and why not (no GPU, not downloaded and offline)",
             response_model=StudioModelList, **_TYPED)
 def studio_models(request: Request) -> dict:
-    from lorastudio.models import catalog
-
     lang = request_lang(request)
-    gpu = has_gpu()
-    data = []
-    for entry in catalog():
-        item = {**entry, **availability(entry, gpu=gpu, online=hub_reachable)}
-        reasons = [say(lang, f"studio.unavailable.{r['code']}", **r["params"]) for r in item["unavailable"]]
-        item["unavailable_reason"] = ("；" if lang == "zh" else "; ").join(reasons) or None
-        data.append(item)
-    return {"data": data}
+    return {"data": [{**item, "unavailable_reason": reasons(item, lang)} for item in catalog_availability()]}
 
 
 # --- data reports --------------------------------------------------------------------------------
@@ -135,22 +119,6 @@ def request_lang(request: Request) -> str:
     """`zh` when the client's first Accept-Language choice is Chinese, else `en`."""
     first = request.headers.get("accept-language", "").split(",")[0].strip().lower()
     return "zh" if first.startswith("zh") else "en"
-
-
-def _refuse_unavailable(model: str, lang: str) -> None:
-    """A base that cannot run on this server (e.g. a 7B on a CPU-only, offline machine) gets no settings:
-    a 400 that says why, instead of a job that fails after minutes."""
-    from lorastudio.models import catalog
-
-    entry = next((e for e in catalog() if e["id"] == model), None)
-    if entry is None:
-        return
-    found = availability(entry, gpu=has_gpu(), online=hub_reachable)
-    if not found["available"]:
-        reasons = ("；" if lang == "zh" else "; ").join(
-            say(lang, f"studio.unavailable.{r['code']}", **r["params"]) for r in found["unavailable"])
-        raise APIError(400, say(lang, "studio.model_unavailable", model=model, reasons=reasons), param="model",
-                       code="model_unavailable")
 
 
 @router.get("/files/{file_id}/report", summary="Validation report of an uploaded file (Accept-Language: zh|en)",
@@ -271,7 +239,7 @@ async def studio_recommend(request: Request, body: RecommendRequest) -> dict:
         raise model_not_found(body.model)
     if body.task not in TASKS:
         raise APIError(400, f"task must be one of {', '.join(TASKS)}.", param="task", code="invalid_value")
-    _refuse_unavailable(body.model, lang)
+    refuse_unavailable_base(body.model, lang)  # a base that cannot run here gets no settings
 
     def work() -> dict:
         report = _validate(record, lang, _max_rows(request))

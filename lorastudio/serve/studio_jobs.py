@@ -2,7 +2,7 @@
 (duration, final loss, rows, settings), deleting a finished job, the two downloads a job offers — the
 adapter alone (as PEFT saves it, with a model card naming the base and the chat template; no training
 data, no event log, no server path) and the training report (augmented rows, events, data report,
-config) — and whether each base of the catalogue can run on this server (and why not).
+config). Which bases can run on this server: `lorastudio.models.availability`.
 """
 
 from __future__ import annotations
@@ -196,67 +196,3 @@ def build_report_zip(job: dict, target: Path) -> Path:
     files = [job_dir / name for name in REPORT_FILES]
     files += sorted(job_dir.glob("events.attempt-*.jsonl"))
     return _zip([(p.name, p) for p in files if p.is_file()], target)
-
-
-
-# --- which bases can run here --------------------------------------------------------------------
-# A base needing this much memory (GB) trains only on a GPU (the catalogue's 7B/8B models).
-GPU_ONLY_GB = 16
-_hub_probe: dict[str, Any] = {}
-
-
-def has_gpu() -> bool:
-    """A CUDA device, without importing torch just to ask (the NVIDIA driver's /proc entry)."""
-    import sys
-
-    if "torch" in sys.modules:
-        return bool(sys.modules["torch"].cuda.is_available())
-    gpus = Path("/proc/driver/nvidia/gpus")
-    return gpus.is_dir() and any(gpus.iterdir())
-
-
-def hub_reachable(wait_s: float = 1.5) -> bool:
-    """Whether the Hugging Face hub answers (HF_HUB_OFFLINE=1 says no); probed once in the background,
-    so a machine without a network never holds the model list up longer than `wait_s`."""
-    import os
-    import socket
-    import threading
-
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
-        return False
-    if "thread" not in _hub_probe:
-        def probe() -> None:
-            try:
-                socket.create_connection(("huggingface.co", 443), timeout=3).close()
-                _hub_probe["ok"] = True
-            except OSError:
-                _hub_probe["ok"] = False
-        _hub_probe["thread"] = threading.Thread(target=probe, daemon=True)
-        _hub_probe["thread"].start()
-    _hub_probe["thread"].join(wait_s)
-    return bool(_hub_probe.get("ok"))
-
-
-def hub_cached(hub_id: str) -> bool:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:
-        return False
-    return isinstance(try_to_load_from_cache(hub_id, "config.json"), str)
-
-
-def availability(entry: dict, *, gpu: bool, online: Any) -> dict[str, Any]:
-    """`available`, and why not (`unavailable`: codes no_gpu, offline) or what the first use costs
-    (`notes`: not_downloaded), each `{code, params}`. `online` is called only when it matters."""
-    unavailable: list[dict] = []
-    notes: list[dict] = []
-    memory = entry.get("min_memory_gb") or 0
-    if memory >= GPU_ONLY_GB and not gpu:
-        unavailable.append({"code": "no_gpu", "params": {"memory": memory}})
-    hub = entry.get("hub_id")
-    if hub and not hub_cached(hub):
-        if online():
-            notes.append({"code": "not_downloaded", "params": {"disk": entry.get("disk_gb")}})
-        else:
-            unavailable.append({"code": "offline", "params": {}})
-    return {"available": not unavailable, "unavailable": unavailable, "notes": notes}
