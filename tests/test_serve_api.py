@@ -460,7 +460,7 @@ def test_openapi_document_types_the_openai_routes(client):
             "fine_tuning.job", "file", "fine_tuning.job.event", "fine_tuning.job.checkpoint", "chat.completion")
     assert set(schemas["FineTuningJob"]["properties"]["status"]["enum"]) >= {
         "validating_files", "queued", "running", "succeeded", "failed", "cancelled"}
-    assert set(schemas["ErrorDetail"]["properties"]) == {"message", "type", "param", "code"}
+    assert set(schemas["ErrorDetail"]["properties"]) == {"message", "type", "param", "code", "params"}  # params: when the code has values
 
 
 def test_openapi_declares_what_the_guard_and_handlers_answer_everywhere(client):
@@ -524,7 +524,7 @@ def test_running_job_resumes_after_a_crash(tmp_path, monkeypatch):
         c.app.state.worker._stop.set()
         c.app.state.worker._thread.join(timeout=60)  # a hang here once held a suite run for 8+ min
         assert not c.app.state.worker._thread.is_alive(), "the worker loop did not stop within 60 s"
-        c.app.state.worker._running.clear()
+        c.app.state.worker.trainers.running.clear()
         c.app.state.settings.start_worker = False  # lifespan exit must not stop anything
     assert settings.start_worker is False
     monkeypatch.setenv("FAKE_STEPS", "30")

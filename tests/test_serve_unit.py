@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from lorastudio.serve.settings import Settings, SettingsError
 from lorastudio.serve.store import SQLiteStore
-from lorastudio.serve.worker import JobWorker, fine_tuned_model_name, translate_event
+from lorastudio.serve.tail import fine_tuned_model_name, translate_event
+from lorastudio.serve.worker import JobWorker
 from lorastudio.train.checkpoints import STATE_FILE, latest, prune
 
 
@@ -112,13 +113,13 @@ def test_tail_reads_only_complete_lines_and_survives_garbage(tmp_path):
     events = Path(job["job_dir"]) / "events.jsonl"
     line1 = json.dumps({"type": "metrics", "step": 1, "total_steps": 2, "loss": 2.0, "time": 1}) + "\n"
     events.write_text(line1 + "not json\n" + '{"type": "metrics", "step": 2')  # last line half-written
-    worker._pump(job["id"])
+    worker.tail.pump(job["id"])
     rows = store.events_since(job["id"], 0)
     assert [r["type"] for r in rows] == ["metrics", "message"] and rows[1]["level"] == "warn"
     with events.open("a") as fh:
         fh.write(', "total_steps": 2, "loss": 1.0, "time": 2}\n')
-    worker._pump(job["id"])
-    worker._pump(job["id"])  # idempotent: nothing new, nothing twice
+    worker.tail.pump(job["id"])
+    worker.tail.pump(job["id"])  # idempotent: nothing new, nothing twice
     rows = store.events_since(job["id"], 0)
     assert [r["data"]["step"] for r in rows if r["type"] == "metrics"] == [1, 2]
     assert store.get_job(job["id"])["events_offset"] == events.stat().st_size
@@ -132,7 +133,7 @@ def test_checkpoint_event_becomes_checkpoint_object(tmp_path):
     (Path(job["job_dir"]) / "events.jsonl").write_text(
         json.dumps({"type": "checkpoint", "step": 50, "path": "/x/step-00000050", "train_loss": 0.7,
                     "valid_loss": 0.9, "time": 5}) + "\n")
-    worker._pump(job["id"])
+    worker.tail.pump(job["id"])
     (ckpt,), _ = store.list_checkpoints(job["id"])
     assert ckpt["step_number"] == 50 and ckpt["metrics"]["valid_loss"] == 0.9
     assert ckpt["fine_tuned_model_checkpoint"] == "ft:tiny-random:sup:ftjob-1:ckpt-step-50"
@@ -155,7 +156,7 @@ def test_the_checkpoint_list_is_what_can_be_used(tmp_path):
         prune(job["job_dir"], keep=2)
         with events.open("a") as f:
             f.write(json.dumps({"type": "checkpoint", "step": step, "path": "p", "time": step}) + "\n")
-        worker._pump(job["id"])
+        worker.tail.pump(job["id"])
         listed = sorted(c["step_number"] for c in store.list_checkpoints(job["id"], limit=100)[0])
         assert listed == [s for s in (4, 8, 12, 16) if s <= step][-2:]
 

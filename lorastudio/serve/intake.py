@@ -127,10 +127,7 @@ class JobIntake:
 
 def _top_reasons(report: dict) -> str:
     counts: dict[str, int] = {}
-    for issue in report.get("issues") or []:
-        if issue.get("severity") == "error":
-            counts[issue.get("kind", "?")] = counts.get(issue.get("kind", "?"), 0) + 1
-    for issue in report.get("dataset_issues") or []:
+    for issue in [*(report.get("issues") or []), *(report.get("dataset_issues") or [])]:
         if issue.get("severity") == "error":
             counts[issue.get("kind", "?")] = counts.get(issue.get("kind", "?"), 0) + 1
     if not counts:

@@ -124,7 +124,6 @@ class Running:
     slots: list[int] = field(default_factory=list)  # every slot it holds (several: `gpus` > 1)
     term_sent_at: float | None = None
     killed: bool = False
-    extra: dict = field(default_factory=dict)
 
 
 class TrainerSupervisor:
@@ -156,8 +155,8 @@ class TrainerSupervisor:
             free = [i for i in self.gpu_slots() if i not in self.running]
         return free[:need] if len(free) >= need else None
 
-    def launch(self, slots: list[int] | int, job: dict) -> None:
-        slots = [slots] if isinstance(slots, int) else list(slots)
+    def launch(self, slots: list[int], job: dict) -> None:
+        """Start the job's trainer on `slots` (`slots_for`); it runs `running` from here on."""
         slot = slots[0]
         job_dir = Path(job["job_dir"])
         config = job_dir / "job.yaml"
@@ -234,7 +233,7 @@ class TrainerSupervisor:
         kill_group(run.process.pid, signal.SIGKILL)
         run.log_file.close()
         with self.lock:
-            for held in run.slots or [slot]:
+            for held in run.slots:
                 if self.running.get(held) is run:
                     del self.running[held]
         self.tail.pump(run.job_id)

@@ -15,13 +15,7 @@ import signal
 import threading
 from pathlib import Path
 
-from lorastudio.serve.intake import (
-    OPENAI_HYPERPARAMETERS,
-    RESERVED_FIELDS,
-    SCHEDULE_CHOICES,
-    JobIntake,
-    build_train_config,
-)
+from lorastudio.serve.intake import JobIntake
 from lorastudio.serve.settings import Settings
 from lorastudio.serve.store import Store, now
 from lorastudio.serve.supervisor import (
@@ -31,7 +25,7 @@ from lorastudio.serve.supervisor import (
     pid_runs_job,
     wait_gone,
 )
-from lorastudio.serve.tail import EventTail, fine_tuned_model_name, translate_event
+from lorastudio.serve.tail import EventTail
 from lorastudio.train import checkpoints
 
 log = logging.getLogger("lorastudio.serve")
@@ -48,7 +42,6 @@ class JobWorker:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._running = self.trainers.running  # slot → running trainer
         self._tick_lock = threading.Lock()
         self._draining = False
 
@@ -151,12 +144,6 @@ class JobWorker:
                       job_updates: dict | None = None) -> None:
         self.tail.message(job_id, message, level=level, data=data, job_updates=job_updates)
 
-    def _pump(self, job_id: str) -> None:
-        self.tail.pump(job_id)
-
-    def _validate(self, job: dict) -> None:
-        self.intake.validate(job)
-
     def _fail(self, job_id: str, message: str, *, code: str, param: str | None = None,
               only_if: tuple[str, ...] = ("validating_files", "queued", "running")) -> None:
         if self.store.update_job(job_id, only_if_status=only_if, status="failed", finished_at=now(), pid=None,
@@ -178,6 +165,3 @@ def _finished(job_dir: Path) -> bool:
     except ValueError:
         return False
 
-
-__all__ = ["OPENAI_HYPERPARAMETERS", "RESERVED_FIELDS", "SCHEDULE_CHOICES", "JobWorker", "build_train_config",
-           "fine_tuned_model_name", "translate_event"]

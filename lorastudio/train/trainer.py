@@ -5,8 +5,8 @@
 
 `Trainer.setup()` creates every piece of state — device choices (device.py), data (dataset.py), the
 LoRA-wrapped model (adapters.py), the step schedule (schedule.py), optimizer and scheduler, and, on
-resume, the checkpoint's state (checkpoints.py); `fit()` runs the steps with validation, early
-stopping and checkpoints; `save()` writes the adapter, the resolved config and the model card. How
+resume, the checkpoint's state (checkpoints.py); `fit()` runs the steps with validation and early
+stopping (evaluation.py) and checkpoints; `save()` writes the adapter, the resolved config and the model card. How
 ranks share the work (one process, DDP, FSDP) is the strategy's business (strategy.py). Every step
 is an event (events.py). SIGINT/SIGTERM save a checkpoint and stop; `resume=True` continues from the
 latest checkpoint exactly (same data order, optimizer, scheduler and RNG state).
@@ -26,14 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from lorastudio.train import checkpoints, dataset
-from lorastudio.train.adapters import mlp_linears, neftune_hook, wrap_lora
+from lorastudio.train.adapters import neftune_hook, wrap_lora
 from lorastudio.train.card import model_card
 from lorastudio.train.config import ConfigError, TrainConfig
 from lorastudio.train.dataset import DataUnusable
 from lorastudio.train.device import DeviceSetup, causal_lm_loss, device_setup
 from lorastudio.train.evaluation import Evaluation
 from lorastudio.train.events import EventCallback, EventLog
-from lorastudio.train.schedule import Schedule, Step, build_schedule, lr_lambda
+from lorastudio.train.schedule import Step, lr_lambda
 from lorastudio.train.stopping import StepAborted, StopFlag, TrainingInterrupted, install_abort_hooks
 from lorastudio.train.tokenize import Example, collate_packed
 
@@ -228,7 +228,7 @@ class Trainer:
             if (at_eval or step == self.total_steps) and self.val_examples:
                 self.log.stage("evaluate", f"validation loss at step {step}")
                 try:
-                    valid_loss = self.evaluate()
+                    valid_loss = self.evaluation.loss()
                 except StepAborted:  # stop asked during evaluation: the step itself is complete
                     self.model.train()
                     self._interrupt(step, last_saved, train_loss, None)
@@ -331,10 +331,6 @@ class Trainer:
         if not self.device.autocast:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.device, dtype=self.device.dtype)
-
-    def evaluate(self) -> float | None:
-        """Mean validation loss per target token (every rank calls it; the result is global)."""
-        return self.evaluation.loss()
 
     # -- checkpoints ---------------------------------------------------------------------------
     def _write_adapter(self, path: Path, weights: dict[str, Any] | None) -> None:
@@ -474,5 +470,4 @@ def _dtype_name(setup: DeviceSetup) -> str:
 
 
 __all__ = ["DataUnusable", "DeviceSetup", "Progress", "Step", "TrainResult", "Trainer", "TrainingInterrupted",
-           "Schedule", "build_schedule", "causal_lm_loss", "device_setup", "error_code", "lr_lambda", "mlp_linears",
-           "neftune_hook", "train"]
+           "causal_lm_loss", "device_setup", "error_code", "lr_lambda", "neftune_hook", "train"]
