@@ -37,18 +37,26 @@ TASKS = ("qa", "copywriting", "consulting")
 # - avx512-bf16: README "CPU training speed" (idle 2-core CPU with avx512_bf16): bf16 160 tok/s at
 #   640-token packs, 164–167 at 1024; whole `lorastudio train` runs 136–150 (docs/QUALITY.md, session 3).
 # - avx512-fp32: the same machine with bf16 off, fp32: 82–89 (README).
-# - avx2-fp32: issue 13, `lorastudio train` on a 2-core AVX2-only CPU (fp32): 41–46.
-# - other (no AVX2, another architecture): not measured; taken as slow as AVX2, and the
-#   recommendation says the time is a guess (warn.cpu_speed_unknown).
+#   These two were not re-measured since the shared template head (train/cpu_prefix.py), which made
+#   fp32 1.26–1.30× faster: probably a little slow now; the trainer's calibration corrects the ETA.
+# - amx-bf16: `bench/cpu_calibrate.py` (`lorastudio train --quick` of the demo file, random weights of
+#   the default model's shape) on 2 pinned cores of an idle Xeon with AMX (the GPU device's host),
+#   2026-11-30: 226–246 tok/s over the run, 235 at the end.
+# - avx2-fp32: `lorastudio train yunzhan_train.jsonl --base default --quick` on an idle 2-core AMD EPYC
+#   (Zen 3, AVX2 only, fp32) with the shared template head (on by default): 57–63 tok/s over the run,
+#   62 at the end (2026-11-30, docs/BENCHMARKS.md); 41–46 before that lever (issue 13).
+# - other (no AVX2, another architecture): not measured; taken as the slowest figure ever measured
+#   (AVX2 before the head lever), and the recommendation says the time is a guess (warn.cpu_speed_unknown).
 # Other core counts scale per core; other model sizes by 0.5B / size. The trainer re-calibrates at
 # run time; this table is what the estimate before the run can know.
 CPU_TOKENS_PER_S_05B_2CORES: dict[str, float] = {
+    "amx-bf16": 235.0,
     "avx512-bf16": 150.0,
     "avx512-fp32": 85.0,
-    "avx2-fp32": 43.0,
+    "avx2-fp32": 62.0,
     "other": 43.0,
 }
-MEASURED_CPU_CLASSES = ("avx512-bf16", "avx512-fp32", "avx2-fp32")
+MEASURED_CPU_CLASSES = ("amx-bf16", "avx512-bf16", "avx512-fp32", "avx2-fp32")
 CPU_TOKENS_PER_S_05B_2CORES_BF16 = CPU_TOKENS_PER_S_05B_2CORES["avx512-bf16"]  # older names
 CPU_TOKENS_PER_S_05B_2CORES_FP32 = CPU_TOKENS_PER_S_05B_2CORES["avx512-fp32"]
 GPU_TOKENS_PER_S_05B = 20_000.0
