@@ -134,7 +134,7 @@ def test_catalog_is_complete_and_formats() -> None:
             assert key in {"not_found", "is_directory", "unreadable", "empty_file", "binary", "undecodable",
                            "legacy_xls", "not_xlsx", "other_document", "unknown_sheet", "malformed_json",
                            "unknown_columns", "unknown_columns.suggest", "ambiguous_columns", "unknown_format",
-                           "no_rows", "expected.table", "expected.records", "expected.list"}, key
+                           "no_rows", "too_many_rows", "expected.table", "expected.records", "expected.list"}, key
     assert t("duplicate", "zh", first=3) == "与第 3 行完全重复。"
     assert t("duplicate", "en") == "Exact duplicate of row {first}."  # a missing parameter never crashes
     assert t("no.such.key", "en") == "no.such.key"
