@@ -39,6 +39,18 @@ def test_every_key_the_page_uses_exists():
     assert len(used) > 100  # the scan itself works
 
 
+def test_every_main_setting_has_a_label_and_the_recommenders_levers_are_shown():
+    """The settings card lists MAIN_SETTINGS with `setting.<key>` labels; a lever the recommender turns on by
+    default (contrastive pairs, issue 13) must be among them, or its reason never reaches the page."""
+    source = (WEB / "steps" / "settings.js").read_text(encoding="utf-8")
+    block = re.search(r"const MAIN_SETTINGS = \[(.*?)\];", source, re.S).group(1)
+    shown = re.findall(r'"(\w+)"', block)
+    assert {"num_epochs", "learning_rate", "augment_same_fact", "augment_contrast", "replay_rows"} <= set(shown)
+    for lang in ("en", "zh"):
+        labels = i18n_keys(lang)
+        assert [k for k in shown if f"setting.{k}" not in labels] == [], lang
+
+
 def test_page_loads_nothing_from_the_network():
     for path in WEB.rglob("*"):
         if path.suffix in {".html", ".js", ".css"}:
