@@ -193,7 +193,7 @@ def apply_memory_budget() -> int:
 
 
 # ------------------------------------------------------------------------------------------------
-# The trainer's hook (lorastudio.train.trainer.device_setup calls `customize` on CUDA)
+# The trainer's hook (lorastudio.train.device.device_setup calls `customize` on CUDA)
 # ------------------------------------------------------------------------------------------------
 def customize(cfg: Any, setup: Any) -> Any:
     """Turn the trainer's default CUDA setup into the fast path (the `DeviceSetup` hook).
