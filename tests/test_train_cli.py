@@ -125,10 +125,20 @@ def test_sigterm_saves_a_checkpoint_exits_130_and_resume_finishes(tmp_path, tiny
     assert events[-1]["type"] == "done"
 
 
-def test_models_lists_the_catalog(capsys):
+def test_models_lists_the_catalog(capsys, monkeypatch):
+    import importlib
+
+    availability = importlib.import_module("lorastudio.models.availability")
+    monkeypatch.setattr(availability, "has_gpu", lambda: False)  # a CPU-only, offline machine
+    monkeypatch.setattr(availability, "hub_reachable", lambda wait_s=1.5: False)
     assert main(["models"]) == 0
     text = capsys.readouterr().out
     assert text.index("default") < text.index("tiny-random") and "SMOKE TEST" in text
+    lines = text.splitlines()
+    default = next(line for line in lines if line.startswith("default "))
+    assert "CANNOT RUN HERE" not in default  # the embedded default always runs
+    seven_b = next(line for line in lines if line.startswith("Qwen/Qwen2.5-7B-Instruct "))
+    assert "CANNOT RUN HERE" in seven_b and "GPU" in seven_b, text  # shown, with why it cannot run
     assert main(["models", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)["data"]
     assert data[0]["id"] == "default" and any(e["id"] == "tiny-random" and e["smoke_test"] for e in data)

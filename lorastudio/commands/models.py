@@ -18,7 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from lorastudio.models import ModelError, catalog, lorastudio_home, resolve_model
+    from lorastudio.i18n import current_lang
+    from lorastudio.models import ModelError, lorastudio_home, resolve_model
+    from lorastudio.models.availability import catalog_availability, reasons
 
     if args.prepare:
         try:
@@ -27,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"lorastudio models: {error}", file=sys.stderr)
             return 2
         return 0
-    entries = catalog()
+    entries = catalog_availability()  # each with whether it can run here, and why not
     if args.json:
         print(json.dumps({"data": entries, "cache": str(lorastudio_home() / "models")}, ensure_ascii=False, indent=2))
         return 0
@@ -39,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
         notes.append("offline" if entry["offline"] else "hub download")
         if entry.get("cached"):
             notes.append("cached")
+        if not entry["available"]:
+            notes.append(f"CANNOT RUN HERE: {reasons(entry, current_lang())}")
         print(f"{entry['id']:42} {entry['params']:>6} {entry['disk_gb']:>5.1f}GB {entry['min_memory_gb']:>5}GB  "
               + ", ".join(notes))
         print(f"{'':42} {entry['description']}")
