@@ -75,6 +75,9 @@ def test_llamacpp_answers_equal_the_transformers_ones_and_score_the_same(tiny, s
     err = capsys.readouterr().err
     assert "engine: llama.cpp" in err
     score.main(["--base", str(tiny["ref"]), "--out", str(tmp_path / "tf.json"), "--engine", "transformers", *common])
+    import torch
+
+    assert torch.is_grad_enabled()  # scoring in-process leaves autograd on (it once switched it off for good)
     fast = json.loads((tmp_path / "llama.json").read_text(encoding="utf-8"))
     slow = json.loads((tmp_path / "tf.json").read_text(encoding="utf-8"))
     assert (fast["engine"], slow["engine"]) == ("llama.cpp", "transformers")

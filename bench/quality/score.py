@@ -135,12 +135,11 @@ def answer_llamacpp(args: argparse.Namespace, items: dict[str, list[dict]]) -> t
 
 def answer_transformers(args: argparse.Namespace, items: dict[str, list[dict]], reason: str) -> None:
     """Base + PEFT adapter in this process, every `--scales` strength in turn (the script as it was)."""
-    import torch
-
     from lorastudio.models import load_model
     from lorastudio.train.generation import generate_batch
 
-    torch.set_grad_enabled(False)
+    # no global torch.set_grad_enabled(False): generate_batch runs under no_grad, and a caller in the
+    # same process (the tests) must keep autograd on afterwards
     model, tok = load_model(args.base)
     if args.adapter:
         from peft import PeftModel
