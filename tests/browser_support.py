@@ -280,3 +280,16 @@ def i18n_keys(lang: str) -> dict:
 
 def placeholders(text: str) -> set[str]:
     return set(re.findall(r"\{(\w+)\}", text))
+
+
+def expect_forgetting_panel(panel, *, kept: int, lost: int, of: int, zh: bool, gained: int | None = None) -> None:
+    """The job's forgetting panel says, as data and in the page's language, how many of the general
+    questions the base model answered right the tuned model still answers right."""
+    from playwright.sync_api import expect
+
+    expect(panel).to_have_attribute("data-kept", str(kept))
+    expect(panel).to_have_attribute("data-lost", str(lost))
+    if gained is not None:
+        expect(panel).to_have_attribute("data-gained", str(gained))
+    expect(panel).to_contain_text(f"基础模型答对的 {of} 个常识问题中，微调后仍答对 {kept} 个" if zh
+                                  else f"Kept {kept} of the {of} general questions the base model answers right")

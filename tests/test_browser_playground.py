@@ -17,7 +17,17 @@ import time
 import urllib.request
 
 import pytest
-from browser_support import LAPTOP, PHONE, check_layout, chromium, leaks, shot, shot_sections, studio_server
+from browser_support import (
+    LAPTOP,
+    PHONE,
+    check_layout,
+    chromium,
+    expect_forgetting_panel,
+    leaks,
+    shot,
+    shot_sections,
+    studio_server,
+)
 from browser_support import open_page as open_url
 
 from tests.playground_fakes import FORGOTTEN, GENERAL, SlowEngine
@@ -267,10 +277,7 @@ def test_the_forgetting_check_runs_by_itself_after_every_job(browser, server, mo
         context, page, errors = open_url(browser, f"{server}/#job={job['id']}", lang)
         panel = page.get_by_test_id("job-forgetting")
         expect(panel).to_have_attribute("data-state", "done", timeout=60_000)
-        expect(panel).to_have_attribute("data-kept", "22")
-        expect(panel).to_have_attribute("data-lost", "2")
-        expect(panel).to_contain_text("基础模型答对的 24 个常识问题中，微调后仍答对 22 个" if zh
-                                      else "Kept 22 of the 24 general questions the base model answers right")
+        expect_forgetting_panel(panel, kept=22, lost=2, of=24, zh=zh)
         lost = panel.locator("[data-testid=forgetting-flip][data-flip=lost]")
         expect(lost).to_have_count(2)
         assert {lost.nth(i).locator(".data").first.inner_text() for i in range(2)} == FORGOTTEN

@@ -9,7 +9,7 @@ import json
 import time
 
 import pytest
-from browser_support import LAPTOP, PHONE, check_layout, shot, shot_sections
+from browser_support import LAPTOP, PHONE, check_layout, expect_forgetting_panel, shot, shot_sections
 from test_browser_ui import FakeStudio, browser, live_script, open_page, static_server, upload_broken  # noqa: F401
 
 pytestmark = pytest.mark.browser
@@ -430,11 +430,7 @@ def test_forgetting_meter_is_shown_after_every_job_without_a_click(browser, stat
     del fake.status_overrides["ftjob-0"]
     expect(panel).to_have_attribute("data-state", "done", timeout=15_000)
     assert fake.forgetting_runs == ["ftjob-1"]  # only the job on screen, once
-    expect(panel).to_have_attribute("data-kept", "19")
-    expect(panel).to_have_attribute("data-lost", "1")
-    expect(panel).to_have_attribute("data-gained", "2")
-    expect(panel).to_contain_text("基础模型答对的 20 个常识问题中，微调后仍答对 19 个" if zh
-                                  else "Kept 19 of the 20 general questions the base model answers right")
+    expect_forgetting_panel(panel, kept=19, lost=1, gained=2, of=20, zh=zh)
     flips = panel.get_by_test_id("forgetting-flip")
     expect(flips).to_have_count(3)
     expect(flips.first).to_have_attribute("data-flip", "lost")
