@@ -353,10 +353,17 @@ def profile_cmd(a) -> None:
 # ------------------------------------------------------------------------------------------------
 # Levers (filled in as they are built)
 # ------------------------------------------------------------------------------------------------
-LEVERS = ("base", "int8", "int8bwd", "int8all", "int8head", "prefix")
+LEVERS = ("base", "int8", "int8bwd", "int8all", "int8head", "prefix", "topN")
 """int8: cpu_int8 as shipped (input gradients of every frozen linear, forward of gate/up_proj);
 int8bwd: only the input gradients; int8all: every forward too; int8head: int8 plus the LM head's two
-GEMMs; prefix: the shared template head once per row (cpu_prefix). Combined with '+', e.g. int8+prefix."""
+GEMMs; prefix: the shared template head once per row (cpu_prefix); topN (top12, top16, …): LoRA trained in
+the top N layers only (`lora_layers`), so autograd stops below them (the lower layers' LoRA weights are
+frozen here: their forward costs the same r/hidden as ever, their backward is gone). Combined with '+',
+e.g. int8+prefix+top12."""
+
+
+def _top(parts: list[str]) -> int | None:
+    return next((int(x[3:]) for x in parts if x.startswith("top")), None)
 
 
 def _shipped_forward():
@@ -371,7 +378,7 @@ SHIPPED_FORWARD = None  # cpu_int8.FORWARD as imported (set in main)
 def _parts(lever: str) -> list[str]:
     parts = [x for x in (lever or "base").split("+") if x]
     for part in parts:
-        if part not in LEVERS:
+        if part not in LEVERS and not (part.startswith("top") and part[3:].isdigit()):
             raise SystemExit(f"unknown lever {part!r} (known: {', '.join(LEVERS)})")
     return parts
 
@@ -386,7 +393,9 @@ def remove_lever(model, lever: str) -> None:
 
 def set_levers(model, lever: str, keep_packs: bool = True) -> None:
     """Switch the model to exactly `lever` (int8 patches on or off, the int8 packs kept; the head
-    setting). The prefix lever is a loss function (`loss_fn_for`)."""
+    setting; which layers' LoRA weights train). The prefix lever is a loss function (`loss_fn_for`)."""
+    import torch
+
     from lorastudio.train import cpu_int8
 
     parts = _parts(lever)
@@ -396,6 +405,12 @@ def set_levers(model, lever: str, keep_packs: bool = True) -> None:
         cpu_int8.enable(model)
     elif not want and on:
         cpu_int8.disable(model, keep_packs=keep_packs)
+    top = _top(parts)
+    layers = next(m for n, m in model.named_modules() if n.endswith("layers") and isinstance(m, torch.nn.ModuleList))
+    for i, layer in enumerate(layers):
+        for name, param in layer.named_parameters():
+            if "lora_" in name:
+                param.requires_grad_(top is None or i >= len(layers) - top)
     head = "int8head" in parts
     cpu_int8.HEAD.update(forward=head, backward=head)
     cpu_int8.FORWARD = (frozenset() if "int8bwd" in parts else None if "int8all" in parts else SHIPPED_FORWARD)
@@ -472,7 +487,7 @@ def kernels_cmd(a) -> None:
 # ab: every lever on the same rows from the same weights, interleaved step by step
 # ------------------------------------------------------------------------------------------------
 def _state(model, opt):
-    return ([p.detach().clone() for p in model.parameters() if p.requires_grad], copy.deepcopy(opt.state_dict()))
+    return ([p.detach().clone() for n, p in model.named_parameters() if "lora_" in n], copy.deepcopy(opt.state_dict()))
 
 
 def _restore(model, opt, state):
@@ -480,7 +495,7 @@ def _restore(model, opt, state):
 
     params, opt_state = state
     with torch.no_grad():
-        for p, saved in zip([p for p in model.parameters() if p.requires_grad], params, strict=True):
+        for p, saved in zip([p for n, p in model.named_parameters() if "lora_" in n], params, strict=True):
             p.copy_(saved)
     opt.load_state_dict(opt_state)
 

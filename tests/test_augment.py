@@ -17,7 +17,7 @@ from lorastudio.train.augment import (
     standalone_turns,
     strip_verdict,
 )
-from lorastudio.train.config import TrainConfig
+from lorastudio.train.config import ConfigError, TrainConfig
 from lorastudio.train.replay import general_prompts, general_replay, model_key
 
 DEMO = Path(__file__).resolve().parents[1] / "lorastudio" / "assets" / "demo" / "yunzhan_train.jsonl"
@@ -315,6 +315,20 @@ def test_contrast_pairs_answer_each_question_with_its_own_answer():
     assert sorted(p.row for p in cyc) == [1, 2, 3, 4, 5, 6]
 
 
+def test_contrast_passes_keep_the_pairs_to_the_first_passes():
+    from lorastudio.train.augment import contrast_pairs
+
+    convs = _refund_rows()
+    every = contrast_pairs(convs, cycle=3, k=1)
+    assert sorted({p.rotation[0] for p in every}) == [0, 1, 2]
+    two = contrast_pairs(convs, cycle=3, k=1, passes=2)
+    assert sorted({p.rotation[0] for p in two}) == [0, 1]
+    assert sorted(p.row for p in two) == [1, 2, 3, 4, 5, 6]  # two passes still pair every question once
+    assert [p.to_dict() for p in two] == [p.to_dict() for p in every if p.rotation[0] < 2]
+    assert contrast_pairs(convs, cycle=3, k=1, passes=5) == every
+    assert contrast_pairs(convs, cycle=1, k=1, passes=1) == contrast_pairs(convs, cycle=1, k=1)  # no passes to keep
+
+
 def test_contrast_pairs_need_a_neighbour():
     from lorastudio.train.augment import contrast_pairs
 
@@ -386,7 +400,9 @@ def test_augment_hook_adds_contrast_and_case_rows(tmp_path):
 def test_new_levers_are_resume_settings():
     from lorastudio.train.config import resume_keys
 
-    assert {"augment_contrast", "augment_cases"} <= set(resume_keys())
+    assert {"augment_contrast", "augment_cases", "contrast_passes"} <= set(resume_keys())
+    with pytest.raises(ConfigError, match="contrast_passes"):
+        TrainConfig(contrast_passes=-1).validate()
     assert TrainConfig().augment_contrast is False and TrainConfig().augment_cases is False
 
 

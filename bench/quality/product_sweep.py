@@ -114,6 +114,29 @@ MIXES.update({
     "n_para2": {"augment_paraphrases": 2},
     "n_e4": {"num_epochs": 4},
 })
+
+
+def _top_mlp(n: int, layers: int = 24) -> list[str]:
+    """The MLP linears of the top n of the default model's 24 layers (peft matches these name ends)."""
+    return [f"layers.{i}.mlp.{m}" for i in range(layers - n, layers) for m in ("gate_proj", "up_proj", "down_proj")]
+
+
+# Session 6: LoRA in the top layers only (autograd then stops below them: less backward on a CPU), at the
+# default rate and a higher one; and a 4th pass paid for by the cheaper passes.
+MIXES.update({
+    "t_top16": {"target_modules": _top_mlp(16)},
+    "t_top12": {"target_modules": _top_mlp(12)},
+    "t_top8": {"target_modules": _top_mlp(8)},
+    "t_top12_lr1e-3": {"target_modules": _top_mlp(12), "learning_rate": 1e-3},
+    "t_top12_e4": {"target_modules": _top_mlp(12), "num_epochs": 4},
+})
+# Session 6: the contrastive pairs in the first passes only (`contrast_passes`): the last pass trains each
+# question on its own (aimed at neighbours blended in applied questions) and the run is shorter.
+MIXES.update({
+    "c_p2": {"contrast_passes": 2},
+    "c_p1": {"contrast_passes": 1},
+    "c_p2_lr1e-3": {"contrast_passes": 2, "learning_rate": 1e-3},
+})
 for _name, _settings in MIXES.items():
     RECIPES[_name] = _settings
     for _seed in range(1, 10):

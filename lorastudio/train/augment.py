@@ -306,14 +306,15 @@ def _joined(conv: Conversation, other: Conversation) -> tuple[str, str]:
 
 
 def contrast_pairs(conversations: Sequence[Conversation], seed: int = 0, cycle: int = 1,
-                   k: int = 2) -> list[Conversation]:
+                   k: int = 2, passes: int = 0) -> list[Conversation]:
     """Two neighbouring facts asked in one question, each part answered with its OWN row's answer.
 
     Every other question (the other half in the next epoch) is joined with a question of a neighbouring
     fact ("…？另外，…？") and trained with both rows' answers in that order, so the model learns to keep
     close facts apart instead of answering the neighbour. The questions are the file's single-turn rows
     and, for multi-turn rows, each turn on its own (`question_turns`). Under `cycle` > 1 a row pairs with a
-    different neighbour row each epoch (rows carry `rotation`). Nothing is generated.
+    different neighbour row each epoch (rows carry `rotation`); `passes` > 0 keeps the pairs to the first
+    `passes` epochs of the cycle (two passes pair every question once). Nothing is generated.
     """
     convs, candidates_of = contrast_plan(conversations, k=k)
     rng = random.Random(seed)
@@ -323,7 +324,7 @@ def contrast_pairs(conversations: Sequence[Conversation], seed: int = 0, cycle: 
         if not candidates:
             continue
         rng.shuffle(candidates)
-        for epoch in range(cycle):
+        for epoch in range(min(cycle, passes) if passes and cycle > 1 else cycle):
             if (i + epoch) % 2:  # half the rows each epoch, the other half the next
                 continue
             question, answer = _joined(conv, convs[candidates[epoch % len(candidates)]])
@@ -495,7 +496,8 @@ def augment_conversations(conversations: Sequence[Conversation], *, model: Any =
         pool = conversations + [c for source, c in added if source == "turn"]
         added += [("same_fact", c) for c in same_fact_pairs(pool, seed=seed, cycle=epoch_cycle(cfg))]
     if getattr(cfg, "augment_contrast", False):
-        added += [("contrast", c) for c in contrast_pairs(conversations, seed=seed, cycle=epoch_cycle(cfg))]
+        added += [("contrast", c) for c in contrast_pairs(conversations, seed=seed, cycle=epoch_cycle(cfg),
+                                                          passes=int(getattr(cfg, "contrast_passes", 0) or 0))]
     if getattr(cfg, "augment_cases", False):
         added += [("case", c) for c in applied_cases(conversations, seed=seed, cycle=epoch_cycle(cfg))]
     n = int(getattr(cfg, "augment_paraphrases", 0) or 0)

@@ -31,7 +31,7 @@ _FLOAT_FIELDS = {"lora_dropout", "learning_rate", "warmup_ratio", "weight_decay"
                  "neftune_alpha", "val_fraction", "price_per_hour"}
 _INT_FIELDS = {"lora_r", "lora_alpha", "max_steps", "batch_tokens", "gradient_accumulation", "max_length",
                "seed", "eval_every", "save_every", "keep_checkpoints", "early_stopping_patience", "augment_paraphrases",
-               "replay_rows", "gpus"}
+               "replay_rows", "gpus", "contrast_passes"}
 
 
 def _resume(default: Any) -> Any:
@@ -129,6 +129,9 @@ class TrainConfig:
     """Also train pairs of neighbouring facts asked in one question ("…？另外，…？"), each part answered
     with its own row's answer, so close facts are told apart (half the questions each epoch; no generation;
     runs with the augmentation hook, i.e. with augment_same_fact, augment_turns or augment_paraphrases on)."""
+    contrast_passes: int = _resume(0)
+    """Passes that train the contrastive pairs: 0 = every pass; N = the first N passes only, so the last
+    passes train each question on its own (needs augment_per_epoch, which schedules rows by pass)."""
     augment_cases: bool = _resume(False)
     """Also train new cases of the rules the rows state: a case question's amount moved within its rule's
     bounds, and rule questions framed with a concrete amount past their threshold (no generation; runs
@@ -184,6 +187,7 @@ class TrainConfig:
         need(1 <= self.keep_checkpoints <= 1000, "keep_checkpoints", "must be 1–1000")
         need(self.augment_paraphrases >= 0, "augment_paraphrases", "must be ≥ 0")
         need(self.replay_rows >= 0, "replay_rows", "must be ≥ 0")
+        need(self.contrast_passes >= 0, "contrast_passes", "must be ≥ 0 (0 = every pass)")
         need(self.device in ("auto", "cpu", "cuda"), "device", "auto, cpu or cuda")
         need(self.dtype in ("auto", "bf16", "fp16", "fp32"), "dtype", "auto, bf16, fp16 or fp32")
         need(self.quantize_base in ("auto", "none", "4bit"), "quantize_base", "auto, none or 4bit")
