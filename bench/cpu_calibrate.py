@@ -1,6 +1,6 @@
 """Is the recommender's pre-run estimate right on this CPU? `lorastudio train --quick` timed end to end.
 
-    python bench/cpu_calibrate.py --tokenizer DIR [--cores 4,5] [--env ATEN_CPU_CAPABILITY=avx2 ...] --out OUT
+    python bench/cpu_calibrate.py --tokenizer DIR [--cores 4,5] [--env ATEN_CPU_CAPABILITY=avx2 ...] [--set dtype=fp32] --out OUT
 
 Builds (once) a random-weight model of the default model's shape (Qwen2.5-0.5B: hidden 896, 24 layers,
 14/2 heads, 151,936 vocab, tied embeddings) named `qwen2.5-0.5b-random` (the recommender reads the size
@@ -57,6 +57,8 @@ def main() -> None:
     ap.add_argument("--tokenizer", required=True)
     ap.add_argument("--cores", default="", help="taskset -c list (empty: not pinned)")
     ap.add_argument("--env", action="append", default=[], help="KEY=VALUE for the timed command")
+    ap.add_argument("--set", action="append", default=[], dest="settings",
+                    help="KEY=VALUE passed on to `lorastudio train --set` (e.g. dtype=fp32)")
     ap.add_argument("--label", default="")
     ap.add_argument("--workdir", default="/tmp/lorastudio-calibrate")
     ap.add_argument("--out", required=True)
@@ -70,6 +72,8 @@ def main() -> None:
     cmd = [sys.executable, "-m", "lorastudio", "train", str(ROOT / "lorastudio/assets/demo/yunzhan_train.jsonl"),
            "--base", str(model_dir), "--quick", "--device", "cpu", "--set", "replay_rows=0",
            "--output", str(run_dir)]
+    for kv in a.settings:
+        cmd += ["--set", kv]
     if a.cores:
         cmd = ["taskset", "-c", a.cores, *cmd]
     env = {**os.environ, "PYTHONPATH": str(ROOT), **dict(kv.split("=", 1) for kv in a.env)}
@@ -81,7 +85,7 @@ def main() -> None:
     est = next((e for e in events if e.get("type") == "estimate" and e.get("estimated_s")), {})
     metrics = [e for e in events if e.get("type") == "metrics" and e.get("tokens_per_s")]
     estimate_line = next((line.strip() for line in proc.stdout.splitlines() if line.strip().startswith("estimate:")), "")
-    result = {"label": a.label, "cores": a.cores, "env": a.env, "rc": proc.returncode, "wall_s": round(wall, 1),
+    result = {"label": a.label, "cores": a.cores, "env": a.env, "set": a.settings, "rc": proc.returncode, "wall_s": round(wall, 1),
               "estimated_s": est.get("estimated_s"), "estimate_line": estimate_line,
               "ratio_estimate_to_wall": round(est["estimated_s"] / wall, 3) if est.get("estimated_s") else None,
               "trainer_tokens_per_s_last": metrics[-1]["tokens_per_s"] if metrics else None,

@@ -167,12 +167,17 @@ def test_int8_leaves_trainable_or_non_fp32_linears_alone(small_model_dir):
     assert torch.equal(loss, ref_loss)
 
 
-@pytest.mark.parametrize("env,expect", [({}, (False, True)), ({"LORASTUDIO_CPU_INT8": "1"}, (True, True)),
-                                        ({"LORASTUDIO_CPU_PREFIX": "0"}, (False, False)),
-                                        ({"LORASTUDIO_CPU_INT8": "1", "LORASTUDIO_CPU_PREFIX": "0"}, (True, False))])
-def test_customize_switches(small_model_dir, monkeypatch, env, expect):
-    """`cpu.customize` turns the shared head on for an fp32 run unless switched off, int8 only when
-    asked for (1.1× on AVX2, loss curve not proven: docs/BENCHMARKS.md); `cpu.packed_loss` then runs them (and nothing
+@pytest.mark.parametrize("env,min_hidden,expect", [
+    ({}, 512, (False, True)),  # the tiny model (hidden 64) is below INT8_MIN_HIDDEN: exact fp32
+    ({}, 32, (True, True)),  # a model big enough for int8 to gain gets it by default
+    ({"LORASTUDIO_CPU_INT8": "1"}, 512, (True, True)),  # forced on whatever the size
+    ({"LORASTUDIO_CPU_INT8": "0"}, 32, (False, True)),
+    ({"LORASTUDIO_CPU_PREFIX": "0"}, 512, (False, False)),
+    ({"LORASTUDIO_CPU_INT8": "1", "LORASTUDIO_CPU_PREFIX": "0"}, 512, (True, False))])
+def test_customize_switches(small_model_dir, monkeypatch, env, min_hidden, expect):
+    """`cpu.customize` turns the shared head on for an fp32 run unless switched off, int8 by default
+    for models with a hidden size ≥ INT8_MIN_HIDDEN (1.32× on the default model, docs/BENCHMARKS.md)
+    unless switched off, and for any size when forced; `cpu.packed_loss` then runs them (and nothing
     else does without customize)."""
     from lorastudio.train.config import TrainConfig
     from lorastudio.train.device import device_setup
@@ -182,9 +187,12 @@ def test_customize_switches(small_model_dir, monkeypatch, env, expect):
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setattr(cpu_int8, "available", lambda: True)
+    monkeypatch.setattr(cpu, "INT8_MIN_HIDDEN", min_hidden)
     setup = device_setup(TrainConfig(data="x.jsonl", base="tiny-random", output_dir="out", device="cpu", dtype="fp32"))
     model, tokenizer = _lora_model(small_model_dir, "sdpa")
     setup.prepare_model(model.get_base_model())
+    if not env.get("LORASTUDIO_CPU_INT8"):  # the default's choice needs the loaded model, and says which it made
+        assert any(n.startswith("int8 base GEMMs") and ("on:" in n) == expect[0] for n in setup.notes)
     batch = collate_packed(_examples(tokenizer))
     with torch.no_grad():
         setup.loss_fn(model, batch)

@@ -319,3 +319,39 @@ def test_the_schedule_is_lazy_its_memory_does_not_grow_with_its_length(field, sh
     assert long_steps >= 99 * short_steps and long_steps >= 50_000
     # A list of every step (the old schedule) needs ~100x more for the long one.
     assert long_peak < 1.5 * short_peak + 65_536, (short_peak, long_peak, long_steps)
+
+
+def test_the_run_re_estimates_its_time_without_the_first_steps_one_off_costs(tmp_path, small_model_dir, monkeypatch):
+    """The first step pays one-off costs (the CPU path's int8 weight packs, lazy kernel set-up): the
+    re-estimate and the ETA measure from the end of the first step. A fake clock: the first step takes
+    100 s, every later one 1 s; with the first step counted the ETA would be ~13× too long."""
+    from lorastudio.train import device, trainer
+
+    clock = {"now": 1_000.0, "calls": 0}
+
+    class FakeTime:
+        @staticmethod
+        def time() -> float:
+            return clock["now"]
+
+    real_loss = device.causal_lm_loss
+
+    def timed_loss(model, batch):
+        clock["calls"] += 1
+        clock["now"] += 100.0 if clock["calls"] == 1 else 1.0
+        return real_loss(model, batch)
+
+    monkeypatch.setattr(trainer, "time", FakeTime)
+    monkeypatch.setattr(device, "causal_lm_loss", timed_loss)
+    cfg = _config(tmp_path, small_model_dir, "eta", max_steps=20, save_every=0, lora_dropout=0.0)
+    train(cfg)
+    events = read_events(Path(cfg.output_dir) / "events.jsonl")
+    estimate = next(e for e in events if e["type"] == "estimate")
+    assert estimate["steps_measured"] >= trainer.CALIBRATION_STEPS
+    step = 1 + estimate["steps_measured"]
+    remaining_steps = 20 - step
+    # one fake second a step from here on: the ETA says about that (steps differ in tokens a little)
+    assert 0.3 * remaining_steps <= estimate["remaining_s"] <= 3 * remaining_steps
+    metrics = {e["step"]: e for e in events if e["type"] == "metrics"}
+    assert metrics[step]["eta_s"] == estimate["remaining_s"]
+    assert metrics[1]["eta_s"] > 10 * (20 - 1)  # after step 1 only the slow step is known

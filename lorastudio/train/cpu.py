@@ -43,10 +43,14 @@ from lorastudio.train import cpu_int8, cpu_prefix, kernels
 
 ATTN_IMPLEMENTATION = "lorastudio_cpu_docs"
 LEVERS_ATTR = "_lorastudio_cpu_levers"
-INT8_DEFAULT = False
-"""int8 frozen-base GEMMs off unless asked for: on a 2-core AVX2 CPU only 1.1× per CPU-second (1 thread,
-24 layers), per-step loss within 0.15 %, and no ≥ 30-step loss curve yet (docs/BENCHMARKS.md, "fp32 CPU
-training levers")."""
+INT8_DEFAULT = True
+"""int8 frozen-base GEMMs on for fp32 CPU training of models with a hidden size ≥ `INT8_MIN_HIDDEN`
+(`LORASTUDIO_CPU_INT8=0` off): 1.32× wall on the default model (2 AVX2 cores, with the shared head), its
+30-step loss curve within 1 % of fp32's and a whole default run's recall measured against fp32's
+(docs/BENCHMARKS.md, "fp32 CPU training levers")."""
+INT8_MIN_HIDDEN = 512
+"""Below this hidden size the int8 packing and per-token scales cost more than the small GEMMs save:
+the default stays on the exact fp32 path there (tests' tiny models, for one)."""
 PREFIX_DEFAULT = True
 """The shared template head once per packed row on by default: exact, fewer tokens computed."""
 
@@ -142,8 +146,8 @@ def choose_levers(cfg: Any, setup: Any) -> tuple[dict[str, bool], list[str]]:
 
     notes = []
     int8 = switch(cpu_int8.ENV)
-    if int8 is None:
-        int8 = INT8_DEFAULT and setup.dtype == torch.float32
+    if int8 is None:  # the default; never under FSDP, whose ranks hold only shards of the frozen W
+        int8 = INT8_DEFAULT and setup.dtype == torch.float32 and getattr(setup, "strategy", "ddp") != "fsdp"
     if int8 and not cpu_int8.available():
         notes.append("int8 base GEMMs off: this torch build or CPU has no fbgemm/AVX2")
         int8 = False
@@ -174,6 +178,13 @@ def customize(cfg: Any, setup: Any) -> Any:
 
     def prepare_model(model: Any) -> Any:
         model = (previous(model) or model) if previous else model
+        if chosen["int8"] and not forced_int8:  # the default: on where the GEMMs are big enough to gain
+            hidden = int(getattr(getattr(model, "config", None), "hidden_size", 0) or 0)
+            chosen["int8"] = hidden >= INT8_MIN_HIDDEN
+            setup.notes.append(
+                f"int8 base GEMMs (fbgemm) on: hidden size {hidden} ≥ {INT8_MIN_HIDDEN} (LORASTUDIO_CPU_INT8=0: "
+                "exact fp32 products)" if chosen["int8"] else
+                f"int8 base GEMMs off: hidden size {hidden} < {INT8_MIN_HIDDEN}, too small to gain")
         # `device.causal_lm_loss` (still the setup's loss_fn) hands over to `packed_loss`, which fuses the
         # LoRA linears on its first call, once PEFT has wrapped the model (the attribute is found through
         # PEFT's wrappers).
@@ -182,7 +193,8 @@ def customize(cfg: Any, setup: Any) -> Any:
         return model
 
     chosen, notes = choose_levers(cfg, setup)
-    extra = (", int8 base GEMMs (fbgemm)" if chosen["int8"] else "") + \
+    forced_int8 = switch(cpu_int8.ENV) is True
+    extra = (", int8 base GEMMs (fbgemm)" if chosen["int8"] and forced_int8 else "") + \
         (", shared template head once per row" if chosen["prefix"] else "")
     setup.prepare_model = prepare_model
     setup.notes = [*getattr(setup, "notes", []),

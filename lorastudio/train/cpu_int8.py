@@ -1,13 +1,15 @@
-"""int8 frozen-base GEMMs for fp32 CPU training (issue 13; off by default, `LORASTUDIO_CPU_INT8=1`).
+"""int8 frozen-base GEMMs for fp32 CPU training (issue 13; on by default for models with a hidden size
+≥ 512, `cpu.INT8_DEFAULT`; `LORASTUDIO_CPU_INT8=0` off, `=1` on for any size).
 
 A LoRA run never trains the base weights W, so W can be quantized once and its products in a training
 step run as int8 GEMMs (fbgemm, `quantized::linear_dynamic`). The bare kernel is about 2× faster than
 the fp32 GEMM on a 2-core AVX2 CPU, but with what keeps the gradients right (per-token scales, outlier
 channels in fp32, below) the MLP products gained only 1.07–1.25× and the attention projections' became
-1.6–4× slower (`bench/cpu_speed.py kernels`): a whole step 1.1× per CPU-second, per-step loss within
-0.15 %, LoRA gradient cosine 0.993–0.995 on the default model. Off by default (`cpu.INT8_DEFAULT`;
-docs/BENCHMARKS.md, "fp32 CPU training levers") until a ≥ 30-step loss curve says the same; worth
-more on CPUs with VNNI, where 8-bit activations fit (not measured). Which products:
+1.6–4× slower (`bench/cpu_speed.py kernels`). A whole default run of the demo file on 2 AVX2 cores:
+79 vs 63.8 tok/s (1.24×) over the same steps, the same recall as the exact fp32 run from the same seed
+(hard set 49 vs 47 of 75, general 20 vs 19 of 24); its 30-step loss curve within 1 % of fp32's; on an
+AVX-512 Xeon with VNNI 170 vs 137.5 tok/s (docs/BENCHMARKS.md, "fp32 CPU training levers").
+Which products:
 
 - the **input gradient** `g W` of every frozen linear of the decoder layers (`BACKWARD`): Wᵀ packed
   per input channel; the LoRA gradient stays a cosine ≥ 0.995 from fp32 and the loss is untouched;
@@ -31,7 +33,8 @@ The LoRA branch stays fp32 and exact (`y = x Wᵀ + b + s·(x Aᵀ) Bᵀ`, A/B g
 g), as do attention, norms, the LM head + cross-entropy (`HEAD`) and the optimizer. The packs live on
 the modules (`_lorastudio_int8`, not in the state dict) and are rebuilt if W or b change.
 
-Switch: `LORASTUDIO_CPU_INT8=1` on (fp32 base weights, a CPU that fbgemm runs on), `=0` or unset off. `tests/test_cpu_speed.py`: parity with the fp32 path within int8 noise, and
+Switch: `LORASTUDIO_CPU_INT8=1` on (fp32 base weights, a CPU that fbgemm runs on), `=0` off, unset: the
+default (`cpu.choose_levers`). `tests/test_cpu_speed.py`: parity with the fp32 path within int8 noise, and
 the switch really changes the path.
 """
 

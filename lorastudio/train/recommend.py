@@ -36,15 +36,21 @@ TASKS = ("qa", "copywriting", "consulting")
 # (`lorastudio.hardware.cpu_class`). Measured, not assumed:
 # - avx512-bf16: README "CPU training speed" (idle 2-core CPU with avx512_bf16): bf16 160 tok/s at
 #   640-token packs, 164–167 at 1024; whole `lorastudio train` runs 136–150 (docs/QUALITY.md, session 3).
-# - avx512-fp32: the same machine with bf16 off, fp32: 82–89 (README).
-#   These two were not re-measured since the shared template head (train/cpu_prefix.py), which made
-#   fp32 1.26–1.30× faster: probably a little slow now; the trainer's calibration corrects the ETA.
+# - avx512-fp32: int8 frozen-base GEMMs on (the fp32 default since session 6, `train/cpu.py`): 135, the
+#   lower of two figures: an AVX-512 Xeon with VNNI (the GPU device's host) ran `bench/cpu_calibrate.py`
+#   --set dtype=fp32 at 170 tok/s with int8, 137.5 without (2 pinned cores, 2026-11-30, session 6); the
+#   Zen 4 of the README ran fp32 at 82–89 before the shared template head (≈ 110 with it, ≈ 136 with int8's
+#   1.24×). Exact fp32 (int8 off): 110.
+#   The avx512-bf16 figure predates the shared template head (probably a little slow now); the trainer's
+#   calibration corrects the ETA. Capping the Xeon's oneDNN at AVX512_CORE_BF16 (no AMX) gave 89 tok/s:
+#   not a stand-in for a Zen 4, so not used.
 # - amx-bf16: `bench/cpu_calibrate.py` (`lorastudio train --quick` of the demo file, random weights of
 #   the default model's shape) on 2 pinned cores of an idle Xeon with AMX (the GPU device's host),
-#   2026-11-30: 226–246 tok/s over the run, 235 at the end.
-# - avx2-fp32: `lorastudio train yunzhan_train.jsonl --base default --quick` on an idle 2-core AMD EPYC
-#   (Zen 3, AVX2 only, fp32) with the shared template head (on by default): 57–63 tok/s over the run,
-#   62 at the end (2026-11-30, docs/BENCHMARKS.md); 41–46 before that lever (issue 13).
+#   2026-11-30: 226–246 tok/s over the run, 235 at the end (249 in session 6, beside three other runs).
+# - avx2-fp32: whole `lorastudio train yunzhan_train.jsonl --base default` runs (3 passes, 110k tokens) on
+#   an idle 2-core AMD EPYC (Zen 3, AVX2 only, fp32), 2026-11-30, session 6: 78 tok/s with int8 (the
+#   default; 79 over the last third, 24 min 54 s with ≈ 70 s of other work in it), 62.8 exact fp32
+#   (29 min 38 s); 41–46 before the shared template head (issue 13).
 # - other (no AVX2, another architecture): not measured; taken as the slowest figure ever measured
 #   (AVX2 before the head lever), and the recommendation says the time is a guess (warn.cpu_speed_unknown).
 # Other core counts scale per core; other model sizes by 0.5B / size. The trainer re-calibrates at
@@ -52,10 +58,12 @@ TASKS = ("qa", "copywriting", "consulting")
 CPU_TOKENS_PER_S_05B_2CORES: dict[str, float] = {
     "amx-bf16": 235.0,
     "avx512-bf16": 150.0,
-    "avx512-fp32": 85.0,
-    "avx2-fp32": 62.0,
+    "avx512-fp32": 135.0,
+    "avx2-fp32": 78.0,
     "other": 43.0,
 }
+CPU_TOKENS_PER_S_05B_2CORES_EXACT_FP32: dict[str, float] = {"avx512-fp32": 110.0, "avx2-fp32": 62.0}
+"""The fp32 classes with int8 switched off (`LORASTUDIO_CPU_INT8=0`): exact fp32 products."""
 MEASURED_CPU_CLASSES = ("amx-bf16", "avx512-bf16", "avx512-fp32", "avx2-fp32")
 CPU_TOKENS_PER_S_05B_2CORES_BF16 = CPU_TOKENS_PER_S_05B_2CORES["avx512-bf16"]  # older names
 CPU_TOKENS_PER_S_05B_2CORES_FP32 = CPU_TOKENS_PER_S_05B_2CORES["avx512-fp32"]
@@ -135,9 +143,16 @@ def render(entry: Mapping[str, Any], lang: str = "en") -> str:
     return _t(entry["code"], lang if lang in ("en", "zh") else "en", **dict(entry.get("params") or {}))
 
 
+def int8_switched_off() -> bool:
+    """`LORASTUDIO_CPU_INT8=0` (or false/no/off): fp32 CPU training without its int8 default."""
+    return os.environ.get("LORASTUDIO_CPU_INT8", "").strip().lower() in ("0", "false", "no", "off")
+
+
 def cpu_tokens_per_s(cpu_class: str, cores: int, size_b: float = 0.5) -> float:
-    """Expected training tokens/s on `cores` physical cores of this CPU class (the measured table)."""
-    per_core = CPU_TOKENS_PER_S_05B_2CORES.get(cpu_class, CPU_TOKENS_PER_S_05B_2CORES["other"]) / 2
+    """Expected training tokens/s on `cores` physical cores of this CPU class (the measured table; the
+    fp32 classes' exact figure when int8 is switched off)."""
+    table = {**CPU_TOKENS_PER_S_05B_2CORES, **(CPU_TOKENS_PER_S_05B_2CORES_EXACT_FP32 if int8_switched_off() else {})}
+    per_core = table.get(cpu_class, table["other"]) / 2
     return per_core * max(1, int(cores)) * 0.5 / max(size_b, 0.05)
 
 
