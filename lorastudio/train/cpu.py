@@ -45,9 +45,9 @@ ATTN_IMPLEMENTATION = "lorastudio_cpu_docs"
 LEVERS_ATTR = "_lorastudio_cpu_levers"
 INT8_DEFAULT = True
 """int8 frozen-base GEMMs on for fp32 CPU training of models with a hidden size ≥ `INT8_MIN_HIDDEN`
-(`LORASTUDIO_CPU_INT8=0` off): 1.32× wall on the default model (2 AVX2 cores, with the shared head), its
-30-step loss curve within 1 % of fp32's and a whole default run's recall measured against fp32's
-(docs/BENCHMARKS.md, "fp32 CPU training levers")."""
+(`LORASTUDIO_CPU_INT8=0` off): a whole default run of the demo file on 2 AVX2 cores 1.24× faster than
+exact fp32 (1.32× in the interleaved bench, with the shared head) with the same recall from the same seed;
+its 30-step loss curve within 1 % of fp32's (docs/BENCHMARKS.md, "fp32 CPU training levers")."""
 INT8_MIN_HIDDEN = 512
 """Below this hidden size the int8 packing and per-token scales cost more than the small GEMMs save:
 the default stays on the exact fp32 path there (tests' tiny models, for one)."""
