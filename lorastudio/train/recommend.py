@@ -65,8 +65,6 @@ CPU_TOKENS_PER_S_05B_2CORES: dict[str, float] = {
 CPU_TOKENS_PER_S_05B_2CORES_EXACT_FP32: dict[str, float] = {"avx512-fp32": 110.0, "avx2-fp32": 62.0}
 """The fp32 classes with int8 switched off (`LORASTUDIO_CPU_INT8=0`): exact fp32 products."""
 MEASURED_CPU_CLASSES = ("amx-bf16", "avx512-bf16", "avx512-fp32", "avx2-fp32")
-CPU_TOKENS_PER_S_05B_2CORES_BF16 = CPU_TOKENS_PER_S_05B_2CORES["avx512-bf16"]  # older names
-CPU_TOKENS_PER_S_05B_2CORES_FP32 = CPU_TOKENS_PER_S_05B_2CORES["avx512-fp32"]
 GPU_TOKENS_PER_S_05B = 20_000.0
 # Small steps on a GPU are bound by kernel launches, not arithmetic: 141 steps of 640 tokens took
 # 25–30 s on an H200 (three runs sharing it), so a step costs at least this much.
@@ -144,8 +142,11 @@ def render(entry: Mapping[str, Any], lang: str = "en") -> str:
 
 
 def int8_switched_off() -> bool:
-    """`LORASTUDIO_CPU_INT8=0` (or false/no/off): fp32 CPU training without its int8 default."""
-    return os.environ.get("LORASTUDIO_CPU_INT8", "").strip().lower() in ("0", "false", "no", "off")
+    """`LORASTUDIO_CPU_INT8=0` (or false/no/off): fp32 CPU training without its int8 default; read by the
+    trainer's own switch parser (`cpu.switch`), whose modules import torch only when they run."""
+    from lorastudio.train import cpu, cpu_int8
+
+    return cpu.switch(cpu_int8.ENV) is False
 
 
 def cpu_tokens_per_s(cpu_class: str, cores: int, size_b: float = 0.5) -> float:
