@@ -355,3 +355,34 @@ def test_the_run_re_estimates_its_time_without_the_first_steps_one_off_costs(tmp
     metrics = {e["step"]: e for e in events if e["type"] == "metrics"}
     assert metrics[step]["eta_s"] == estimate["remaining_s"]
     assert metrics[1]["eta_s"] > 10 * (20 - 1)  # after step 1 only the slow step is known
+
+
+def test_lora_plus_moves_the_b_matrices_at_ratio_times_the_rate(tmp_path, small_model_dir):
+    """One AdamW step from B = 0: every B entry moves by about the learning rate (Adam's first step is
+    sign-like), so LoRA+ at ratio 8 moves B 8× as far; A's gradient is zero while B is, so A stays put."""
+    weights = {}
+    for ratio in (1.0, 8.0):
+        cfg = _config(tmp_path, small_model_dir, f"plus{ratio:g}", max_steps=1, save_every=0, lora_dropout=0.0,
+                      warmup_ratio=0.0, lr_scheduler="constant", learning_rate=1e-3, lora_plus_ratio=ratio)
+        weights[ratio] = lora_weights(Path(train(cfg).adapter_dir))
+    b_keys = [k for k in weights[1.0] if "lora_B" in k]
+    a_keys = [k for k in weights[1.0] if "lora_A" in k]
+    assert b_keys and a_keys
+    plain = torch.cat([weights[1.0][k].flatten().abs() for k in b_keys]).mean().item()
+    plus = torch.cat([weights[8.0][k].flatten().abs() for k in b_keys]).mean().item()
+    assert plain > 0 and plus / plain == pytest.approx(8.0, rel=0.05)
+    assert all(torch.equal(weights[1.0][k], weights[8.0][k]) for k in a_keys)
+
+
+def test_lora_plus_groups_and_its_bounds():
+    from lorastudio.train.trainer import optimizer_groups
+
+    a, b, bias = torch.zeros(4, 2), torch.zeros(2, 4), torch.zeros(4)
+    plain = optimizer_groups([a, b, bias], TrainConfig(learning_rate=1e-3), {id(b)})
+    assert [len(g["params"]) for g in plain] == [2, 1] and all("lr" not in g for g in plain)
+    plus = optimizer_groups([a, b, bias], TrainConfig(learning_rate=1e-3, lora_plus_ratio=4), {id(b)})
+    assert [g["params"] for g in plus][1] == [b] and plus[1]["lr"] == pytest.approx(4e-3)
+    assert "lora_plus_ratio" in TrainConfig().__dataclass_fields__
+    for bad in (0.5, 100):
+        with pytest.raises(ConfigError, match="lora_plus_ratio"):
+            TrainConfig(lora_plus_ratio=bad).validate()

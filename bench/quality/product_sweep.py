@@ -137,6 +137,18 @@ MIXES.update({
     "c_p1": {"contrast_passes": 1},
     "c_p2_lr1e-3": {"contrast_passes": 2, "learning_rate": 1e-3},
 })
+# Session 7: LoRA+ (the B matrices at `lora_plus_ratio` × the rate): more facts per pass, so that two
+# passes (≈ 2/3 of the CPU time) could keep what three teach today.
+MIXES.update({
+    "lp4": {"lora_plus_ratio": 4},
+    "lp8": {"lora_plus_ratio": 8},
+    "lp16_lr4e-4": {"lora_plus_ratio": 16, "learning_rate": 4e-4},
+    "n_e2": {"num_epochs": 2},
+    "lp4_e2": {"lora_plus_ratio": 4, "num_epochs": 2},
+    "lp8_e2": {"lora_plus_ratio": 8, "num_epochs": 2},
+    "lp16_lr4e-4_e2": {"lora_plus_ratio": 16, "learning_rate": 4e-4, "num_epochs": 2},
+    "nc_lp4": {"augment_contrast": False, "learning_rate": 1e-3, "lora_plus_ratio": 4},
+})
 for _name, _settings in MIXES.items():
     RECIPES[_name] = _settings
     for _seed in range(1, 10):

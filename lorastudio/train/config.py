@@ -27,7 +27,7 @@ class ConfigError(ValueError):
     """A setting is unknown or out of range; the message names it and says what is allowed."""
 
 
-_FLOAT_FIELDS = {"lora_dropout", "learning_rate", "warmup_ratio", "weight_decay", "num_epochs",
+_FLOAT_FIELDS = {"lora_dropout", "learning_rate", "lora_plus_ratio", "warmup_ratio", "weight_decay", "num_epochs",
                  "neftune_alpha", "val_fraction", "price_per_hour"}
 _INT_FIELDS = {"lora_r", "lora_alpha", "max_steps", "batch_tokens", "gradient_accumulation", "max_length",
                "seed", "eval_every", "save_every", "keep_checkpoints", "early_stopping_patience", "augment_paraphrases",
@@ -85,6 +85,9 @@ class TrainConfig:
 
     # --- optimisation -------------------------------------------------------------------------
     learning_rate: float = _resume(5e-4)
+    lora_plus_ratio: float = _resume(1.0)
+    """LoRA+ (Hayou et al., 2024): the LoRA B matrices learn at this many times `learning_rate`, the A
+    matrices at `learning_rate`; 1 = plain LoRA (one rate for both)."""
     lr_scheduler: Literal["linear", "cosine", "constant"] = _resume("linear")
     warmup_ratio: float = _resume(0.05)
     weight_decay: float = _resume(0.0)
@@ -172,6 +175,8 @@ class TrainConfig:
         need(self.lora_alpha > 0, "lora_alpha", "must be > 0 (typical: 2 × lora_r)")
         need(0.0 <= self.lora_dropout < 1.0, "lora_dropout", "must be in [0, 1)")
         need(0.0 < self.learning_rate < 1.0, "learning_rate", "must be in (0, 1) (typical: 1e-4–1e-3)")
+        need(1.0 <= self.lora_plus_ratio <= 64.0, "lora_plus_ratio",
+             "must be 1–64 (1 = plain LoRA; LoRA+ uses 4–16)")
         need(self.lr_scheduler in ("linear", "cosine", "constant"), "lr_scheduler", "linear, cosine or constant")
         need(0.0 <= self.warmup_ratio < 1.0, "warmup_ratio", "must be in [0, 1)")
         need(0 < self.num_epochs <= MAX_EPOCHS, "num_epochs", f"must be > 0 and ≤ {MAX_EPOCHS}")

@@ -206,8 +206,9 @@ class Trainer:
         data = dataset.tokenize(train_convs, val_convs, tokenizer=tokenizer, cfg=cfg, log=log, report=self.data_report)
         self.train_examples, self.val_examples, self.schedule = data.train, data.val, data.schedule
         self.total_steps = len(self.schedule)
-        self.optimizer, self.scheduler, self.scaler = build_optimizer(self.trainable, cfg, self.device,
-                                                                      self.total_steps)
+        self.optimizer, self.scheduler, self.scaler = build_optimizer(
+            self.trainable, cfg, self.device, self.total_steps,
+            lora_b_params(self.model) if cfg.lora_plus_ratio != 1.0 else frozenset())
         self.evaluation = Evaluation(cfg, log, self.strategy, self.model, self.val_examples, self._forward_loss,
                                      self._write_adapter, self.output_dir)
         self.progress = Progress()
@@ -430,15 +431,32 @@ class Trainer:
         self.log.emit("done", adapter_dir=str(out), metrics=metrics)
         return TrainResult(adapter_dir=str(out), steps=steps, metrics=metrics, early_stopped=early_stopped)
 
+def optimizer_groups(trainable: list[Any], cfg: TrainConfig, b_params: set[int] = frozenset()) -> list[dict]:
+    """AdamW's parameter groups: matrices with `cfg.weight_decay`, vectors without; with LoRA+
+    (`cfg.lora_plus_ratio` > 1) the LoRA B matrices (ids in `b_params`) in a group of their own at that
+    many times the learning rate. Empty groups are left out."""
+    ratio = float(cfg.lora_plus_ratio)
+    plus = [p for p in trainable if p.ndim >= 2 and id(p) in b_params] if ratio != 1.0 else []
+    plus_ids = {id(p) for p in plus}
+    groups = [{"params": [p for p in trainable if p.ndim >= 2 and id(p) not in plus_ids],
+               "weight_decay": cfg.weight_decay},
+              {"params": plus, "weight_decay": cfg.weight_decay, "lr": cfg.learning_rate * ratio},
+              {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def lora_b_params(model: Any) -> set[int]:
+    """Ids of the LoRA B matrices (PEFT names them `…lora_B.<adapter>.weight`)."""
+    return {id(p) for name, p in model.named_parameters() if ".lora_B." in name}
+
+
 def build_optimizer(trainable: list[Any], cfg: TrainConfig, device: DeviceSetup,
-                    total_steps: int) -> tuple[Any, Any, Any]:
-    """AdamW (fused on CUDA) over the LoRA weights, the warm-up/decay scheduler, fp16's grad scaler."""
+                    total_steps: int, b_params: set[int] = frozenset()) -> tuple[Any, Any, Any]:
+    """AdamW (fused on CUDA) over the LoRA weights, the warm-up/decay scheduler, fp16's grad scaler.
+    `b_params`: ids of the LoRA B matrices, for LoRA+ (`optimizer_groups`)."""
     import torch
 
-    groups = [{"params": [p for p in trainable if p.ndim >= 2], "weight_decay": cfg.weight_decay}]
-    no_decay = [p for p in trainable if p.ndim < 2]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
+    groups = optimizer_groups(trainable, cfg, b_params)
     if device.device == "cuda":  # one fused kernel for all LoRA params instead of one per tensor
         from lorastudio.train.gpu import fused_adamw
 
