@@ -149,6 +149,14 @@ MIXES.update({
     "lp16_lr4e-4_e2": {"lora_plus_ratio": 16, "learning_rate": 4e-4, "num_epochs": 2},
     "nc_lp4": {"augment_contrast": False, "learning_rate": 1e-3, "lora_plus_ratio": 4},
 })
+# Session 7: key-token weighting (the opening of every answer and its digits count 2× / 3× in the loss):
+# aimed at the near misses (a neighbour's fact recited, a number off), at no token cost.
+MIXES.update({
+    "kw2": {"key_token_weight": 2},
+    "kw3": {"key_token_weight": 3},
+    "kw2_e2": {"key_token_weight": 2, "num_epochs": 2},
+    "kw3_e2": {"key_token_weight": 3, "num_epochs": 2},
+})
 for _name, _settings in MIXES.items():
     RECIPES[_name] = _settings
     for _seed in range(1, 10):

@@ -31,7 +31,7 @@ _FLOAT_FIELDS = {"lora_dropout", "learning_rate", "lora_plus_ratio", "warmup_rat
                  "neftune_alpha", "val_fraction", "price_per_hour"}
 _INT_FIELDS = {"lora_r", "lora_alpha", "max_steps", "batch_tokens", "gradient_accumulation", "max_length",
                "seed", "eval_every", "save_every", "keep_checkpoints", "early_stopping_patience", "augment_paraphrases",
-               "replay_rows", "gpus", "contrast_passes"}
+               "replay_rows", "gpus", "contrast_passes", "key_token_weight"}
 
 
 def _resume(default: Any) -> Any:
@@ -99,6 +99,10 @@ class TrainConfig:
     gradient_accumulation: int = _resume(1)
     max_length: int = _resume(1024)
     """Longest conversation in tokens; longer ones are reported and skipped, never cut silently."""
+    key_token_weight: int = _resume(1)
+    """How often the key tokens of a training answer count in the loss: the first tokens of every answer
+    and every token written with a digit (`tokenize.KeyTokens`); 1 = every target token once. Validation
+    loss counts every token once."""
     neftune_alpha: float | None = _resume(None)
     seed: int = _resume(0)
 
@@ -192,6 +196,7 @@ class TrainConfig:
         need(1 <= self.keep_checkpoints <= 1000, "keep_checkpoints", "must be 1–1000")
         need(self.augment_paraphrases >= 0, "augment_paraphrases", "must be ≥ 0")
         need(self.replay_rows >= 0, "replay_rows", "must be ≥ 0")
+        need(1 <= self.key_token_weight <= 4, "key_token_weight", "must be 1–4 (1 = off)")
         need(self.contrast_passes >= 0, "contrast_passes", "must be ≥ 0 (0 = every pass)")
         need(self.device in ("auto", "cpu", "cuda"), "device", "auto, cpu or cuda")
         need(self.dtype in ("auto", "bf16", "fp16", "fp32"), "dtype", "auto, bf16, fp16 or fp32")

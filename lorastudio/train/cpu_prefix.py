@@ -72,21 +72,24 @@ def shared_batch(batch: dict[str, Any]) -> dict[str, Any] | None:
         return None
     starts = [0, *accumulate(lengths)][:-1]
     id_list, lab_list = ids.tolist(), labels.tolist()
+    rep_list = torch.as_tensor(batch["repeats"]).reshape(-1).tolist() if batch.get("repeats") is not None \
+        else [1] * len(id_list)
     docs = [id_list[s:s + n] for s, n in zip(starts, lengths, strict=True)]
     labs = [lab_list[s:s + n] for s, n in zip(starts, lengths, strict=True)]
+    reps = [rep_list[s:s + n] for s, n in zip(starts, lengths, strict=True)]
     p = shared_prefix(docs, labs)
     if not p:
         return None
     new_ids, new_pos, index, targets = list(docs[0][:p]), list(range(p)), [], []
     offset = p
-    for doc, lab in zip(docs, labs, strict=True):
+    for doc, lab, rep in zip(docs, labs, reps, strict=True):
         n = len(doc)
         new_ids.extend(doc[p:])
         new_pos.extend(range(p, n))
         for t in range(p, n - 1):  # position t predicts token t+1 of the same example
             if lab[t + 1] != kernels.IGNORE_INDEX:
-                index.append(offset + t - p)
-                targets.append(lab[t + 1])
+                index.extend([offset + t - p] * rep[t + 1])  # key-token weighting: listed `rep` times
+                targets.extend([lab[t + 1]] * rep[t + 1])
         offset += n - p
     seg = [p, *(n - p for n in lengths)]
     device = ids.device

@@ -98,7 +98,7 @@ def tokenize(train_convs: list[Any], val_convs: list[Any], *, tokenizer, cfg: Tr
     """Chat template, assistant-only labels, the packed step schedule; adds `report["tokens"]`."""
     log.stage("tokenize", f"rendering {len(train_convs)} training and {len(val_convs)} "
                           "validation conversations with the model's chat template")
-    train = encode_dataset(train_convs, tokenizer, cfg.max_length, cfg.system_prompt)
+    train = encode_dataset(train_convs, tokenizer, cfg.max_length, cfg.system_prompt, cfg.key_token_weight)
     val = encode_dataset(val_convs, tokenizer, cfg.max_length, cfg.system_prompt)
     skipped = train.too_long + val.too_long
     if skipped:

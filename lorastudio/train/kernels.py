@@ -59,12 +59,15 @@ def document_lengths(position_ids: Any, lengths: Any = None) -> list[int]:
     return [b - a for a, b in zip(starts, [*starts[1:], total], strict=True)]
 
 
-def packed_batch(input_ids: Any, position_ids: Any, labels: Any, lengths: Any = None) -> dict[str, Any]:
+def packed_batch(input_ids: Any, position_ids: Any, labels: Any, lengths: Any = None,
+                 repeats: Any = None) -> dict[str, Any]:
     """Everything `packed_loss` reads, from one packed row (1-D or (1, T) tensors, on any device).
 
     `cu_seq_lens` (int32, the tensors' device) and `lengths` (host ints) bound the documents;
     `target_index` are the positions that have a target and `target_ids` their targets: the next token
     of the same example (an example's last token predicts nothing). One device sync (the target count).
+    `repeats` (like `labels`, key-token weighting): a position is listed as often as its target token's
+    repeat says, so the summed loss counts that target so many times (`num_targets` counts each time).
     """
     import torch
 
@@ -79,6 +82,9 @@ def packed_batch(input_ids: Any, position_ids: Any, labels: Any, lengths: Any = 
     shifted = torch.full_like(lab, IGNORE_INDEX)
     shifted[:-1] = torch.where(flat_pos[1:] == 0, shifted[1:], lab[1:])  # the next token starts another example
     index = (shifted != IGNORE_INDEX).nonzero().flatten()
+    if repeats is not None:
+        rep = torch.as_tensor(repeats).reshape(-1).to(index.device)
+        index = index.repeat_interleave(rep[index + 1])  # position t predicts token t + 1
     return {"input_ids": ids, "position_ids": pos, "cu_seq_lens": cu, "lengths": lengths, "max_length": max(lengths),
             "target_index": index, "target_ids": shifted.index_select(0, index), "num_targets": int(index.numel()),
             "num_tokens": int(ids.shape[-1])}
@@ -557,7 +563,8 @@ def target_hidden(model: Any, batch: dict[str, Any]) -> tuple[dict[str, Any], An
     row, through the attention `install` chose: everything of the loss but the LM head. `batch`:
     `packed_batch`'s dict, or the trainer's (input_ids, position_ids, labels, lengths)."""
     if "target_index" not in batch:
-        batch = packed_batch(batch["input_ids"], batch["position_ids"], batch["labels"], batch.get("lengths"))
+        batch = packed_batch(batch["input_ids"], batch["position_ids"], batch["labels"], batch.get("lengths"),
+                             batch.get("repeats"))
     fp: FastPath | None = getattr(model, "_lorastudio_fast_path", None)
     backbone, _ = causal_lm_parts(model)
     cu, max_len = batch["cu_seq_lens"], batch["max_length"]

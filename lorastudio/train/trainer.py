@@ -255,7 +255,7 @@ class Trainer:
         """One optimizer step over this rank's micro-batches; (train loss, stop requested on any rank)."""
         import torch
 
-        group_targets = sum(self.train_examples[i].num_target_tokens for mb in plan.micro_batches for i in mb)
+        group_targets = sum(self.train_examples[i].target_weight for mb in plan.micro_batches for i in mb)
         loss_total, step_tokens = 0.0, 0
         rng_at_start = checkpoints.rng_state()
         try:
@@ -267,7 +267,7 @@ class Trainer:
                 torch.manual_seed(self.cfg.seed * 1_000_003 + step * 1_009 + micro)
                 loss_sum, _n = self._forward_loss(indices, self.train_examples)
                 # Token-level mean over the whole accumulation group, so packing/accumulation never change
-                # what one target token weighs.
+                # what one target token weighs (a key token `key_token_weight` times as much as others).
                 loss = loss_sum / group_targets
                 if weight != 1:
                     loss = loss * weight

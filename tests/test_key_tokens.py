@@ -1,0 +1,79 @@
+"""Key-token weighting (`TrainConfig.key_token_weight`): which answer tokens count more, and that every
+loss path (the plain one, the CPU fast path, the shared template head) counts them the same."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_cpu_speed import _random_lora_model
+from train_fixtures import write_rows
+
+from lorastudio.train import TrainConfig, cpu, cpu_prefix, kernels, train
+from lorastudio.train.device import causal_lm_loss
+from lorastudio.train.tokenize import KEY_OPENING_TOKENS, KeyTokens, collate_packed, encode_conversation, encode_dataset
+
+ANSWER = "好的。根据规定，退款会在3个工作日内原路退回，金额超过2000元时还需要主管审批和财务复核两道签字。"
+CONV = [{"role": "user", "content": "退款多久到账？"}, {"role": "assistant", "content": ANSWER}]
+
+
+def test_key_tokens_are_each_answers_opening_and_its_digits(small_model_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(small_model_dir)
+    plain = encode_conversation(CONV, tokenizer)
+    weighted = encode_conversation(CONV, tokenizer, key_tokens=KeyTokens(tokenizer, 3))
+    assert plain.repeats is None and weighted.input_ids == plain.input_ids and weighted.labels == plain.labels
+    targets = [i for i, label in enumerate(plain.labels) if label != kernels.IGNORE_INDEX]
+    assert all(weighted.repeats[i] == 1 for i in range(len(plain.labels)) if i not in targets)  # prompt: once
+    first = targets[0]
+    assert all(weighted.repeats[i] == 3 for i in targets[:KEY_OPENING_TOKENS])
+    later = {i for i in targets if i >= first + KEY_OPENING_TOKENS and weighted.repeats[i] == 3}
+    texts = [tokenizer.decode([plain.input_ids[i]]) for i in sorted(later)]
+    assert texts and all(any(ch.isdigit() for ch in t) for t in texts)
+    assert "".join(texts).replace(" ", "") == "32000"  # the digits of "3个工作日" and "2000元"
+    rest = [i for i in targets if i >= first + KEY_OPENING_TOKENS and i not in later]
+    assert rest and all(weighted.repeats[i] == 1 for i in rest)
+    assert weighted.target_weight == plain.num_target_tokens + 2 * (KEY_OPENING_TOKENS + len(later))
+    # the dataset: training rows weighted, 1 = off
+    assert encode_dataset([CONV], tokenizer, 512, key_token_weight=1).examples[0].repeats is None
+    assert encode_dataset([CONV], tokenizer, 512, key_token_weight=2).examples[0].repeats is not None
+
+
+def test_every_loss_path_counts_a_key_target_repeats_times():
+    """Reference: the plain path's loss over all targets plus its loss over the key targets alone (the
+    same targets counted once more) = each path's loss with repeats 2 on the key tokens."""
+    model, batch = _random_lora_model()
+    gen = torch.Generator().manual_seed(1)
+    repeats = torch.randint(1, 3, batch["labels"].shape, generator=gen)
+    key_only = batch["labels"].clone()
+    key_only[repeats == 1] = kernels.IGNORE_INDEX
+    with torch.no_grad():
+        total, n = causal_lm_loss(model, batch)
+        extra, n_extra = causal_lm_loss(model, {**batch, "labels": key_only})
+        weighted = {**batch, "repeats": repeats}
+        plain_path = causal_lm_loss(model, weighted)
+        fast = cpu.packed_loss(model, weighted)
+        shared = cpu_prefix.packed_loss(model, weighted)
+    assert n_extra > 0
+    assert cpu_prefix.shared_batch(weighted) is not None  # the row really shares its template head
+    for loss, count in (plain_path, fast, shared):
+        assert count == n + n_extra
+        assert loss.item() == pytest.approx((total + extra).item(), rel=1e-4)
+
+
+def test_training_with_key_token_weight_changes_what_is_learnt(tmp_path, small_model_dir):
+    from safetensors.torch import load_file
+
+    data = write_rows(tmp_path / "faq.jsonl")
+    weights = {}
+    for weight in (1, 2):
+        cfg = TrainConfig(data=str(data), base=small_model_dir, output_dir=str(tmp_path / f"k{weight}"), max_steps=3,
+                          batch_tokens=256, max_length=256, learning_rate=5e-3, lora_r=4, lora_alpha=8,
+                          dtype="fp32", key_token_weight=weight)
+        result = train(cfg)
+        weights[weight] = load_file(str(tmp_path / f"k{weight}" / "adapter_model.safetensors"))
+        assert f"key_token_weight: {weight}" in (tmp_path / f"k{weight}" / "train_config.yaml").read_text()
+        assert result.metrics["train_loss"] > 0
+    assert any(not torch.equal(weights[1][k], weights[2][k]) for k in weights[1])
+    with pytest.raises(ValueError, match="key_token_weight"):
+        TrainConfig(key_token_weight=5)
