@@ -8,7 +8,7 @@ import torch
 from test_cpu_speed import _random_lora_model
 from train_fixtures import write_rows
 
-from lorastudio.train import TrainConfig, cpu, cpu_prefix, kernels, train
+from lorastudio.train import TrainConfig, cpu, cpu_int8, cpu_prefix, kernels, train
 from lorastudio.train.device import causal_lm_loss
 from lorastudio.train.tokenize import KEY_OPENING_TOKENS, KeyTokens, collate_packed, encode_conversation, encode_dataset
 
@@ -39,26 +39,50 @@ def test_key_tokens_are_each_answers_opening_and_its_digits(small_model_dir):
     assert encode_dataset([CONV], tokenizer, 512, key_token_weight=2).examples[0].repeats is not None
 
 
+def _both(loss_fn, model, batch):
+    model.zero_grad()
+    loss, count = loss_fn(model, batch)
+    loss.backward()
+    return loss.detach(), count, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
 def test_every_loss_path_counts_a_key_target_repeats_times():
     """Reference: the plain path's loss over all targets plus its loss over the key targets alone (the
-    same targets counted once more) = each path's loss with repeats 2 on the key tokens."""
+    same targets counted once more), and its gradients = each path's with repeats 2 on the key tokens
+    (the CE's gradient rows are weighted too, not only its value)."""
     model, batch = _random_lora_model()
     gen = torch.Generator().manual_seed(1)
     repeats = torch.randint(1, 3, batch["labels"].shape, generator=gen)
     key_only = batch["labels"].clone()
     key_only[repeats == 1] = kernels.IGNORE_INDEX
-    with torch.no_grad():
-        total, n = causal_lm_loss(model, batch)
-        extra, n_extra = causal_lm_loss(model, {**batch, "labels": key_only})
-        weighted = {**batch, "repeats": repeats}
-        plain_path = causal_lm_loss(model, weighted)
-        fast = cpu.packed_loss(model, weighted)
-        shared = cpu_prefix.packed_loss(model, weighted)
-    assert n_extra > 0
+
+    def reference(model, batch):
+        total, n = causal_lm_loss(model, {k: v for k, v in batch.items() if k != "repeats"})
+        extra, n_extra = causal_lm_loss(model, {**batch, "labels": key_only, "repeats": None})
+        assert n_extra > 0
+        return total + extra, n + n_extra
+
+    weighted = {**batch, "repeats": repeats}
+    want, want_n, want_grads = _both(reference, model, weighted)
     assert cpu_prefix.shared_batch(weighted) is not None  # the row really shares its template head
-    for loss, count in (plain_path, fast, shared):
-        assert count == n + n_extra
-        assert loss.item() == pytest.approx((total + extra).item(), rel=1e-4)
+    paths = {"plain": causal_lm_loss, "fast": cpu.packed_loss, "shared head": cpu_prefix.packed_loss}
+    for name, loss_fn in paths.items():
+        loss, count, grads = _both(loss_fn, model, weighted)
+        assert count == want_n, name
+        assert loss.item() == pytest.approx(want.item(), rel=1e-4), name
+        for key, g in want_grads.items():
+            assert torch.allclose(grads[key], g, rtol=1e-3, atol=1e-6), (name, key)
+    # the int8 LM head (cpu_int8.HEAD) weighs its rows the same, within int8 noise
+    saved = dict(cpu_int8.HEAD)
+    cpu_int8.HEAD.update(forward=True, backward=True)
+    try:
+        cpu_int8.enable(model)
+        loss, count = cpu_int8.packed_loss(model, kernels.packed_batch(
+            weighted["input_ids"], weighted["position_ids"], weighted["labels"], None, repeats))
+        assert count == want_n and loss.item() == pytest.approx(want.item(), rel=2e-2)
+    finally:
+        cpu_int8.HEAD.update(saved)
+        cpu_int8.disable(model)
 
 
 def test_training_with_key_token_weight_changes_what_is_learnt(tmp_path, small_model_dir):

@@ -159,7 +159,7 @@ MIXES.update({
 })
 for _name, _settings in MIXES.items():
     RECIPES[_name] = _settings
-    for _seed in range(1, 10):
+    for _seed in range(1, 20):
         RECIPES[f"{_name}_s{_seed}"] = {**_settings, "seed": _seed}
 
 

@@ -249,19 +249,23 @@ def _functions() -> tuple[type, type]:
         computed in the forward) with the frozen head's GEMMs as `HEAD` says. Log-softmax in fp32."""
 
         @staticmethod
-        def forward(ctx, hidden, weight, targets, chunk, p):
+        def forward(ctx, hidden, weight, targets, chunk, p, row_weights):
             rows = hidden.shape[0]
             grad_h = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
             total = torch.zeros((), dtype=torch.float32, device=hidden.device)
             for start in range(0, rows, chunk):
                 h = hidden[start:start + chunk]
                 t = targets[start:start + chunk]
+                w = None if row_weights is None else row_weights[start:start + chunk, None]
                 logp = torch.log_softmax(_forward_product(p, h, h, weight, None, head=True), dim=-1)
-                total -= logp.gather(1, t[:, None]).sum()
+                picked = logp.gather(1, t[:, None])
+                total -= picked.sum() if w is None else (picked * w).sum()
                 if grad_h is None:
                     continue
                 probs = logp.exp_()
                 probs[torch.arange(t.numel(), device=t.device), t] -= 1.0
+                if w is not None:
+                    probs.mul_(w)
                 grad_h[start:start + chunk] = _input_grad(p, probs, weight, head=True)
             ctx.save_for_backward(grad_h)
             return total
@@ -269,7 +273,7 @@ def _functions() -> tuple[type, type]:
         @staticmethod
         def backward(ctx, grad_total):
             (grad_h,) = ctx.saved_tensors
-            return (None if grad_h is None else grad_h * grad_total), None, None, None, None
+            return (None if grad_h is None else grad_h * grad_total), None, None, None, None, None
 
     return Int8LinearFn, Int8LinearCrossEntropy
 
@@ -401,5 +405,6 @@ def packed_loss(model: Any, batch: dict[str, Any]) -> tuple[Any, int]:
     batch, hidden = kernels.target_hidden(model, batch)
     fp = getattr(model, "_lorastudio_fast_path", None)
     chunk = fp.ce_chunk if fp else 1024
-    total = _fns()[1].apply(hidden, head.weight, batch["target_ids"], int(chunk), packs(head, head.weight, None))
+    total = _fns()[1].apply(hidden, head.weight, batch["target_ids"], int(chunk), packs(head, head.weight, None),
+                            batch.get("target_weights"))
     return total, batch["num_targets"]

@@ -80,7 +80,7 @@ def shared_batch(batch: dict[str, Any]) -> dict[str, Any] | None:
     p = shared_prefix(docs, labs)
     if not p:
         return None
-    new_ids, new_pos, index, targets = list(docs[0][:p]), list(range(p)), [], []
+    new_ids, new_pos, index, targets, weights = list(docs[0][:p]), list(range(p)), [], [], []
     offset = p
     for doc, lab, rep in zip(docs, labs, reps, strict=True):
         n = len(doc)
@@ -88,15 +88,18 @@ def shared_batch(batch: dict[str, Any]) -> dict[str, Any] | None:
         new_pos.extend(range(p, n))
         for t in range(p, n - 1):  # position t predicts token t+1 of the same example
             if lab[t + 1] != kernels.IGNORE_INDEX:
-                index.extend([offset + t - p] * rep[t + 1])  # key-token weighting: listed `rep` times
-                targets.extend([lab[t + 1]] * rep[t + 1])
+                index.append(offset + t - p)
+                targets.append(lab[t + 1])
+                weights.append(rep[t + 1])
         offset += n - p
     seg = [p, *(n - p for n in lengths)]
     device = ids.device
     return {"input_ids": torch.tensor([new_ids], device=device), "position_ids": torch.tensor([new_pos], device=device),
             "cu_seq_lens": torch.tensor([0, *accumulate(seg)], dtype=torch.int32, device=device), "lengths": seg,
             "max_length": max(seg), "target_index": torch.tensor(index, dtype=torch.long, device=device),
-            "target_ids": torch.tensor(targets, dtype=torch.long, device=device), "num_targets": len(index),
+            "target_ids": torch.tensor(targets, dtype=torch.long, device=device),
+            "target_weights": torch.tensor(weights, dtype=torch.float32, device=device)
+            if batch.get("repeats") is not None else None, "num_targets": sum(weights),
             "num_tokens": int(ids.numel()), "prefix": p}
 
 

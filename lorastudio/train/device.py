@@ -44,11 +44,13 @@ def causal_lm_loss(model, batch: dict[str, Any]) -> tuple[Any, int]:
     hidden = causal_lm.get_decoder()(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
                                      use_cache=False).last_hidden_state[0]
     targets = batch["labels"][0, 1:]
-    keep = (targets != IGNORE_INDEX).nonzero().flatten()
-    if batch.get("repeats") is not None:  # key-token weighting: a target counted `repeats` times
-        keep = keep.repeat_interleave(batch["repeats"][0, 1:][keep])
+    keep = targets != IGNORE_INDEX
     logits = causal_lm.get_output_embeddings()(hidden[:-1][keep]).float()
-    return F.cross_entropy(logits, targets[keep], reduction="sum"), int(keep.numel())
+    if batch.get("repeats") is None:
+        return F.cross_entropy(logits, targets[keep], reduction="sum"), int(keep.sum())
+    weights = batch["repeats"][0, 1:][keep]  # key-token weighting: a target's CE counted `repeats` times
+    losses = F.cross_entropy(logits, targets[keep], reduction="none")
+    return (losses * weights.float()).sum(), int(weights.sum())
 
 
 def device_setup(cfg: TrainConfig) -> DeviceSetup:

@@ -66,8 +66,8 @@ def packed_batch(input_ids: Any, position_ids: Any, labels: Any, lengths: Any = 
     `cu_seq_lens` (int32, the tensors' device) and `lengths` (host ints) bound the documents;
     `target_index` are the positions that have a target and `target_ids` their targets: the next token
     of the same example (an example's last token predicts nothing). One device sync (the target count).
-    `repeats` (like `labels`, key-token weighting): a position is listed as often as its target token's
-    repeat says, so the summed loss counts that target so many times (`num_targets` counts each time).
+    `repeats` (like `labels`, key-token weighting): how often each token's target counts; then
+    `target_weights` holds them per target row (the loss weighs that row's CE so), `num_targets` their sum.
     """
     import torch
 
@@ -82,11 +82,14 @@ def packed_batch(input_ids: Any, position_ids: Any, labels: Any, lengths: Any = 
     shifted = torch.full_like(lab, IGNORE_INDEX)
     shifted[:-1] = torch.where(flat_pos[1:] == 0, shifted[1:], lab[1:])  # the next token starts another example
     index = (shifted != IGNORE_INDEX).nonzero().flatten()
+    weights, count = None, None
     if repeats is not None:
-        rep = torch.as_tensor(repeats).reshape(-1).to(index.device)
-        index = index.repeat_interleave(rep[index + 1])  # position t predicts token t + 1
+        weights = torch.as_tensor(repeats).reshape(-1).to(index.device).index_select(0, index + 1)  # t predicts t + 1
+        count = int(weights.sum())
+        weights = weights.float()
     return {"input_ids": ids, "position_ids": pos, "cu_seq_lens": cu, "lengths": lengths, "max_length": max(lengths),
-            "target_index": index, "target_ids": shifted.index_select(0, index), "num_targets": int(index.numel()),
+            "target_index": index, "target_ids": shifted.index_select(0, index),
+            "target_weights": weights, "num_targets": int(index.numel()) if count is None else count,
             "num_tokens": int(ids.shape[-1])}
 
 
@@ -440,7 +443,7 @@ def _chunked_ce_fn() -> type:
         """
 
         @staticmethod
-        def forward(ctx, hidden, weight, targets, chunk):
+        def forward(ctx, hidden, weight, targets, chunk, row_weights):
             rows = hidden.shape[0]
             ctx.weight_dtype = weight.dtype
             ctx.chunk = chunk
@@ -450,12 +453,16 @@ def _chunked_ce_fn() -> type:
             for start in range(0, rows, chunk):
                 h = hidden[start:start + chunk]
                 t = targets[start:start + chunk]
+                w = None if row_weights is None else row_weights[start:start + chunk, None]
                 logp = torch.log_softmax((h @ weight.t()).float(), dim=-1)
-                total -= logp.gather(1, t[:, None]).sum()
+                picked = logp.gather(1, t[:, None])
+                total -= picked.sum() if w is None else (picked * w).sum()
                 if grad_h is None and grad_w is None:
                     continue
                 probs = logp.exp_()
                 probs[torch.arange(t.numel(), device=t.device), t] -= 1.0
+                if w is not None:
+                    probs.mul_(w)
                 g = probs.to(hidden.dtype)
                 if grad_h is not None:
                     torch.mm(g, weight, out=grad_h[start:start + chunk])
@@ -475,7 +482,7 @@ def _chunked_ce_fn() -> type:
                     gh[start:start + ctx.chunk] = grad_h[start:start + ctx.chunk].float() * scale
             if grad_w is not None:
                 gw = (grad_w * grad_total).to(ctx.weight_dtype)
-            return gh, gw, None, None
+            return gh, gw, None, None, None
 
     return ChunkedLinearCrossEntropy
 
@@ -484,14 +491,15 @@ _CE_FN: Any = None
 
 
 def chunked_linear_cross_entropy(hidden: Any, weight: Any, targets: Any, chunk: int = 2048,
-                                 reduction: str = "sum") -> Any:
+                                 reduction: str = "sum", row_weights: Any = None) -> Any:
     """Cross-entropy of `hidden @ weight.T` against `targets` (rows × hidden, vocab × hidden, rows),
-    processed `chunk` rows at a time. Returns the sum (or mean) in fp32. Gradients flow to `hidden`
-    and, if it requires them, `weight`."""
+    processed `chunk` rows at a time. Returns the sum (or mean) in fp32, each row's CE times its
+    `row_weights` entry when given (fp32, one per row). Gradients flow to `hidden` and, if it requires
+    them, `weight`."""
     global _CE_FN
     if _CE_FN is None:
         _CE_FN = _chunked_ce_fn()
-    out = _CE_FN.apply(hidden, weight, targets, int(chunk))
+    out = _CE_FN.apply(hidden, weight, targets, int(chunk), row_weights)
     if reduction == "mean":
         return out / max(1, targets.numel())
     return out
@@ -584,12 +592,14 @@ def packed_loss(model: Any, batch: dict[str, Any]) -> tuple[Any, int]:
 
     batch, hidden = target_hidden(model, batch)
     fp: FastPath | None = getattr(model, "_lorastudio_fast_path", None)
-    targets = batch["target_ids"]
+    targets, weights = batch["target_ids"], batch.get("target_weights")
     head = causal_lm(model).get_output_embeddings()
-    if fp is not None and fp.ce == "liger":
+    if fp is not None and fp.ce == "liger" and weights is None:  # liger has no per-row weights
         total = liger_linear_cross_entropy(hidden, head.weight, targets)
     elif getattr(head, "bias", None) is not None or not isinstance(head, torch.nn.Linear):
-        total = torch.nn.functional.cross_entropy(head(hidden).float(), targets, reduction="sum")
+        losses = torch.nn.functional.cross_entropy(head(hidden).float(), targets, reduction="none")
+        total = losses.sum() if weights is None else (losses * weights).sum()
     else:
-        total = chunked_linear_cross_entropy(hidden, head.weight, targets, chunk=fp.ce_chunk if fp else 2048)
+        total = chunked_linear_cross_entropy(hidden, head.weight, targets, chunk=fp.ce_chunk if fp else 2048,
+                                             row_weights=weights)
     return total.to(torch.float32), batch["num_targets"]
