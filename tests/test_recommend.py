@@ -573,3 +573,14 @@ def test_a_time_budget_drops_the_contrastive_pairs_before_any_pass():
     assert "warn.budget_contrast" in codes and "warn.budget_epochs" in codes
     assert tight.settings["augment_contrast"] is False and tight.settings["num_epochs"] < 3
     assert tight.estimate["seconds"] <= 20 * 60
+
+
+def test_key_tokens_weigh_double_on_fact_data_only_with_their_reason_in_both_languages():
+    on = recommend(list(demo_rows()), "default", hardware=cpu("avx2-fp32"))
+    assert on.settings["key_token_weight"] == 2
+    assert on.reason_codes["key_token_weight"] == {"code": "rec.key_token_weight.on", "params": {"weight": 2}}
+    assert "2×" in on.reasons["key_token_weight"] and "2 倍" in on.reasons_in("zh")["key_token_weight"]
+    off = recommend(list(demo_rows()), "default", task="copywriting", hardware=cpu("avx2-fp32"))
+    assert off.settings["key_token_weight"] == 1
+    assert off.reason_codes["key_token_weight"]["code"] == "rec.key_token_weight.off_style"
+    TrainConfig(**{k: v for k, v in on.settings.items() if k in TrainConfig.__dataclass_fields__}).validate()
