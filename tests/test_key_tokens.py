@@ -10,7 +10,12 @@ from train_fixtures import write_rows
 
 from lorastudio.train import TrainConfig, cpu, cpu_int8, cpu_prefix, kernels, train
 from lorastudio.train.device import causal_lm_loss
-from lorastudio.train.tokenize import KEY_OPENING_TOKENS, KeyTokens, collate_packed, encode_conversation, encode_dataset
+from lorastudio.train.tokenize import (
+    KEY_OPENING_TOKENS,
+    KeyTokens,
+    encode_conversation,
+    encode_dataset,
+)
 
 ANSWER = "好的。根据规定，退款会在3个工作日内原路退回，金额超过2000元时还需要主管审批和财务复核两道签字。"
 CONV = [{"role": "user", "content": "退款多久到账？"}, {"role": "assistant", "content": ANSWER}]

@@ -50,7 +50,8 @@ TASKS = ("qa", "copywriting", "consulting")
 # - avx2-fp32: whole `lorastudio train yunzhan_train.jsonl --base default` runs (3 passes, 110k tokens) on
 #   an idle 2-core AMD EPYC (Zen 3, AVX2 only, fp32), 2026-11-30, session 6: 78 tok/s with int8 (the
 #   default; 79 over the last third, 24 min 54 s with ≈ 70 s of other work in it), 62.8 exact fp32
-#   (29 min 38 s); 41–46 before the shared template head (issue 13).
+#   (29 min 38 s); session 7, the same command on the same class another hour: 84.8 over the training
+#   stage (21 min 59 s). 81 = the two int8 runs' mean; 41–46 before the shared template head (issue 13).
 # - other (no AVX2, another architecture): not measured; taken as the slowest figure ever measured
 #   (AVX2 before the head lever), and the recommendation says the time is a guess (warn.cpu_speed_unknown).
 # Other core counts scale per core; other model sizes by 0.5B / size. The trainer re-calibrates at
@@ -59,7 +60,7 @@ CPU_TOKENS_PER_S_05B_2CORES: dict[str, float] = {
     "amx-bf16": 235.0,
     "avx512-bf16": 150.0,
     "avx512-fp32": 135.0,
-    "avx2-fp32": 78.0,
+    "avx2-fp32": 81.0,
     "other": 43.0,
 }
 CPU_TOKENS_PER_S_05B_2CORES_EXACT_FP32: dict[str, float] = {"avx512-fp32": 110.0, "avx2-fp32": 62.0}
