@@ -101,8 +101,8 @@ class TrainConfig:
     """Longest conversation in tokens; longer ones are reported and skipped, never cut silently."""
     key_token_weight: int = _resume(1)
     """How often the key tokens of a training answer count in the loss: the first tokens of every answer
-    and every token written with a digit (`tokenize.KeyTokens`); 1 = every target token once. Validation
-    loss counts every token once."""
+    and every token written with a digit (`tokenize.KeyTokens`); 1 = every target token once. The train
+    loss shown is that weighted mean; validation loss counts every token once."""
     neftune_alpha: float | None = _resume(None)
     seed: int = _resume(0)
 

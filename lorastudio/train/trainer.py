@@ -431,6 +431,7 @@ class Trainer:
         self.log.emit("done", adapter_dir=str(out), metrics=metrics)
         return TrainResult(adapter_dir=str(out), steps=steps, metrics=metrics, early_stopped=early_stopped)
 
+
 def optimizer_groups(trainable: list[Any], cfg: TrainConfig, b_params: set[int] = frozenset()) -> list[dict]:
     """AdamW's parameter groups: matrices with `cfg.weight_decay`, vectors without; with LoRA+
     (`cfg.lora_plus_ratio` > 1) the LoRA B matrices (ids in `b_params`) in a group of their own at that
