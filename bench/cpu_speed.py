@@ -4,6 +4,7 @@
     python bench/cpu_speed.py ab --rounds 4 [--levers base,int8,...]     # tok/s and loss, A B A B … in one run
     python bench/cpu_speed.py kernels                                    # the GEMM kernels on the layer shapes
     python bench/cpu_speed.py parity --model DIR --steps 30              # loss curve / gradient cosine, real weights
+    python bench/cpu_speed.py ce [--rows 340]                            # head + CE with/without key-token weights
 
 The model: Qwen2 with the Qwen2.5-0.5B shape (24 layers, hidden 896, intermediate 4864, 14/2 heads,
 151,936 vocab), fp32 random weights (seed 0, cached in the temp directory), LoRA r16 α32 on the MLP
@@ -673,6 +674,39 @@ def parity_cmd(a) -> None:
         Path(a.out).write_text(json.dumps(report, indent=1))
 
 
+# ------------------------------------------------------------------------------------------------
+# ce: the LM head + cross-entropy with and without key-token row weights (key_token_weight)
+# ------------------------------------------------------------------------------------------------
+def ce_cmd(a) -> None:
+    """`kernels.chunked_linear_cross_entropy` forward + backward on the default model's head shape
+    (rows × 896 against 151,936 × 896, fp32), every target once vs with row weights (a quarter of the rows
+    at 2, as key tokens), interleaved; median ms of `--rounds`."""
+    import torch
+
+    from lorastudio.train import kernels
+
+    torch.set_num_threads(a.threads)
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(151936, 896, generator=gen) * 0.02
+    hidden = torch.randn(a.rows, 896, generator=gen)
+    targets = torch.randint(0, 151936, (a.rows,), generator=gen)
+    row_weights = torch.where(torch.rand(a.rows, generator=gen) < 0.25, 2.0, 1.0)
+    times: dict[str, list[float]] = {"plain": [], "weighted": []}
+    for round_ in range(a.rounds + 1):
+        for name in (("plain", "weighted") if round_ % 2 else ("weighted", "plain")):
+            h = hidden.clone().requires_grad_(True)
+            t0 = time.perf_counter()
+            loss = kernels.chunked_linear_cross_entropy(h, weight, targets, chunk=1024,
+                                                        row_weights=row_weights if name == "weighted" else None)
+            loss.backward()
+            if round_:  # the first round warms up
+                times[name].append(1000 * (time.perf_counter() - t0))
+    result = {"cpu": cpu_class(), "threads": a.threads, "rows": a.rows,
+              **{k: round(statistics.median(v), 1) for k, v in times.items()}}
+    result["ratio"] = round(result["weighted"] / result["plain"], 3)
+    print(json.dumps(result))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="mode", required=True)
@@ -702,6 +736,10 @@ def main() -> None:
     p.add_argument("--model", help="real weights: a model directory, or 'default' (the cached default model); "
                                    "unset: random weights of the default shape")
     p.add_argument("--out")
+    p = sub.add_parser("ce")
+    p.add_argument("--rows", type=int, default=340, help="target rows (≈ a 704-token step of the demo data)")
+    p.add_argument("--rounds", type=int, default=8)
+    p.add_argument("--threads", type=int, default=2)
     p = sub.add_parser("parity")
     p.add_argument("--model", help="a model directory with real weights (default: the cached default model)")
     p.add_argument("--lever", default="int8")
@@ -716,7 +754,7 @@ def main() -> None:
     a = parser.parse_args()
     global SHIPPED_FORWARD
     SHIPPED_FORWARD = _shipped_forward()
-    {"profile": profile_cmd, "parity": parity_cmd, "ab": ab_cmd, "kernels": kernels_cmd}[a.mode](a)
+    {"profile": profile_cmd, "parity": parity_cmd, "ab": ab_cmd, "kernels": kernels_cmd, "ce": ce_cmd}[a.mode](a)
 
 
 if __name__ == "__main__":
