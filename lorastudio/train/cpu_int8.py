@@ -256,17 +256,12 @@ def _functions() -> tuple[type, type]:
             for start in range(0, rows, chunk):
                 h = hidden[start:start + chunk]
                 t = targets[start:start + chunk]
-                w = None if row_weights is None else row_weights[start:start + chunk, None]
+                w = None if row_weights is None else row_weights[start:start + chunk]
                 logp = torch.log_softmax(_forward_product(p, h, h, weight, None, head=True), dim=-1)
-                picked = logp.gather(1, t[:, None])
-                total -= picked.sum() if w is None else (picked * w).sum()
+                total -= kernels.chunk_log_likelihood(logp, t, w)
                 if grad_h is None:
                     continue
-                probs = logp.exp_()
-                probs[torch.arange(t.numel(), device=t.device), t] -= 1.0
-                if w is not None:
-                    probs.mul_(w)
-                grad_h[start:start + chunk] = _input_grad(p, probs, weight, head=True)
+                grad_h[start:start + chunk] = _input_grad(p, kernels.chunk_logit_grad(logp, t, w), weight, head=True)
             ctx.save_for_backward(grad_h)
             return total
 

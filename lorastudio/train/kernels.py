@@ -428,6 +428,23 @@ def fuse_elementwise(model: Any, compile: bool = True) -> dict[str, int]:
 # ------------------------------------------------------------------------------------------------
 # LM head + cross-entropy over target rows, chunked, gradient computed in the forward
 # ------------------------------------------------------------------------------------------------
+def chunk_log_likelihood(logp: Any, targets: Any, row_weights: Any = None) -> Any:
+    """Σ log p(target) over a chunk's rows (rows × vocab log-probabilities), each row times its weight
+    when `row_weights` (one per row) is given: minus the chunk's (weighted) cross-entropy."""
+    picked = logp.gather(1, targets[:, None])
+    return picked.sum() if row_weights is None else (picked * row_weights[:, None]).sum()
+
+
+def chunk_logit_grad(logp: Any, targets: Any, row_weights: Any = None) -> Any:
+    """The gradient of the chunk's (weighted) summed cross-entropy w.r.t. its logits, softmax − one-hot
+    (times each row's weight), computed in place in `logp`'s storage (which it consumes)."""
+    import torch
+
+    probs = logp.exp_()
+    probs[torch.arange(targets.numel(), device=targets.device), targets] -= 1.0
+    return probs if row_weights is None else probs.mul_(row_weights[:, None])
+
+
 def _chunked_ce_fn() -> type:
     import torch
 
@@ -453,17 +470,12 @@ def _chunked_ce_fn() -> type:
             for start in range(0, rows, chunk):
                 h = hidden[start:start + chunk]
                 t = targets[start:start + chunk]
-                w = None if row_weights is None else row_weights[start:start + chunk, None]
+                w = None if row_weights is None else row_weights[start:start + chunk]
                 logp = torch.log_softmax((h @ weight.t()).float(), dim=-1)
-                picked = logp.gather(1, t[:, None])
-                total -= picked.sum() if w is None else (picked * w).sum()
+                total -= chunk_log_likelihood(logp, t, w)
                 if grad_h is None and grad_w is None:
                     continue
-                probs = logp.exp_()
-                probs[torch.arange(t.numel(), device=t.device), t] -= 1.0
-                if w is not None:
-                    probs.mul_(w)
-                g = probs.to(hidden.dtype)
+                g = chunk_logit_grad(logp, t, w).to(hidden.dtype)
                 if grad_h is not None:
                     torch.mm(g, weight, out=grad_h[start:start + chunk])
                 if grad_w is not None:

@@ -206,9 +206,8 @@ class Trainer:
         data = dataset.tokenize(train_convs, val_convs, tokenizer=tokenizer, cfg=cfg, log=log, report=self.data_report)
         self.train_examples, self.val_examples, self.schedule = data.train, data.val, data.schedule
         self.total_steps = len(self.schedule)
-        self.optimizer, self.scheduler, self.scaler = build_optimizer(
-            self.trainable, cfg, self.device, self.total_steps,
-            lora_b_params(self.model) if cfg.lora_plus_ratio != 1.0 else frozenset())
+        self.optimizer, self.scheduler, self.scaler = build_optimizer(self.trainable, cfg, self.device,
+                                                                      self.total_steps, lora_b_params(self.model))
         self.evaluation = Evaluation(cfg, log, self.strategy, self.model, self.val_examples, self._forward_loss,
                                      self._write_adapter, self.output_dir)
         self.progress = Progress()
