@@ -329,6 +329,38 @@ def test_contrast_passes_keep_the_pairs_to_the_first_passes():
     assert contrast_pairs(convs, cycle=1, k=1, passes=1) == contrast_pairs(convs, cycle=1, k=1)  # no passes to keep
 
 
+def test_contrast_random_pairs_a_share_with_facts_that_are_no_neighbours():
+    from lorastudio.data import validate
+    from lorastudio.data.facts import fact_groups
+    from lorastudio.train.augment import contrast_pairs, contrast_plan
+
+    convs = validate(str(DEMO)).conversations
+    units, near = contrast_plan(convs)
+    groups = fact_groups(units)
+    question = {u.messages[-2].content: i for i, u in enumerate(units)}
+
+    def partners(pairs):
+        out = []
+        for p in pairs:
+            first, second = p.messages[-2].content.split("另外，")
+            i = next(question[q] for q in question if first.rstrip("？?") == q.rstrip("？?"))
+            j = next(question[q] for q in question if second.rstrip("？?") == q.rstrip("？?"))
+            out.append((i, j))
+        return out
+
+    plain = contrast_pairs(convs, seed=0, cycle=3)
+    assert contrast_pairs(convs, seed=0, cycle=3, random_share=0.0) == plain
+    assert all(j in near[i] for i, j in partners(plain))
+    mixed = contrast_pairs(convs, seed=0, cycle=3, random_share=1.0)
+    assert len(mixed) == len(plain)  # as many pairs (the same tokens, about), other partners
+    far = [(i, j) for i, j in partners(mixed) if j not in near[i]]
+    assert len(far) == len(mixed) and all(groups[i] != groups[j] for i, j in far)
+    half = partners(contrast_pairs(convs, seed=0, cycle=3, random_share=0.5))
+    assert 0.3 < sum(j not in near[i] for i, j in half) / len(half) < 0.7
+    with pytest.raises(ConfigError, match="contrast_random"):
+        TrainConfig(contrast_random=1.5).validate()
+
+
 def test_contrast_pairs_need_a_neighbour():
     from lorastudio.train.augment import contrast_pairs
 

@@ -157,6 +157,15 @@ MIXES.update({
     "kw2_e2": {"key_token_weight": 2, "num_epochs": 2},
     "kw3_e2": {"key_token_weight": 3, "num_epochs": 2},
 })
+# Session 8: pairs with facts that are no neighbours (the "two facts at once" questions are the weakest
+# kind), LoRA+ at a milder ratio with and without more replay, and the full learning rate with key tokens.
+MIXES.update({
+    "cr25": {"contrast_random": 0.25},
+    "cr50": {"contrast_random": 0.5},
+    "lp2": {"lora_plus_ratio": 2},
+    "lp2_rp90": {"lora_plus_ratio": 2, "replay_rows": 90},
+    "lr1e-3": {"learning_rate": 1e-3},
+})
 for _name, _settings in MIXES.items():
     RECIPES[_name] = _settings
     for _seed in range(1, 20):

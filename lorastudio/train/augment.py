@@ -306,7 +306,7 @@ def _joined(conv: Conversation, other: Conversation) -> tuple[str, str]:
 
 
 def contrast_pairs(conversations: Sequence[Conversation], seed: int = 0, cycle: int = 1,
-                   k: int = 2, passes: int = 0) -> list[Conversation]:
+                   k: int = 2, passes: int = 0, random_share: float = 0.0) -> list[Conversation]:
     """Two neighbouring facts asked in one question, each part answered with its OWN row's answer.
 
     Every other question (the other half in the next epoch) is joined with a question of a neighbouring
@@ -314,10 +314,13 @@ def contrast_pairs(conversations: Sequence[Conversation], seed: int = 0, cycle: 
     close facts apart instead of answering the neighbour. The questions are the file's single-turn rows
     and, for multi-turn rows, each turn on its own (`question_turns`). Under `cycle` > 1 a row pairs with a
     different neighbour row each epoch (rows carry `rotation`); `passes` > 0 keeps the pairs to the first
-    `passes` epochs of the cycle (two passes pair every question once). Nothing is generated.
+    `passes` epochs of the cycle (two passes pair every question once). `random_share` of the pairs (drawn
+    per pair) join a question of a fact that is no neighbour instead, so two unrelated facts asked at once
+    are answered too. Nothing is generated.
     """
     convs, candidates_of = contrast_plan(conversations, k=k)
     rng = random.Random(seed)
+    groups = fact_groups(convs) if random_share > 0 and len(convs) > 1 else None
     out: list[Conversation] = []
     for i, conv in enumerate(convs):
         candidates = list(candidates_of[i])
@@ -327,7 +330,14 @@ def contrast_pairs(conversations: Sequence[Conversation], seed: int = 0, cycle: 
         for epoch in range(min(cycle, passes) if passes and cycle > 1 else cycle):
             if (i + epoch) % 2:  # half the rows each epoch, the other half the next
                 continue
-            question, answer = _joined(conv, convs[candidates[epoch % len(candidates)]])
+            j = candidates[epoch % len(candidates)]
+            if groups is not None and rng.random() < random_share:
+                for _ in range(32):  # a few draws find a fact that is neither this one nor a neighbour
+                    x = rng.randrange(len(convs))
+                    if groups[x] != groups[i] and x not in candidates_of[i]:
+                        j = x
+                        break
+            question, answer = _joined(conv, convs[j])
             messages = [Message(m.role, m.content) for m in conv.messages[:-2]]
             messages += [Message("user", question), Message("assistant", answer)]
             out.append(Conversation(messages, row=conv.row, rotation=(epoch, cycle) if cycle > 1 else None))
@@ -497,7 +507,9 @@ def augment_conversations(conversations: Sequence[Conversation], *, model: Any =
         added += [("same_fact", c) for c in same_fact_pairs(pool, seed=seed, cycle=epoch_cycle(cfg))]
     if getattr(cfg, "augment_contrast", False):
         added += [("contrast", c) for c in contrast_pairs(conversations, seed=seed, cycle=epoch_cycle(cfg),
-                                                          passes=int(getattr(cfg, "contrast_passes", 0) or 0))]
+                                                          passes=int(getattr(cfg, "contrast_passes", 0) or 0),
+                                                          random_share=float(getattr(cfg, "contrast_random", 0.0)
+                                                                             or 0.0))]
     if getattr(cfg, "augment_cases", False):
         added += [("case", c) for c in applied_cases(conversations, seed=seed, cycle=epoch_cycle(cfg))]
     n = int(getattr(cfg, "augment_paraphrases", 0) or 0)

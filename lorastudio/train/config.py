@@ -27,7 +27,7 @@ class ConfigError(ValueError):
     """A setting is unknown or out of range; the message names it and says what is allowed."""
 
 
-_FLOAT_FIELDS = {"lora_dropout", "learning_rate", "lora_plus_ratio", "warmup_ratio", "weight_decay", "num_epochs",
+_FLOAT_FIELDS = {"lora_dropout", "learning_rate", "lora_plus_ratio", "contrast_random", "warmup_ratio", "weight_decay", "num_epochs",
                  "neftune_alpha", "val_fraction", "price_per_hour"}
 _INT_FIELDS = {"lora_r", "lora_alpha", "max_steps", "batch_tokens", "gradient_accumulation", "max_length",
                "seed", "eval_every", "save_every", "keep_checkpoints", "early_stopping_patience", "augment_paraphrases",
@@ -139,6 +139,9 @@ class TrainConfig:
     contrast_passes: int = _resume(0)
     """Passes that train the contrastive pairs: 0 = every pass; N = the first N passes only, so the last
     passes train each question on its own (needs augment_per_epoch, which schedules rows by pass)."""
+    contrast_random: float = _resume(0.0)
+    """Share of the contrastive pairs whose second question is from a fact that is no neighbour (0–1, drawn
+    per pair; 0 = neighbours only): aimed at two unrelated facts asked at once."""
     augment_cases: bool = _resume(False)
     """Also train new cases of the rules the rows state: a case question's amount moved within its rule's
     bounds, and rule questions framed with a concrete amount past their threshold (no generation; runs
@@ -198,6 +201,7 @@ class TrainConfig:
         need(self.replay_rows >= 0, "replay_rows", "must be ≥ 0")
         need(1 <= self.key_token_weight <= 4, "key_token_weight", "must be 1–4 (1 = off)")
         need(self.contrast_passes >= 0, "contrast_passes", "must be ≥ 0 (0 = every pass)")
+        need(0.0 <= self.contrast_random <= 1.0, "contrast_random", "must be between 0 and 1 (0 = neighbours only)")
         need(self.device in ("auto", "cpu", "cuda"), "device", "auto, cpu or cuda")
         need(self.dtype in ("auto", "bf16", "fp16", "fp32"), "dtype", "auto, bf16, fp16 or fp32")
         need(self.quantize_base in ("auto", "none", "4bit"), "quantize_base", "auto, none or 4bit")
