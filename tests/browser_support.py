@@ -32,6 +32,7 @@ CHROMIUM_ARGS = [
 LAPTOP = {"width": 1366, "height": 768}
 PHONE = {"width": 390, "height": 844}
 LOCALES = {"en": "en-US", "zh": "zh-CN"}
+EXPECT_TIMEOUT_MS = 20_000  # every `expect` of the browser tests, unless it names its own timeout
 
 # Words that stay as they are in both languages: product, format and model names, units.
 ALLOWED_LATIN = [
@@ -61,8 +62,11 @@ def launch(playwright):
 def chromium() -> Iterator[Any]:
     """Chromium for a test module: `@pytest.fixture(scope="module") def browser(): yield from chromium()`."""
     require_chromium()
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
+    # Playwright's 5 s per `expect` is short on a loaded 2-core machine, where the page and the service it
+    # talks to answer several times slower than idle; an expect whose state never comes still fails.
+    expect.set_options(timeout=EXPECT_TIMEOUT_MS)
     with sync_playwright() as p:
         b = launch(p)
         yield b

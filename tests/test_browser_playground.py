@@ -117,8 +117,12 @@ def test_playground_and_evaluation(browser, server, tmp_path):
             page.get_by_test_id("compare-system-b").fill("Be brief")
             page.get_by_test_id("compare-system").fill("Be kind")
             page.get_by_test_id("playground-send").click()
-            expect(out_a).to_have_attribute("data-state", "streaming")
-            assert out_b.get_attribute("data-state") == "waiting"  # the sides answer one after the other
+            # the sides answer one after the other: both states in one look while A streams (A's ~1 s could
+            # be over between two separate reads on a loaded machine)
+            states = page.wait_for_function("""() => {
+                const state = (side) => document.querySelector(`[data-testid=compare-${side}-output]`).dataset.state;
+                return state('a') === 'streaming' && [state('a'), state('b')]; }""").json_value()
+            assert states == ["streaming", "waiting"], states
             expect(out_b).to_have_attribute("data-state", "done")
             assert out_a.inner_text() == "default|base|Be kind|2: How long until a ticket is escalated?"
             assert out_b.inner_text() == "default|base|Be brief|2: How long until a ticket is escalated?"

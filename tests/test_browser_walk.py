@@ -43,9 +43,10 @@ class WalkEngine(SlowEngine):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """The service with the real routes and web page, the fake trainer (40 steps of 0.3 s: long enough
-    to reload, pause and resume mid-job) and the scripted engine."""
-    with studio_server(tmp_path_factory.mktemp("walk"), WalkEngine, FAKE_STEPS="40", FAKE_STEP_S="0.3") as base:
+    """The service with the real routes and web page, the fake trainer (100 steps of 0.3 s: long enough
+    to check and photograph the page twice, reload, pause and resume mid-job on a loaded 2-core machine;
+    40 steps, 12 s, could end before the pause there) and the scripted engine."""
+    with studio_server(tmp_path_factory.mktemp("walk"), WalkEngine, FAKE_STEPS="100", FAKE_STEP_S="0.3") as base:
         yield base
 
 

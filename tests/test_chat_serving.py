@@ -99,7 +99,8 @@ class LiveServer:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
-        app = create_app(Settings(data_dir=tmp_path / "data", start_worker=False, engine_factory=factory, **settings))
+        app = self.app = create_app(Settings(data_dir=tmp_path / "data", start_worker=False, engine_factory=factory,
+                                             **settings))
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
                                                     timeout_graceful_shutdown=2))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -116,6 +117,18 @@ class LiveServer:
     def chat(self, text: str = QUESTION, max_tokens: int = 4, timeout: float = 60, **extra) -> httpx.Response:
         return httpx.post(self.url + "/v1/chat/completions", timeout=timeout, json={
             "model": "tiny-random", "max_tokens": max_tokens, "messages": [{"role": "user", "content": text}], **extra})
+
+    def line(self) -> tuple[int, int]:
+        """(running, waiting) in the tiny model's chat line (the line exists after the first chat request)."""
+        queue = getattr(self.app.state, "chat_queue", None)
+        return queue.state("tiny-random") if queue is not None else (0, 0)
+
+    def wait_line(self, ok, what: str, timeout: float = 30) -> None:
+        """Until `ok(running, waiting)`: what a fixed sleep would assume, however loaded the machine."""
+        deadline = time.monotonic() + timeout
+        while not ok(*self.line()):
+            assert time.monotonic() < deadline, f"the chat line (running, waiting) is {self.line()}, not {what}"
+            time.sleep(0.01)
 
     def stop(self) -> None:
         self.server.should_exit = True
@@ -249,13 +262,16 @@ def test_flood_beyond_the_line_gets_429s_never_5xx_or_dropped_connections(tiny, 
             assert r.text.rstrip().endswith("[DONE]") if "event-stream" in r.headers["content-type"] else \
                 r.json()["choices"][0]["message"]["content"]
     # The SDK sees a typed RateLimitError while the line is full, and the server serves again after.
-    hold = [threading.Thread(target=lambda: server.chat(max_tokens=40, timeout=120)) for _ in range(3)]
-    for t in hold:
+    # The line full: one generating (long enough for the others and the SDK's request to arrive), two waiting.
+    sdk = server.client()
+    hold = [threading.Thread(target=lambda n=n: server.chat(max_tokens=n, timeout=120)) for n in (100, 40, 40)]
+    hold[0].start()
+    server.wait_line(lambda r, w: r == 1, "one generating")
+    for t in hold[1:]:
         t.start()
-    time.sleep(0.5)
+    server.wait_line(lambda r, w: w == 2, "two waiting")
     with pytest.raises(openai.RateLimitError) as info:
-        server.client().chat.completions.create(model="tiny-random", max_tokens=2,
-                                                messages=[{"role": "user", "content": QUESTION}])
+        sdk.chat.completions.create(model="tiny-random", max_tokens=2, messages=[{"role": "user", "content": QUESTION}])
     assert info.value.code == "rate_limit_exceeded"
     for t in hold:
         t.join()
@@ -267,12 +283,14 @@ def test_a_client_that_leaves_the_line_frees_its_place(tiny, serve):
     engine = _slow(_engine(tiny, "llama.cpp"), per_token_s=0.02)
     server = serve(lambda base: engine, chat_queue=1)
     assert server.chat(max_tokens=2).status_code == 200
-    running = threading.Thread(target=lambda: server.chat(max_tokens=60, timeout=120))
+    # ≥ 5 s of generation: it still runs when the place is freed, so only the leaving client can have freed it.
+    running = threading.Thread(target=lambda: server.chat(max_tokens=250, timeout=120))
     running.start()
-    time.sleep(0.3)
+    server.wait_line(lambda r, w: r == 1, "one generating")
     with pytest.raises(httpx.ReadTimeout):  # waits in the line's one place, then gives up
         server.chat(max_tokens=2, timeout=0.5)
-    time.sleep(0.2)
+    server.wait_line(lambda r, w: w == 0, "the place freed by the client that left", timeout=3)
+    assert running.is_alive() and server.line() == (1, 0)
     resp = server.chat(max_tokens=2, timeout=120)  # the place is free again: served, not 429
     assert resp.status_code == 200, resp.text
     running.join()

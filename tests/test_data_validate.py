@@ -362,8 +362,8 @@ def test_split_without_rewordings_falls_back_to_random_rows() -> None:
 
 def test_ten_thousand_rows_validate_in_linear_time(tmp_path: Path) -> None:
     """10,000 templated rows all validate, and the time grows about linearly with the rows: a ratio
-    measured in one run (4x the rows), so a busy machine slows both sizes alike. Linear is ~4x,
-    a quadratic pass (e.g. all pairs of answers in the fact grouping) would be ~16x."""
+    measured in one run (4x the rows), each size its best of two, so a busy machine slows both sizes
+    alike. Linear is ~4x, a quadratic pass (e.g. all pairs of answers in the fact grouping) would be ~16x."""
     def rows(n: int) -> list[dict]:
         return [{"instruction": f"第{i}个问题：订单YZ-{i:06d}怎么查？", "response": f"登录云栈后在“我的订单”输入YZ-{i:06d}查看，"
                  f"物流信息每2小时更新一次。Item {i} ships in 24h."} for i in range(n)]
@@ -378,7 +378,7 @@ def test_ten_thousand_rows_validate_in_linear_time(tmp_path: Path) -> None:
 
     timed(500)  # imports and caches
     small = min(timed(2_500) for _ in range(2))
-    large = timed(10_000)
+    large = min(timed(10_000) for _ in range(2))
     assert large / small < 9.0, f"2,500 rows {small:.2f}s, 10,000 rows {large:.2f}s: worse than linear"
 
 

@@ -73,6 +73,10 @@ def _count_sigterms(tmp_path: Path, launcher: str, trial: int) -> int:
         time.sleep(0.02)
     os.killpg(parent.pid, signal.SIGKILL)
     parent.wait()
+    # The first SIGTERM comes once the launcher runs again (a while on a loaded machine); the child lives 5 s.
+    deadline = time.monotonic() + 10
+    while not (out.exists() and "TERM" in out.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.02)
     time.sleep(1.0)  # every thread of the parent has exited by now; late signals would have arrived
     return out.read_text().count("TERM") if out.exists() else 0
 

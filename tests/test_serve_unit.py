@@ -249,3 +249,25 @@ def test_a_damaged_or_lost_database_is_refused_with_one_clear_line(tmp_path):
     (fresh / "files").mkdir(parents=True)
     (fresh / "db.sqlite3").write_bytes(b"")
     SQLiteStore(fresh / "db.sqlite3").close()  # empty database, empty folders: a normal first start
+
+
+def test_wait_gone_counts_an_exited_child_nobody_collected():
+    """A trainer that exited but was not yet collected (a zombie: kill(pid, 0) still succeeds) holds no
+    device: `recover()` must not wait out its 60 s for it (a worker restarted in-process did)."""
+    import time
+
+    from lorastudio.serve.supervisor import wait_gone
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        t0 = time.monotonic()
+        assert wait_gone(child.pid, 20)
+        assert time.monotonic() - t0 < 15
+        sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+        try:
+            assert not wait_gone(sleeper.pid, 0.3)  # a running process is not gone
+        finally:
+            sleeper.kill()
+            sleeper.wait()
+    finally:
+        child.wait()

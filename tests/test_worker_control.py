@@ -63,9 +63,11 @@ def test_control_acts_at_once_while_another_job_validates(tmp_path, monkeypatch,
         wait_until(lambda: _gone(pid), f"the trainer to stop after {action}", timeout=HOLD_S - 5)
         latency = time.monotonic() - t0
         assert c.get(f"/v1/fine_tuning/jobs/{second['id']}").json()["status"] == "validating_files"
-        # cancel: SIGTERM ignored, SIGKILL after the 1 s grace; pause: SIGTERM, checkpoint, exit.
-        # Before the fix both waited for the whole validation (HOLD_S here, 19.6 s for 200 MB in the issue).
-        assert latency < (1.0 + 3.0 if action == "cancel" else 3.0), latency
+        # cancel: SIGTERM ignored, SIGKILL after the 1 s grace; pause: SIGTERM, checkpoint, exit (well under
+        # a second each when idle; two interpreters' exits and the worker's ticks take longer on a loaded
+        # machine). Before the fix both waited for the whole validation (HOLD_S here, 19.6 s for 200 MB in
+        # the issue).
+        assert latency < HOLD_S / 3, latency
         if action == "pause":  # resume starts it again while the other file is still being read
             wait_status(c, first["id"], ("paused",))
             assert c.post(f"/v1/fine_tuning/jobs/{first['id']}/resume").status_code == 200

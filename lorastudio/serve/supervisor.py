@@ -86,7 +86,16 @@ def orphaned_launcher(pid: int) -> bool:
         return False
 
 
+def _zombie(pid: int) -> bool:
+    """`pid` has exited and only waits for its parent to collect it (it still answers kill(pid, 0))."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def wait_gone(pid: int, timeout: float) -> bool:
+    """Until `pid` has exited (a zombie counts: it holds no device and runs nothing), or `timeout` s."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -95,6 +104,8 @@ def wait_gone(pid: int, timeout: float) -> bool:
             return True
         except PermissionError:
             return False
+        if _zombie(pid):
+            return True
         time.sleep(0.1)
     return False
 
