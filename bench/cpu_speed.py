@@ -354,10 +354,10 @@ def profile_cmd(a) -> None:
 # ------------------------------------------------------------------------------------------------
 # Levers (filled in as they are built)
 # ------------------------------------------------------------------------------------------------
-LEVERS = ("base", "int8", "int8bwd", "int8all", "int8head", "prefix", "topN")
+LEVERS = ("base", "int8", "int8bwd", "int8all", "int8head", "int8headf", "prefix", "topN")
 """int8: cpu_int8 as shipped (input gradients of every frozen linear, forward of gate/up_proj);
 int8bwd: only the input gradients; int8all: every forward too; int8head: int8 plus the LM head's two
-GEMMs; prefix: the shared template head once per row (cpu_prefix); topN (top12, top16, …): LoRA trained in
+GEMMs; int8headf: int8 plus the LM head's forward (logits) GEMM only; prefix: the shared template head once per row (cpu_prefix); topN (top12, top16, …): LoRA trained in
 the top N layers only (`lora_layers`), so autograd stops below them (the lower layers' LoRA weights are
 frozen here: their forward costs the same r/hidden as ever, their backward is gone). Combined with '+',
 e.g. int8+prefix+top12."""
@@ -400,7 +400,7 @@ def set_levers(model, lever: str, keep_packs: bool = True) -> None:
     from lorastudio.train import cpu_int8
 
     parts = _parts(lever)
-    want = bool({"int8", "int8bwd", "int8all", "int8head"} & set(parts))
+    want = bool({"int8", "int8bwd", "int8all", "int8head", "int8headf"} & set(parts))
     on = cpu_int8.enabled_on(model) is not None
     if want and not on:
         cpu_int8.enable(model)
@@ -413,7 +413,7 @@ def set_levers(model, lever: str, keep_packs: bool = True) -> None:
             if "lora_" in name:
                 param.requires_grad_(top is None or i >= len(layers) - top)
     head = "int8head" in parts
-    cpu_int8.HEAD.update(forward=head, backward=head)
+    cpu_int8.HEAD.update(forward=head or "int8headf" in parts, backward=head)
     cpu_int8.FORWARD = (frozenset() if "int8bwd" in parts else None if "int8all" in parts else SHIPPED_FORWARD)
 
 
@@ -421,7 +421,7 @@ def loss_fn_for(lever: str | None):
     from lorastudio.train import cpu_int8, cpu_prefix
 
     parts = _parts(lever or "base")
-    inner = cpu_int8.packed_loss if "int8head" in parts else None
+    inner = cpu_int8.packed_loss if {"int8head", "int8headf"} & set(parts) else None
     if "prefix" in parts:
         return lambda model, batch: cpu_prefix.packed_loss(model, batch, inner=inner)
     return inner
