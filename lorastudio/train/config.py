@@ -27,8 +27,8 @@ class ConfigError(ValueError):
     """A setting is unknown or out of range; the message names it and says what is allowed."""
 
 
-_FLOAT_FIELDS = {"lora_dropout", "learning_rate", "lora_plus_ratio", "contrast_random", "warmup_ratio", "weight_decay", "num_epochs",
-                 "neftune_alpha", "val_fraction", "price_per_hour"}
+_FLOAT_FIELDS = {"lora_dropout", "learning_rate", "lora_plus_ratio", "warmup_ratio", "weight_decay", "num_epochs",
+                 "neftune_alpha", "val_fraction", "price_per_hour", "contrast_random"}
 _INT_FIELDS = {"lora_r", "lora_alpha", "max_steps", "batch_tokens", "gradient_accumulation", "max_length",
                "seed", "eval_every", "save_every", "keep_checkpoints", "early_stopping_patience", "augment_paraphrases",
                "replay_rows", "gpus", "contrast_passes", "key_token_weight"}
