@@ -358,9 +358,9 @@ LEVERS = ("base", "int8", "int8bwd", "int8all", "int8head", "int8headf", "prefix
 """int8: cpu_int8 as shipped (input gradients of every frozen linear, forward of gate/up_proj);
 int8bwd: only the input gradients; int8all: every forward too; int8head: int8 plus the LM head's two
 GEMMs; int8headf: int8 plus the LM head's forward (logits) GEMM only; prefix: the shared template head
-once per row (cpu_prefix); topN (top12, top16, …): LoRA trained in the top N layers only (`lora_layers`), so autograd stops below them (the lower layers' LoRA weights are
-frozen here: their forward costs the same r/hidden as ever, their backward is gone). Combined with '+',
-e.g. int8+prefix+top12."""
+once per row (cpu_prefix); topN (top12, top16, …): LoRA trained in the top N layers only (`lora_layers`),
+so autograd stops below them (the lower layers' LoRA weights are frozen here: their forward costs the
+same r/hidden as ever, their backward is gone). Combined with '+', e.g. int8+prefix+top12."""
 
 
 def _top(parts: list[str]) -> int | None:
