@@ -76,12 +76,16 @@ def pid_runs_job(pid: int, job_dir: str) -> bool:
     return job_dir in cmdline
 
 
+def _stat(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command name: [state, ppid, …]; OSError without /proc."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def orphaned_launcher(pid: int) -> bool:
     """Is `pid` a TRAINER_LAUNCHER whose server is gone (so it has passed its one SIGTERM on)?"""
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        return argv[1:3] == [b"-c", TRAINER_LAUNCHER.encode()] and ppid != int(argv[3])
+        return argv[1:3] == [b"-c", TRAINER_LAUNCHER.encode()] and int(_stat(pid)[1]) != int(argv[3])
     except (OSError, ValueError, IndexError):
         return False
 
@@ -89,7 +93,7 @@ def orphaned_launcher(pid: int) -> bool:
 def _zombie(pid: int) -> bool:
     """`pid` has exited and only waits for its parent to collect it (it still answers kill(pid, 0))."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+        return _stat(pid)[0] == "Z"
     except (OSError, IndexError):
         return False
 

@@ -287,15 +287,22 @@ def contrast_plan(conversations: Sequence[Conversation], k: int = 2) -> tuple[li
     """The questions contrastive pairs are built from (`question_turns` that read as questions) and, for
     each, the questions of its k neighbouring facts (`neighbour_facts`; empty: no neighbour, no pair).
     `contrast_pairs` trains from it; the recommender counts from it (how many pairs, how long)."""
+    units, _groups, candidates = _contrast_plan(conversations, k)
+    return units, candidates
+
+
+def _contrast_plan(conversations: Sequence[Conversation], k: int) -> tuple[list[Conversation], list[int],
+                                                                              list[list[int]]]:
+    """`contrast_plan` with each question's fact group (`fact_groups`) too."""
     units = [c for c in question_turns(conversations) if _QUESTION.search(c.messages[_first_user(c)].content)]
     if len(units) < 2:
-        return units, [[] for _ in units]
+        return units, list(range(len(units))), [[] for _ in units]
     groups = fact_groups(units)
     near = neighbour_facts(units, groups, k=k)
     members: dict[int, list[int]] = {}
     for i, g in enumerate(groups):
         members.setdefault(g, []).append(i)
-    return units, [[j for h in near[groups[i]] for j in members[h]] for i in range(len(units))]
+    return units, groups, [[j for h in near[groups[i]] for j in members[h]] for i in range(len(units))]
 
 
 def _joined(conv: Conversation, other: Conversation) -> tuple[str, str]:
@@ -318,9 +325,8 @@ def contrast_pairs(conversations: Sequence[Conversation], seed: int = 0, cycle: 
     per pair) join a question of a fact that is no neighbour instead, so two unrelated facts asked at once
     are answered too. Nothing is generated.
     """
-    convs, candidates_of = contrast_plan(conversations, k=k)
+    convs, groups, candidates_of = _contrast_plan(conversations, k)
     rng = random.Random(seed)
-    groups = fact_groups(convs) if random_share > 0 and len(convs) > 1 else None
     out: list[Conversation] = []
     for i, conv in enumerate(convs):
         candidates = list(candidates_of[i])
@@ -331,7 +337,7 @@ def contrast_pairs(conversations: Sequence[Conversation], seed: int = 0, cycle: 
             if (i + epoch) % 2:  # half the rows each epoch, the other half the next
                 continue
             j = candidates[epoch % len(candidates)]
-            if groups is not None and rng.random() < random_share:
+            if random_share > 0 and rng.random() < random_share:
                 for _ in range(32):  # a few draws find a fact that is neither this one nor a neighbour
                     x = rng.randrange(len(convs))
                     if groups[x] != groups[i] and x not in candidates_of[i]:
