@@ -166,6 +166,13 @@ MIXES.update({
     "lp2_rp90": {"lora_plus_ratio": 2, "replay_rows": 90},
     "lr1e-3": {"learning_rate": 1e-3},
 })
+# Session 9: fewer passes for the CPU's 20 minutes: two and a half passes, and LoRA+ 2 (if it learns more
+# per pass without forgetting) over two and two and a half passes.
+MIXES.update({
+    "e25": {"num_epochs": 2.5},
+    "lp2_e2": {"lora_plus_ratio": 2, "num_epochs": 2},
+    "lp2_e25": {"lora_plus_ratio": 2, "num_epochs": 2.5},
+})
 for _name, _settings in MIXES.items():
     RECIPES[_name] = _settings
     for _seed in range(1, 20):
