@@ -292,14 +292,6 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "general answers (16.7 vs 18.7 of 24); a lower one (0.7×) learnt fewer facts (64 vs 70 of 80).",
         "{lr}：每一步学习的幅度，按 {size}B 模型在 {epochs} 轮训练内学会这 {rows} 行知识来选。我们测试中调高到 1.5 倍，"
         "记住的知识差不多，但通用问题保住得更少（24 个中 16.7 比 18.7 个）；调低到 0.7 倍则记住的知识更少（80 个中 64 比 70 个）。"),
-    "rec.learning_rate.contrast": (
-        "{lr}: {factor}× the usual {full_lr} for a {size}B model, because asking neighbouring facts in pairs adds learning "
-        "steps over your {rows} rows in the {epochs}-pass schedule. At the full rate those extra steps cost some "
-        "general answers in our tests (18.0 vs 18.8 of 24); at this rate 18.3, with as many facts learnt. "
-        "A higher rate forgets more; a lower one learns fewer facts.",
-        "{lr}：{size}B 模型常用值 {full_lr} 的 {factor} 倍，因为把相近知识两两配对训练会在 {epochs} 轮训练中给这 {rows} 行数据增加学习步数。"
-        "我们测试中用常用值时，多出的步数让通用问题少答对一些（24 个中 18.0 比 18.8 个）；用这个学习率为 18.3 个，记住的知识一样多。"
-        "调高会忘掉更多，调低则记住的知识更少。"),
     "rec.learning_rate.style": (
         "{lr}: the size of each learning step, chosen so a {size}B model picks up the style of your {rows} rows in "
         "the {epochs}-pass schedule. A higher rate imitates faster but forgets more of what the model knew; a "
@@ -346,26 +338,26 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "pairs a pass, from the {questions} questions that have a close neighbour). This teaches the model to "
         "keep similar facts apart instead of answering with the neighbouring one. In our tests (a 150-row file, "
         "10 runs) it answered about 8 more of 75 harder questions right and 4 more of 80 reworded ones (6 more "
-        "on a file of conversations), for about half a general answer of 24 (18.3 vs 18.8), with the learning "
-        "rate at {factor}×. It adds about {minutes} min here ({pct}% more training). Turning it off saves that "
+        "on a file of conversations), for about one general answer of 24 (18.0 vs 18.8). "
+        "It adds about {minutes} min here ({pct}% more training). Turning it off saves that "
         "time, but similar facts get mixed up more often.",
         "你的数据里相近的知识还会被两两合成一个问题来训练，比如“{first}”和“{second}”一起问，每一部分用它自己那一行的回答作答"
         "（每轮 {per_pass} 个这样的组合，来自 {questions} 个有相近知识的问题）。这样模型学会把相似的知识分开，而不是答成相邻的那一条。"
         "我们的测试（150 行的文件，10 次运行）：75 个更难的问题多答对约 8 个，80 个换了说法的问题多答对 4 个（多轮对话文件上多答对 6 个），"
-        "24 个通用问题约少答对半个（18.3 比 18.8），学习率相应调为 {factor} 倍。这里会多花约 {minutes} 分钟（训练量多 {pct}%）。"
+        "24 个通用问题约少答对 1 个（18.0 比 18.8）。这里会多花约 {minutes} 分钟（训练量多 {pct}%）。"
         "关掉可以省下这段时间，但相似的知识更容易被混淆。"),
     "rec.augment_contrast.on": (
         "Questions about facts that sit close together in your data are also asked in pairs (two refund rules, "
         "two deadlines), each part answered with its own row's answer (about {per_pass} such pairs a pass). "
         "This teaches the model to keep similar facts apart instead of answering with the neighbouring one. In "
         "our tests (a 150-row file, 10 runs) it answered about 8 more of 75 harder questions right and 4 more of "
-        "80 reworded ones (6 more on a file of conversations), for about half a general answer of 24 (18.3 vs "
-        "18.8), with the learning rate at {factor}×. It adds about {minutes} min here ({pct}% more training). "
+        "80 reworded ones (6 more on a file of conversations), for about one general answer of 24 (18.0 vs "
+        "18.8). It adds about {minutes} min here ({pct}% more training). "
         "Turning it off saves that time, but similar facts get mixed up more often.",
         "你的数据里相近的知识（比如两条退款规则、两个时限）还会被两两合成一个问题来训练，每一部分用它自己那一行的回答作答"
         "（每轮约 {per_pass} 个这样的组合）。这样模型学会把相似的知识分开，而不是答成相邻的那一条。我们的测试（150 行的文件，10 次运行）："
-        "75 个更难的问题多答对约 8 个，80 个换了说法的问题多答对 4 个（多轮对话文件上多答对 6 个），24 个通用问题约少答对半个"
-        "（18.3 比 18.8），学习率相应调为 {factor} 倍。这里会多花约 {minutes} 分钟（训练量多 {pct}%）。"
+        "75 个更难的问题多答对约 8 个，80 个换了说法的问题多答对 4 个（多轮对话文件上多答对 6 个），24 个通用问题约少答对 1 个"
+        "（18.0 比 18.8）。这里会多花约 {minutes} 分钟（训练量多 {pct}%）。"
         "关掉可以省下这段时间，但相似的知识更容易被混淆。"),
     "rec.augment_contrast.budget": (
         "Off to fit your {budget_minutes}-minute limit (it would add about {minutes} min). It is the first thing "

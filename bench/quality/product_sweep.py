@@ -172,10 +172,12 @@ MIXES.update({
     "e25": {"num_epochs": 2.5},
     "lp2_e2": {"lora_plus_ratio": 2, "num_epochs": 2},
     "lp2_e25": {"lora_plus_ratio": 2, "num_epochs": 2.5},
+    "lr1e-3_e25": {"learning_rate": 1e-3, "num_epochs": 2.5},
+    "lr12e-4_e25": {"learning_rate": 1.2e-3, "num_epochs": 2.5},
 })
 for _name, _settings in MIXES.items():
     RECIPES[_name] = _settings
-    for _seed in range(1, 20):
+    for _seed in range(1, 30):
         RECIPES[f"{_name}_s{_seed}"] = {**_settings, "seed": _seed}
 
 

@@ -115,11 +115,12 @@ TEMPLATE_TOKENS_PER_ROW = 21
 # Contrastive neighbour pairs (augment.contrast_pairs): each epoch half the questions that have a
 # neighbouring fact are joined with one of its questions, each pair as long as its two rows less one
 # template. On when at least this many questions have a neighbour (fewer: too few facts to confuse),
-# below the big-file regime (measured on 150 rows; not on thousands); the learning rate is 0.8× with
-# them (docs/QUALITY.md, "Recall that generalises": 8e-4 kept 18.5 of 24 general answers, 1e-3 18.0).
+# below the big-file regime (measured on 150 rows; not on thousands). They run at the full learning
+# rate: 0.8× of it (sessions 5-8) answered 2.5 ± 0.8 fewer of 75 harder questions on the demo file
+# (18 paired seeds, session 9) and 0.7 fewer on the multi-turn one (9), for 0.4 more general answers of 24
+# (docs/QUALITY.md, "The full learning rate with the pairs").
 CONTRAST_MIN_ROWS = 20
 CONTRAST_MAX_ROWS = 5000
-CONTRAST_LR_FACTOR = 0.8
 # Key-token weighting (tokenize.KeyTokens): the first tokens of every answer and its digits count this
 # often in the loss on fact files. Sessions 7 sweeps, 2 × H200, paired seeds: demo file (20 seeds) +1.3 of
 # 80 reworded questions, +1.4 of 75 harder ones, general −0.25 of 24; multi-turn file (16 seeds) +2.9
@@ -525,15 +526,10 @@ def recommend(rows_or_stats: Any, base: str = "default", task: str = "qa", hardw
     s["augment_same_fact"] = bool(facts_task and rows <= 5000)
     s["augment_paraphrases"] = 2 if (facts_task and on_gpu and rows <= 2000) else 0
     s["augment_turns"] = bool(facts_task and multi_turn)
-    # Neighbouring facts asked in one question, each part answered by its own row: +7.9 of 75 on the hard
-    # held-out set over 8 seeds (docs/QUALITY.md); its extra steps forget a little more general knowledge
-    # at the full rate, so the rate is 0.8× with it (-0.3 of 24 general answers, within seed noise).
+    # Neighbouring facts asked in one question, each part answered by its own row: +8.3 of 75 on the hard
+    # held-out set over 8 seeds (docs/QUALITY.md), at the full rate (see CONTRAST_MIN_ROWS).
     contrast_questions = _contrast_questions(stats)
     s["augment_contrast"] = bool(facts_task and rows < CONTRAST_MAX_ROWS and contrast_questions >= CONTRAST_MIN_ROWS)
-    full_lr = lr  # the rate without contrastive pairs (a time budget that drops them goes back to it)
-    if s["augment_contrast"]:
-        lr = float(f"{lr * CONTRAST_LR_FACTOR:.3g}")  # 8e-4, not 0.0008000000000000001
-        s["learning_rate"] = lr
     s["key_token_weight"] = KEY_TOKEN_WEIGHT if facts_task else 1
     # ≈ 40 % of the answers taught (60 for 150 rows, as swept), so replay never outweighs the user's data.
     replay = int(min(REPLAY_PROMPTS, max(8, round(0.4 * rows * max(1.0, stats.turns))))) if rows else 0
@@ -607,11 +603,10 @@ def recommend(rows_or_stats: Any, base: str = "default", task: str = "qa", hardw
         budget_minutes = _minutes(budget)
         before = dict(s)
         # The contrastive pairs first (a third pass taught more per minute: +10 of 80 reworded facts for
-        # +50 % tokens, the pairs +4 for +29 %), back at the rate measured without them; then the passes
+        # +50 % tokens, the pairs +4 for +29 %); then the passes
         # (down to two), the paraphrases (generation time), the last pass.
         if estimate["seconds"] > budget and s["augment_contrast"]:
             s["augment_contrast"] = False
-            s["learning_rate"] = full_lr
             estimate = estimate_of(s)
         while estimate["seconds"] > budget and s["num_epochs"] > 2:
             s["num_epochs"] = float(math.ceil(s["num_epochs"]) - 1)
@@ -660,13 +655,9 @@ def recommend(rows_or_stats: Any, base: str = "default", task: str = "qa", hardw
     r["lora_alpha"] = _code("rec.lora_alpha", alpha=2 * rank, rank=rank)
     r["lora_dropout"] = _code("rec.lora_dropout.off" if (s["augment_same_fact"] or replay or s["augment_turns"])
                               else "rec.lora_dropout.off_plain", rows=rows)
-    lr_text = f"{s['learning_rate']:g}"  # after a budget that dropped the contrastive pairs: the full rate
+    lr_text = f"{s['learning_rate']:g}"
     if rows >= 5000:
         r["learning_rate"] = _code("rec.learning_rate.big", lr=lr_text, rows=rows, epochs=epochs)
-    elif s["augment_contrast"]:
-        r["learning_rate"] = _code("rec.learning_rate.contrast", lr=lr_text,
-                                   full_lr=f"{full_lr:g}", factor=_num(CONTRAST_LR_FACTOR), size=_num(size),
-                                   rows=rows, epochs=epochs)
     elif facts_task:
         r["learning_rate"] = _code("rec.learning_rate", lr=lr_text, size=_num(size), rows=rows, epochs=epochs)
     else:
@@ -684,9 +675,8 @@ def recommend(rows_or_stats: Any, base: str = "default", task: str = "qa", hardw
     else:
         r["augment_same_fact"] = _code("rec.augment_same_fact.off_big", rows=rows)
     if s["augment_contrast"]:
-        without = estimate_of({**s, "augment_contrast": False, "learning_rate": full_lr})
+        without = estimate_of({**s, "augment_contrast": False})
         params = {"rows": rows, "questions": contrast_questions, "per_pass": max(1, round(contrast_questions / 2)),
-                  "factor": _num(CONTRAST_LR_FACTOR),
                   "minutes": _minutes(max(0, estimate["seconds"] - without["seconds"])),
                   "pct": max(1, round(100 * (estimate["tokens"] / max(1, without["tokens"]) - 1)))}
         if stats.contrast_example:
