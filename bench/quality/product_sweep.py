@@ -174,6 +174,9 @@ MIXES.update({
     "lp2_e25": {"lora_plus_ratio": 2, "num_epochs": 2.5},
     "lr1e-3_e25": {"learning_rate": 1e-3, "num_epochs": 2.5},
     "lr12e-4_e25": {"learning_rate": 1.2e-3, "num_epochs": 2.5},
+    # Recipes change recommend()'s settings, so their meaning follows the defaults: since session 9 the pairs
+    # run at 1e-3 (`lr1e-3` is now `n_default`); the sessions 5-8 defaults are this one.
+    "lr8e-4": {"learning_rate": 8e-4},
 })
 for _name, _settings in MIXES.items():
     RECIPES[_name] = _settings
