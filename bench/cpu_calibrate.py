@@ -14,7 +14,9 @@ Qwen2.5 family is needed (the default model's cache has one). Then runs, pinned 
 (no replay rows: for a base other than `default` their answers would be generated first, which the
 default model ships cached) and prints the recommender's estimate (`estimated_s` of the trainer's
 `estimate` event), the measured wall time of the command, their ratio, the CPU class the recommender
-saw, and the trainer's tokens/s. Training speed does not depend on the weights' values, so the random
+saw, and the trainer's tokens/s, with `hardware.matmul_gflops` (bf16 and fp32, on the same cores and
+environment) run before and after the command: the probe the recommender scales its class figure by
+(`recommend.CPU_PROBE_REFERENCE_GFLOPS`). Training speed does not depend on the weights' values, so the random
 model times the same steps as the real one (same shapes, same tokens).
 """
 
@@ -52,6 +54,15 @@ def build(model_dir: Path, tokenizer_dir: str) -> None:
     tmp.rename(model_dir)
 
 
+def probe(prefix: list[str], env: dict[str, str]) -> dict[str, float]:
+    """`hardware.matmul_gflops` in bf16 and fp32 in a child pinned like the timed command."""
+    code = ("import json; from lorastudio import hardware as h; n = h.physical_cores(); "
+            "print(json.dumps({'bf16': h.matmul_gflops(True, n), 'fp32': h.matmul_gflops(False, n), 'cores': n, "
+            "'class': h.cpu_class()}))")
+    proc = subprocess.run([*prefix, sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else {"error": proc.stderr[-500:]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokenizer", required=True)
@@ -77,9 +88,12 @@ def main() -> None:
     if a.cores:
         cmd = ["taskset", "-c", a.cores, *cmd]
     env = {**os.environ, "PYTHONPATH": str(ROOT), **dict(kv.split("=", 1) for kv in a.env)}
+    prefix = ["taskset", "-c", a.cores] if a.cores else []
+    probe_before = probe(prefix, env)
     start = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
+    probe_after = probe(prefix, env)
     (out / f"{a.label or 'run'}.log").write_text(proc.stdout + proc.stderr)
     events = [json.loads(line) for line in (run_dir / "events.jsonl").open()] if (run_dir / "events.jsonl").exists() else []
     est = next((e for e in events if e.get("type") == "estimate" and e.get("estimated_s")), {})
@@ -89,7 +103,8 @@ def main() -> None:
               "estimated_s": est.get("estimated_s"), "estimate_line": estimate_line,
               "ratio_estimate_to_wall": round(est["estimated_s"] / wall, 3) if est.get("estimated_s") else None,
               "trainer_tokens_per_s_last": metrics[-1]["tokens_per_s"] if metrics else None,
-              "calibrated_tokens_per_s": est.get("tokens_per_s")}
+              "calibrated_tokens_per_s": est.get("tokens_per_s"),
+              "probe_gflops_before": probe_before, "probe_gflops_after": probe_after}
     print(json.dumps(result), flush=True)
     with (out / "calibrate.jsonl").open("a") as fh:
         fh.write(json.dumps(result) + "\n")

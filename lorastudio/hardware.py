@@ -1,7 +1,8 @@
 """What this machine's CPU is: the one core count and the one CPU class used everywhere.
 
-A leaf module (standard library only, nothing from lorastudio): the recommender's time estimate, the
-CPU fast path's thread count and the trainer's calibration all ask here, so they cannot disagree.
+A leaf module (standard library only, nothing from lorastudio; torch is imported only inside
+`matmul_gflops`, when it runs): the recommender's time estimate, the CPU fast path's thread count and the
+trainer's calibration all ask here, so they cannot disagree.
 
 - `physical_cores()`: physical cores among the CPUs this process may run on (its affinity mask, so a
   container limited to 2 CPUs counts 2), hyper-thread siblings counted once (they slow GEMMs down).
@@ -13,16 +14,25 @@ CPU fast path's thread count and the trainer's calibration all ask here, so they
   * ``"avx512-fp32"``: AVX-512 without native bf16: fp32 training;
   * ``"avx2-fp32"``: AVX2 only (most laptops and desktops): fp32 training;
   * ``"other"``: anything else (no AVX2, another architecture, flags unreadable): not measured.
+- `matmul_gflops()`: how fast this CPU runs the product that dominates a training step, timed here
+  (a fraction of a second, once per process): CPUs of one class differ by 2× (an AMD Zen 5 runs
+  AVX-512 at full width, a Zen 4 in two halves), so the recommender scales its class figure by it.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
 CPU_CLASSES: tuple[str, ...] = ("amx-bf16", "avx512-bf16", "avx512-fp32", "avx2-fp32", "other")
 CPUINFO = Path("/proc/cpuinfo")
+PROBE_ENV = "LORASTUDIO_CPU_PROBE"
+PROBE_SHAPE = (704, 896, 4864)
+"""(rows, inputs, outputs) of the timed product: one default packed step (704 tokens) through the default
+model's feed-forward up-projection (896 → 4864), the shape most of a step's arithmetic has."""
 _TOPOLOGY = "/sys/devices/system/cpu/cpu{cpu}/topology"
 
 
@@ -97,4 +107,42 @@ def bf16_native(klass: str) -> bool:
     return klass in ("amx-bf16", "avx512-bf16")
 
 
-__all__ = ["CPU_CLASSES", "allowed_cpus", "bf16_native", "cpu_class", "cpu_flags", "physical_cores"]
+@functools.lru_cache(maxsize=8)
+def matmul_gflops(bf16: bool, threads: int, seconds: float = 0.3, warmup: float = 0.5) -> float | None:
+    """GFLOP/s of `PROBE_SHAPE`'s product `x Wᵀ` (bf16 or fp32, as training would run it) on `threads`
+    threads of this CPU: the median of the runs in about `seconds` (at least 5), after `warmup` seconds of
+    the same product (an idle CPU reads up to 20 % slow for its first few tenths of a second while its
+    clock ramps up; a training run is past that). None when torch is missing or the probe is switched off
+    (`LORASTUDIO_CPU_PROBE=0`). Cached per process; the thread count is restored."""
+    if os.environ.get(PROBE_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+        return None
+    try:
+        import torch
+    except ImportError:
+        return None
+    rows, inputs, outputs = PROBE_SHAPE
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(threads)))
+    try:
+        generator = torch.Generator().manual_seed(0)
+        x = torch.randn(rows, inputs, generator=generator).to(dtype)
+        weight = torch.randn(outputs, inputs, generator=generator).to(dtype)
+        times: list[float] = []
+        with torch.no_grad():
+            stop = time.perf_counter() + warmup
+            torch.nn.functional.linear(x, weight)
+            while time.perf_counter() < stop:
+                torch.nn.functional.linear(x, weight)
+            stop = time.perf_counter() + seconds
+            while len(times) < 5 or (time.perf_counter() < stop and len(times) < 200):
+                start = time.perf_counter()
+                torch.nn.functional.linear(x, weight)
+                times.append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(before)
+    return 2.0 * rows * inputs * outputs / max(sorted(times)[len(times) // 2], 1e-9) / 1e9
+
+
+__all__ = ["CPU_CLASSES", "PROBE_ENV", "PROBE_SHAPE", "allowed_cpus", "bf16_native", "cpu_class", "cpu_flags",
+           "matmul_gflops", "physical_cores"]

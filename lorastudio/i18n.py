@@ -541,6 +541,12 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "Trains on this computer's CPU ({cores} cores, {cpu_class}): about {tokens_per_s} tokens per second with this "
         "model, as measured on this type of CPU. A GPU would be many times faster.",
         "在这台电脑的 CPU 上训练（{cores} 核，{cpu_class}）：按这类 CPU 的实测，这个模型每秒约 {tokens_per_s} 个 token。用 GPU 会快很多倍。"),
+    "rec.device.cpu_probed": (
+        "Trains on this computer's CPU ({cores} cores, {cpu_class}): about {tokens_per_s} tokens per second with this "
+        "model — the speed measured on this type of CPU, scaled by a quick test of this one ({speed}× as fast per core "
+        "as the CPU we measured). A GPU would be many times faster.",
+        "在这台电脑的 CPU 上训练（{cores} 核，{cpu_class}）：这个模型每秒约 {tokens_per_s} 个 token——按这类 CPU 的实测速度，"
+        "再按对这颗 CPU 的快速测试换算（每核是我们实测那颗的 {speed} 倍）。用 GPU 会快很多倍。"),
     "rec.device.cpu_unmeasured": (
         "Trains on this computer's CPU ({cores} cores, {cpu_class}): this type of CPU was not measured, so the time "
         "assumes about {tokens_per_s} tokens per second and may be far off. A GPU would be many times faster.",

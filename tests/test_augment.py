@@ -361,6 +361,34 @@ def test_contrast_random_pairs_a_share_with_facts_that_are_no_neighbours():
         TrainConfig(contrast_random=1.5).validate()
 
 
+def test_contrast_joiners_vary_the_wording_not_the_pairs_and_neighbours_widen_the_reach():
+    from lorastudio.data import validate
+    from lorastudio.train.augment import JOINERS_ZH, contrast_pairs, contrast_plan
+
+    convs = validate(str(DEMO)).conversations
+    plain = contrast_pairs(convs, seed=0, cycle=3)
+    varied = contrast_pairs(convs, seed=0, cycle=3, joiners="varied")
+    assert len(varied) == len(plain)
+    used = set()
+    for p, v in zip(plain, varied, strict=True):
+        assert p.messages[-1].content == v.messages[-1].content and p.row == v.row  # same pair, same answers
+        first, second = p.messages[-2].content.split("另外，")
+        question = v.messages[-2].content
+        assert question.startswith(first) and question.endswith(second)
+        used.add(question[len(first):len(question) - len(second)])
+    assert used == set(JOINERS_ZH)  # every joiner drawn, the plain "…？…？" one included
+    units, near2 = contrast_plan(convs, k=2)
+    _, near3 = contrast_plan(convs, k=3)
+    assert all(set(a) <= set(b) for a, b in zip(near2, near3, strict=True))
+    assert sum(map(len, near3)) > sum(map(len, near2))
+    wide = contrast_pairs(convs, seed=0, cycle=3, k=3)
+    assert len(wide) == len(plain)  # the same number of pairs: the reach widens, the tokens stay
+    with pytest.raises(ConfigError, match="contrast_joiners"):
+        TrainConfig(contrast_joiners="and").validate()
+    with pytest.raises(ConfigError, match="contrast_neighbours"):
+        TrainConfig(contrast_neighbours=0).validate()
+
+
 def test_contrast_pairs_need_a_neighbour():
     from lorastudio.train.augment import contrast_pairs
 
@@ -424,6 +452,11 @@ def test_augment_hook_adds_contrast_and_case_rows(tmp_path):
     assert len(out) == len(convs) + len(lines)
     cases = [x for x in lines if x["source"] == "case"]
     assert {x["row"] for x in cases} >= {2, 7} and all("epoch" in x for x in cases)
+    from lorastudio.train.augment import contrast_pairs
+
+    pairs = [x["messages"][-2]["content"] for x in lines if x["source"] == "contrast"]  # the config's joiners
+    assert pairs == [c.messages[-2].content for c in contrast_pairs(convs, cycle=3, joiners="varied")]
+    assert TrainConfig().contrast_joiners == "varied"
     off = augment_conversations(convs, cfg=TrainConfig(output_dir=str(tmp_path), augment_same_fact=True))
     assert not {json.loads(x)["source"] for x in (tmp_path / "augmented.jsonl").read_text("utf-8").splitlines()} - {
         "same_fact"} and len(off) < len(out)
@@ -432,7 +465,8 @@ def test_augment_hook_adds_contrast_and_case_rows(tmp_path):
 def test_new_levers_are_resume_settings():
     from lorastudio.train.config import resume_keys
 
-    assert {"augment_contrast", "augment_cases", "contrast_passes"} <= set(resume_keys())
+    assert {"augment_contrast", "augment_cases", "contrast_passes", "contrast_neighbours",
+            "contrast_joiners"} <= set(resume_keys())
     with pytest.raises(ConfigError, match="contrast_passes"):
         TrainConfig(contrast_passes=-1).validate()
     assert TrainConfig().augment_contrast is False and TrainConfig().augment_cases is False

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run on the GPU device (the `run` tool), in the repository root, after the default model's GGUF has
-# travelled in parts (docs/QUALITY.md "Recall that generalises"): .mdl/r.gguf.part0..8 (55 MB each, so a
+# travelled in parts (docs/QUALITY.md "Recall that generalises"): .mdl/r.gguf.part00..11 (`split -b 40m -d -a 2`, so a
 # part and the working tree fit one call's 64 MiB) copied to /tmp/parts by earlier calls, wheels for peft
 # and gguf installed into /tmp/site. Rebuilds the default model's bf16 cache exactly as
 # `lorastudio models --prepare default` does (sha256 checked), then runs one product sweep per SPEC, all at
@@ -12,7 +12,7 @@ BUDGET=$1; GPUS=$2; shift 2
 export PYTHONPATH=/tmp/site:$PWD LORASTUDIO_HOME=/tmp/lh PYTHONUNBUFFERED=1
 if [ ! -d /tmp/lh/models/default ]; then
   mkdir -p /tmp/lh/models
-  cat /tmp/parts/r.gguf.part? > /tmp/lh/default.gguf
+  cat /tmp/parts/r.gguf.part* > /tmp/lh/default.gguf
   echo "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32  /tmp/lh/default.gguf" | sha256sum -c - || exit 3
   python3 -c "
 from pathlib import Path

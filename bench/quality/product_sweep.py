@@ -178,6 +178,15 @@ MIXES.update({
     # run at 1e-3 (`lr1e-3` is now `n_default`); the sessions 5-8 defaults are this one.
     "lr8e-4": {"learning_rate": 8e-4},
 })
+# Session 10: the pairs' wording ("two facts at once" questions rarely say "另外": the joiner drawn per pair)
+# and their reach (each question's pairs drawn from its 3 closest facts instead of 2), both at no token cost.
+# The varied joiners became the default after this sweep (`cj` is now `n_default`; `cj_also` is the old one).
+MIXES.update({
+    "cj": {"contrast_joiners": "varied"},
+    "cj_also": {"contrast_joiners": "also"},
+    "ck3": {"contrast_neighbours": 3},
+    "cj_ck3": {"contrast_joiners": "varied", "contrast_neighbours": 3},
+})
 for _name, _settings in MIXES.items():
     RECIPES[_name] = _settings
     for _seed in range(1, 30):

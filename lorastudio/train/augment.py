@@ -305,15 +305,23 @@ def _contrast_plan(conversations: Sequence[Conversation], k: int) -> tuple[list[
     return units, groups, [[j for h in near[groups[i]] for j in members[h]] for i in range(len(units))]
 
 
-def _joined(conv: Conversation, other: Conversation) -> tuple[str, str]:
+JOINERS_ZH = ("另外，", "", "还有，", "顺便问下，", "对了，", "再问一下，")
+JOINERS_EN = (" Also, ", " ", " And ", " One more thing: ", " By the way, ", " Another question: ")
+"""How two questions are joined into one: `contrast_joiners="also"` always takes the first, "varied" draws
+one per pair (people ask two things in many ways: "…？…？", "…？还有，…？")."""
+
+
+def _joined(conv: Conversation, other: Conversation, joiner: int = 0) -> tuple[str, str]:
     q_i = conv.messages[_first_user(conv)].content
     q_j = other.messages[_first_user(other)].content
-    question = _ends_question(q_i) + ("另外，" if _is_cjk(q_i) else " Also, ") + _ends_question(q_j)
+    joiners = JOINERS_ZH if _is_cjk(q_i) else JOINERS_EN
+    question = _ends_question(q_i) + joiners[joiner % len(joiners)] + _ends_question(q_j)
     return question, conv.messages[-1].content.rstrip() + "\n" + other.messages[-1].content.strip()
 
 
 def contrast_pairs(conversations: Sequence[Conversation], seed: int = 0, cycle: int = 1,
-                   k: int = 2, passes: int = 0, random_share: float = 0.0) -> list[Conversation]:
+                   k: int = 2, passes: int = 0, random_share: float = 0.0,
+                   joiners: str = "also") -> list[Conversation]:
     """Two neighbouring facts asked in one question, each part answered with its OWN row's answer.
 
     Every other question (the other half in the next epoch) is joined with a question of a neighbouring
@@ -323,10 +331,13 @@ def contrast_pairs(conversations: Sequence[Conversation], seed: int = 0, cycle: 
     different neighbour row each epoch (rows carry `rotation`); `passes` > 0 keeps the pairs to the first
     `passes` epochs of the cycle (two passes pair every question once). `random_share` of the pairs (drawn
     per pair) join a question of a fact that is no neighbour instead, so two unrelated facts asked at once
-    are answered too. Nothing is generated.
+    are answered too. `joiners`: "also" joins every pair with "另外，" / "Also,"; "varied" draws the joiner
+    per pair from `JOINERS_ZH`/`JOINERS_EN` (a separate generator: the pairs themselves stay the same).
+    Nothing is generated.
     """
     convs, groups, candidates_of = _contrast_plan(conversations, k)
     rng = random.Random(seed)
+    joiner_rng = random.Random(seed + 1) if joiners == "varied" else None
     out: list[Conversation] = []
     for i, conv in enumerate(convs):
         candidates = list(candidates_of[i])
@@ -343,7 +354,7 @@ def contrast_pairs(conversations: Sequence[Conversation], seed: int = 0, cycle: 
                     if groups[x] != groups[i] and x not in candidates_of[i]:
                         j = x
                         break
-            question, answer = _joined(conv, convs[j])
+            question, answer = _joined(conv, convs[j], joiner_rng.randrange(len(JOINERS_ZH)) if joiner_rng else 0)
             messages = [Message(m.role, m.content) for m in conv.messages[:-2]]
             messages += [Message("user", question), Message("assistant", answer)]
             out.append(Conversation(messages, row=conv.row, rotation=(epoch, cycle) if cycle > 1 else None))
@@ -515,7 +526,9 @@ def augment_conversations(conversations: Sequence[Conversation], *, model: Any =
         added += [("contrast", c) for c in contrast_pairs(conversations, seed=seed, cycle=epoch_cycle(cfg),
                                                           passes=int(getattr(cfg, "contrast_passes", 0) or 0),
                                                           random_share=float(getattr(cfg, "contrast_random", 0.0)
-                                                                             or 0.0))]
+                                                                             or 0.0),
+                                                          k=int(getattr(cfg, "contrast_neighbours", 2) or 2),
+                                                          joiners=str(getattr(cfg, "contrast_joiners", "also")))]
     if getattr(cfg, "augment_cases", False):
         added += [("case", c) for c in applied_cases(conversations, seed=seed, cycle=epoch_cycle(cfg))]
     n = int(getattr(cfg, "augment_paraphrases", 0) or 0)

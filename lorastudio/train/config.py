@@ -31,7 +31,7 @@ _FLOAT_FIELDS = {"lora_dropout", "learning_rate", "lora_plus_ratio", "warmup_rat
                  "neftune_alpha", "val_fraction", "price_per_hour", "contrast_random"}
 _INT_FIELDS = {"lora_r", "lora_alpha", "max_steps", "batch_tokens", "gradient_accumulation", "max_length",
                "seed", "eval_every", "save_every", "keep_checkpoints", "early_stopping_patience", "augment_paraphrases",
-               "replay_rows", "gpus", "contrast_passes", "key_token_weight"}
+               "replay_rows", "gpus", "contrast_passes", "key_token_weight", "contrast_neighbours"}
 
 
 def _resume(default: Any) -> Any:
@@ -142,6 +142,13 @@ class TrainConfig:
     contrast_random: float = _resume(0.0)
     """Share of the contrastive pairs whose second question is from a fact that is no neighbour (0–1, drawn
     per pair; 0 = neighbours only): aimed at two unrelated facts asked at once."""
+    contrast_neighbours: int = _resume(2)
+    """How many neighbouring facts (the closest by wording) each question's pairs are drawn from (1–8)."""
+    contrast_joiners: str = _resume("varied")
+    """How a pair's two questions are joined: "varied" (a joiner drawn per pair: "…？…？", "…？还有，…？",
+    "…？顺便问下，…？" …; the default since session 10: "two facts at once" questions +1.6 of 13 on the demo
+    file, +1.0 on the multi-turn one, general answers unchanged, docs/QUALITY.md) or "also" (always
+    "…？另外，…？" / "… Also, …?", sessions 5–9)."""
     augment_cases: bool = _resume(False)
     """Also train new cases of the rules the rows state: a case question's amount moved within its rule's
     bounds, and rule questions framed with a concrete amount past their threshold (no generation; runs
@@ -202,6 +209,8 @@ class TrainConfig:
         need(1 <= self.key_token_weight <= 4, "key_token_weight", "must be 1–4 (1 = off)")
         need(self.contrast_passes >= 0, "contrast_passes", "must be ≥ 0 (0 = every pass)")
         need(0.0 <= self.contrast_random <= 1.0, "contrast_random", "must be between 0 and 1 (0 = neighbours only)")
+        need(1 <= self.contrast_neighbours <= 8, "contrast_neighbours", "must be 1–8 (2 = the default)")
+        need(self.contrast_joiners in ("also", "varied"), "contrast_joiners", 'must be "also" or "varied"')
         need(self.device in ("auto", "cpu", "cuda"), "device", "auto, cpu or cuda")
         need(self.dtype in ("auto", "bf16", "fp16", "fp32"), "dtype", "auto, bf16, fp16 or fp32")
         need(self.quantize_base in ("auto", "none", "4bit"), "quantize_base", "auto, none or 4bit")

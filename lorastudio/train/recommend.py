@@ -34,16 +34,21 @@ TASKS = ("qa", "copywriting", "consulting")
 # Training throughput of the default 0.5B model with the default LoRA (feed-forward layers, r16, packed
 # ≈ 640-token steps), real (unpadded) tokens/s on 2 physical cores, per CPU class
 # (`lorastudio.hardware.cpu_class`). Measured, not assumed:
-# - avx512-bf16: README "CPU training speed" (idle 2-core CPU with avx512_bf16): bf16 160 tok/s at
-#   640-token packs, 164–167 at 1024; whole `lorastudio train` runs 136–150 (docs/QUALITY.md, session 3).
+# - avx512-bf16: whole `lorastudio train yunzhan_train.jsonl --base default` (3 passes, 110k tokens) on an
+#   idle 2-core AMD EPYC Zen 5 (AVX-512 with bf16 and VNNI, no AMX), 2026-12-01, session 10: 315 tok/s over
+#   the training stage (5 min 58 s the whole command); `hardware.matmul_gflops`'s product ran 858–903 GFLOP/s
+#   in bf16 on it, one-second medians over 20 s (`CPU_PROBE_REFERENCE_GFLOPS`: 870); the probe itself (0.3 s
+#   after 0.5 s of warm-up) read 775–935 on that machine within the hour, so an estimate carries ±10 % of
+#   probe noise. A second whole run (seed 1): 5 min 56 s, 320 tok/s. A Zen 4 (AVX-512 in two 256-bit halves) ran 136–167 before the shared
+#   template head (README "CPU training speed", docs/QUALITY.md session 3): one class, 2× apart, which is
+#   why the probe scales the figure (`cpu_speed`).
 # - avx512-fp32: int8 frozen-base GEMMs on (the fp32 default since session 6, `train/cpu.py`): 135, the
 #   lower of two figures: an AVX-512 Xeon with VNNI (the GPU device's host) ran `bench/cpu_calibrate.py`
 #   --set dtype=fp32 at 170 tok/s with int8, 137.5 without (2 pinned cores, 2026-11-30, session 6); the
 #   Zen 4 of the README ran fp32 at 82–89 before the shared template head (≈ 110 with it, ≈ 136 with int8's
 #   1.24×). Exact fp32 (int8 off): 110.
-#   The avx512-bf16 figure predates the shared template head (probably a little slow now); the trainer's
-#   calibration corrects the ETA. Capping the Xeon's oneDNN at AVX512_CORE_BF16 (no AMX) gave 89 tok/s:
-#   not a stand-in for a Zen 4, so not used.
+#   Capping the Xeon's oneDNN at AVX512_CORE_BF16 (no AMX) gave 89 tok/s: not a stand-in for a Zen 4, so
+#   not used.
 # - amx-bf16: `bench/cpu_calibrate.py` (`lorastudio train --quick` of the demo file, random weights of
 #   the default model's shape) on 2 pinned cores of an idle Xeon with AMX (the GPU device's host),
 #   2026-11-30: 226–246 tok/s over the run, 235 at the end (249 in session 6, beside three other runs).
@@ -54,11 +59,12 @@ TASKS = ("qa", "copywriting", "consulting")
 #   stage (21 min 59 s). 81 = the two int8 runs' mean; 41–46 before the shared template head (issue 13).
 # - other (no AVX2, another architecture): not measured; taken as the slowest figure ever measured
 #   (AVX2 before the head lever), and the recommendation says the time is a guess (warn.cpu_speed_unknown).
-# Other core counts scale per core; other model sizes by 0.5B / size. The trainer re-calibrates at
-# run time; this table is what the estimate before the run can know.
+# Other core counts scale per core; other model sizes by 0.5B / size; where the class has a reference
+# probe, by this CPU's measured matmul speed per core against the reference's (`cpu_speed`). The trainer
+# re-calibrates at run time; this is what the estimate before the run can know.
 CPU_TOKENS_PER_S_05B_2CORES: dict[str, float] = {
     "amx-bf16": 235.0,
-    "avx512-bf16": 150.0,
+    "avx512-bf16": 315.0,
     "avx512-fp32": 135.0,
     "avx2-fp32": 81.0,
     "other": 43.0,
@@ -66,6 +72,16 @@ CPU_TOKENS_PER_S_05B_2CORES: dict[str, float] = {
 CPU_TOKENS_PER_S_05B_2CORES_EXACT_FP32: dict[str, float] = {"avx512-fp32": 110.0, "avx2-fp32": 62.0}
 """The fp32 classes with int8 switched off (`LORASTUDIO_CPU_INT8=0`): exact fp32 products."""
 MEASURED_CPU_CLASSES = ("amx-bf16", "avx512-bf16", "avx512-fp32", "avx2-fp32")
+CPU_PROBE_REFERENCE_GFLOPS: dict[str, float] = {"avx512-bf16": 870.0, "avx512-fp32": 215.0}
+"""`lorastudio.hardware.matmul_gflops` (bf16 for the bf16 classes, fp32 for the others) on 2 cores of the
+machine a class's figure above was measured on; a class without one is not scaled. avx512-fp32: the GPU
+device's Xeon host, 2 pinned cores, session 10: fp32 probe 203–229 around `bench/cpu_calibrate.py --set
+dtype=fp32` at 143–148 tok/s (the figure, 135, is session 6's lower reading of the same host). amx-bf16
+has none: its bf16 probe read 540–1,660 GFLOP/s on that host within minutes (AMX tiles' start-up), while
+training ran a steady 228–237 tok/s. avx2-fp32: its Zen 3 was not at hand to probe."""
+CPU_SPEED_LIMITS = (0.33, 3.0)
+"""The probe's ratio is clamped to this range: a probe run while the machine is busy must not turn a
+half-hour estimate into ten minutes (or the reverse)."""
 GPU_TOKENS_PER_S_05B = 20_000.0
 # Small steps on a GPU are bound by kernel launches, not arithmetic: 141 steps of 640 tokens took
 # 25–30 s on an H200 (three runs sharing it), so a step costs at least this much.
@@ -156,12 +172,26 @@ def int8_switched_off() -> bool:
     return cpu.switch(cpu_int8.ENV) is False
 
 
-def cpu_tokens_per_s(cpu_class: str, cores: int, size_b: float = 0.5) -> float:
+def cpu_tokens_per_s(cpu_class: str, cores: int, size_b: float = 0.5, speed: float = 1.0) -> float:
     """Expected training tokens/s on `cores` physical cores of this CPU class (the measured table; the
-    fp32 classes' exact figure when int8 is switched off)."""
+    fp32 classes' exact figure when int8 is switched off), × `speed` (`cpu_speed`: this CPU against the
+    class's measured machine, 1.0 when not probed)."""
     table = {**CPU_TOKENS_PER_S_05B_2CORES, **(CPU_TOKENS_PER_S_05B_2CORES_EXACT_FP32 if int8_switched_off() else {})}
     per_core = table.get(cpu_class, table["other"]) / 2
-    return per_core * max(1, int(cores)) * 0.5 / max(size_b, 0.05)
+    return per_core * max(1, int(cores)) * 0.5 / max(size_b, 0.05) * float(speed)
+
+
+def cpu_speed(cpu_class: str, cores: int) -> float:
+    """This CPU's matmul speed per core (`hardware.matmul_gflops` on `cores` threads, in the class's
+    training dtype) over the class's reference machine's (`CPU_PROBE_REFERENCE_GFLOPS`), clamped to
+    `CPU_SPEED_LIMITS`; 1.0 where the class has no reference or the probe cannot run."""
+    reference = CPU_PROBE_REFERENCE_GFLOPS.get(cpu_class)
+    cores = max(1, int(cores))
+    measured = _hardware.matmul_gflops(_hardware.bf16_native(cpu_class), cores) if reference else None
+    if not measured:
+        return 1.0
+    low, high = CPU_SPEED_LIMITS
+    return round(min(high, max(low, (measured / cores) / (reference / 2))), 2)
 
 
 @dataclass
@@ -180,6 +210,9 @@ class Hardware:
     gpu_name: str = ""
     gpus: int = 1
     cpu_class: str = ""
+    cpu_speed: float = 1.0
+    """This CPU against the machine its class's throughput was measured on (`cpu_speed`, a quick matmul
+    probe in `detect_hardware`); 1.0: the class's figure as measured."""
 
     def __post_init__(self) -> None:
         if self.cpu_class not in _hardware.CPU_CLASSES:
@@ -198,7 +231,7 @@ class Hardware:
             if value in ("cuda", "gpu"):
                 return cls(device="cuda")
             # "cpu": this machine's CPU (its class and cores), whatever else the machine has.
-            return cls(device="cpu", cpu_cores=_hardware.physical_cores(), cpu_class=_hardware.cpu_class())
+            return _this_cpu()
         known = {k: v for k, v in value.items() if k in cls.__dataclass_fields__}
         if known.get("device") == "gpu":
             known["device"] = "cuda"
@@ -222,21 +255,26 @@ class Hardware:
         return render(self.label_code, "en")
 
 
-def detect_hardware() -> Hardware:
-    """The machine this process runs on. Imports torch lazily (only when asked)."""
+def _this_cpu() -> Hardware:
+    """This machine's CPU: its class, physical cores and probed speed (`cpu_speed`)."""
     cores = _hardware.physical_cores()
     klass = _hardware.cpu_class()
+    return Hardware(device="cpu", cpu_cores=cores, cpu_class=klass, cpu_speed=cpu_speed(klass, cores))
+
+
+def detect_hardware() -> Hardware:
+    """The machine this process runs on. Imports torch lazily (only when asked)."""
     try:
         import torch
     except ImportError:  # no torch: the estimate is still useful
-        return Hardware(device="cpu", cpu_cores=cores, cpu_class=klass)
+        return _this_cpu()
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        return Hardware(device="cuda", cpu_cores=cores, bf16=torch.cuda.is_bf16_supported(),
+        return Hardware(device="cuda", cpu_cores=_hardware.physical_cores(), bf16=torch.cuda.is_bf16_supported(),
                         gpu_memory_gb=props.total_memory / 2**30, gpu_name=props.name,
-                        gpus=torch.cuda.device_count(), cpu_class=klass)
+                        gpus=torch.cuda.device_count(), cpu_class=_hardware.cpu_class())
     # avx512_bf16 / amx: bf16 matmuls are ~2× faster than fp32 on such CPUs; elsewhere fp32.
-    return Hardware(device="cpu", cpu_cores=cores, cpu_class=klass)
+    return _this_cpu()
 
 
 @dataclass
@@ -761,9 +799,10 @@ def recommend(rows_or_stats: Any, base: str = "default", task: str = "qa", hardw
     if on_gpu:
         r["device"] = _code("rec.device.cuda", gpus=hw.gpus, name=hw.gpu_name or "GPU", gb=round(hw.gpu_memory_gb))
     else:
-        code = "rec.device.cpu" if hw.cpu_class in MEASURED_CPU_CLASSES else "rec.device.cpu_unmeasured"
-        r["device"] = _code(code, cores=hw.cpu_cores, cpu_class=hw.cpu_class,
-                            tokens_per_s=round(cpu_tokens_per_s(hw.cpu_class, hw.cpu_cores, size)))
+        code = ("rec.device.cpu_unmeasured" if hw.cpu_class not in MEASURED_CPU_CLASSES else
+                "rec.device.cpu_probed" if hw.cpu_speed != 1.0 else "rec.device.cpu")
+        r["device"] = _code(code, cores=hw.cpu_cores, cpu_class=hw.cpu_class, speed=_num(hw.cpu_speed),
+                            tokens_per_s=round(cpu_tokens_per_s(hw.cpu_class, hw.cpu_cores, size, hw.cpu_speed)))
     r["price_per_hour"] = (_code("rec.price_per_hour.set", price=_num(price), currency=currency) if price else
                            _code("rec.price_per_hour.none"))
     if s["augment_per_epoch"]:
@@ -870,7 +909,7 @@ def _estimate(s: Mapping[str, Any], stats: DataStats, hw: Hardware, size: float,
         train_tps = GPU_TOKENS_PER_S_05B * scale * max(1, hw.gpus)
         gen_tps = GPU_GEN_TOKENS_PER_S_05B * scale
     else:
-        train_tps = cpu_tokens_per_s(hw.cpu_class, hw.cpu_cores, size)
+        train_tps = cpu_tokens_per_s(hw.cpu_class, hw.cpu_cores, size, hw.cpu_speed)
         gen_tps = CPU_GEN_TOKENS_PER_S_05B / 2 * max(1, hw.cpu_cores) * scale
     epochs = float(s.get("num_epochs") or 1)
     val_fraction = float(s.get("val_fraction") or 0.0)
