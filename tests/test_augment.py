@@ -377,7 +377,7 @@ def test_contrast_joiners_vary_the_wording_not_the_pairs_and_neighbours_widen_th
         assert question.startswith(first) and question.endswith(second)
         used.add(question[len(first):len(question) - len(second)])
     assert used == set(JOINERS_ZH)  # every joiner drawn, the plain "…？…？" one included
-    units, near2 = contrast_plan(convs, k=2)
+    _, near2 = contrast_plan(convs, k=2)
     _, near3 = contrast_plan(convs, k=3)
     assert all(set(a) <= set(b) for a, b in zip(near2, near3, strict=True))
     assert sum(map(len, near3)) > sum(map(len, near2))

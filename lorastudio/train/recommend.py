@@ -39,9 +39,9 @@ TASKS = ("qa", "copywriting", "consulting")
 #   the training stage (5 min 58 s the whole command); `hardware.matmul_gflops`'s product ran 858–903 GFLOP/s
 #   in bf16 on it, one-second medians over 20 s (`CPU_PROBE_REFERENCE_GFLOPS`: 870); the probe itself (0.3 s
 #   after 0.5 s of warm-up) read 775–935 on that machine within the hour, so an estimate carries ±10 % of
-#   probe noise. A second whole run (seed 1): 5 min 56 s, 320 tok/s. A Zen 4 (AVX-512 in two 256-bit halves) ran 136–167 before the shared
-#   template head (README "CPU training speed", docs/QUALITY.md session 3): one class, 2× apart, which is
-#   why the probe scales the figure (`cpu_speed`).
+#   probe noise. A second whole run (seed 1): 5 min 56 s, 320 tok/s. A Zen 4 (AVX-512 in two 256-bit
+#   halves) ran 136–167 before the shared template head (README "CPU training speed", docs/QUALITY.md
+#   session 3): one class, 2× apart, which is why the probe scales the figure (`cpu_speed`).
 # - avx512-fp32: int8 frozen-base GEMMs on (the fp32 default since session 6, `train/cpu.py`): 135, the
 #   lower of two figures: an AVX-512 Xeon with VNNI (the GPU device's host) ran `bench/cpu_calibrate.py`
 #   --set dtype=fp32 at 170 tok/s with int8, 137.5 without (2 pinned cores, 2026-11-30, session 6); the
@@ -263,17 +263,17 @@ def _this_cpu() -> Hardware:
 
 
 def detect_hardware() -> Hardware:
-    """The machine this process runs on. Imports torch lazily (only when asked)."""
+    """The machine this process runs on. Imports torch lazily (only when asked); without torch, or
+    without a GPU, this CPU (bf16 where the CPU computes it natively)."""
     try:
         import torch
     except ImportError:  # no torch: the estimate is still useful
-        return _this_cpu()
-    if torch.cuda.is_available():
+        torch = None
+    if torch is not None and torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         return Hardware(device="cuda", cpu_cores=_hardware.physical_cores(), bf16=torch.cuda.is_bf16_supported(),
                         gpu_memory_gb=props.total_memory / 2**30, gpu_name=props.name,
                         gpus=torch.cuda.device_count(), cpu_class=_hardware.cpu_class())
-    # avx512_bf16 / amx: bf16 matmuls are ~2× faster than fp32 on such CPUs; elsewhere fp32.
     return _this_cpu()
 
 
