@@ -77,7 +77,9 @@ def monkeypatch_module():
 @pytest.fixture(scope="module")
 def pair(tiny):
     """(llama.cpp engine on the GGUF, transformers engine on the same f16 weights), one tokenizer."""
-    ref = ChatEngine(str(tiny["ref"]), max_adapters=2, engine="transformers")
+    # fp32: the transformers engine would pick bf16 on a CPU that computes it natively (AVX-512-bf16), and
+    # bf16 rounding changes greedy answers of random weights; llama.cpp computes the f16 GGUF in fp32.
+    ref = ChatEngine(str(tiny["ref"]), max_adapters=2, engine="transformers", dtype="fp32")
     if not llamacpp.available():
         pytest.skip("llama-cpp-python is not installed")
     fast = ChatEngine(str(tiny["gguf"]), max_adapters=2, engine="llama.cpp", tokenizer=ref.tokenizer)

@@ -115,13 +115,14 @@ def test_the_event_loop_stays_free_while_the_engine_generates(client):
     done = threading.Event()
 
     def long_stream():
+        # long enough to overlap the probes below: a fast CPU (an AVX-512 Zen 5) wrote 400 tokens in under 0.5 s
         sse(client.post("/studio/playground/stream", json={"a": {"model": "tiny-random"}, "b": {"model": "tiny-random"},
-                                                           "question": "Tell me a long story.", "max_tokens": 400}))
+                                                           "question": "Tell me a long story.", "max_tokens": 2000}))
         done.set()
 
     worker = threading.Thread(target=long_stream)
     worker.start()
-    time.sleep(0.5)
+    time.sleep(0.2)
     latencies = []
     while not done.is_set() and len(latencies) < 5:
         started = time.monotonic()
