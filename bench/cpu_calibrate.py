@@ -85,10 +85,9 @@ def main() -> None:
            "--output", str(run_dir)]
     for kv in a.settings:
         cmd += ["--set", kv]
-    if a.cores:
-        cmd = ["taskset", "-c", a.cores, *cmd]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), **dict(kv.split("=", 1) for kv in a.env)}
     prefix = ["taskset", "-c", a.cores] if a.cores else []
+    cmd = [*prefix, *cmd]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **dict(kv.split("=", 1) for kv in a.env)}
     probe_before = probe(prefix, env)
     start = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)

@@ -528,7 +528,7 @@ def augment_conversations(conversations: Sequence[Conversation], *, model: Any =
                                                           random_share=float(getattr(cfg, "contrast_random", 0.0)
                                                                              or 0.0),
                                                           k=int(getattr(cfg, "contrast_neighbours", 2) or 2),
-                                                          joiners=str(getattr(cfg, "contrast_joiners", "also")))]
+                                                          joiners=str(getattr(cfg, "contrast_joiners", "varied")))]
     if getattr(cfg, "augment_cases", False):
         added += [("case", c) for c in applied_cases(conversations, seed=seed, cycle=epoch_cycle(cfg))]
     n = int(getattr(cfg, "augment_paraphrases", 0) or 0)
