@@ -15,14 +15,16 @@ trainer's calibration all ask here, so they cannot disagree.
   * ``"avx2-fp32"``: AVX2 only (most laptops and desktops): fp32 training;
   * ``"other"``: anything else (no AVX2, another architecture, flags unreadable): not measured.
 - `matmul_gflops()`: how fast this CPU runs the product that dominates a training step, timed here
-  (a fraction of a second, once per process): CPUs of one class differ by 2× (an AMD Zen 5 runs
-  AVX-512 at full width, a Zen 4 in two halves), so the recommender scales its class figure by it.
+  (a fraction of a second, at most every `PROBE_REFRESH_S`): CPUs of one class differ by 2× (an AMD Zen 5
+  runs AVX-512 at full width, a Zen 4 in two halves), so the recommender scales its class figure by it.
+  Other work on the same cores (a training job beside the studio's server) only ever slows the product
+  down, so the answer is the best reading of the last `PROBE_KEEP_S`, not the latest.
 """
 
 from __future__ import annotations
 
-import functools
 import os
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -33,6 +35,13 @@ PROBE_ENV = "LORASTUDIO_CPU_PROBE"
 PROBE_SHAPE = (704, 896, 4864)
 """(rows, inputs, outputs) of the timed product: one default packed step (704 tokens) through the default
 model's feed-forward up-projection (896 → 4864), the shape most of a step's arithmetic has."""
+PROBE_REFRESH_S = 300.0
+"""A reading younger than this is reused as it is (a server recommends often; the probe costs ~0.8 s)."""
+PROBE_KEEP_S = 3600.0
+"""Readings this recent count; `matmul_gflops` answers their best (busy cores read slow, never fast)."""
+_clock = time.monotonic
+_probe_lock = threading.Lock()
+_probe_readings: dict[tuple, list[tuple[float, float]]] = {}  # key → [(monotonic time, GFLOP/s)]
 _TOPOLOGY = "/sys/devices/system/cpu/cpu{cpu}/topology"
 
 
@@ -107,15 +116,39 @@ def bf16_native(klass: str) -> bool:
     return klass in ("amx-bf16", "avx512-bf16")
 
 
-@functools.lru_cache(maxsize=8)
 def matmul_gflops(bf16: bool, threads: int, seconds: float = 0.3, warmup: float = 0.5) -> float | None:
     """GFLOP/s of `PROBE_SHAPE`'s product `x Wᵀ` (bf16 or fp32, as training would run it) on `threads`
     threads of this CPU: the median of the runs in about `seconds` (at least 5), after `warmup` seconds of
     the same product (an idle CPU reads up to 20 % slow for its first few tenths of a second while its
     clock ramps up; a training run is past that). None when torch is missing or the probe is switched off
-    (`LORASTUDIO_CPU_PROBE=0`). Cached per process; the thread count is restored."""
+    (`LORASTUDIO_CPU_PROBE=0`).
+
+    Timed again when the last reading is older than `PROBE_REFRESH_S`; the answer is the best reading of
+    the last `PROBE_KEEP_S`, so a reading taken while a training job shares the cores does not stretch
+    the estimates made after it. One probe at a time (two at once would slow each other down)."""
     if os.environ.get(PROBE_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
         return None
+    key = (bool(bf16), max(1, int(threads)), float(seconds), float(warmup))
+    with _probe_lock:
+        now = _clock()
+        readings = [r for r in _probe_readings.get(key, []) if now - r[0] < PROBE_KEEP_S]
+        if not readings or now - readings[-1][0] >= PROBE_REFRESH_S:
+            measured = _time_product(*key)
+            if measured is None:
+                return None
+            readings.append((_clock(), measured))
+        _probe_readings[key] = readings
+        return max(gflops for _, gflops in readings)
+
+
+def clear_probe_readings() -> None:
+    """Forget every reading of `matmul_gflops` (the next call times the CPU again)."""
+    with _probe_lock:
+        _probe_readings.clear()
+
+
+def _time_product(bf16: bool, threads: int, seconds: float, warmup: float) -> float | None:
+    """One timing of `matmul_gflops`' product (None without torch); the thread count is restored."""
     try:
         import torch
     except ImportError:
@@ -123,7 +156,7 @@ def matmul_gflops(bf16: bool, threads: int, seconds: float = 0.3, warmup: float 
     rows, inputs, outputs = PROBE_SHAPE
     dtype = torch.bfloat16 if bf16 else torch.float32
     before = torch.get_num_threads()
-    torch.set_num_threads(max(1, int(threads)))
+    torch.set_num_threads(threads)
     try:
         generator = torch.Generator().manual_seed(0)
         x = torch.randn(rows, inputs, generator=generator).to(dtype)
@@ -144,5 +177,5 @@ def matmul_gflops(bf16: bool, threads: int, seconds: float = 0.3, warmup: float 
     return 2.0 * rows * inputs * outputs / max(sorted(times)[len(times) // 2], 1e-9) / 1e9
 
 
-__all__ = ["CPU_CLASSES", "PROBE_ENV", "PROBE_SHAPE", "allowed_cpus", "bf16_native", "cpu_class", "cpu_flags",
-           "matmul_gflops", "physical_cores"]
+__all__ = ["CPU_CLASSES", "PROBE_ENV", "PROBE_SHAPE", "allowed_cpus", "bf16_native", "clear_probe_readings",
+           "cpu_class", "cpu_flags", "matmul_gflops", "physical_cores"]

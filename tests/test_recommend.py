@@ -345,14 +345,44 @@ def test_matmul_probe_times_the_product_and_restores_the_threads(monkeypatch):
     from lorastudio import hardware
 
     before = torch.get_num_threads()
-    hardware.matmul_gflops.cache_clear()
+    hardware.clear_probe_readings()
     gflops = hardware.matmul_gflops(False, 1, seconds=0.05, warmup=0.0)
     assert gflops is not None and 0.5 < gflops < 1e5  # a real CPU: GFLOP/s, not seconds or FLOP/s
     assert torch.get_num_threads() == before
     monkeypatch.setenv(hardware.PROBE_ENV, "0")
-    hardware.matmul_gflops.cache_clear()
+    hardware.clear_probe_readings()
     assert hardware.matmul_gflops(False, 1, seconds=0.05, warmup=0.0) is None
-    hardware.matmul_gflops.cache_clear()
+    hardware.clear_probe_readings()
+
+
+def test_matmul_probe_reuses_fresh_readings_and_answers_the_best_recent_one(monkeypatch):
+    from lorastudio import hardware
+
+    now = [1000.0]
+    timings = iter([400.0, 900.0, 300.0, 500.0])  # a slow first reading (a job sharing the cores), then idle…
+    taken = []
+
+    def time_product(*key):
+        taken.append(key)
+        return next(timings)
+
+    monkeypatch.setattr(hardware, "_clock", lambda: now[0])
+    monkeypatch.setattr(hardware, "_time_product", time_product)
+    hardware.clear_probe_readings()
+    try:
+        assert hardware.matmul_gflops(True, 2) == 400.0
+        now[0] += hardware.PROBE_REFRESH_S - 1  # fresh: reused, not timed again
+        assert hardware.matmul_gflops(True, 2) == 400.0 and len(taken) == 1
+        now[0] += 2  # stale: timed again; the idle reading wins
+        assert hardware.matmul_gflops(True, 2) == 900.0 and len(taken) == 2
+        now[0] += hardware.PROBE_REFRESH_S  # busy again: the best recent reading still answers
+        assert hardware.matmul_gflops(True, 2) == 900.0 and len(taken) == 3
+        assert hardware.matmul_gflops(False, 2) == 500.0 and len(taken) == 4  # fp32 is its own reading
+        now[0] += hardware.PROBE_KEEP_S  # an hour later the old readings no longer count
+        monkeypatch.setattr(hardware, "_time_product", lambda *key: 350.0)
+        assert hardware.matmul_gflops(True, 2) == 350.0
+    finally:
+        hardware.clear_probe_readings()
 
 
 def test_cpu_speed_scales_the_class_figure_by_the_probe(monkeypatch):
