@@ -38,7 +38,9 @@ def main() -> None:
             name, seed = re.match(r"(.*?)(?:_s(\d+))?$", row["recipe"]).groups()
             runs[name][int(seed or 0)] = row
     base = runs.get(a.base, {})
-    print("recipe n hard(75) [apply neighbour two scenario] old(80) whole(40) general(24) | paired: "
+    first = next(iter(next(iter(runs.values())).values()))
+    print(f"recipe n hard({first['hard_n']}) [apply neighbour two scenario] old({first['facts_n']}) "
+          f"whole({first['facts_n'] // 2}) general({first['general_n']}) | paired: "
           "n d_hard d_old d_whole d_general [d_apply d_neighbour d_two d_scenario]")
     for name, seeds in runs.items():
         rows = list(seeds.values())

@@ -213,7 +213,7 @@ def score_base(args: argparse.Namespace, gpu: str | None) -> dict:
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu
     cmd = [sys.executable, str(ROOT / "bench/quality/score.py"), "--base", args.base, "--out", str(out / "quality.json"),
-           "--batch-size", str(args.score_batch)]
+           "--batch-size", str(args.score_batch), "--evals", args.evals]
     with open(out / "score.log", "w") as log:
         code = subprocess.call(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     if code != 0:
@@ -267,7 +267,7 @@ def run_recipe(name: str, settings: dict, args: argparse.Namespace, gpu: str | N
                           tokens_per_s=m["tokens_per_s"], tokens=round(m["tokens_per_s"] * m["elapsed_s"]))
     score_cmd = [sys.executable, str(ROOT / "bench/quality/score.py"), "--base", args.base, "--adapter", str(out),
                  "--out", str(out / "quality.json"), "--batch-size", str(args.score_batch),
-                 "--scales", ",".join(f"{x:g}" for x in scales)]
+                 "--scales", ",".join(f"{x:g}" for x in scales), "--evals", args.evals]
     with open(out / "score.log", "w") as log:
         code = subprocess.call(score_cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     if code != 0:
@@ -310,6 +310,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True)
     ap.add_argument("--base", default="default")
+    ap.add_argument("--evals", default=None, help="whose eval sets (score.py --evals); default: the data file's "
+                    "company when evalsets/ has its sets (beichen_train.jsonl → beichen), else yunzhan")
     ap.add_argument("--out", required=True)
     ap.add_argument("--recipes", default="default", help="comma-separated names of RECIPES, or 'all'")
     ap.add_argument("--extra", default="", help='JSON {"name": {settings}} added to RECIPES')
@@ -322,6 +324,9 @@ def main() -> None:
     ap.add_argument("--warm-replay", action="store_true", help="answer all built-in general prompts first")
     ap.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS of each recipe's processes")
     args = ap.parse_args()
+    if args.evals is None:
+        company = Path(args.data).stem.split("_")[0]
+        args.evals = company if (ROOT / f"evalsets/{company}_paraphrase.jsonl").is_file() else "yunzhan"
 
     recipes = dict(RECIPES, base={}, **(json.loads(args.extra) if args.extra else {}))
     names = list(recipes) if args.recipes == "all" else [n for n in args.recipes.split(",") if n]

@@ -32,9 +32,10 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-SETS = {"facts": ("evalsets/yunzhan_paraphrase.jsonl", 128), "general": ("evalsets/general.jsonl", 160),
-        "hard": ("evalsets/yunzhan_hard.jsonl", 128)}
-"""name → (file, max new tokens)"""
+SETS = {"facts": ("evalsets/{evals}_paraphrase.jsonl", 128), "general": ("evalsets/general.jsonl", 160),
+        "hard": ("evalsets/{evals}_hard.jsonl", 128)}
+"""name → (file, max new tokens); `{evals}` is `--evals`: whose facts (yunzhan: both demo files; beichen and
+harborpine: the held-out companies of bench/quality/data/)"""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,11 +52,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--engine", choices=("auto", "llama.cpp", "transformers"), default=None,
                     help="auto (default, also LORASTUDIO_ENGINE): llama.cpp on a CPU when it runs the base, "
                          "else transformers")
+    ap.add_argument("--evals", default="yunzhan", help="whose fact sets: evalsets/EVALS_paraphrase.jsonl and "
+                    "evalsets/EVALS_hard.jsonl (default yunzhan, the demo files' facts)")
+    ap.add_argument("--system", default=None,
+                    help="ask every question under this system message (default: none, so the model's "
+                         "template adds its own, as the product does without one)")
     args = ap.parse_args(argv)
     sets = [s.strip() for s in args.sets.split(",") if s.strip()]
     unknown = [s for s in sets if s not in SETS]
     if unknown:
         ap.error(f"--sets: unknown {unknown}; choose from {', '.join(SETS)}")
+    missing = [SETS[s][0].format(evals=args.evals) for s in sets if s in SETS
+               and not (ROOT / SETS[s][0].format(evals=args.evals)).is_file()]
+    if missing:
+        ap.error(f"--evals {args.evals}: no {', '.join(missing)}")
     args.sets = [s for s in SETS if s in sets and not (s == "hard" and args.no_hard)]
     try:
         args.scale_list = [float(x) for x in args.scales.split(",")]
@@ -85,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     from sweep import read_jsonl
 
     args = parse_args(argv)
-    items = {name: read_jsonl(ROOT / SETS[name][0])[:args.limit] for name in args.sets}
+    items = {name: read_jsonl(ROOT / SETS[name][0].format(evals=args.evals))[:args.limit] for name in args.sets}
     engine, reason = pick_engine(args)
     print(f"engine: {engine} — {reason}", file=sys.stderr, flush=True)
     if engine == "llama.cpp" and args.adapter:
@@ -111,8 +121,9 @@ def main(argv: list[str] | None = None) -> None:
     answer_transformers(args, items, reason)
 
 
-def chats(questions: list[dict]) -> list[list[dict[str, str]]]:
-    return [[{"role": "user", "content": q["question"]}] for q in questions]
+def chats(questions: list[dict], system: str | None = None) -> list[list[dict[str, str]]]:
+    head = [{"role": "system", "content": system}] if system else []
+    return [head + [{"role": "user", "content": q["question"]}] for q in questions]
 
 
 def answer_llamacpp(args: argparse.Namespace, items: dict[str, list[dict]]) -> tuple[dict[str, list[str]], float]:
@@ -121,7 +132,7 @@ def answer_llamacpp(args: argparse.Namespace, items: dict[str, list[dict]]) -> t
 
     prompts, caps = [], []
     for name, questions in items.items():
-        prompts += chats(questions)
+        prompts += chats(questions, args.system)
         caps += [SETS[name][1]] * len(questions)
     t0 = time.time()  # the child's start and model load included (transformers' eval_s excludes its load)
     flat = run_llamacpp_batch(args.base, prompts, max_new_tokens=caps, batch_size=min(8, args.batch_size),
@@ -153,7 +164,7 @@ def answer_transformers(args: argparse.Namespace, items: dict[str, list[dict]], 
             m.scaling = {k: v * scale for k, v in orig.items()}
         out = Path(args.out)
         t0 = time.time()
-        answers = {name: generate_batch(model, tok, chats(questions), max_new_tokens=SETS[name][1],
+        answers = {name: generate_batch(model, tok, chats(questions, args.system), max_new_tokens=SETS[name][1],
                                         batch_size=args.batch_size) if questions else []
                    for name, questions in items.items()}
         write(args, items, answers, out if i == 0 else out.with_name(f"{out.stem}_x{scale:g}.json"), scale,
@@ -165,8 +176,8 @@ def write(args: argparse.Namespace, items: dict[str, list[dict]], answers: dict[
     """Score the answers the sweep's way and write `out` (the keys of the sets answered)."""
     from sweep import fact_score, score  # the sweep's scoring, unchanged
 
-    res = {"base": args.base, "adapter": args.adapter, "scale": scale, "engine": engine, "engine_reason": reason,
-           "eval_s": round(seconds, 1)}
+    res = {"base": args.base, "adapter": args.adapter, "evals": args.evals, "scale": scale, "engine": engine,
+           "engine_reason": reason, "eval_s": round(seconds, 1)}
     if args.limit is not None:
         res["limit"] = args.limit
     parts = []
@@ -175,7 +186,8 @@ def write(args: argparse.Namespace, items: dict[str, list[dict]], answers: dict[
         fs, fok = score(fa, facts)
         res.update(facts=fs, facts_n=len(facts), facts_a=sum(fok[0::2]), facts_b=sum(fok[1::2]),
                    facts_by_fact=fact_score(fok, facts), fact_answers=fa, fact_ok=fok)
-        parts.append(f"facts {fs}/{len(facts)} (whole facts {res['facts_by_fact']}/40)")
+        n_facts = len({item.get("fact") for item in facts})
+        parts.append(f"facts {fs}/{len(facts)} (whole facts {res['facts_by_fact']}/{n_facts})")
     if "general" in items:
         gs, gok = score(answers["general"], items["general"])
         res.update(general=gs, general_n=len(items["general"]), general_answers=answers["general"], general_ok=gok)
