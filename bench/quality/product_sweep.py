@@ -187,6 +187,13 @@ MIXES.update({
     "ck3": {"contrast_neighbours": 3},
     "cj_ck3": {"contrast_joiners": "varied", "contrast_neighbours": 3},
 })
+# Session 11: do the defaults hold on companies they were not tuned on (bench/quality/data/: beichen, Chinese
+# logistics; harborpine, English outdoor retail; 1-4 questions a fact, 4 passes recommended)? Each default
+# lever taken away or changed once: the contrastive pairs, the 4th pass of small files, 3 neighbours.
+MIXES.update({
+    "n_nocontrast": {"augment_contrast": False},
+    "n_e3": {"num_epochs": 3},
+})
 for _name, _settings in MIXES.items():
     RECIPES[_name] = _settings
     for _seed in range(1, 30):
