@@ -119,17 +119,20 @@ def test_engine_rules(tiny, short, monkeypatch):
     assert score.parse_args(["--out", "x", "--no-hard"]).sets == ["facts", "general"]
     with pytest.raises(SystemExit):
         score.parse_args(["--out", "x", "--sets", "hard,nope"])
+    with pytest.raises(SystemExit):  # a company without eval sets
+        score.parse_args(["--out", "x", "--evals", "nobody"])
 
 
-def test_scoring_is_the_sweeps(tmp_path):
+@pytest.mark.parametrize("evals", ["yunzhan", "beichen", "harborpine"])
+def test_scoring_is_the_sweeps(tmp_path, evals):
     from sweep import fact_score, read_jsonl
     from sweep import score as sweep_score
 
-    items = {name: read_jsonl(ROOT / file) for name, (file, _cap) in score.SETS.items()}
+    items = {name: read_jsonl(score.set_file(name, evals)) for name in score.SETS}
     # answers that hold the key strings of every third question
     answers = {name: [" ".join(k if isinstance(k, str) else k[-1] for k in q["must_contain"]) if i % 3 == 0 else "?"
                       for i, q in enumerate(qs)] for name, qs in items.items()}
-    args = score.parse_args(["--out", str(tmp_path / "q.json")])
+    args = score.parse_args(["--out", str(tmp_path / "q.json"), "--evals", evals])
     score.write(args, items, answers, tmp_path / "q.json", 1.0, 1.0, "llama.cpp", "test")
     res = json.loads((tmp_path / "q.json").read_text(encoding="utf-8"))
     for name, key in (("facts", "facts"), ("general", "general"), ("hard", "hard")):

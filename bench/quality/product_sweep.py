@@ -193,6 +193,7 @@ MIXES.update({
 MIXES.update({
     "n_nocontrast": {"augment_contrast": False},
     "n_e3": {"num_epochs": 3},
+    "n_e5": {"num_epochs": 5},
 })
 for _name, _settings in MIXES.items():
     RECIPES[_name] = _settings

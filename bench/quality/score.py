@@ -38,6 +38,11 @@ SETS = {"facts": ("evalsets/{evals}_paraphrase.jsonl", 128), "general": ("evalse
 harborpine: the held-out companies of bench/quality/data/)"""
 
 
+def set_file(name: str, evals: str = "yunzhan") -> Path:
+    """The file of eval set `name` for the facts of `evals`."""
+    return ROOT / SETS[name][0].format(evals=evals)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser()
     ap.add_argument("--base", default="default")
@@ -62,8 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = [s for s in sets if s not in SETS]
     if unknown:
         ap.error(f"--sets: unknown {unknown}; choose from {', '.join(SETS)}")
-    missing = [SETS[s][0].format(evals=args.evals) for s in sets if s in SETS
-               and not (ROOT / SETS[s][0].format(evals=args.evals)).is_file()]
+    missing = [str(set_file(s, args.evals).relative_to(ROOT)) for s in sets
+               if s in SETS and not set_file(s, args.evals).is_file()]
     if missing:
         ap.error(f"--evals {args.evals}: no {', '.join(missing)}")
     args.sets = [s for s in SETS if s in sets and not (s == "hard" and args.no_hard)]
@@ -95,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     from sweep import read_jsonl
 
     args = parse_args(argv)
-    items = {name: read_jsonl(ROOT / SETS[name][0].format(evals=args.evals))[:args.limit] for name in args.sets}
+    items = {name: read_jsonl(set_file(name, args.evals))[:args.limit] for name in args.sets}
     engine, reason = pick_engine(args)
     print(f"engine: {engine} — {reason}", file=sys.stderr, flush=True)
     if engine == "llama.cpp" and args.adapter:
