@@ -624,6 +624,8 @@ MESSAGES: dict[str, tuple[str, str]] = {
     # --- CLI: lorastudio train ---------------------------------------------------------------
     "cli.train.recommended": ("Recommended settings:", "推荐设置："),
     "cli.train.estimate": ("estimate: about {time} on {device}", "预计：在 {device} 上约需 {time}"),
+    "cli.train.estimate_changed": ("with your changes ({changes}): about {time} on {device}",
+                                   "按你的修改（{changes}）：在 {device} 上约需 {time}"),
     "cli.train.estimate_cost": (
         "estimate: about {time} on {device}, cost {cost} {currency}", "预计：在 {device} 上约需 {time}，费用 {cost} {currency}"),
     "cli.train.note": ("note: {text}", "提示：{text}"),

@@ -240,6 +240,10 @@ def test_job_runs_to_success_with_events_checkpoints_and_chat(client):
     job_dir = Path(client.app.state.store.get_job(job["id"])["job_dir"])
     cfg = __import__("yaml").safe_load((job_dir / "job.yaml").read_text())
     assert cfg["num_epochs"] == 2 and cfg["lora_r"] == 4 and cfg["base"] == "tiny-random"
+    # the estimate the run is compared with is the one of what runs (2 passes), not the recommendation's
+    extra = cfg["extra"]
+    assert "num_epochs" in extra["changed_settings"] and "lora_r" not in extra["changed_settings"]
+    assert 0 < extra["estimate"]["tokens"] < extra["recommended_estimate"]["tokens"]
 
     events = client.get(f"/v1/fine_tuning/jobs/{job['id']}/events", params={"limit": 100}).json()
     assert events["has_more"] is False

@@ -63,6 +63,32 @@ def test_recommended_settings_are_printed_and_used(tmp_path, small_model_dir, ca
     assert (out / "adapter_model.safetensors").is_file()
 
 
+def test_changed_settings_get_their_own_estimate(tmp_path, small_model_dir, capsys):
+    """`--epochs` (or any `--set` the time depends on) after the recommendation: the time of what runs is
+    printed beside the recommendation's and kept as the estimate the run is compared with."""
+    from lorastudio.train.recommend import estimate
+
+    good = write_rows(tmp_path / "good.jsonl")
+    out = tmp_path / "out"
+    assert main(["train", str(good), "--base", small_model_dir, "-o", str(out), "--epochs", "9", "--max-steps", "1",
+                 "--set", "replay_rows=0", "--set", "augment_paraphrases=0", "--set", "lora_r=4"]) == 0
+    err = capsys.readouterr().err
+    line = next(x for x in err.splitlines() if "with your changes" in x)
+    assert "num_epochs" in line and "→ 9.0" in line and "replay_rows" in line and "lora_r" not in line
+    saved = TrainConfig.from_yaml(out / "train_config.yaml")
+    assert saved.extra["estimate"]["tokens"] == saved.batch_tokens  # 9 passes, but --max-steps 1 stops it
+    assert saved.extra["recommended_estimate"]["tokens"] > saved.extra["estimate"]["tokens"]
+    # changes the time does not depend on: the recommendation's estimate stays, nothing more is printed
+    from lorastudio.commands.train import _estimate_changes
+    from lorastudio.data import validate
+
+    rows = validate(str(good)).conversations
+    recommended = {**saved.to_dict(), "lora_r": 16, "seed": 0}
+    assert _estimate_changes(saved, recommended, rows, None, quiet=False) is saved
+    assert "with your changes" not in capsys.readouterr().err
+    assert estimate(saved.to_dict(), rows, small_model_dir, hardware="cpu")["tokens"] == saved.batch_tokens
+
+
 def test_device_cpu_on_a_gpu_machine_gets_the_cpus_settings_and_estimate(tmp_path, small_model_dir, capsys,
                                                                         monkeypatch):
     """`--device cpu` where a GPU exists: the settings and the estimate are the CPU's (they were the GPU's:

@@ -84,10 +84,12 @@ def _asked_device(args: argparse.Namespace) -> str | None:
 
 
 def _recommended(data: str, base: str, task: str, quiet: bool, quick: bool = False,
-                 time_budget_min: float | None = None, device: str | None = None) -> dict[str, Any]:
+                 time_budget_min: float | None = None, device: str | None = None,
+                 keep: dict[str, Any] | None = None) -> dict[str, Any]:
     """The recommender's settings for this file (printed with their reasons in the user's language),
     for the device the run will use: `device` when the user chose one (a CPU run on a machine that also
-    has a GPU gets the CPU's settings and estimate), else this machine's best."""
+    has a GPU gets the CPU's settings and estimate), else this machine's best. `keep` receives the rows
+    (`_estimate_changes` re-estimates them with the user's changes)."""
     from lorastudio.data import validate
     from lorastudio.i18n import current_lang
     from lorastudio.train.recommend import recommend
@@ -100,7 +102,32 @@ def _recommended(data: str, base: str, task: str, quiet: bool, quick: bool = Fal
     settings["extra"] = {"schedule": rec.schedule, "estimate": rec.estimate}
     if not quiet:
         _print_recommendation(rec, settings, current_lang())
+    if keep is not None:
+        keep["rows"] = report.conversations
     return settings
+
+
+def _estimate_changes(cfg: Any, recommended: dict[str, Any], rows: Any, device: str | None,
+                      quiet: bool) -> Any:
+    """The user changed a setting the time depends on (`--epochs 4`, `--set replay_rows=0` …): the estimate
+    of what will run, printed next to the recommendation's and kept as the one the run is compared with."""
+    from lorastudio.i18n import current_lang, t
+    from lorastudio.train.recommend import changed_settings, estimate, render
+
+    final = cfg.to_dict()
+    changes = changed_settings(recommended, final)
+    if not changes:
+        return cfg
+    new = estimate(final, rows, base=cfg.base, hardware=device)
+    if not quiet:
+        lang = current_lang()
+        listed = ", ".join(f"{k} {before} → {after}" for k, (before, after) in changes.items())
+        device_name = render(new["device_code"], lang) if new.get("device_code") else new.get("device", "?")
+        print("  " + t("cli.train.estimate_changed", lang, changes=listed, time=_duration(new["seconds"]),
+                       device=device_name), file=sys.stderr)
+    extra = dict(cfg.extra or {})
+    extra.update(estimate=new, recommended_estimate=(recommended.get("extra") or {}).get("estimate"))
+    return cfg.with_overrides({"extra": extra})
 
 
 def _print_recommendation(rec: Any, settings: dict[str, Any], lang: str, stream=None) -> None:
@@ -229,6 +256,8 @@ def _run(args: argparse.Namespace) -> int:
     started = time.time()
     worker = distributed.is_worker()
     rank = int(os.environ.get("RANK", 0)) if worker else 0
+    recommended: dict[str, Any] | None = None
+    kept: dict[str, Any] = {}
     try:
         if args.resume:
             saved = Path(output) / "train_config.yaml"
@@ -238,15 +267,18 @@ def _run(args: argparse.Namespace) -> int:
         else:
             cfg = TrainConfig()
             if not args.no_recommend and not args.config:
-                cfg = cfg.with_overrides(_recommended(args.data, args.base or cfg.base, args.task or cfg.task,
-                                                      args.quiet or worker,  # the launcher printed it
-                                                      quick=getattr(args, "quick", False),
-                                                      time_budget_min=getattr(args, "time_budget", None),
-                                                      device=_asked_device(args)))
+                recommended = _recommended(args.data, args.base or cfg.base, args.task or cfg.task,
+                                           args.quiet or worker,  # the launcher printed it
+                                           quick=getattr(args, "quick", False),
+                                           time_budget_min=getattr(args, "time_budget", None),
+                                           device=_asked_device(args), keep=kept)
+                cfg = cfg.with_overrides(recommended)
             if args.config:
                 cfg = cfg.with_overrides(TrainConfig.from_yaml(args.config).to_dict())
         cfg = cfg.with_overrides({"data": args.data, "output_dir": output, **_flag_overrides(args)})
         cfg = cfg.with_overrides(args.overrides)
+        if recommended is not None:
+            cfg = _estimate_changes(cfg, recommended, kept["rows"], _asked_device(args), args.quiet or worker)
         if worker:
             cfg = cfg.with_overrides({"gpus": int(os.environ.get("WORLD_SIZE", 1))})
     except (ConfigError, DataError) as error:

@@ -826,6 +826,27 @@ def recommend(rows_or_stats: Any, base: str = "default", task: str = "qa", hardw
     return Recommendation.from_codes(s, r, estimate, warnings, alternatives=alternatives, schedule=schedule)
 
 
+ESTIMATE_SETTINGS = ("num_epochs", "augment_same_fact", "augment_paraphrases", "augment_turns", "augment_contrast",
+                     "augment_per_epoch", "replay_rows", "val_fraction", "batch_tokens", "max_steps")
+"""The settings `_estimate` reads: a user's change to any of them changes the time."""
+
+
+def changed_settings(recommended: Mapping[str, Any], final: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """{setting: (recommended, final)} for the `ESTIMATE_SETTINGS` the user changed."""
+    return {k: (recommended.get(k), final.get(k)) for k in ESTIMATE_SETTINGS
+            if k in final and final.get(k) != recommended.get(k)}
+
+
+def estimate(settings: Mapping[str, Any], rows_or_stats: Any, base: str = "default", hardware: Any = None,
+             price_per_hour: float | None = None, *, tokenizer: Any = None, currency: str = "USD") -> dict[str, Any]:
+    """`recommend()`'s estimate (seconds, tokens, stages, cost) for other settings of the same data, base
+    and hardware: the recommendation with the user's changes (`lorastudio train --epochs 4`, a job's
+    `n_epochs`), so the time printed and compared with the run is the time of what runs."""
+    stats = DataStats.from_any(rows_or_stats, tokenizer)
+    price = float(price_per_hour) if price_per_hour is not None else 0.0
+    return _estimate(settings, stats, Hardware.from_any(hardware), model_size_b(base), price, currency, base)
+
+
 def _contrast_questions(stats: DataStats) -> int:
     """Questions that get contrastive pairs: counted from the rows when known, else every question."""
     if stats.contrast_questions is not None:
@@ -937,6 +958,8 @@ def _estimate(s: Mapping[str, Any], stats: DataStats, hw: Hardware, size: float,
     if s.get("augment_contrast"):
         per_epoch += _contrast_tokens_per_epoch(stats, 1.0 - val_fraction)
     tokens = int(per_epoch * epochs)
+    if s.get("max_steps"):  # the run stops there
+        tokens = min(tokens, int(s["max_steps"]) * int(s.get("batch_tokens") or 4096))
     train_s = tokens / train_tps
     if cuda:
         train_s = max(train_s, tokens / max(1, int(s.get("batch_tokens") or 4096)) * GPU_SECONDS_PER_STEP)
@@ -964,5 +987,6 @@ def _estimate(s: Mapping[str, Any], stats: DataStats, hw: Hardware, size: float,
             "cost": cost, "currency": currency}
 
 
-__all__ = ["CPU_TOKENS_PER_S_05B_2CORES", "DataStats", "Hardware", "Recommendation",
-           "cpu_tokens_per_s", "detect_hardware", "model_size_b", "recommend", "render"]
+__all__ = ["CPU_TOKENS_PER_S_05B_2CORES", "ESTIMATE_SETTINGS", "DataStats", "Hardware", "Recommendation",
+           "changed_settings", "cpu_tokens_per_s", "detect_hardware", "estimate", "model_size_b", "recommend",
+           "render"]
