@@ -226,6 +226,16 @@ class FakeStudio:
         if path == "/studio/recommend":
             body = json.loads(request.post_data)
             self.recommends.append(body)
+            changes = body.get("settings")
+            if changes and float(changes.get("num_epochs", 0)) > 50:  # what the service says of a refused change
+                return ok({"error": {"message": "num_epochs=99 is invalid: must be 50 or fewer", "type":
+                                     "invalid_request_error", "param": "settings.num_epochs", "code": "invalid_value"}},
+                          400)
+            if self.schedules and changes:  # the time of the changed settings (epochs move it, the rank does not)
+                rec = scheduled_recommendation(bool(body.get("quick")))
+                epochs = changes.get("num_epochs")
+                moved = {**FULL_ESTIMATE, "seconds": int(FULL_ESTIMATE["seconds"] * float(epochs) / 4)} if epochs else None
+                return ok({**rec, "changed_settings": ["num_epochs"] if epochs else [], "changed_estimate": moved})
             if self.schedules:
                 return ok(scheduled_recommendation(bool(body.get("quick"))))
             return ok({**RECOMMENDATION, **CODED} if self.coded else RECOMMENDATION)
@@ -698,6 +708,40 @@ def test_quick_preview_is_opt_in_with_its_cost_and_is_sent(browser, static_serve
     page.set_viewport_size(PHONE)
     check_layout(page, ["yunzhan_broken.csv"])
     shot_sections(page, f"mock-{lang}-7-schedule-phone", ["step-settings"])
+    assert errors == []
+    context.close()
+
+
+def test_a_changed_setting_gets_its_own_estimate(browser, static_server, tmp_path):
+    """More passes in the advanced panel: the service estimates them and the page shows that time (not the
+    recommendation's with a caveat); a change the time does not depend on keeps the recommendation's; a
+    refused change says why; the job started carries the changed time as its estimate."""
+    from playwright.sync_api import expect
+
+    fake = FakeStudio(schedules=True)
+    context, page, errors = open_page(browser, static_server, "en", fake)
+    upload_broken(page, tmp_path)
+    cost = page.get_by_test_id("cost-estimate")
+    expect(cost).to_contain_text("12 min 34 s")
+    page.locator("#advanced summary").click()
+    page.locator("#adv-num_epochs").fill("8")
+    page.locator("#adv-num_epochs").press("Tab")
+    expect(page.get_by_test_id("estimate-with-changes")).to_have_text(" (with your changes)")
+    expect(cost).to_contain_text("25 min 8 s")  # 754 s × 8 / 4
+    expect(cost).not_to_contain_text("may alter it")
+    assert fake.recommends[-1]["settings"] == {"num_epochs": 8}
+    page.locator("#adv-num_epochs").fill("99")
+    page.locator("#adv-num_epochs").press("Tab")
+    expect(page.get_by_test_id("changes-refused")).to_contain_text("num_epochs=99 is invalid")
+    page.locator("#adv-num_epochs").fill("8")
+    page.locator("#adv-num_epochs").press("Tab")
+    expect(cost).to_contain_text("25 min 8 s")
+    expect(page.get_by_test_id("changes-refused")).to_have_count(0)
+    check_layout(page, ["yunzhan_broken.csv"])
+    page.get_by_test_id("start-training").click()
+    expect(page.get_by_test_id("job-estimate")).to_contain_text("Estimated 25 min 8 s")
+    expect(page.get_by_test_id("job-estimate")).not_to_contain_text("recommended settings")
+    assert fake.created[0]["hyperparameters"] == {"task": "qa", "num_epochs": 8}
     assert errors == []
     context.close()
 

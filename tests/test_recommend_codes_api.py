@@ -70,6 +70,25 @@ def test_recommend_returns_codes_alternatives_and_renders_with_the_messages(clie
     assert budget["error"]["param"] == "time_budget_s"
 
 
+def test_recommend_estimates_the_users_changes_and_refuses_bad_ones(client):
+    fid = upload(client).json()["id"]
+    ask = {"training_file": fid, "model": "default", "task": "qa"}
+    rec = client.post("/studio/recommend", json=ask).json()
+    assert "changed_estimate" not in rec or rec["changed_estimate"] is None
+    epochs = rec["settings"]["num_epochs"]
+    more = client.post("/studio/recommend", json={**ask, "settings": {"num_epochs": 2 * epochs, "lora_r": 8}}).json()
+    assert more["settings"] == rec["settings"] and more["estimate"] == rec["estimate"]  # the recommendation stays
+    assert more["changed_settings"] == ["num_epochs"]  # the rank does not move the time
+    assert more["changed_estimate"]["tokens"] == pytest.approx(2 * rec["estimate"]["tokens"], abs=2)
+    assert more["changed_estimate"]["seconds"] > rec["estimate"]["seconds"]
+    same = client.post("/studio/recommend", json={**ask, "settings": {"lora_r": 8}}).json()
+    assert same["changed_settings"] == [] and same["changed_estimate"] is None
+    for bad, param in (({"num_epochs": "many"}, "settings.num_epochs"), ({"lora_rank": 8}, "settings.lora_rank"),
+                       ({"num_epochs": -1}, "settings.num_epochs")):
+        resp = client.post("/studio/recommend", json={**ask, "settings": bad})
+        assert resp.status_code == 400 and resp.json()["error"]["param"] == param, resp.text
+
+
 def test_cli_quick_and_time_budget_print_codes_in_the_users_language(tmp_path, capsys, monkeypatch):
     from lorastudio.cli import main
     from lorastudio.commands.train import _recommended

@@ -208,6 +208,9 @@ class RecommendRequest(BaseModel):
     """The user chose the quick preview (one pass); its recall cost is in the answer."""
     time_budget_s: float | None = Field(None, gt=0)
     """The user's wall-time limit: the schedule shrinks to fit it, each shrink stated as a warning code."""
+    settings: dict[str, Any] | None = None
+    """The user's changes on top of the recommendation (TrainConfig names): validated, and where the time
+    depends on them, estimated (`changed_estimate`)."""
 
 
 # The code families the recommender emits; GET /studio/messages serves their templates.
@@ -246,10 +249,35 @@ async def studio_recommend(request: Request, body: RecommendRequest) -> dict:
         if not report.conversations:
             raise APIError(400, say(lang, "studio.no_usable_rows", file=record["filename"]),
                            param="training_file", code="no_usable_rows")
-        return recommend(report.conversations, body.model, task=body.task, price_per_hour=body.price_per_hour,
-                         quick=body.quick, time_budget_s=body.time_budget_s).to_dict()
+        rec = recommend(report.conversations, body.model, task=body.task, price_per_hour=body.price_per_hour,
+                        quick=body.quick, time_budget_s=body.time_budget_s)
+        out = rec.to_dict()
+        if body.settings:
+            out.update(_with_changes(rec, report.conversations, body))
+        return out
 
     return await run_in_threadpool(work)
+
+
+def _with_changes(rec: Any, rows: list, body: RecommendRequest) -> dict:
+    """`changed_settings` (the changes the time depends on) and `changed_estimate` (the time of the
+    recommendation with the user's changes, null when none of them moves it); a change TrainConfig refuses
+    is a 400 naming it."""
+    from lorastudio.train.config import ConfigError, TrainConfig
+    from lorastudio.train.recommend import changed_settings, estimate
+
+    final = {**rec.settings, **body.settings}
+    try:
+        TrainConfig.from_dict(final)
+    except ConfigError as error:
+        wrong = next((k for k in body.settings if str(error).startswith((f"{k}=", f"{k} ", f"unknown setting '{k}'"))),
+                     None)
+        raise APIError(400, str(error), param=f"settings.{wrong}" if wrong else "settings",
+                       code="invalid_value") from None
+    changed = changed_settings(rec.settings, final)
+    return {"changed_settings": sorted(changed),
+            "changed_estimate": estimate(final, rows, body.model, price_per_hour=body.price_per_hour)
+            if changed else None}
 
 
 # --- live progress -------------------------------------------------------------------------------

@@ -143,6 +143,10 @@ class Recommendation(_Open):
     estimate: Estimate
     alternatives: dict[str, Alternative] | None = None
     schedule: str | None = Field(None, description="full, quick or budget.")
+    changed_settings: list[str] | None = Field(None, description="With `settings` in the request: which of the "
+                                               "user's changes the time depends on.")
+    changed_estimate: Estimate | None = Field(None, description="With `settings`: the time of the recommendation "
+                                              "with the user's changes (null when none of them moves it).")
 
 
 class MessageCatalogue(_Open):

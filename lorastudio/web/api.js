@@ -68,8 +68,9 @@ export const api = {
   preview: (id, model) => request("GET", `/studio/files/${encodeURIComponent(id)}/preview?model=${encodeURIComponent(model)}`),
   remap: (id, fields) => request("POST", `/studio/files/${encodeURIComponent(id)}/mapping`, { fields }),
   rejectedUrl: (id) => `/studio/files/${encodeURIComponent(id)}/rejected`,
-  recommend: (trainingFile, model, task, quick = false) =>
-    request("POST", "/studio/recommend", { training_file: trainingFile, model, task, quick: Boolean(quick) }),
+  recommend: (trainingFile, model, task, quick = false, settings = null) =>
+    request("POST", "/studio/recommend", { training_file: trainingFile, model, task, quick: Boolean(quick),
+      ...(settings ? { settings } : {}) }),
   messages: (code) => request("GET", `/studio/messages?lang=${encodeURIComponent(code)}`),
   createJob: (body) => request("POST", "/v1/fine_tuning/jobs", body),
   job: (id) => request("GET", `/v1/fine_tuning/jobs/${encodeURIComponent(id)}`),

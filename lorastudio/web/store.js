@@ -24,6 +24,7 @@ const state = {
   recLoading: false,
   recRequest: 0, // sequence number: only the latest recommendation request may land
   overrides: {}, // settings the user changed in the advanced panel (TrainConfig names)
+  changedEstimate: null, // the service's estimate of those changes: {for, estimate, error} (settings.js)
   quick: false, // the user chose the quick preview (opt-in; the full schedule is the default)
   catalogues: {}, // lang → {messages, pending}: the recommender's message templates
   // playground and evaluation (steps/playground.js, steps/eval.js)

@@ -16,7 +16,7 @@ import * as store from "../store.js";
 import { timeLeft, timeline } from "../timeline.js";
 import { openFile } from "./data.js";
 import { forgettingLine } from "./forgetting.js";
-import { useSettingsOf } from "./settings.js";
+import { changesEstimated, useSettingsOf } from "./settings.js";
 
 const JOB_KEY = "lorastudio.job";
 const ESTIMATE_KEY = "lorastudio.jobEstimate";
@@ -114,10 +114,13 @@ async function startTraining() {
       training_file: store.get("file").id,
       hyperparameters: jobHyperparameters(),
     };
-    // The estimate shown for what is sent (the recommendation of the chosen schedule).
+    // The estimate shown for what is sent: the recommendation of the chosen schedule, or the service's
+    // estimate of the user's changes when it has answered for exactly them.
     const rec = store.get("rec");
-    const estimate = rec && (rec.schedule === "quick") === store.get("quick") ? rec.estimate : null;
-    const changed = Object.keys(store.get("overrides")).length > 0;
+    const mine = changesEstimated();
+    const recommended = rec && (rec.schedule === "quick") === store.get("quick") ? rec.estimate : null;
+    const estimate = mine?.estimate || recommended;
+    const changed = Object.keys(store.get("overrides")).length > 0 && !mine;
     const job = await api.createJob(body);
     rememberEstimate(job.id, estimate, changed);
     showStatus("train-state", "", "");

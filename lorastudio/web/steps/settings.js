@@ -41,8 +41,9 @@ export function initSettings() {
 
   store.subscribe(["models", "modelsError", "lang"], renderModelOptions);
   store.subscribe("model", renderModelChoice);
-  store.subscribe(["file", "report", "rec", "recError", "recLoading", "overrides", "quick", "catalogues", "lang"],
-    renderRecommendation);
+  store.subscribe(["file", "report", "rec", "recError", "recLoading", "overrides", "quick", "catalogues", "lang",
+    "changedEstimate"], renderRecommendation);
+  store.subscribe(["overrides", "rec"], estimateChanges);
   store.subscribe(["rec", "lang"], () => {
     if (hasCodes(store.get("rec"))) loadCatalogue(lang());
   });
@@ -313,7 +314,9 @@ function renderRecommendation() {
         : recommenderNode("dd", {}, rec.reason_codes?.[key], rec.reasons?.[key])));
   }
 
-  renderEstimate(rec.estimate || {}, Object.keys(overrides).length > 0, rec.schedule === "quick");
+  const mine = changesEstimated();
+  renderEstimate(mine?.estimate || rec.estimate || {}, mine ? (mine.estimate ? "estimated" : "same")
+    : Object.keys(overrides).length > 0 ? "pending" : "", rec.schedule === "quick", mine?.error);
   renderSchedule(rec);
 
   const warnBox = $("rec-warnings");
@@ -330,7 +333,47 @@ function renderRecommendation() {
 // The recommender's stages of a run, in the order they happen (estimate.stages, seconds).
 const ESTIMATE_STAGES = ["load", "augment", "tokenize", "train", "evaluate", "save"];
 
-function renderEstimate(est, changed, quick) {
+/**
+ * The user's changes, estimated by the service (POST /studio/recommend with `settings`): asked again a moment
+ * after the last change; the answer kept as `changedEstimate` {for, estimate, error} (`for`: the changes
+ * it was asked for, so a late answer to older changes is never shown).
+ */
+let changesTimer = null;
+function estimateChanges() {
+  clearTimeout(changesTimer);
+  const overrides = store.get("overrides");
+  const rec = store.get("rec");
+  if (!rec || !Object.keys(overrides).length) {
+    if (store.get("changedEstimate")) store.set({ changedEstimate: null });
+    return;
+  }
+  const key = JSON.stringify(overrides);
+  if (store.get("changedEstimate")?.for === key) return;
+  changesTimer = setTimeout(async () => {
+    const file = store.get("file");
+    try {
+      const answer = await api.recommend(file.id, store.get("model"), store.get("task"), store.get("quick"), overrides);
+      if (JSON.stringify(store.get("overrides")) !== key) return;
+      store.set({ changedEstimate: { for: key, estimate: answer.changed_estimate || null, error: null } });
+    } catch (err) {
+      if (JSON.stringify(store.get("overrides")) !== key) return;
+      store.set({ changedEstimate: { for: key, estimate: null, error: errorText(err) } });
+    }
+  }, 300);
+}
+
+/** The service's estimate of the current changes, when it answered for exactly them. */
+export function changesEstimated() {
+  const mine = store.get("changedEstimate");
+  const overrides = store.get("overrides");
+  return mine && Object.keys(overrides).length && mine.for === JSON.stringify(overrides) ? mine : null;
+}
+
+/**
+ * changed: "" (the recommendation as it is), "pending" (changes not estimated yet), "estimated" (`est` is
+ * the time of the changed settings), "same" (the changes do not move the time); `error`: a change refused.
+ */
+function renderEstimate(est, changed, quick, error = null) {
   const bits = [[t("settings.estimate_time", { time: formatDuration(est.seconds) })]];
   if (est.tokens !== undefined) bits.push([t("settings.estimate_tokens", { tokens: formatNumber(est.tokens) })]);
   // The hardware (a name, cores, a CPU class): data, in the page's language when the service codes it.
@@ -341,7 +384,16 @@ function renderEstimate(est, changed, quick) {
     : t("settings.estimate_free")]);
   const parts = [`${t(quick ? "settings.estimate_quick" : "settings.estimate")} `];
   bits.forEach((bit, i) => parts.push(...(i ? [" · "] : []), ...bit));
-  if (changed) parts.push(node("span", { class: "muted small", text: ` ${t("settings.estimate_changed")}` }));
+  if (changed === "pending") {
+    parts.push(node("span", { class: "muted small", text: ` ${t("settings.estimate_changed")}` }));
+  } else if (changed === "estimated") {
+    parts.push(node("span", { class: "small", "data-testid": "estimate-with-changes",
+      text: ` ${t("settings.estimate_with_changes")}` }));
+  }
+  if (error) {
+    parts.push(node("span", { class: "small changes-refused", "data-testid": "changes-refused",
+      text: ` ${t("settings.changes_refused", { message: error })}` }));
+  }
   // Where the time goes, stage by stage (the ones that take a second or more).
   const stages = est.stages && typeof est.stages === "object" ? est.stages : {};
   const shown = ESTIMATE_STAGES.filter((k) => Number(stages[k]) >= 1)
