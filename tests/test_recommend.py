@@ -559,7 +559,8 @@ def test_cpu_class_of_this_machine_and_physical_cores(tmp_path):
 
 
 # --- contrastive neighbour pairs: on where they apply, counted in the time, shrunk first (issue 13) ------
-DEMO_FILE = Path(__file__).resolve().parents[1] / "lorastudio" / "assets" / "demo"
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_FILE = ROOT / "lorastudio" / "assets" / "demo"
 
 
 @functools.cache
@@ -609,6 +610,24 @@ def test_contrastive_pairs_on_multi_turn_files_use_every_turn():
     rec = recommend(conversations, "default", hardware=cpu("avx512-bf16"))
     assert rec.settings["augment_turns"] is True
     assert rec.settings["augment_contrast"] is True and rec.settings["learning_rate"] == 1e-3
+
+
+@pytest.mark.parametrize("path, passes", [
+    ("lorastudio/assets/demo/yunzhan_conversations.jsonl", 5.0),  # 30 conversations, each fact told once
+    ("bench/quality/data/beichen_train.jsonl", 5.0),  # the held-out companies: 1-4 questions a fact
+    ("bench/quality/data/harborpine_train.jsonl", 5.0),
+    ("lorastudio/assets/demo/yunzhan_train.jsonl", 3.0),  # 150 rows, ~4 questions a fact
+])
+def test_small_files_get_more_passes_and_say_why(path, passes):
+    from lorastudio.data import validate
+
+    rows = list(validate(str(ROOT / path)).conversations)
+    for hardware in (cpu("avx2-fp32"), GPU):
+        rec = recommend(rows, "default", hardware=hardware)
+        assert rec.settings["num_epochs"] == passes
+        code = rec.reason_codes["num_epochs"]
+        assert code["code"] == ("rec.num_epochs.small" if passes > 3 else "rec.num_epochs.full")
+        assert code["params"]["epochs"] == passes and f"{passes:g}-pass schedule" in rec.reasons["learning_rate"]
 
 
 def _trained_tokens(conversations) -> int:
