@@ -630,6 +630,19 @@ def test_small_files_get_more_passes_and_say_why(path, passes):
         assert code["params"]["epochs"] == passes and f"{passes:g}-pass schedule" in rec.reasons["learning_rate"]
 
 
+def test_a_time_budget_takes_a_small_files_extra_passes_before_its_pairs():
+    from lorastudio.data import validate
+
+    rows = list(validate(str(ROOT / "bench/quality/data/beichen_train.jsonl")).conversations)
+    full = recommend(rows, "default", hardware=cpu("avx2-fp32"))
+    assert full.settings["num_epochs"] == 5.0 and full.settings["augment_contrast"] is True
+    four = recommend(rows, "default", hardware=cpu("avx2-fp32"), time_budget_s=full.estimate["seconds"] * 0.85)
+    assert four.settings["num_epochs"] == 4.0 and four.settings["augment_contrast"] is True
+    assert [w["code"] for w in four.warning_codes if w["code"].startswith("warn.budget")] == ["warn.budget_epochs"]
+    tight = recommend(rows, "default", hardware=cpu("avx2-fp32"), time_budget_s=full.estimate["seconds"] * 0.55)
+    assert tight.settings["num_epochs"] == 3.0 and tight.settings["augment_contrast"] is False
+
+
 def _trained_tokens(conversations) -> int:
     """Tokens of rows as the estimate counts them (template, overheads, the same character estimate)."""
     from lorastudio.data.checks import PER_MESSAGE_OVERHEAD

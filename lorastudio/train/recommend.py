@@ -644,9 +644,13 @@ def recommend(rows_or_stats: Any, base: str = "default", task: str = "qa", hardw
         budget = float(time_budget_s)
         budget_minutes = _minutes(budget)
         before = dict(s)
-        # The contrastive pairs first (a third pass taught more per minute: +10 of 80 reworded facts for
-        # +50 % tokens, the pairs +4 for +29 %); then the passes
-        # (down to two), the paraphrases (generation time), the last pass.
+        # A small file's passes beyond three first (the 4th and 5th each bought about 2 of 48-75 harder
+        # questions for a quarter to a third more tokens, session 11); then the contrastive pairs (3-8 of them
+        # for +29-33 %, but a third pass taught more per minute: +10 of 80 reworded facts for +50 %); then
+        # the passes (down to two), the paraphrases (generation time), the last pass.
+        while estimate["seconds"] > budget and s["num_epochs"] > 3:
+            s["num_epochs"] = float(math.ceil(s["num_epochs"]) - 1)
+            estimate = estimate_of(s)
         if estimate["seconds"] > budget and s["augment_contrast"]:
             s["augment_contrast"] = False
             estimate = estimate_of(s)
