@@ -737,6 +737,18 @@ def test_a_changed_setting_gets_its_own_estimate(browser, static_server, tmp_pat
     page.locator("#adv-num_epochs").press("Tab")
     expect(cost).to_contain_text("25 min 8 s")
     expect(page.get_by_test_id("changes-refused")).to_have_count(0)
+    # another schedule: the same changes are estimated again for it
+    asked = len(fake.recommends)
+    page.get_by_test_id("quick-preview").check()
+    expect(cost).to_contain_text("Estimate (quick preview)")
+    for _ in range(100):  # asked again a moment after the schedule changed
+        if any(r.get("quick") and r.get("settings") == {"num_epochs": 8} for r in fake.recommends[asked:]):
+            break
+        page.wait_for_timeout(100)
+    assert any(r.get("quick") and r.get("settings") == {"num_epochs": 8} for r in fake.recommends[asked:])
+    expect(page.get_by_test_id("estimate-with-changes")).to_have_count(1)
+    page.get_by_test_id("schedule-full").check()
+    expect(cost).to_contain_text("25 min 8 s")
     check_layout(page, ["yunzhan_broken.csv"])
     page.get_by_test_id("start-training").click()
     expect(page.get_by_test_id("job-estimate")).to_contain_text("Estimated 25 min 8 s")

@@ -120,7 +120,7 @@ async function startTraining() {
     const mine = changesEstimated();
     const recommended = rec && (rec.schedule === "quick") === store.get("quick") ? rec.estimate : null;
     const estimate = mine?.estimate || recommended;
-    const changed = Object.keys(store.get("overrides")).length > 0 && !mine;
+    const changed = Object.keys(store.get("overrides")).length > 0 && !(mine && !mine.error);
     const job = await api.createJob(body);
     rememberEstimate(job.id, estimate, changed);
     showStatus("train-state", "", "");

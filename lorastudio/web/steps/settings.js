@@ -315,8 +315,9 @@ function renderRecommendation() {
   }
 
   const mine = changesEstimated();
-  renderEstimate(mine?.estimate || rec.estimate || {}, mine ? (mine.estimate ? "estimated" : "same")
-    : Object.keys(overrides).length > 0 ? "pending" : "", rec.schedule === "quick", mine?.error);
+  const state = !Object.keys(overrides).length ? "" : !mine ? "pending" : mine.error ? "refused"
+    : mine.estimate ? "estimated" : "same";
+  renderEstimate(mine?.estimate || rec.estimate || {}, state, rec.schedule === "quick", mine?.error);
   renderSchedule(rec);
 
   const warnBox = $("rec-warnings");
@@ -347,31 +348,36 @@ function estimateChanges() {
     if (store.get("changedEstimate")) store.set({ changedEstimate: null });
     return;
   }
-  const key = JSON.stringify(overrides);
+  const key = changesKey();
   if (store.get("changedEstimate")?.for === key) return;
   changesTimer = setTimeout(async () => {
     const file = store.get("file");
     try {
       const answer = await api.recommend(file.id, store.get("model"), store.get("task"), store.get("quick"), overrides);
-      if (JSON.stringify(store.get("overrides")) !== key) return;
+      if (changesKey() !== key) return;
       store.set({ changedEstimate: { for: key, estimate: answer.changed_estimate || null, error: null } });
     } catch (err) {
-      if (JSON.stringify(store.get("overrides")) !== key) return;
+      if (changesKey() !== key) return;
       store.set({ changedEstimate: { for: key, estimate: null, error: errorText(err) } });
     }
   }, 300);
 }
 
-/** The service's estimate of the current changes, when it answered for exactly them. */
+/** What an estimate of the changes was asked for: the changes, and the file, model, task and schedule. */
+function changesKey() {
+  return JSON.stringify([store.get("overrides"), store.get("file")?.id, store.get("model"), store.get("task"),
+    Boolean(store.get("quick"))]);
+}
+
+/** The service's estimate of the current changes, when it answered for exactly them (and the same schedule). */
 export function changesEstimated() {
   const mine = store.get("changedEstimate");
-  const overrides = store.get("overrides");
-  return mine && Object.keys(overrides).length && mine.for === JSON.stringify(overrides) ? mine : null;
+  return mine && Object.keys(store.get("overrides")).length && mine.for === changesKey() ? mine : null;
 }
 
 /**
  * changed: "" (the recommendation as it is), "pending" (changes not estimated yet), "estimated" (`est` is
- * the time of the changed settings), "same" (the changes do not move the time); `error`: a change refused.
+ * the time of the changed settings), "same" (the changes do not move the time), "refused" (`error` says why).
  */
 function renderEstimate(est, changed, quick, error = null) {
   const bits = [[t("settings.estimate_time", { time: formatDuration(est.seconds) })]];
