@@ -12,7 +12,7 @@ import pytest
 
 from lorastudio.data.checks import estimate_tokens
 from lorastudio.train.config import TrainConfig
-from lorastudio.train.recommend import DataStats, changed_settings, estimate, model_size_b, recommend, render
+from lorastudio.train.recommend import DataStats, changed_settings, model_size_b, recommend, render
 
 CPU = {"device": "cpu", "cpu_cores": 2, "bf16": True}
 GPU = {"device": "cuda", "gpu_memory_gb": 80, "gpu_name": "H100", "bf16": True}
@@ -287,12 +287,12 @@ def test_time_budget_shrinks_only_when_given_and_says_so():
 
 def test_the_estimate_of_changed_settings_is_the_recommenders_arithmetic():
     rec = recommend(DEMO, "default", hardware=cpu("avx2-fp32"))
-    assert estimate(rec.settings, DEMO, "default", hardware=cpu("avx2-fp32")) == rec.estimate
+    assert rec.estimate_for(rec.settings) == rec.estimate
     more = {**rec.settings, "num_epochs": 2 * rec.settings["num_epochs"]}
-    doubled = estimate(more, DEMO, "default", hardware=cpu("avx2-fp32"))
+    doubled = rec.estimate_for(more)
     assert doubled["tokens"] == pytest.approx(2 * rec.estimate["tokens"], abs=2)
     assert doubled["stages"]["train"] == pytest.approx(2 * rec.estimate["stages"]["train"], abs=2)
-    capped = estimate({**rec.settings, "max_steps": 3}, DEMO, "default", hardware=cpu("avx2-fp32"))
+    capped = rec.estimate_for({**rec.settings, "max_steps": 3})
     assert capped["tokens"] == 3 * rec.settings["batch_tokens"] < rec.estimate["tokens"]
     changes = changed_settings(rec.settings, {**more, "lora_r": 64, "seed": 5, "max_steps": None})
     assert changes == {"num_epochs": (rec.settings["num_epochs"], more["num_epochs"])}  # only what moves the time

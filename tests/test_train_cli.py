@@ -66,7 +66,7 @@ def test_recommended_settings_are_printed_and_used(tmp_path, small_model_dir, ca
 def test_changed_settings_get_their_own_estimate(tmp_path, small_model_dir, capsys):
     """`--epochs` (or any `--set` the time depends on) after the recommendation: the time of what runs is
     printed beside the recommendation's and kept as the estimate the run is compared with."""
-    from lorastudio.train.recommend import estimate
+    from lorastudio.train.recommend import recommend
 
     good = write_rows(tmp_path / "good.jsonl")
     out = tmp_path / "out"
@@ -83,10 +83,11 @@ def test_changed_settings_get_their_own_estimate(tmp_path, small_model_dir, caps
     from lorastudio.data import validate
 
     rows = validate(str(good)).conversations
+    rec = recommend(rows, small_model_dir, hardware="cpu")
     recommended = {**saved.to_dict(), "lora_r": 16, "seed": 0}
-    assert _estimate_changes(saved, recommended, rows, None, quiet=False) is saved
+    assert _estimate_changes(saved, recommended, rec, quiet=False) is saved
     assert "with your changes" not in capsys.readouterr().err
-    assert estimate(saved.to_dict(), rows, small_model_dir, hardware="cpu")["tokens"] == saved.batch_tokens
+    assert rec.estimate_for(saved.to_dict())["tokens"] == saved.batch_tokens
 
 
 def test_device_cpu_on_a_gpu_machine_gets_the_cpus_settings_and_estimate(tmp_path, small_model_dir, capsys,

@@ -88,8 +88,8 @@ def _recommended(data: str, base: str, task: str, quiet: bool, quick: bool = Fal
                  keep: dict[str, Any] | None = None) -> dict[str, Any]:
     """The recommender's settings for this file (printed with their reasons in the user's language),
     for the device the run will use: `device` when the user chose one (a CPU run on a machine that also
-    has a GPU gets the CPU's settings and estimate), else this machine's best. `keep` receives the rows
-    (`_estimate_changes` re-estimates them with the user's changes)."""
+    has a GPU gets the CPU's settings and estimate), else this machine's best. `keep` receives the
+    recommendation (`_estimate_changes` estimates the user's changes with it)."""
     from lorastudio.data import validate
     from lorastudio.i18n import current_lang
     from lorastudio.train.recommend import recommend
@@ -103,22 +103,21 @@ def _recommended(data: str, base: str, task: str, quiet: bool, quick: bool = Fal
     if not quiet:
         _print_recommendation(rec, settings, current_lang())
     if keep is not None:
-        keep["rows"] = report.conversations
+        keep["rec"] = rec
     return settings
 
 
-def _estimate_changes(cfg: Any, recommended: dict[str, Any], rows: Any, device: str | None,
-                      quiet: bool) -> Any:
+def _estimate_changes(cfg: Any, recommended: dict[str, Any], rec: Any, quiet: bool) -> Any:
     """The user changed a setting the time depends on (`--epochs 4`, `--set replay_rows=0` …): the estimate
     of what will run, printed next to the recommendation's and kept as the one the run is compared with."""
     from lorastudio.i18n import current_lang, t
-    from lorastudio.train.recommend import changed_settings, estimate, render
+    from lorastudio.train.recommend import changed_settings, render
 
     final = cfg.to_dict()
     changes = changed_settings(recommended, final)
     if not changes:
         return cfg
-    new = estimate(final, rows, base=cfg.base, hardware=device)
+    new = rec.estimate_for(final)
     if not quiet:
         lang = current_lang()
         listed = ", ".join(f"{k} {before} → {after}" for k, (before, after) in changes.items())
@@ -278,7 +277,7 @@ def _run(args: argparse.Namespace) -> int:
         cfg = cfg.with_overrides({"data": args.data, "output_dir": output, **_flag_overrides(args)})
         cfg = cfg.with_overrides(args.overrides)
         if recommended is not None:
-            cfg = _estimate_changes(cfg, recommended, kept["rows"], _asked_device(args), args.quiet or worker)
+            cfg = _estimate_changes(cfg, recommended, kept["rec"], args.quiet or worker)
         if worker:
             cfg = cfg.with_overrides({"gpus": int(os.environ.get("WORLD_SIZE", 1))})
     except (ConfigError, DataError) as error:

@@ -95,7 +95,7 @@ def check_hyperparameters(hp: dict[str, Any]) -> dict[str, Any]:
         # Together, so that e.g. batch_tokens=256 with max_length=128 is judged as a pair.
         TrainConfig.from_dict(knobs)
     except ConfigError as exc:
-        named = next((k for k in knobs if str(exc).startswith(f"{k}=")), None)
+        named = exc.setting if exc.setting in knobs else None
         raise APIError(400, str(exc), param=f"hyperparameters.{named}" if named else "hyperparameters",
                        code="invalid_value") from None
     return out

@@ -253,31 +253,28 @@ async def studio_recommend(request: Request, body: RecommendRequest) -> dict:
                         quick=body.quick, time_budget_s=body.time_budget_s)
         out = rec.to_dict()
         if body.settings:
-            out.update(_with_changes(rec, report.conversations, body))
+            out.update(_with_changes(rec, body.settings))
         return out
 
     return await run_in_threadpool(work)
 
 
-def _with_changes(rec: Any, rows: list, body: RecommendRequest) -> dict:
+def _with_changes(rec: Any, changes: dict[str, Any]) -> dict:
     """`changed_settings` (the changes the time depends on) and `changed_estimate` (the time of the
     recommendation with the user's changes, null when none of them moves it); a change TrainConfig refuses
     is a 400 naming it."""
     from lorastudio.train.config import ConfigError, TrainConfig
-    from lorastudio.train.recommend import changed_settings, estimate
+    from lorastudio.train.recommend import changed_settings
 
-    final = {**rec.settings, **body.settings}
+    final = {**rec.settings, **changes}
     try:
         TrainConfig.from_dict(final)
     except ConfigError as error:
-        wrong = next((k for k in body.settings if str(error).startswith((f"{k}=", f"{k} ", f"unknown setting '{k}'"))),
-                     None)
+        wrong = error.setting if error.setting in changes else None
         raise APIError(400, str(error), param=f"settings.{wrong}" if wrong else "settings",
                        code="invalid_value") from None
     changed = changed_settings(rec.settings, final)
-    return {"changed_settings": sorted(changed),
-            "changed_estimate": estimate(final, rows, body.model, price_per_hour=body.price_per_hour)
-            if changed else None}
+    return {"changed_settings": sorted(changed), "changed_estimate": rec.estimate_for(final) if changed else None}
 
 
 # --- live progress -------------------------------------------------------------------------------

@@ -139,7 +139,7 @@ def _top_reasons(report: dict) -> str:
 def build_train_config(job: dict, conversations: list, files: dict[str, Path]) -> tuple[Any, dict]:
     """The recommender's settings for this data and base, then the client's hyperparameters on top."""
     from lorastudio.train.config import TrainConfig
-    from lorastudio.train.recommend import changed_settings, estimate, recommend
+    from lorastudio.train.recommend import changed_settings, recommend
 
     hp = dict(job.get("hyperparameters") or {})
     task = hp.get("task") if hp.get("task") not in (None, "auto") else "qa"
@@ -165,7 +165,7 @@ def build_train_config(job: dict, conversations: list, files: dict[str, Path]) -
             values[key] = value
     # The time of what runs: the recommendation's estimate unless the client changed what it depends on.
     changed = changed_settings(rec.settings, values)
-    run_estimate = estimate(values, conversations, job["model"]) if changed else rec.estimate
+    run_estimate = rec.estimate_for(values) if changed else rec.estimate
     values["extra"] = {**(values.get("extra") or {}), "job_id": job["id"],
                        "recommendation_reasons": rec.reasons, "schedule": rec.schedule, "estimate": run_estimate,
                        **({"recommended_estimate": rec.estimate, "changed_settings": sorted(changed)} if changed else {})}

@@ -24,7 +24,12 @@ MAX_NUMBER = 1e12
 
 
 class ConfigError(ValueError):
-    """A setting is unknown or out of range; the message names it and says what is allowed."""
+    """A setting is unknown or out of range; the message names it and says what is allowed, `setting` is its
+    name where one setting is at fault (an API names it in its error's `param`)."""
+
+    def __init__(self, message: str, setting: str | None = None) -> None:
+        super().__init__(message)
+        self.setting = setting
 
 
 _FLOAT_FIELDS = {"lora_dropout", "learning_rate", "lora_plus_ratio", "warmup_ratio", "weight_decay", "num_epochs",
@@ -55,10 +60,10 @@ def _coerce(key: str, value: Any) -> Any:
         if key in _INT_FIELDS:
             number = float(value)
             if number != int(number):
-                raise ConfigError(f"{key}={value!r} is invalid: must be a whole number")
+                raise ConfigError(f"{key}={value!r} is invalid: must be a whole number", key)
             return int(number)
     except (TypeError, ValueError):
-        raise ConfigError(f"{key}={value!r} is invalid: must be a number") from None
+        raise ConfigError(f"{key}={value!r} is invalid: must be a number", key) from None
     return value
 
 
@@ -178,7 +183,7 @@ class TrainConfig:
     def validate(self) -> None:
         def need(ok: bool, name: str, what: str) -> None:
             if not ok:
-                raise ConfigError(f"{name}={getattr(self, name)!r} is invalid: {what}")
+                raise ConfigError(f"{name}={getattr(self, name)!r} is invalid: {what}", name)
 
         for name in sorted(_FLOAT_FIELDS | _INT_FIELDS):  # no inf/NaN, no numbers beyond any sane run
             value = getattr(self, name)
@@ -237,7 +242,7 @@ class TrainConfig:
             if key not in known:
                 close = difflib.get_close_matches(key, sorted(known), n=1)
                 hint = f" — did you mean {close[0]!r}?" if close else ""
-                raise ConfigError(f"unknown setting {key!r}{hint}")
+                raise ConfigError(f"unknown setting {key!r}{hint}", key)
         return cls(**{key: _coerce(key, value) for key, value in values.items()})
 
     def to_yaml(self, path: str | Path) -> None:

@@ -20,7 +20,7 @@ import functools
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -476,6 +476,8 @@ class Recommendation:
     warning_codes: list[dict[str, Any]] = field(default_factory=list)
     alternatives: dict[str, dict[str, Any]] = field(default_factory=dict)
     schedule: str = "full"
+    # `_estimate` bound to this recommendation's data, base and hardware (not part of the contract)
+    estimator: Callable[[Mapping[str, Any]], dict[str, Any]] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_codes(cls, settings: dict[str, Any], reason_codes: dict[str, dict[str, Any]],
@@ -484,6 +486,14 @@ class Recommendation:
         return cls(settings=settings, reasons={k: render(v) for k, v in reason_codes.items()},
                    estimate=estimate, warnings=[render(w) for w in warning_codes],
                    reason_codes=reason_codes, warning_codes=warning_codes, **extra)
+
+    def estimate_for(self, settings: Mapping[str, Any]) -> dict[str, Any]:
+        """The estimate of other settings for the same data, base and hardware (the recommendation with the
+        user's changes: `lorastudio train --epochs 4`, a job's `n_epochs`, the page's advanced panel), from
+        the statistics the recommendation already computed."""
+        if self.estimator is None:
+            raise ValueError("this Recommendation was not made by recommend(): it cannot estimate other settings")
+        return self.estimator(settings)
 
     def reasons_in(self, lang: str) -> dict[str, str]:
         return {k: render(v, lang) for k, v in self.reason_codes.items()} if self.reason_codes else dict(self.reasons)
@@ -831,7 +841,8 @@ def recommend(rows_or_stats: Any, base: str = "default", task: str = "qa", hardw
     if s != full:
         alternatives["full"] = {"settings_changes": _changes(s, full), "estimate": full_estimate,
                                 "cost": _code("estimate.full_gain", **recall)}
-    return Recommendation.from_codes(s, r, estimate, warnings, alternatives=alternatives, schedule=schedule)
+    return Recommendation.from_codes(s, r, estimate, warnings, alternatives=alternatives, schedule=schedule,
+                                     estimator=estimate_of)
 
 
 ESTIMATE_SETTINGS = ("num_epochs", "augment_same_fact", "augment_paraphrases", "augment_turns", "augment_contrast",
@@ -843,16 +854,6 @@ def changed_settings(recommended: Mapping[str, Any], final: Mapping[str, Any]) -
     """{setting: (recommended, final)} for the `ESTIMATE_SETTINGS` the user changed."""
     return {k: (recommended.get(k), final.get(k)) for k in ESTIMATE_SETTINGS
             if k in final and final.get(k) != recommended.get(k)}
-
-
-def estimate(settings: Mapping[str, Any], rows_or_stats: Any, base: str = "default", hardware: Any = None,
-             price_per_hour: float | None = None, *, tokenizer: Any = None, currency: str = "USD") -> dict[str, Any]:
-    """`recommend()`'s estimate (seconds, tokens, stages, cost) for other settings of the same data, base
-    and hardware: the recommendation with the user's changes (`lorastudio train --epochs 4`, a job's
-    `n_epochs`), so the time printed and compared with the run is the time of what runs."""
-    stats = DataStats.from_any(rows_or_stats, tokenizer)
-    price = float(price_per_hour) if price_per_hour is not None else 0.0
-    return _estimate(settings, stats, Hardware.from_any(hardware), model_size_b(base), price, currency, base)
 
 
 def _contrast_questions(stats: DataStats) -> int:
@@ -996,5 +997,4 @@ def _estimate(s: Mapping[str, Any], stats: DataStats, hw: Hardware, size: float,
 
 
 __all__ = ["CPU_TOKENS_PER_S_05B_2CORES", "ESTIMATE_SETTINGS", "DataStats", "Hardware", "Recommendation",
-           "changed_settings", "cpu_tokens_per_s", "detect_hardware", "estimate", "model_size_b", "recommend",
-           "render"]
+           "changed_settings", "cpu_tokens_per_s", "detect_hardware", "model_size_b", "recommend", "render"]
