@@ -354,9 +354,11 @@ def profile_cmd(a) -> None:
 # ------------------------------------------------------------------------------------------------
 # Levers (filled in as they are built)
 # ------------------------------------------------------------------------------------------------
-LEVERS = ("base", "int8", "int8bwd", "int8all", "int8head", "int8headf", "prefix", "topN")
-"""int8: cpu_int8 as shipped (input gradients of every frozen linear, forward of gate/up_proj);
-int8bwd: only the input gradients; int8all: every forward too; int8head: int8 plus the LM head's two
+LEVERS = ("base", "int8", "int8bwd", "int8mlp", "int8attn", "int8all", "int8head", "int8headf", "prefix", "topN")
+"""int8: cpu_int8 as shipped (its FORWARD and BACKWARD sets as imported); int8bwd: only the input
+gradients; int8mlp: the forward of gate/up_proj and the input gradients of the MLP linears only (the
+attention projections' both products fp32); int8attn: as shipped before session 12 (every input
+gradient, the attention projections' too); int8all: every forward too; int8head: int8 plus the LM head's two
 GEMMs; int8headf: int8 plus the LM head's forward (logits) GEMM only; prefix: the shared template head
 once per row (cpu_prefix); topN (top12, top16, …): LoRA trained in the top N layers only (`lora_layers`),
 so autograd stops below them (the lower layers' LoRA weights are frozen here: their forward costs the
@@ -374,6 +376,8 @@ def _shipped_forward():
 
 
 SHIPPED_FORWARD = None  # cpu_int8.FORWARD as imported (set in main)
+SHIPPED_BACKWARD = None  # cpu_int8.BACKWARD as imported (set in main)
+MLP_LINEARS = frozenset({"gate_proj", "up_proj", "down_proj", "w1", "w2", "w3"})
 
 
 def _parts(lever: str) -> list[str]:
@@ -400,7 +404,7 @@ def set_levers(model, lever: str, keep_packs: bool = True) -> None:
     from lorastudio.train import cpu_int8
 
     parts = _parts(lever)
-    want = bool({"int8", "int8bwd", "int8all", "int8head", "int8headf"} & set(parts))
+    want = bool({"int8", "int8bwd", "int8mlp", "int8attn", "int8all", "int8head", "int8headf"} & set(parts))
     on = cpu_int8.enabled_on(model) is not None
     if want and not on:
         cpu_int8.enable(model)
@@ -415,6 +419,8 @@ def set_levers(model, lever: str, keep_packs: bool = True) -> None:
     head = "int8head" in parts
     cpu_int8.HEAD.update(forward=head or "int8headf" in parts, backward=head)
     cpu_int8.FORWARD = (frozenset() if "int8bwd" in parts else None if "int8all" in parts else SHIPPED_FORWARD)
+    cpu_int8.BACKWARD = (MLP_LINEARS if "int8mlp" in parts else None if ({"int8attn", "int8all"} & set(parts))
+                         else SHIPPED_BACKWARD)
 
 
 def loss_fn_for(lever: str | None):
@@ -433,7 +439,7 @@ def loss_fn_for(lever: str | None):
 KERNEL_SHAPES = {  # name: (n, k) of act (m × k) ↦ act Wᵀ (m × n)
     "gate/up forward": (4864, 896), "down forward": (896, 4864), "q/o forward": (896, 896),
     "k/v forward": (128, 896), "gate/up input grad": (896, 4864), "down input grad": (4864, 896),
-    "q/o input grad": (896, 896), "LM head forward (1024 rows of 151,936)": (151936, 896)}
+    "q/o input grad": (896, 896), "k/v input grad": (896, 128), "LM head forward (1024 rows of 151,936)": (151936, 896)}
 
 
 def kernels_cmd(a) -> None:
@@ -707,6 +713,23 @@ def ce_cmd(a) -> None:
     print(json.dumps(result))
 
 
+AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+            "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2"}
+"""torch's own kernels, oneDNN, MKL (fp32 GEMMs) and fbgemm (int8) each capped at AVX2."""
+
+
+def emulate_avx2() -> None:
+    """Re-exec this process under AVX2_ENV (the libraries read it when loaded), then, in the re-run, take
+    the 7-bit int8 activations a CPU without VNNI gets (`cpu_int8.reduce_range`)."""
+    if any(os.environ.get(k) != v for k, v in AVX2_ENV.items()):
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **AVX2_ENV})
+    from lorastudio.train import cpu_int8
+
+    cpu_int8.REDUCE_RANGE = True
+    print(f"# AVX2 emulated: {' '.join(f'{k}={v}' for k, v in AVX2_ENV.items())}, 7-bit int8 activations",
+          flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="mode", required=True)
@@ -751,9 +774,19 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--probe", default="0,10,20,29")
     p.add_argument("--out")
+    for p in sub.choices.values():
+        p.add_argument("--emulate-avx2", action="store_true",
+                       help="approximate a CPU with AVX2 only (no AVX-512, no VNNI) on a newer x86 CPU: "
+                            "re-run under " + " ".join(f"{k}={v}" for k, v in AVX2_ENV.items()) +
+                            ", 7-bit int8 activations")
     a = parser.parse_args()
-    global SHIPPED_FORWARD
+    if a.emulate_avx2:
+        emulate_avx2()
+    global SHIPPED_FORWARD, SHIPPED_BACKWARD
     SHIPPED_FORWARD = _shipped_forward()
+    from lorastudio.train import cpu_int8
+
+    SHIPPED_BACKWARD = cpu_int8.BACKWARD
     {"profile": profile_cmd, "parity": parity_cmd, "ab": ab_cmd, "kernels": kernels_cmd, "ce": ce_cmd}[a.mode](a)
 
 

@@ -195,6 +195,12 @@ MIXES.update({
     "n_e3": {"num_epochs": 3},
     "n_e5": {"num_epochs": 5},
 })
+# Session 12: the neighbours of text without Chinese characters found by words instead of character bigrams
+# (English: "rental"/"rentals" alike, numbers left out), and a 6th pass for small files (5 since session 11).
+MIXES.update({
+    "n_words": {"env": {"LORASTUDIO_NEIGHBOUR_FEATURES": "auto"}},
+    "n_e6": {"num_epochs": 6},
+})
 for _name, _settings in MIXES.items():
     RECIPES[_name] = _settings
     for _seed in range(1, 30):
@@ -245,6 +251,7 @@ def run_recipe(name: str, settings: dict, args: argparse.Namespace, gpu: str | N
     import yaml
 
     settings = dict(settings)
+    env.update(settings.pop("env", {}))  # a lever that is no setting (yet): an environment variable
     scales = [float(x) for x in settings.pop("score_scales", [1.0])]
     share = settings.pop("replay_fact_share", None)
     if share is not None:  # a replay mix other than the built-in one: its prompts as a file of their own

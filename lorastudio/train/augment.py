@@ -24,6 +24,7 @@ import math
 import os
 import random
 import re
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -209,14 +210,23 @@ def epoch_cycle(cfg: Any) -> int:
 _PUNCT = re.compile(r"[\s，。？！、：；“”‘’（）《》,.?!:;()\"'-]")
 
 
-def _bigram_vectors(texts: Sequence[str]) -> list[dict[str, float]]:
-    """Unit-length TF-IDF vectors of character bigrams (punctuation and spaces dropped)."""
-    from collections import Counter
+_WORD = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)?")
+NEIGHBOUR_FEATURES = os.environ.get("LORASTUDIO_NEIGHBOUR_FEATURES", "chars")
+"""What `neighbour_facts` compares: "chars" (character bigrams of every text) or "auto" (character bigrams
+for text with Chinese characters, words for text without: "rental" and "rentals" alike, numbers left out)."""
 
-    grams = []
-    for text in texts:
-        t = _PUNCT.sub("", text.lower())
-        grams.append(Counter(t[i:i + 2] for i in range(len(t) - 1)))
+
+def _features(text: str) -> Counter:
+    if NEIGHBOUR_FEATURES == "auto" and not _is_cjk(text):
+        # words, a plural's -s/-es cut; digits are no topic ("Nightjar 20" is no neighbour of "20 units")
+        return Counter(re.sub(r"(?<=[a-z]{3})(?:es|s)$", "", w) for w in _WORD.findall(text.lower()))
+    t = _PUNCT.sub("", text.lower())
+    return Counter(t[i:i + 2] for i in range(len(t) - 1))
+
+
+def _bigram_vectors(texts: Sequence[str]) -> list[dict[str, float]]:
+    """Unit-length TF-IDF vectors of `_features` (character bigrams, punctuation and spaces dropped)."""
+    grams = [_features(text) for text in texts]
     df = Counter(g for x in grams for g in x)
     n = len(texts)
     vecs = []
