@@ -200,6 +200,9 @@ MIXES.update({
 MIXES.update({
     "n_words": {"env": {"LORASTUDIO_NEIGHBOUR_FEATURES": "auto"}},
     "n_e6": {"num_epochs": 6},
+    "n_e4": {"num_epochs": 4},
+    "n_e5_rp90": {"num_epochs": 5, "replay_rows": 90},
+    "n_e5_lr7e-4": {"num_epochs": 5, "learning_rate": 7e-4},
 })
 for _name, _settings in MIXES.items():
     RECIPES[_name] = _settings

@@ -122,6 +122,11 @@ LONG_CPU_RUN_S = 20 * 60
 # paired seeds, +2.1 of 48-75 harder questions (+1.8 to +2.4 on each file), +1.2 reworded, -0.5 of 24 general.
 SMALL_EPOCH_TOKENS = 20_000
 SMALL_FILE_PASSES = 5.0
+# Every other fact file below 5000 rows: 4 passes since session 12 (3 before). The demo file (150 rows,
+# ≈ 28k tokens a plain pass), 16 paired seeds on one H200: +4.7 of 75 harder questions, +3.7 of 80 reworded,
+# +3.2 of 40 whole facts, -0.6 of 24 general, for a third more tokens (on the CPU, seeds 0-2 of session 11:
+# +2.3 harder, -1.0 general). Writing-style tasks keep 3 (not measured).
+FACT_FILE_PASSES = 4.0
 
 # What the quick preview (one pass) costs in recall, measured (issue 13): `lorastudio train
 # yunzhan_train.jsonl --base default` on a 2-core AVX2 CPU, hidden judge of 40 fact questions:
@@ -593,8 +598,8 @@ def recommend(rows_or_stats: Any, base: str = "default", task: str = "qa", hardw
     rows_per_step = 8 if rows < 1000 else 16 if rows < 5000 else 32
     s["batch_tokens"] = max(max_len, int(math.ceil(rows_per_step * max(stats.mean_tokens, 16) / 64) * 64))
     s["gradient_accumulation"] = 1
-    # Three passes over data + augmentation + replay (66 vs 56 of 80 reworded facts with 2); a 4th for
-    # a small file; one for big data (early stopping watches it).
+    # Three passes over data + augmentation + replay (66 vs 56 of 80 reworded facts with 2), four for a file of
+    # facts, five for a small one; one for big data (early stopping watches it).
     s["num_epochs"] = 3.0 if rows < 5000 else 1.0
     s["augment_per_epoch"] = bool(s["augment_same_fact"] or s["replay_rows"])
     one_pass = _estimate({**s, "num_epochs": 1.0}, stats, hw, size, 0.0, currency, base)["tokens"]
@@ -605,6 +610,8 @@ def recommend(rows_or_stats: Any, base: str = "default", task: str = "qa", hardw
     small = bool(rows and facts_task and s["num_epochs"] == 3.0 and plain_pass < SMALL_EPOCH_TOKENS)
     if small:
         s["num_epochs"] = SMALL_FILE_PASSES
+    elif rows and facts_task and s["num_epochs"] == 3.0:
+        s["num_epochs"] = FACT_FILE_PASSES
     full_epochs = s["num_epochs"]
     # Fresh variants each pass where there is more than one pass and something to vary.
     s["augment_per_epoch"] = bool(s["augment_per_epoch"] and full_epochs > 1)
@@ -654,10 +661,11 @@ def recommend(rows_or_stats: Any, base: str = "default", task: str = "qa", hardw
         budget = float(time_budget_s)
         budget_minutes = _minutes(budget)
         before = dict(s)
-        # A small file's passes beyond three first (the 4th and 5th each bought about 2 of 48-75 harder
-        # questions for a quarter to a third more tokens, session 11); then the contrastive pairs (3-8 of them
-        # for +29-33 %, but a third pass taught more per minute: +10 of 80 reworded facts for +50 %); then
-        # the passes (down to two), the paraphrases (generation time), the last pass.
+        # The passes beyond three first (a small file's 4th and 5th each bought about 2 of 48-75 harder
+        # questions for a quarter to a third more tokens, session 11; the demo file's 4th +4.7 of 75 for a third
+        # more, session 12); then the contrastive pairs (+8 of 75 harder for +29 %, session 4; but a third pass
+        # taught more per minute: +10 of 80 reworded facts for +50 %); then the passes (down to two), the
+        # paraphrases (generation time), the last pass.
         while estimate["seconds"] > budget and s["num_epochs"] > 3:
             s["num_epochs"] = float(math.ceil(s["num_epochs"]) - 1)
             estimate = estimate_of(s)
