@@ -381,6 +381,24 @@ def adapter_gguf(adapter_dir: str | os.PathLike, *, arch: str = "qwen2") -> Path
 # the model
 
 
+def extra_buffer_types(flags: set[str] | None = None) -> bool:
+    """Whether llama.cpp may use its extra CPU buffer types (weights repacked for the CPU's kernels, AMX).
+
+    Not on a CPU with AMX: llama-cpp-python 0.3.36's AMX matmul dies with SIGILL (a `tilezero` in an OpenMP
+    worker whose tile configuration was never loaded) on the first batch of more than one token, i.e. every
+    prompt; seen on 2 cores of an Intel Xeon with AMX (session 12), in a process that had been granted the AMX
+    state. Without them the same machine answers at ≈ 26 tok/s. `LORASTUDIO_LLAMACPP_EXTRA_BUFTS=1` / `=0`
+    forces the choice."""
+    env = os.environ.get("LORASTUDIO_LLAMACPP_EXTRA_BUFTS", "")
+    if env in ("0", "1"):
+        return env == "1"
+    if flags is None:
+        from lorastudio.hardware import cpu_flags
+
+        flags = cpu_flags()
+    return "amx_tile" not in flags
+
+
 def _threads() -> int:
     env = os.environ.get("LORASTUDIO_LLAMACPP_THREADS")
     if env and env.isdigit() and int(env) > 0:
@@ -455,6 +473,8 @@ class LlamaCppModel:
 
         mparams = lib.llama_model_default_params()
         mparams.n_gpu_layers = 0
+        if hasattr(mparams, "use_extra_bufts"):
+            mparams.use_extra_bufts = extra_buffer_types()
         self._model = lib.llama_model_load_from_file(str(self.path).encode("utf-8"), mparams)
         if not self._model:
             raise LlamaCppError(f"llama.cpp could not load {self.path} (unsupported architecture or damaged file)")

@@ -343,3 +343,16 @@ def test_cli_compare_streams_and_reports_the_engine(tiny, capsys):
     assert "engine: llama.cpp" in captured.err
     out = captured.out
     assert out.index("──") < out.index(" s, ") and out.count(" tokens") == 2 and "tok/s" in out
+
+
+def test_no_extra_buffer_types_on_amx_cpus(monkeypatch):
+    """llama-cpp-python 0.3.36's AMX matmul dies with SIGILL on every prompt (session 12, an AMX Xeon): CPUs
+    with AMX load models without the extra buffer types; the variable forces either choice."""
+    monkeypatch.delenv("LORASTUDIO_LLAMACPP_EXTRA_BUFTS", raising=False)
+    assert llamacpp.extra_buffer_types({"avx2", "avx512f", "amx_tile", "amx_bf16"}) is False
+    assert llamacpp.extra_buffer_types({"avx2", "avx512f", "avx512_bf16"}) is True
+    assert llamacpp.extra_buffer_types(set()) is True
+    monkeypatch.setenv("LORASTUDIO_LLAMACPP_EXTRA_BUFTS", "1")
+    assert llamacpp.extra_buffer_types({"amx_tile"}) is True
+    monkeypatch.setenv("LORASTUDIO_LLAMACPP_EXTRA_BUFTS", "0")
+    assert llamacpp.extra_buffer_types({"avx2"}) is False
