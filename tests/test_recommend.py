@@ -12,7 +12,14 @@ import pytest
 
 from lorastudio.data.checks import estimate_tokens
 from lorastudio.train.config import TrainConfig
-from lorastudio.train.recommend import FACT_FILE_PASSES, DataStats, changed_settings, model_size_b, recommend, render
+from lorastudio.train.recommend import (
+    FACT_FILE_PASSES,
+    DataStats,
+    changed_settings,
+    model_size_b,
+    recommend,
+    render,
+)
 
 CPU = {"device": "cpu", "cpu_cores": 2, "bf16": True}
 GPU = {"device": "cuda", "gpu_memory_gb": 80, "gpu_name": "H100", "bf16": True}
