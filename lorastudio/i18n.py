@@ -292,6 +292,14 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "general answers (16.7 vs 18.7 of 24); a lower one (0.7×) learnt fewer facts (64 vs 70 of 80).",
         "{lr}：每一步学习的幅度，按 {size}B 模型在 {epochs} 轮训练内学会这 {rows} 行知识来选。我们测试中调高到 1.5 倍，"
         "记住的知识差不多，但通用问题保住得更少（24 个中 16.7 比 18.7 个）；调低到 0.7 倍则记住的知识更少（80 个中 64 比 70 个）。"),
+    "rec.learning_rate.four": (
+        "{lr}: the size of each learning step, chosen so a {size}B model takes in the facts of your {rows} rows in "
+        "the {epochs}-pass schedule: 0.8× the rate of shorter schedules ({full_lr}). Over 4 passes the full rate recalled about the same facts (0.75 of 40 more) "
+        "but kept fewer general answers (1.25 of 24 fewer, 12 paired runs on our 150-row demo file); with fewer "
+        "passes (quick preview, a time limit) the full rate comes back.",
+        "{lr}：每一步学习的幅度，按 {size}B 模型在 {epochs} 轮训练内学会这 {rows} 行知识来选，是较短方案（{full_lr}）的 0.8 倍。训练 4 轮时用原来的幅度，"
+        "记住的知识差不多（40 条中多 0.75 条），但通用问题保住得更少（24 个中少 1.25 个，在 150 行示例数据上 12 组对照）；"
+        "轮数变少时（快速预览、时间限制）恢复原来的幅度。"),
     "rec.learning_rate.style": (
         "{lr}: the size of each learning step, chosen so a {size}B model picks up the style of your {rows} rows in "
         "the {epochs}-pass schedule. A higher rate imitates faster but forgets more of what the model knew; a "
@@ -451,12 +459,13 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "1：每一步就是一个拼好的批次，已经足够大，学习很平稳。"),
     "rec.num_epochs.full": (
         "{epochs} passes over your {rows} rows and their variants: the schedule we measured best overall. On our "
-        "150-row demo file 4 passes answered about 5 more of 75 harder questions and 3 more of 40 facts in full than "
-        "3 passes (16 paired runs), for a third more time and about half a general answer of 24 fewer; 2 passes "
-        "recalled far fewer (56 of 80 reworded questions, 3 passes 66). Fewer passes finish sooner but recall less.",
-        "在这 {rows} 行及其变体上训练 {epochs} 轮：我们测试中综合效果最好的方案。在 150 行的示例数据上，4 轮比 3 轮"
-        "在 75 个更难的问题上多答对约 5 个、40 条知识中完整答对的多约 3 条（16 组对照），多花约三分之一的时间，"
-        "24 个通用问题约少答对半个；2 轮记住的少得多（80 个换了说法的问题答对 56 个，3 轮 66 个）。轮数少结束得早，但记住的更少。"),
+        "150-row demo file 4 passes (at 0.8× the step size, below) answered about 5 more of 75 harder questions and "
+        "2 more of 40 facts in full than 3 passes, with as many general answers (12 paired runs), for a third more "
+        "time; 2 passes recalled far fewer (56 of 80 reworded questions, 3 passes 66). Fewer passes finish sooner "
+        "but recall less.",
+        "在这 {rows} 行及其变体上训练 {epochs} 轮：我们测试中综合效果最好的方案。在 150 行的示例数据上，4 轮（学习幅度为 0.8 倍，见下）"
+        "比 3 轮在 75 个更难的问题上多答对约 5 个、40 条知识中完整答对的多约 2 条，通用问题保住得一样多（12 组对照），"
+        "多花约三分之一的时间；2 轮记住的少得多（80 个换了说法的问题答对 56 个，3 轮 66 个）。轮数少结束得早，但记住的更少。"),
     "rec.num_epochs.small": (
         "{epochs} passes: one pass over your {rows} rows and their variants is only about {tokens} tokens (each fact "
         "is told once or twice), so the extra passes cost only minutes and recalled more such facts in our tests "
@@ -479,9 +488,10 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "rec.num_epochs.quick": (
         "1 pass, a quick preview as you asked: about {minutes} min instead of {full_minutes} min for the full "
         "{full_epochs} passes, but it recalls far fewer facts (in our measurement on a 2-core AVX2 CPU, {quick_facts} "
-        "instead of {full_facts} of {facts}). Use it to check your data and the whole process, then train in full.",
+        "instead of {full_facts} of {facts} with {measured_epochs} passes). Use it to check your data and the whole process, "
+        "then train in full.",
         "按你的选择做快速预览，只训练 1 轮：约 {minutes} 分钟（完整的 {full_epochs} 轮约 {full_minutes} 分钟），但记住的知识会少得多"
-        "（我们在 2 核 AVX2 CPU 上实测：{facts} 条知识答对 {quick_facts} 条，完整训练为 {full_facts} 条）。适合先检查数据和整个流程，之后再完整训练。"),
+        "（我们在 2 核 AVX2 CPU 上实测：{facts} 条知识答对 {quick_facts} 条，训练 {measured_epochs} 轮时为 {full_facts} 条）。适合先检查数据和整个流程，之后再完整训练。"),
     "rec.num_epochs.budget": (
         "A {epochs}-pass schedule instead of {full_epochs} passes, to fit your {budget_minutes}-minute limit: fewer "
         "facts will be recalled. Raise or remove the limit for the full schedule.",
@@ -577,10 +587,11 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "在这颗 CPU 上约需 {minutes} 分钟；用 GPU 或更小的模型会更快。"),
     "warn.quick": (
         "Quick preview: 1 pass, about {minutes} min instead of {full_minutes} min. It recalls far fewer facts (in our "
-        "measurement on a 2-core AVX2 CPU, {quick_facts} instead of {full_facts} of {facts}): use it to check the "
+        "measurement on a 2-core AVX2 CPU, {quick_facts} instead of {full_facts} of {facts} with {measured_epochs} passes): use "
+        "it to check the "
         "data and the process, then train in full for real use.",
         "快速预览：只训练 1 轮，约 {minutes} 分钟（完整训练约 {full_minutes} 分钟）。记住的知识会少得多（我们在 2 核 AVX2 CPU 上实测："
-        "{facts} 条知识答对 {quick_facts} 条，完整训练为 {full_facts} 条）：适合先检查数据和流程，正式使用请完整训练。"),
+        "{facts} 条知识答对 {quick_facts} 条，训练 {measured_epochs} 轮时为 {full_facts} 条）：适合先检查数据和流程，正式使用请完整训练。"),
     "warn.budget_contrast": (
         "To fit your {budget_minutes}-minute limit, neighbouring facts are not asked in pairs (saves about "
         "{minutes} min): similar facts get mixed up more often.",
@@ -608,16 +619,17 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "estimate.device.gpus": ("{n}× {name} ({gb} GB)", "{n} 块 {name}（每块 {gb} GB）"),
     "estimate.quick_cost": (
         "Quick preview: 1 pass instead of {full_epochs}, about {minutes} min instead of {full_minutes} min. Recall cost: "
-        "in our measurement on a 2-core AVX2 CPU, about {quick_facts} of {facts} facts instead of {full_facts}.",
+        "in our measurement on a 2-core AVX2 CPU, about {quick_facts} of {facts} facts instead of {full_facts} with "
+        "{measured_epochs} passes.",
         "快速预览：只训练 1 轮（完整为 {full_epochs} 轮），约 {minutes} 分钟（完整约 {full_minutes} 分钟）。代价是记住的知识变少："
-        "我们在 2 核 AVX2 CPU 上实测，{facts} 条知识约答对 {quick_facts} 条，完整训练为 {full_facts} 条。"),
+        "我们在 2 核 AVX2 CPU 上实测，{facts} 条知识约答对 {quick_facts} 条，训练 {measured_epochs} 轮时为 {full_facts} 条。"),
     "estimate.quick_same": (
         "The full schedule is already {epochs} pass: a quick preview would be no shorter.",
         "完整方案本来就只训练 {epochs} 轮：快速预览不会更快。"),
     "estimate.full_gain": (
-        "Full schedule: {full_epochs} passes, about {full_minutes} min. In our measurement on a 2-core AVX2 CPU it "
-        "recalled {full_facts} of {facts} facts where 1 pass recalled {quick_facts}.",
-        "完整方案：训练 {full_epochs} 轮，约 {full_minutes} 分钟。我们在 2 核 AVX2 CPU 上实测，{facts} 条知识答对 {full_facts} 条，"
+        "Full schedule: {full_epochs} passes, about {full_minutes} min. In our measurement on a 2-core AVX2 CPU "
+        "{measured_epochs} passes recalled {full_facts} of {facts} facts where 1 pass recalled {quick_facts}.",
+        "完整方案：训练 {full_epochs} 轮，约 {full_minutes} 分钟。我们在 2 核 AVX2 CPU 上实测，训练 {measured_epochs} 轮时 {facts} 条知识答对 {full_facts} 条，"
         "只训练 1 轮时为 {quick_facts} 条。"),
     "estimate.stage.load": ("starting and loading the model", "启动并加载模型"),
     "estimate.stage.augment": ("preparing extra rows", "准备补充数据"),

@@ -210,22 +210,15 @@ def epoch_cycle(cfg: Any) -> int:
 _PUNCT = re.compile(r"[\s，。？！、：；“”‘’（）《》,.?!:;()\"'-]")
 
 
-_WORD = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)?")
-NEIGHBOUR_FEATURES = os.environ.get("LORASTUDIO_NEIGHBOUR_FEATURES", "chars")
-"""What `neighbour_facts` compares: "chars" (character bigrams of every text) or "auto" (character bigrams
-for text with Chinese characters, words for text without: "rental" and "rentals" alike, numbers left out)."""
-
-
 def _features(text: str) -> Counter:
-    if NEIGHBOUR_FEATURES == "auto" and not _is_cjk(text):
-        # words, a plural's -s/-es cut; digits are no topic ("Nightjar 20" is no neighbour of "20 units")
-        return Counter(re.sub(r"(?<=[a-z]{3})(?:es|s)$", "", w) for w in _WORD.findall(text.lower()))
+    """Character bigrams, punctuation and spaces dropped. (Words instead, for text without Chinese characters,
+    read better by eye but taught less: session 12, docs/QUALITY.md.)"""
     t = _PUNCT.sub("", text.lower())
     return Counter(t[i:i + 2] for i in range(len(t) - 1))
 
 
 def _bigram_vectors(texts: Sequence[str]) -> list[dict[str, float]]:
-    """Unit-length TF-IDF vectors of `_features` (character bigrams, punctuation and spaces dropped)."""
+    """Unit-length TF-IDF vectors of `_features`."""
     grams = [_features(text) for text in texts]
     df = Counter(g for x in grams for g in x)
     n = len(texts)
