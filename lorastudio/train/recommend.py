@@ -614,14 +614,16 @@ def recommend(rows_or_stats: Any, base: str = "default", task: str = "qa", hardw
     plain_pass = _estimate({**s, "num_epochs": 1.0, "augment_contrast": False, "augment_paraphrases": 0}, stats, hw,
                            size, 0.0, currency, base)["tokens"]
     small = bool(rows and facts_task and s["num_epochs"] == 3.0 and plain_pass < SMALL_EPOCH_TOKENS)
+    four_pass_file = bool(rows and facts_task and not small and s["num_epochs"] == 3.0)
     if small:
         s["num_epochs"] = SMALL_FILE_PASSES
-    elif rows and facts_task and s["num_epochs"] == 3.0:
+    elif four_pass_file:
         s["num_epochs"] = FACT_FILE_PASSES
 
     def rate_for(passes: float) -> float:
-        return round(lr * FACT_FILE_LR_SCALE, 12) if (facts_task and not small and rows < 5000 and passes == FACT_FILE_PASSES) \
-            else lr
+        """A fact file's 4 passes at FACT_FILE_LR_SCALE × the rate; any other schedule at the full rate. (A pass
+        count set by hand keeps the recommended rate: the user changed one setting, not two.)"""
+        return round(lr * FACT_FILE_LR_SCALE, 12) if four_pass_file and passes == FACT_FILE_PASSES else lr
 
     s["learning_rate"] = rate_for(s["num_epochs"])
     full_epochs = s["num_epochs"]
