@@ -5,6 +5,7 @@
     python bench/cpu_speed.py kernels                                    # the GEMM kernels on the layer shapes
     python bench/cpu_speed.py parity --model DIR --steps 30              # loss curve / gradient cosine, real weights
     python bench/cpu_speed.py ce [--rows 340]                            # head + CE with/without key-token weights
+    python bench/cpu_speed.py kernels --emulate-avx2                     # any mode: an AVX2-only CPU approximated
 
 The model: Qwen2 with the Qwen2.5-0.5B shape (24 layers, hidden 896, intermediate 4864, 14/2 heads,
 151,936 vocab), fp32 random weights (seed 0, cached in the temp directory), LoRA r16 α32 on the MLP
