@@ -459,7 +459,7 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "1：每一步就是一个拼好的批次，已经足够大，学习很平稳。"),
     "rec.num_epochs.full": (
         "{epochs} passes over your {rows} rows and their variants: the schedule we measured best overall. On our "
-        "150-row demo file 4 passes (at 0.8× the step size, below) answered about 5 more of 75 harder questions and "
+        "150-row demo file 4 passes (at 0.8× the step size) answered about 5 more of 75 harder questions and "
         "2 more of 40 facts in full than 3 passes, with as many general answers (12 paired runs), for a third more "
         "time; 2 passes recalled far fewer (56 of 80 reworded questions, 3 passes 66). Fewer passes finish sooner "
         "but recall less.",
