@@ -463,7 +463,7 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "2 more of 40 facts in full than 3 passes, with as many general answers (12 paired runs), for a third more "
         "time; 2 passes recalled far fewer (56 of 80 reworded questions, 3 passes 66). Fewer passes finish sooner "
         "but recall less.",
-        "在这 {rows} 行及其变体上训练 {epochs} 轮：我们测试中综合效果最好的方案。在 150 行的示例数据上，4 轮（学习幅度为 0.8 倍，见下）"
+        "在这 {rows} 行及其变体上训练 {epochs} 轮：我们测试中综合效果最好的方案。在 150 行的示例数据上，4 轮（学习幅度为 0.8 倍）"
         "比 3 轮在 75 个更难的问题上多答对约 5 个、40 条知识中完整答对的多约 2 条，通用问题保住得一样多（12 组对照），"
         "多花约三分之一的时间；2 轮记住的少得多（80 个换了说法的问题答对 56 个，3 轮 66 个）。轮数少结束得早，但记住的更少。"),
     "rec.num_epochs.small": (
