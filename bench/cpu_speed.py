@@ -355,11 +355,10 @@ def profile_cmd(a) -> None:
 # ------------------------------------------------------------------------------------------------
 # Levers (filled in as they are built)
 # ------------------------------------------------------------------------------------------------
-LEVERS = ("base", "int8", "int8bwd", "int8mlp", "int8attn", "int8all", "int8head", "int8headf", "prefix", "topN")
+LEVERS = ("base", "int8", "int8bwd", "int8mlp", "int8all", "int8head", "int8headf", "prefix", "topN")
 """int8: cpu_int8 as shipped (its FORWARD and BACKWARD sets as imported); int8bwd: only the input
 gradients; int8mlp: the forward of gate/up_proj and the input gradients of the MLP linears only (the
-attention projections' both products fp32); int8attn: as shipped before session 12 (every input
-gradient, the attention projections' too); int8all: every forward too; int8head: int8 plus the LM head's two
+attention projections' both products fp32); int8all: every forward too; int8head: int8 plus the LM head's two
 GEMMs; int8headf: int8 plus the LM head's forward (logits) GEMM only; prefix: the shared template head
 once per row (cpu_prefix); topN (top12, top16, …): LoRA trained in the top N layers only (`lora_layers`),
 so autograd stops below them (the lower layers' LoRA weights are frozen here: their forward costs the
@@ -368,12 +367,6 @@ same r/hidden as ever, their backward is gone). Combined with '+', e.g. int8+pre
 
 def _top(parts: list[str]) -> int | None:
     return next((int(x[3:]) for x in parts if x.startswith("top")), None)
-
-
-def _shipped_forward():
-    from lorastudio.train import cpu_int8
-
-    return cpu_int8.FORWARD
 
 
 SHIPPED_FORWARD = None  # cpu_int8.FORWARD as imported (set in main)
@@ -405,7 +398,7 @@ def set_levers(model, lever: str, keep_packs: bool = True) -> None:
     from lorastudio.train import cpu_int8
 
     parts = _parts(lever)
-    want = bool({"int8", "int8bwd", "int8mlp", "int8attn", "int8all", "int8head", "int8headf"} & set(parts))
+    want = bool({"int8", "int8bwd", "int8mlp", "int8all", "int8head", "int8headf"} & set(parts))
     on = cpu_int8.enabled_on(model) is not None
     if want and not on:
         cpu_int8.enable(model)
@@ -420,8 +413,7 @@ def set_levers(model, lever: str, keep_packs: bool = True) -> None:
     head = "int8head" in parts
     cpu_int8.HEAD.update(forward=head or "int8headf" in parts, backward=head)
     cpu_int8.FORWARD = (frozenset() if "int8bwd" in parts else None if "int8all" in parts else SHIPPED_FORWARD)
-    cpu_int8.BACKWARD = (MLP_LINEARS if "int8mlp" in parts else None if ({"int8attn", "int8all"} & set(parts))
-                         else SHIPPED_BACKWARD)
+    cpu_int8.BACKWARD = MLP_LINEARS if "int8mlp" in parts else SHIPPED_BACKWARD
 
 
 def loss_fn_for(lever: str | None):
@@ -784,10 +776,9 @@ def main() -> None:
     if a.emulate_avx2:
         emulate_avx2()
     global SHIPPED_FORWARD, SHIPPED_BACKWARD
-    SHIPPED_FORWARD = _shipped_forward()
     from lorastudio.train import cpu_int8
 
-    SHIPPED_BACKWARD = cpu_int8.BACKWARD
+    SHIPPED_FORWARD, SHIPPED_BACKWARD = cpu_int8.FORWARD, cpu_int8.BACKWARD
     {"profile": profile_cmd, "parity": parity_cmd, "ab": ab_cmd, "kernels": kernels_cmd, "ce": ce_cmd}[a.mode](a)
 
 
