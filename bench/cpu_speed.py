@@ -279,7 +279,10 @@ def profile_cmd(a) -> None:
 
     torch.set_num_threads(a.threads)
     rows, source = bench_rows(a.tokens, a.steps + 1, synthetic=a.synthetic)
-    model = lora(random_model(a.layers))
+    base_model = random_model(a.layers)
+    if a.dtype == "bf16":  # the trainer's bf16 CPU path: bf16 base weights, fp32 LoRA masters (PEFT upcasts)
+        base_model = base_model.to(torch.bfloat16)
+    model = lora(base_model)
     cpu.enable(model)
     if a.lever:
         apply_lever(model, a.lever)
@@ -341,8 +344,8 @@ def profile_cmd(a) -> None:
     op_total = sum(totals.values())
     tokens = sum(int(b["input_ids"].shape[-1]) for b in rows[1:])
     print(f"# {cpu_class()}; torch {torch.__version__}; {a.threads} threads; rows: {source}")
-    print(f"# {a.steps} steps of {a.tokens} tokens ({tokens} tokens), wall {wall:.1f} s = {tokens / wall:.1f} tok/s "
-          f"(under the profiler), lever: {a.lever or 'none (baseline fast path)'}")
+    print(f"# {a.steps} steps of {a.tokens} tokens ({tokens} tokens), {a.dtype} base weights, wall {wall:.1f} s = "
+          f"{tokens / wall:.1f} tok/s (under the profiler), lever: {a.lever or 'none (baseline fast path)'}")
     print(f"{'where':58s} {'s':>7s} {'share':>6s}")
     for k in CATEGORIES:
         print(f"{k:58s} {totals[k]:7.2f} {totals[k] / wall:6.1%}")
@@ -355,12 +358,13 @@ def profile_cmd(a) -> None:
 # ------------------------------------------------------------------------------------------------
 # Levers (filled in as they are built)
 # ------------------------------------------------------------------------------------------------
-LEVERS = ("base", "int8", "int8bwd", "int8mlp", "int8all", "int8head", "int8headf", "prefix", "topN")
+LEVERS = ("base", "int8", "int8bwd", "int8mlp", "int8all", "int8head", "int8headf", "prefix", "freshce", "topN")
 """int8: cpu_int8 as shipped (its FORWARD and BACKWARD sets as imported); int8bwd: only the input
 gradients; int8mlp: the forward of gate/up_proj and the input gradients of the MLP linears only (the
 attention projections' both products fp32); int8all: every forward too; int8head: int8 plus the LM head's two
 GEMMs; int8headf: int8 plus the LM head's forward (logits) GEMM only; prefix: the shared template head
-once per row (cpu_prefix); topN (top12, top16, …): LoRA trained in the top N layers only (`lora_layers`),
+once per row (cpu_prefix); freshce: the cross-entropy's (rows × vocab) buffers allocated afresh
+in every step (`kernels.CE_WORKSPACE` off; as shipped they are kept); topN (top12, top16, …): LoRA trained in the top N layers only (`lora_layers`),
 so autograd stops below them (the lower layers' LoRA weights are frozen here: their forward costs the
 same r/hidden as ever, their backward is gone). Combined with '+', e.g. int8+prefix+top12."""
 
@@ -395,7 +399,7 @@ def set_levers(model, lever: str, keep_packs: bool = True) -> None:
     setting; which layers' LoRA weights train). The prefix lever is a loss function (`loss_fn_for`)."""
     import torch
 
-    from lorastudio.train import cpu_int8
+    from lorastudio.train import cpu_int8, kernels
 
     parts = _parts(lever)
     want = bool({"int8", "int8bwd", "int8mlp", "int8all", "int8head", "int8headf"} & set(parts))
@@ -414,6 +418,7 @@ def set_levers(model, lever: str, keep_packs: bool = True) -> None:
     cpu_int8.HEAD.update(forward=head or "int8headf" in parts, backward=head)
     cpu_int8.FORWARD = (frozenset() if "int8bwd" in parts else None if "int8all" in parts else SHIPPED_FORWARD)
     cpu_int8.BACKWARD = MLP_LINEARS if "int8mlp" in parts else SHIPPED_BACKWARD
+    kernels.CE_WORKSPACE = "freshce" not in parts
 
 
 def loss_fn_for(lever: str | None):
@@ -513,7 +518,8 @@ def ab_cmd(a) -> None:
     if levers[0] != "base":
         levers = ["base", *[x for x in levers if x != "base"]]
     rows, source = bench_rows(a.tokens, a.steps + 1, seed=a.seed, synthetic=a.synthetic)
-    model = lora(real_model(a.model, a.layers) if a.model else random_model(a.layers))
+    base_model = real_model(a.model, a.layers) if a.model else random_model(a.layers)
+    model = lora(base_model.to(torch.bfloat16) if a.dtype == "bf16" else base_model)
     cpu.enable(model)
     if any("prefix" in x for x in levers):
         cpu_prefix.enable(model)  # rows without the prefix loss fall back to the per-document attention
@@ -521,7 +527,7 @@ def ab_cmd(a) -> None:
     opt = torch.optim.AdamW(params, lr=a.lr)
     results = {x: {"wall_s": [], "cpu_s": [], "losses": []} for x in levers}
     tokens = [int(b["input_ids"].shape[-1]) for b in rows]
-    print(f"# {cpu_class()}; torch {torch.__version__}; {a.threads} threads; {a.layers} layers; rows: {source}; "
+    print(f"# {cpu_class()}; torch {torch.__version__}; {a.threads} threads; {a.layers} layers; {a.dtype}; rows: {source}; "
           f"{a.steps} timed steps of ≤ {a.tokens} tokens after 1 warm-up; load {os.getloadavg()[0]:.1f}", flush=True)
     for step, batch in enumerate(rows):
         state = _state(model, opt)
@@ -559,7 +565,7 @@ def ab_cmd(a) -> None:
         la, lb = results["base"]["losses"], results[lever]["losses"]
         v["max_loss_rel_diff"] = round(max(abs(y - x) / x for x, y in zip(la, lb, strict=True)), 5)
         v["mean_loss_rel_diff"] = round(statistics.mean(abs(y - x) / x for x, y in zip(la, lb, strict=True)), 5)
-    report = {"cpu": cpu_class(), "torch": torch.__version__, "threads": a.threads, "layers": a.layers,
+    report = {"cpu": cpu_class(), "torch": torch.__version__, "threads": a.threads, "layers": a.layers, "dtype": a.dtype,
               "weights": a.model or "random", "rows": source, "load_end": round(os.getloadavg()[0], 2), "tokens_per_step": tokens, "summary": summary,
               "losses": {k: v["losses"] for k, v in results.items()},
               "wall_s": {k: [round(x, 2) for x in v["wall_s"]] for k, v in results.items()}}
@@ -734,6 +740,8 @@ def main() -> None:
     p.add_argument("--lever", default="")
     p.add_argument("--synthetic", action="store_true")
     p.add_argument("--table", type=int, default=0, help="also print the profiler's top N ops")
+    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
+                   help="base weights' dtype: bf16 is the trainer's path on AVX-512-bf16 and AMX CPUs")
     p = sub.add_parser("kernels")
     p.add_argument("--m", type=int, default=600, help="activation rows (tokens of a packed row)")
     p.add_argument("--rounds", type=int, default=6)
@@ -749,6 +757,8 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--synthetic", action="store_true")
+    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
+                   help="base weights' dtype: bf16 is the trainer's path on AVX-512-bf16 and AMX CPUs")
     p.add_argument("--model", help="real weights: a model directory, or 'default' (the cached default model); "
                                    "unset: random weights of the default shape")
     p.add_argument("--out")

@@ -200,6 +200,32 @@ def test_chunked_ce_applies_the_loss_scale_in_fp32():
     assert torch.equal(scaled, (unit.float() * torch.tensor(1 / 293)).to(torch.bfloat16))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_chunked_ce_kept_cpu_buffers_give_the_same_numbers(monkeypatch, dtype):
+    """The CPU's kept (rows × vocab) buffers: bit for bit the loss and gradients of fresh allocations,
+    with row weights, over chunks of several sizes and calls that need larger buffers than the last."""
+    from lorastudio.train import kernels
+
+    gen = torch.Generator().manual_seed(7)
+    w = torch.randn(211, 24, generator=gen).to(dtype).requires_grad_()
+    runs = []
+    for kept in (False, True, True):
+        monkeypatch.setattr(kernels, "CE_WORKSPACE", kept)
+        results = []
+        for rows, chunk in ((9, 4), (33, 16), (33, 64), (5, 64)):
+            g = torch.Generator().manual_seed(rows * chunk)
+            h = torch.randn(rows, 24, generator=g).to(dtype).requires_grad_()
+            t = torch.randint(0, 211, (rows,), generator=g)
+            weights = torch.rand(rows, generator=g) + 0.5
+            out = kernels.chunked_linear_cross_entropy(h, w, t, chunk=chunk, row_weights=weights)
+            results.append((out.detach(), *torch.autograd.grad(out / rows, (h, w))))
+        runs.append(results)
+    fresh, kept, kept_again = runs  # the third run starts with the buffers the second one grew
+    for other in (kept, kept_again):
+        for a, b in zip((x for r in fresh for x in r), (x for r in other for x in r), strict=True):
+            assert torch.equal(a, b)
+
+
 def test_batch_without_lengths_finds_the_documents_from_positions():
     from lorastudio.train.gpu import batch_from_device
 

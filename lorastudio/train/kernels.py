@@ -24,7 +24,9 @@ device of its tensors. torch is imported inside the functions: importing this mo
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import threading
 import types
 from dataclasses import asdict, dataclass, field
 from itertools import accumulate
@@ -445,6 +447,47 @@ def chunk_logit_grad(logp: Any, targets: Any, row_weights: Any = None) -> Any:
     return probs if row_weights is None else probs.mul_(row_weights[:, None])
 
 
+CE_WORKSPACE = os.environ.get("LORASTUDIO_CPU_CE_WORKSPACE", "1") != "0"
+"""On the CPU the cross-entropy's (chunk × vocab) buffers are kept from step to step (per thread)
+instead of allocated afresh: at 151k vocab they are 0.1–0.2 GB each, above glibc's mmap threshold,
+so every step mapped ~0.6 GB of new pages and the kernel zeroed them (docs/BENCHMARKS.md,
+"Fresh pages"). The numbers are the same (tested). `LORASTUDIO_CPU_CE_WORKSPACE=0` allocates afresh."""
+
+_CE_BUFFERS = threading.local()
+
+
+def _ce_buffer(name: str, rows: int, cols: int, dtype: Any) -> Any:
+    """A kept (rows × cols) buffer of this thread, grown when a chunk needs more."""
+    import torch
+
+    buffers = getattr(_CE_BUFFERS, "buffers", None)
+    if buffers is None:
+        buffers = _CE_BUFFERS.buffers = {}
+    buf = buffers.get(name)
+    if buf is None or buf.dtype != dtype or buf.numel() < rows * cols:
+        buffers[name] = buf = None  # free the old one before the larger one is made
+        buffers[name] = buf = torch.empty(rows * cols, dtype=dtype)
+    return buf[:rows * cols].view(rows, cols)
+
+
+def _cpu_chunk_logp(h: Any, weight: Any) -> tuple[Any, Any]:
+    """(fp32 log-softmax of `h @ weight.T`, a kept buffer in `h`'s dtype for the logits' gradient, or
+    None when that is fp32: the log-probabilities' own buffer then holds it) in kept CPU buffers."""
+    import torch
+
+    rows, vocab = h.shape[0], weight.shape[0]
+    logits = _ce_buffer("logits", rows, vocab, h.dtype)
+    torch.mm(h, weight.t(), out=logits)
+    if logits.dtype != torch.float32:
+        wide = _ce_buffer("wide", rows, vocab, torch.float32)
+        wide.copy_(logits)
+    else:
+        wide = logits
+    logp = _ce_buffer("logp", rows, vocab, torch.float32)
+    torch.log_softmax(wide, dim=-1, out=logp)
+    return logp, (logits if logits.dtype != torch.float32 else None)
+
+
 def _chunked_ce_fn() -> type:
     import torch
 
@@ -467,15 +510,20 @@ def _chunked_ce_fn() -> type:
             grad_h = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
             grad_w = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
             total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            keep = CE_WORKSPACE and hidden.device.type == "cpu"
             for start in range(0, rows, chunk):
                 h = hidden[start:start + chunk]
                 t = targets[start:start + chunk]
                 w = None if row_weights is None else row_weights[start:start + chunk]
-                logp = torch.log_softmax((h @ weight.t()).float(), dim=-1)
+                if keep:
+                    logp, g_buffer = _cpu_chunk_logp(h, weight)
+                else:
+                    logp, g_buffer = torch.log_softmax((h @ weight.t()).float(), dim=-1), None
                 total -= chunk_log_likelihood(logp, t, w)
                 if grad_h is None and grad_w is None:
                     continue
-                g = chunk_logit_grad(logp, t, w).to(hidden.dtype)
+                probs = chunk_logit_grad(logp, t, w)
+                g = g_buffer.copy_(probs) if g_buffer is not None else probs.to(hidden.dtype)
                 if grad_h is not None:
                     torch.mm(g, weight, out=grad_h[start:start + chunk])
                 if grad_w is not None:
