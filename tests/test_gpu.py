@@ -224,6 +224,9 @@ def test_chunked_ce_kept_cpu_buffers_give_the_same_numbers(monkeypatch, dtype):
     for other in (kept, kept_again):
         for a, b in zip((x for r in fresh for x in r), (x for r in other for x in r), strict=True):
             assert torch.equal(a, b)
+    assert kernels._CE_BUFFERS.buffers  # kept ...
+    kernels.release_ce_buffers()
+    assert not kernels._CE_BUFFERS.buffers  # ... until the trainer lets them go
 
 
 def test_batch_without_lengths_finds_the_documents_from_positions():

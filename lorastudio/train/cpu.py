@@ -19,7 +19,8 @@ through the kernels the CUDA path uses too (`lorastudio.train.kernels`; this mod
   size), longer ones through `scaled_dot_product_attention(is_causal=True)`. (CUDA picks varlen flash.)
 - the LM head + cross-entropy over target positions only (`kernels.chunked_linear_cross_entropy`,
   `CE_CHUNK` rows at a time), one fp32 log-softmax, the gradient computed in the same pass (no second
-  fp32 copy of the targets × 151k logits, no autograd graph).
+  fp32 copy of the targets × 151k logits, no autograd graph), its (rows × vocab) buffers kept from step to
+  step (`kernels.CE_WORKSPACE`: fresh ones above glibc's mmap threshold cost ~0.6 GB of new zeroed pages a step).
 - `torch.set_num_threads` = the physical cores this process may use (hyper-threads slow GEMMs).
 
 `LORASTUDIO_CPU_FAST=0` turns all of it off (the plain PEFT + autocast loop, for comparison).

@@ -470,6 +470,11 @@ def _ce_buffer(name: str, rows: int, cols: int, dtype: Any) -> Any:
     return buf[:rows * cols].view(rows, cols)
 
 
+def release_ce_buffers() -> None:
+    """Drop this thread's kept cross-entropy buffers (the trainer calls it when training ends)."""
+    _CE_BUFFERS.buffers = {}
+
+
 def _cpu_chunk_logp(h: Any, weight: Any) -> tuple[Any, Any]:
     """(fp32 log-softmax of `h @ weight.T`, a kept buffer in `h`'s dtype for the logits' gradient, or
     None when that is fp32: the log-probabilities' own buffer then holds it) in kept CPU buffers."""

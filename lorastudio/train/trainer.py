@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lorastudio.train import checkpoints, dataset
+from lorastudio.train import checkpoints, dataset, kernels
 from lorastudio.train.adapters import neftune_hook, wrap_lora
 from lorastudio.train.card import model_card
 from lorastudio.train.config import ConfigError, TrainConfig
@@ -150,6 +150,7 @@ class Trainer:
         with self.stop.installed():
             self.setup(checkpoint)
             steps, early_stopped = self.fit()
+            kernels.release_ce_buffers()  # the CPU loss's kept buffers (~0.5 GB): no longer needed
             return self.save(steps, early_stopped)
 
     # -- setup ---------------------------------------------------------------------------------
