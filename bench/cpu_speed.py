@@ -729,6 +729,11 @@ def emulate_avx2() -> None:
           flush=True)
 
 
+def _dtype_arg(p) -> None:
+    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
+                   help="base weights' dtype: bf16 is the trainer's path on AVX-512-bf16 and AMX CPUs")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="mode", required=True)
@@ -740,8 +745,7 @@ def main() -> None:
     p.add_argument("--lever", default="")
     p.add_argument("--synthetic", action="store_true")
     p.add_argument("--table", type=int, default=0, help="also print the profiler's top N ops")
-    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
-                   help="base weights' dtype: bf16 is the trainer's path on AVX-512-bf16 and AMX CPUs")
+    _dtype_arg(p)
     p = sub.add_parser("kernels")
     p.add_argument("--m", type=int, default=600, help="activation rows (tokens of a packed row)")
     p.add_argument("--rounds", type=int, default=6)
@@ -757,8 +761,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--synthetic", action="store_true")
-    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
-                   help="base weights' dtype: bf16 is the trainer's path on AVX-512-bf16 and AMX CPUs")
+    _dtype_arg(p)
     p.add_argument("--model", help="real weights: a model directory, or 'default' (the cached default model); "
                                    "unset: random weights of the default shape")
     p.add_argument("--out")
