@@ -204,6 +204,11 @@ MIXES.update({
     "n_e5_rp90": {"num_epochs": 5, "replay_rows": 90},
     "n_e5_lr7e-4": {"num_epochs": 5, "learning_rate": 7e-4},
 })
+# Session 13: the GPU's base-model paraphrases at 4-5 passes (`n_para2` is the GPU recommendation); 4 a question
+# on the small files, where 2 helped the multi-turn file most.
+MIXES.update({
+    "n_para4": {"augment_paraphrases": 4},
+})
 for _name, _settings in MIXES.items():
     RECIPES[_name] = _settings
     for _seed in range(1, 30):
