@@ -113,6 +113,14 @@ def real_model(model_dir: str, layers: int = 0):
     return model
 
 
+def in_dtype(model, dtype: str):
+    """The base model in `--dtype`: "bf16" is the trainer's path on bf16 CPUs (bf16 base weights; PEFT keeps the
+    LoRA masters fp32), "fp32" leaves it as built."""
+    import torch
+
+    return model.to(torch.bfloat16) if dtype == "bf16" else model
+
+
 def lora(model, targets=("gate_proj", "up_proj", "down_proj"), r: int = 16, alpha: int = 32, b_std: float = 0.0):
     """PEFT LoRA (the default r16 α32 on the MLP linears); `b_std` > 0 makes B non-zero (gradients of A)."""
     import torch
@@ -279,10 +287,7 @@ def profile_cmd(a) -> None:
 
     torch.set_num_threads(a.threads)
     rows, source = bench_rows(a.tokens, a.steps + 1, synthetic=a.synthetic)
-    base_model = random_model(a.layers)
-    if a.dtype == "bf16":  # the trainer's bf16 CPU path: bf16 base weights, fp32 LoRA masters (PEFT upcasts)
-        base_model = base_model.to(torch.bfloat16)
-    model = lora(base_model)
+    model = lora(in_dtype(random_model(a.layers), a.dtype))
     cpu.enable(model)
     if a.lever:
         apply_lever(model, a.lever)
@@ -518,8 +523,7 @@ def ab_cmd(a) -> None:
     if levers[0] != "base":
         levers = ["base", *[x for x in levers if x != "base"]]
     rows, source = bench_rows(a.tokens, a.steps + 1, seed=a.seed, synthetic=a.synthetic)
-    base_model = real_model(a.model, a.layers) if a.model else random_model(a.layers)
-    model = lora(base_model.to(torch.bfloat16) if a.dtype == "bf16" else base_model)
+    model = lora(in_dtype(real_model(a.model, a.layers) if a.model else random_model(a.layers), a.dtype))
     cpu.enable(model)
     if any("prefix" in x for x in levers):
         cpu_prefix.enable(model)  # rows without the prefix loss fall back to the per-document attention

@@ -460,13 +460,12 @@ def _ce_buffer(name: str, rows: int, cols: int, dtype: Any) -> Any:
     """A kept (rows × cols) buffer of this thread, grown when a chunk needs more."""
     import torch
 
-    buffers = getattr(_CE_BUFFERS, "buffers", None)
-    if buffers is None:
-        buffers = _CE_BUFFERS.buffers = {}
+    buffers = _CE_BUFFERS.__dict__.setdefault("buffers", {})
     buf = buffers.get(name)
     if buf is None or buf.dtype != dtype or buf.numel() < rows * cols:
-        buffers[name] = buf = None  # free the old one before the larger one is made
-        buffers[name] = buf = torch.empty(rows * cols, dtype=dtype)
+        del buf
+        buffers.pop(name, None)  # the old one freed before the larger one is made
+        buf = buffers[name] = torch.empty(rows * cols, dtype=dtype)
     return buf[:rows * cols].view(rows, cols)
 
 
