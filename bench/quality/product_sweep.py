@@ -209,6 +209,11 @@ MIXES.update({
 MIXES.update({
     "n_para4": {"augment_paraphrases": 4},
 })
+MIXES.update({  # session 14: the questions' tokens in the loss; each fact told unasked once a pass
+    "qw30": {"question_loss_weight": 0.3},
+    "qw100": {"question_loss_weight": 1.0},
+    "st": {"augment_statements": True},
+})
 for _name, _settings in MIXES.items():
     RECIPES[_name] = _settings
     for _seed in range(1, 30):

@@ -33,7 +33,8 @@ class ConfigError(ValueError):
 
 
 _FLOAT_FIELDS = {"lora_dropout", "learning_rate", "lora_plus_ratio", "warmup_ratio", "weight_decay", "num_epochs",
-                 "neftune_alpha", "val_fraction", "price_per_hour", "contrast_random"}
+                 "neftune_alpha", "val_fraction", "price_per_hour", "contrast_random",
+                 "question_loss_weight"}
 _INT_FIELDS = {"lora_r", "lora_alpha", "max_steps", "batch_tokens", "gradient_accumulation", "max_length",
                "seed", "eval_every", "save_every", "keep_checkpoints", "early_stopping_patience", "augment_paraphrases",
                "replay_rows", "gpus", "contrast_passes", "key_token_weight", "contrast_neighbours"}
@@ -108,6 +109,9 @@ class TrainConfig:
     """How often the key tokens of a training answer count in the loss: the first tokens of every answer
     and every token written with a digit (`tokenize.KeyTokens`); 1 = every target token once. The train
     loss shown is that weighted mean; validation loss counts every token once."""
+    question_loss_weight: float = _resume(0.0)
+    """How much each token of a user's question counts in the loss, beside the answer's (0–1; 0 = the
+    answers only, the usual assistant-only loss). The template's role headers and system text never count."""
     neftune_alpha: float | None = _resume(None)
     seed: int = _resume(0)
 
@@ -158,6 +162,9 @@ class TrainConfig:
     """Also train new cases of the rules the rows state: a case question's amount moved within its rule's
     bounds, and rule questions framed with a concrete amount past their threshold (no generation; runs
     with the augmentation hook like augment_contrast)."""
+    augment_statements: bool = _resume(False)
+    """Also train each fact as a statement the assistant makes unasked (no user turn): one answer of each
+    fact group a pass, rotated over the group's rows (runs with the augmentation hook like augment_contrast)."""
     replay_prompts: str | None = _resume(None)
     """Your own general prompts for replay instead of the built-in set: a .txt (one per line) or .jsonl
     (`prompt` per line), the first `replay_rows` used; answers cached per base model like the built-in ones."""
@@ -212,6 +219,7 @@ class TrainConfig:
         need(self.augment_paraphrases >= 0, "augment_paraphrases", "must be ≥ 0")
         need(self.replay_rows >= 0, "replay_rows", "must be ≥ 0")
         need(1 <= self.key_token_weight <= 4, "key_token_weight", "must be 1–4 (1 = off)")
+        need(0.0 <= self.question_loss_weight <= 1.0, "question_loss_weight", "must be between 0 and 1 (0 = off)")
         need(self.contrast_passes >= 0, "contrast_passes", "must be ≥ 0 (0 = every pass)")
         need(0.0 <= self.contrast_random <= 1.0, "contrast_random", "must be between 0 and 1 (0 = neighbours only)")
         need(1 <= self.contrast_neighbours <= 8, "contrast_neighbours", "must be 1–8 (2 = the default)")

@@ -74,7 +74,7 @@ def augment(conversations: list[Any], *, model, tokenizer, cfg: TrainConfig, log
             log.emit(**event)
 
     wanted = cfg.augment_paraphrases or cfg.augment_same_fact or cfg.augment_turns or cfg.augment_contrast \
-        or cfg.augment_cases
+        or cfg.augment_cases or cfg.augment_statements
     steps = ((wanted, "augment", augment_conversations),
              (cfg.replay_rows, "replay", replay_conversations))
     for wanted, name, func in steps:
@@ -98,7 +98,8 @@ def tokenize(train_convs: list[Any], val_convs: list[Any], *, tokenizer, cfg: Tr
     """Chat template, assistant-only labels, the packed step schedule; adds `report["tokens"]`."""
     log.stage("tokenize", f"rendering {len(train_convs)} training and {len(val_convs)} "
                           "validation conversations with the model's chat template")
-    train = encode_dataset(train_convs, tokenizer, cfg.max_length, cfg.system_prompt, cfg.key_token_weight)
+    train = encode_dataset(train_convs, tokenizer, cfg.max_length, cfg.system_prompt, cfg.key_token_weight,
+                           cfg.question_loss_weight)
     val = encode_dataset(val_convs, tokenizer, cfg.max_length, cfg.system_prompt)
     skipped = train.too_long + val.too_long
     if skipped:

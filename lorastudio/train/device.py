@@ -50,7 +50,7 @@ def causal_lm_loss(model, batch: dict[str, Any]) -> tuple[Any, int]:
         return F.cross_entropy(logits, targets[keep], reduction="sum"), int(keep.sum())
     weights = batch["repeats"][0, 1:][keep]  # key-token weighting: a target's CE counted `repeats` times
     losses = F.cross_entropy(logits, targets[keep], reduction="none")
-    return (losses * weights.float()).sum(), int(weights.sum())
+    return (losses * weights.float()).sum(), float(weights.sum())
 
 
 def device_setup(cfg: TrainConfig) -> DeviceSetup:

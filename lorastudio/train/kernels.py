@@ -87,8 +87,8 @@ def packed_batch(input_ids: Any, position_ids: Any, labels: Any, lengths: Any = 
     weights, count = None, None
     if repeats is not None:
         weights = torch.as_tensor(repeats).reshape(-1).to(index.device).index_select(0, index + 1)  # t predicts t + 1
-        count = int(weights.sum())
         weights = weights.float()
+        count = float(weights.sum())
     return {"input_ids": ids, "position_ids": pos, "cu_seq_lens": cu, "lengths": lengths, "max_length": max(lengths),
             "target_index": index, "target_ids": shifted.index_select(0, index),
             "target_weights": weights, "num_targets": int(index.numel()) if count is None else count,

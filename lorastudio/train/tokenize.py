@@ -123,7 +123,7 @@ class Example:
     labels: list[int]
     row: int | None = None
     rotation: tuple[int, int] | None = None  # the conversation's: which epochs train it (None = all)
-    repeats: list[int] | None = None  # how often each token's target counts in the loss (None: once each)
+    repeats: list[float] | None = None  # how much each token's target counts in the loss (None: once each)
 
     @property
     def num_tokens(self) -> int:
@@ -134,7 +134,7 @@ class Example:
         return sum(1 for label in self.labels if label != IGNORE_INDEX)
 
     @property
-    def target_weight(self) -> int:
+    def target_weight(self) -> float:
         """The targets as the loss counts them: `num_target_tokens`, each key token `repeats` times."""
         if self.repeats is None:
             return self.num_target_tokens
@@ -167,23 +167,52 @@ class KeyTokens:
         return [self.weight if i < KEY_OPENING_TOKENS or self.has_digit(t) else 1 for i, t in enumerate(ids)]
 
 
+def _question_pieces(text: str, questions: list[str]) -> list[tuple[str, bool]]:
+    """`text` (a context segment) cut around the user questions it holds, in order: (piece, is question)."""
+    pieces: list[tuple[str, bool]] = []
+    done = 0
+    while questions:
+        if not questions[0]:
+            questions.pop(0)
+            continue
+        at = text.find(questions[0], done)
+        if at < 0:
+            break
+        if at > done:
+            pieces.append((text[done:at], False))
+        pieces.append((questions.pop(0), True))
+        done = at + len(pieces[-1][0])
+    if done < len(text):
+        pieces.append((text[done:], False))
+    return pieces
+
+
 def encode_conversation(messages: Sequence[Any], tokenizer, system_prompt: str | None = None,
-                        row: int | None = None, key_tokens: KeyTokens | None = None) -> Example:
+                        row: int | None = None, key_tokens: KeyTokens | None = None,
+                        question_weight: float = 0.0) -> Example:
     """Token ids and labels (IGNORE_INDEX everywhere but assistant turns); with `key_tokens` also how
-    often each target counts (`Example.repeats`).
+    often each target counts (`Example.repeats`). `question_weight` > 0: the users' questions are
+    targets too, each token counting that much (`TrainConfig.question_loss_weight`).
 
     Pieces are tokenized separately: the prompt piece ends exactly where generation starts at inference
     time, so the learned tokens are the ones the model will be asked to produce.
     """
     input_ids: list[int] = []
     labels: list[int] = []
-    repeats: list[int] | None = [] if key_tokens is not None and key_tokens.weight > 1 else None
+    weighted = question_weight > 0 or (key_tokens is not None and key_tokens.weight > 1)
+    repeats: list[float] | None = [] if weighted else None
+    questions = [str(m["content"]) for m in _as_dicts(messages) if m["role"] == "user"] if question_weight > 0 else []
     for text, trainable in render_segments(messages, tokenizer, system_prompt):
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        input_ids.extend(ids)
-        labels.extend(ids if trainable else [IGNORE_INDEX] * len(ids))
-        if repeats is not None:
-            repeats.extend(key_tokens.repeats(ids) if trainable else [1] * len(ids))
+        pieces = [(text, False)] if trainable or not questions else _question_pieces(text, questions)
+        for piece, question in pieces:
+            ids = tokenizer(piece, add_special_tokens=False)["input_ids"]
+            input_ids.extend(ids)
+            labels.extend(ids if trainable or question else [IGNORE_INDEX] * len(ids))
+            if repeats is not None:
+                if trainable:
+                    repeats.extend(key_tokens.repeats(ids) if key_tokens is not None else [1] * len(ids))
+                else:
+                    repeats.extend([question_weight if question else 1] * len(ids))
     if labels:
         labels[0] = IGNORE_INDEX  # nothing predicts the first token; in a pack it must not learn across examples
     return Example(input_ids, labels, row, repeats=repeats)
@@ -196,15 +225,17 @@ class TokenizedData:
     no_targets: list[dict] = field(default_factory=list)
 
 
-def encode_dataset(conversations: Sequence[Any], tokenizer, max_length: int,
-                   system_prompt: str | None = None, key_token_weight: int = 1) -> TokenizedData:
-    """Every conversation encoded; `key_token_weight` > 1: answers' key tokens (`KeyTokens`) count that often."""
+def encode_dataset(conversations: Sequence[Any], tokenizer, max_length: int, system_prompt: str | None = None,
+                   key_token_weight: int = 1, question_weight: float = 0.0) -> TokenizedData:
+    """Every conversation encoded; `key_token_weight` > 1: answers' key tokens (`KeyTokens`) count that often;
+    `question_weight` > 0: the users' questions count too, at that weight a token."""
     result = TokenizedData(examples=[])
     key_tokens = KeyTokens(tokenizer, key_token_weight) if key_token_weight > 1 else None
     for index, conversation in enumerate(conversations):
         row = getattr(conversation, "row", None) or index + 1
         messages = conversation.messages if hasattr(conversation, "messages") else conversation
-        example = encode_conversation(messages, tokenizer, system_prompt, row=row, key_tokens=key_tokens)
+        example = encode_conversation(messages, tokenizer, system_prompt, row=row, key_tokens=key_tokens,
+                                      question_weight=question_weight)
         example.rotation = getattr(conversation, "rotation", None)
         if example.num_tokens > max_length:
             result.too_long.append({"row": row, "tokens": example.num_tokens})
@@ -249,7 +280,7 @@ def collate_packed(examples: Sequence[Example]) -> dict[str, Any]:
     input_ids: list[int] = []
     labels: list[int] = []
     positions: list[int] = []
-    repeats: list[int] = []
+    repeats: list[float] = []
     weighted = any(example.repeats is not None for example in examples)
     for example in examples:
         input_ids.extend(example.input_ids)
@@ -264,5 +295,5 @@ def collate_packed(examples: Sequence[Example]) -> dict[str, Any]:
         "lengths": [example.num_tokens for example in examples],
     }
     if weighted:  # how often each token's target counts (`kernels.packed_batch`)
-        batch["repeats"] = torch.tensor([repeats], dtype=torch.long)
+        batch["repeats"] = torch.tensor([repeats], dtype=torch.float32)
     return batch
