@@ -213,6 +213,7 @@ MIXES.update({  # session 14: the questions' tokens in the loss; each fact told 
     "qw30": {"question_loss_weight": 0.3},
     "qw100": {"question_loss_weight": 1.0},
     "st": {"augment_statements": True},
+    "qw50": {"question_loss_weight": 0.5},
 })
 for _name, _settings in MIXES.items():
     RECIPES[_name] = _settings
