@@ -144,8 +144,9 @@ def _tokenizer_dir() -> Path | None:
     return d if (d / "tokenizer.json").exists() else None
 
 
-def real_examples(path: str | None = None):
-    """The tokenized examples of yunzhan_train.jsonl with the default model's chat template, or None."""
+def real_examples(path: str | None = None, key_weight: int = 1, question_weight: float = 0.0):
+    """The tokenized examples of yunzhan_train.jsonl with the default model's chat template, or None;
+    `key_weight`/`question_weight` as the trainer's `key_token_weight`/`question_loss_weight`."""
     tok_dir = _tokenizer_dir()
     data = Path(path) if path else next((p for p in DATA_CANDIDATES if p.exists()), None)
     if tok_dir is None or data is None:
@@ -153,10 +154,12 @@ def real_examples(path: str | None = None):
     from transformers import AutoTokenizer
 
     from lorastudio.data import validate
-    from lorastudio.train.tokenize import encode_conversation
+    from lorastudio.train.tokenize import KeyTokens, encode_conversation
 
     tok = AutoTokenizer.from_pretrained(str(tok_dir))
-    return [encode_conversation(getattr(c, "messages", c), tok) for c in validate(str(data)).conversations]
+    keys = KeyTokens(tok, key_weight) if key_weight > 1 else None
+    return [encode_conversation(getattr(c, "messages", c), tok, key_tokens=keys, question_weight=question_weight)
+            for c in validate(str(data)).conversations]
 
 
 def synthetic_examples(count: int = 150, vocab: int = 151936, seed: int = 0, prefix: int = 24):
@@ -195,8 +198,15 @@ def packed_rows(examples, tokens: int, count: int, seed: int = 0) -> list[dict]:
     return rows[:count]
 
 
-def bench_rows(tokens: int, count: int, seed: int = 0, synthetic: bool = False):
-    examples = None if synthetic else real_examples()
+ROW_LEVERS = {"kw2": {"key_weight": 2}, "qw": {"key_weight": 2, "question_weight": 0.3}}
+"""Levers that change the rows, not the model: the same packed rows (same tokens, same packing) with the
+product's key-token weights (×2), and with those plus the questions' tokens as targets at 0.3."""
+
+
+def bench_rows(tokens: int, count: int, seed: int = 0, synthetic: bool = False, **weights):
+    examples = None if synthetic else real_examples(**weights)
+    if weights and examples is None:
+        raise SystemExit("row levers (kw2, qw) need the real rows: the default model's tokenizer and the demo file")
     source = "yunzhan_train.jsonl, default tokenizer" if examples else "synthetic (24-token shared head)"
     examples = examples or synthetic_examples(seed=seed)
     return packed_rows(examples, tokens, count, seed), source
@@ -363,7 +373,8 @@ def profile_cmd(a) -> None:
 # ------------------------------------------------------------------------------------------------
 # Levers (filled in as they are built)
 # ------------------------------------------------------------------------------------------------
-LEVERS = ("base", "int8", "int8bwd", "int8mlp", "int8all", "int8head", "int8headf", "prefix", "freshce", "topN")
+LEVERS = ("base", "int8", "int8bwd", "int8mlp", "int8all", "int8head", "int8headf", "prefix", "freshce", "topN",
+          *ROW_LEVERS)
 """int8: cpu_int8 as shipped (its FORWARD and BACKWARD sets as imported); int8bwd: only the input
 gradients; int8mlp: the forward of gate/up_proj and the input gradients of the MLP linears only (the
 attention projections' both products fp32); int8all: every forward too; int8head: int8 plus the LM head's two
@@ -371,7 +382,8 @@ GEMMs; int8headf: int8 plus the LM head's forward (logits) GEMM only; prefix: th
 once per row (cpu_prefix); freshce: the cross-entropy's (rows × vocab) buffers allocated afresh
 in every step (`kernels.CE_WORKSPACE` off; as shipped they are kept); topN (top12, top16, …): LoRA trained in the top N layers only (`lora_layers`),
 so autograd stops below them (the lower layers' LoRA weights are frozen here: their forward costs the
-same r/hidden as ever, their backward is gone). Combined with '+', e.g. int8+prefix+top12."""
+same r/hidden as ever, their backward is gone); kw2, qw: the rows' loss weights (`ROW_LEVERS`).
+Combined with '+', e.g. int8+prefix+top12."""
 
 
 def _top(parts: list[str]) -> int | None:
@@ -523,6 +535,9 @@ def ab_cmd(a) -> None:
     if levers[0] != "base":
         levers = ["base", *[x for x in levers if x != "base"]]
     rows, source = bench_rows(a.tokens, a.steps + 1, seed=a.seed, synthetic=a.synthetic)
+    variants = {x: next((v for v in _parts(x) if v in ROW_LEVERS), None) for x in levers}
+    row_sets = {v: bench_rows(a.tokens, a.steps + 1, seed=a.seed, **ROW_LEVERS[v])[0]
+                for v in set(variants.values()) if v}
     model = lora(in_dtype(real_model(a.model, a.layers) if a.model else random_model(a.layers), a.dtype))
     cpu.enable(model)
     if any("prefix" in x for x in levers):
@@ -542,7 +557,7 @@ def ab_cmd(a) -> None:
             set_levers(model, lever)
             fn = loss_fn_for(lever)
             t0, c0 = time.perf_counter(), time.process_time()
-            loss = train_step(model, opt, params, batch, fn)
+            loss = train_step(model, opt, params, row_sets[variants[lever]][step] if variants[lever] else batch, fn)
             wall, cpu_s = time.perf_counter() - t0, time.process_time() - c0
             if step > 0:
                 results[lever]["wall_s"].append(wall)

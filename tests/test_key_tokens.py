@@ -1,4 +1,5 @@
-"""Key-token weighting (`TrainConfig.key_token_weight`): which answer tokens count more, and that every
+"""Loss weights: key-token weighting (`TrainConfig.key_token_weight`: which answer tokens count more) and the
+questions' own tokens (`TrainConfig.question_loss_weight`: targets at a fractional weight), and that every
 loss path (the plain one, the CPU fast path, the shared template head) counts them the same."""
 
 from __future__ import annotations
@@ -106,3 +107,82 @@ def test_training_with_key_token_weight_changes_what_is_learnt(tmp_path, small_m
     assert any(not torch.equal(weights[1][k], weights[2][k]) for k in weights[1])
     with pytest.raises(ValueError, match="key_token_weight"):
         TrainConfig(key_token_weight=5)
+
+
+MULTI = [{"role": "user", "content": "退款多久到账？"}, {"role": "assistant", "content": ANSWER},
+         {"role": "user", "content": "那运费呢？"}, {"role": "assistant", "content": "运费不退。"}]
+
+
+def test_question_tokens_are_targets_at_their_weight_and_nothing_else_changes(small_model_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(small_model_dir)
+    keys = KeyTokens(tokenizer, 2)
+    plain = encode_conversation(MULTI, tokenizer, system_prompt="你是客服。", key_tokens=keys)
+    asked = encode_conversation(MULTI, tokenizer, system_prompt="你是客服。", key_tokens=keys, question_weight=0.3)
+    assert asked.input_ids == plain.input_ids  # the same tokens: only labels and weights differ
+    new = [i for i, (a, b) in enumerate(zip(asked.labels, plain.labels, strict=True)) if a != b]
+    assert all(plain.labels[i] == kernels.IGNORE_INDEX and asked.labels[i] == asked.input_ids[i] for i in new)
+    assert all(asked.repeats[i] == 0.3 for i in new)
+    # exactly the two questions' words: no system prompt, no role header, no end-of-turn token
+    assert tokenizer.decode([asked.input_ids[i] for i in new]) == "退款多久到账？那运费呢？"
+    answers = [i for i, label in enumerate(plain.labels) if label != kernels.IGNORE_INDEX]
+    assert [asked.repeats[i] for i in answers] == [plain.repeats[i] for i in answers]
+    assert asked.target_weight == pytest.approx(plain.target_weight + 0.3 * len(new))
+    # off: the answers-only example as before; on without key tokens: weights still float per token
+    assert encode_conversation(MULTI, tokenizer, question_weight=0.0).repeats is None
+    only = encode_dataset([MULTI], tokenizer, 512, question_weight=0.5).examples[0]
+    assert sorted(set(only.repeats)) == [0.5, 1]
+    # an empty user turn has nothing to learn, and does not shift the next question's span
+    empty = [{"role": "user", "content": ""}, {"role": "assistant", "content": "好。"}, *MULTI]
+    got = encode_conversation(empty, tokenizer, question_weight=0.3)
+    marked = [got.input_ids[i] for i, r in enumerate(got.repeats) if r == 0.3]
+    assert tokenizer.decode(marked) == "退款多久到账？那运费呢？"
+
+
+def test_every_loss_path_weighs_fractional_targets_alike():
+    """Question tokens at 0.3, answers at 1 or 2: each path's loss and gradients equal the plain path's
+    loss over the answers plus 0.3 × its loss over the questions (counted 1 and 0.3 a target)."""
+    model, batch = _random_lora_model()
+    gen = torch.Generator().manual_seed(2)
+    targets = batch["labels"] != kernels.IGNORE_INDEX
+    question = targets & (torch.rand(batch["labels"].shape, generator=gen) < 0.3)
+    weights = torch.where(question, torch.tensor(0.3), torch.tensor(1.0))
+    answer_labels = batch["labels"].masked_fill(question, kernels.IGNORE_INDEX)
+    question_labels = batch["labels"].masked_fill(~question, kernels.IGNORE_INDEX)
+
+    def reference(model, batch):
+        answers, n_answers = causal_lm_loss(model, {**batch, "labels": answer_labels, "repeats": None})
+        questions, n_questions = causal_lm_loss(model, {**batch, "labels": question_labels, "repeats": None})
+        assert n_questions > 0
+        return answers + 0.3 * questions, n_answers + 0.3 * n_questions
+
+    weighted = {**batch, "repeats": weights}
+    want, want_n, want_grads = _both(reference, model, weighted)
+    assert cpu_prefix.shared_batch(weighted) is not None
+    for name, loss_fn in {"plain": causal_lm_loss, "fast": cpu.packed_loss,
+                          "shared head": cpu_prefix.packed_loss}.items():
+        loss, count, grads = _both(loss_fn, model, weighted)
+        assert count == pytest.approx(want_n), name
+        assert loss.item() == pytest.approx(want.item(), rel=1e-4), name
+        for key, g in want_grads.items():
+            assert torch.allclose(grads[key], g, rtol=1e-3, atol=1e-6), (name, key)
+
+
+def test_training_with_question_tokens_changes_what_is_learnt(tmp_path, small_model_dir):
+    from safetensors.torch import load_file
+
+    data = write_rows(tmp_path / "faq.jsonl")
+    weights = {}
+    for weight in (0.0, 0.3):
+        out = tmp_path / f"q{weight}"
+        cfg = TrainConfig(data=str(data), base=small_model_dir, output_dir=str(out), max_steps=3, batch_tokens=256,
+                          max_length=256, learning_rate=5e-3, lora_r=4, lora_alpha=8, dtype="fp32",
+                          key_token_weight=2, question_loss_weight=weight)
+        assert train(cfg).metrics["train_loss"] > 0
+        weights[weight] = load_file(str(out / "adapter_model.safetensors"))
+        assert f"question_loss_weight: {weight}" in (out / "train_config.yaml").read_text()
+    assert any(not torch.equal(weights[0.0][k], weights[0.3][k]) for k in weights[0.0])
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="question_loss_weight"):
+            TrainConfig(question_loss_weight=bad)

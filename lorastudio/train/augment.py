@@ -197,29 +197,6 @@ def same_fact_pairs(conversations: Sequence[Conversation], per_row: int = 1, see
     return out
 
 
-def fact_statements(conversations: Sequence[Conversation], seed: int = 0, cycle: int = 1) -> list[Conversation]:
-    """Each fact told unasked: one answer of each fact group (the single-turn rows grouped by answer) as
-    the answer to an empty user turn (chat templates need one), the row's system message kept. `cycle` > 1:
-    another row's answer of the group each of `cycle` epochs (rows carry `rotation`), as far as it has rows."""
-    convs = [c for c in conversations if _single_turn(c)]
-    groups = fact_groups(convs)
-    members: dict[int, list[int]] = {}
-    for index, group in enumerate(groups):
-        members.setdefault(group, []).append(index)
-    rng = random.Random(seed)
-    out: list[Conversation] = []
-    for rows in members.values():
-        picks = rng.sample(rows, len(rows))
-        chosen = [(picks[e % len(picks)], (e, cycle)) for e in range(cycle)] if cycle > 1 and len(rows) > 1 \
-            else [(picks[0], None)]
-        for i, rotation in chosen:
-            system = [Message(m.role, m.content) for m in convs[i].messages if m.role == "system"][:1]
-            answer = strip_verdict(convs[i].messages[-1].content)
-            out.append(Conversation(system + [Message("user", ""), Message("assistant", answer)], row=convs[i].row,
-                                    rotation=rotation))
-    return out
-
-
 def epoch_cycle(cfg: Any) -> int:
     """How many epochs get a variant of their own under `augment_per_epoch` (1 = off)."""
     if not getattr(cfg, "augment_per_epoch", False):
@@ -557,8 +534,6 @@ def augment_conversations(conversations: Sequence[Conversation], *, model: Any =
                                                           joiners=str(getattr(cfg, "contrast_joiners", "varied")))]
     if getattr(cfg, "augment_cases", False):
         added += [("case", c) for c in applied_cases(conversations, seed=seed, cycle=epoch_cycle(cfg))]
-    if getattr(cfg, "augment_statements", False):
-        added += [("statement", c) for c in fact_statements(conversations, seed=seed, cycle=epoch_cycle(cfg))]
     n = int(getattr(cfg, "augment_paraphrases", 0) or 0)
     if n and model is not None:
         def progress(done: int, total: int) -> None:

@@ -162,9 +162,6 @@ class TrainConfig:
     """Also train new cases of the rules the rows state: a case question's amount moved within its rule's
     bounds, and rule questions framed with a concrete amount past their threshold (no generation; runs
     with the augmentation hook like augment_contrast)."""
-    augment_statements: bool = _resume(False)
-    """Also train each fact as a statement the assistant makes unasked (no user turn): one answer of each
-    fact group a pass, rotated over the group's rows (runs with the augmentation hook like augment_contrast)."""
     replay_prompts: str | None = _resume(None)
     """Your own general prompts for replay instead of the built-in set: a .txt (one per line) or .jsonl
     (`prompt` per line), the first `replay_rows` used; answers cached per base model like the built-in ones."""

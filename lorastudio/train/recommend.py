@@ -156,6 +156,18 @@ CONTRAST_MAX_ROWS = 5000
 # 80 reworded questions, +1.4 of 75 harder ones, general −0.25 of 24; multi-turn file (16 seeds) +2.9
 # reworded, −0.4 harder, general −0.1; 3× helped the demo's harder set more and hurt the multi-turn file.
 KEY_TOKEN_WEIGHT = 2
+# The questions' own tokens in the loss on fact files (tokenize.encode_conversation), each at this weight
+# beside the answers' 1: session 14, one H200, paired seeds against the defaults before it, whole facts
+# of 40 / 32: demo file +0.9 ± 0.7 (16 seeds), multi-turn +2.2 ± 0.9 (6), 北辰 +0.6 ± 0.8 (8), Harbor & Pine
+# +0.7 ± 0.6 (12); harder questions +1.6, +1.8, +1.2, −1.2; general answers within ± 0.2 of 24. At 1.0
+# the English file lost 2.6 ± 0.9 harder questions (docs/QUALITY.md, "The questions in the loss").
+QUESTION_LOSS_WEIGHT = 0.3
+# With the questions in the loss a CPU's training stage takes (1 + this × the questions' share of the tokens,
+# as `_estimate` counts them) as long: the LM head and its cross-entropy run on the question tokens too.
+# Session 14, 2 AMX cores, bf16, the demo rows: the questions' 12 % of the tokens became targets (+25 %
+# target rows) and the interleaved steps took 4 % and 10 % longer (median of the paired steps of two runs,
+# 24 and 10 steps: bench/results/issue13_s14_ab_qw_*); the estimate counts a 20 % share there → +7 %.
+QUESTION_TARGET_COST = 0.35
 # Files above this many rows are counted from a sample of this many (DataStats.from_conversations).
 CONTRAST_EXACT_ROWS = 600
 # A shown example question is cut to this many characters.
@@ -593,6 +605,7 @@ def recommend(rows_or_stats: Any, base: str = "default", task: str = "qa", hardw
     contrast_questions = _contrast_questions(stats)
     s["augment_contrast"] = bool(facts_task and rows < CONTRAST_MAX_ROWS and contrast_questions >= CONTRAST_MIN_ROWS)
     s["key_token_weight"] = KEY_TOKEN_WEIGHT if facts_task else 1
+    s["question_loss_weight"] = QUESTION_LOSS_WEIGHT if facts_task else 0.0
     # ≈ 40 % of the answers taught (60 for 150 rows, as swept), so replay never outweighs the user's data.
     replay = int(min(REPLAY_PROMPTS, max(8, round(0.4 * rows * max(1.0, stats.turns))))) if rows else 0
     s["replay_rows"] = replay
@@ -799,6 +812,8 @@ def recommend(rows_or_stats: Any, base: str = "default", task: str = "qa", hardw
         r["augment_turns"] = _code("rec.augment_turns.off_style")
     r["key_token_weight"] = (_code("rec.key_token_weight.on", weight=KEY_TOKEN_WEIGHT) if facts_task else
                              _code("rec.key_token_weight.off_style"))
+    r["question_loss_weight"] = (_code("rec.question_loss_weight.on", weight=_num(QUESTION_LOSS_WEIGHT)) if facts_task
+                                 else _code("rec.question_loss_weight.off_style"))
     r["replay_rows"] = (_code("rec.replay_rows.on", n=replay, rows=rows) if replay else
                         _code("rec.replay_rows.off"))
     r["max_length"] = _code("rec.max_length", max_length=max_len, longest=stats.max_tokens)
@@ -997,6 +1012,8 @@ def _estimate(s: Mapping[str, Any], stats: DataStats, hw: Hardware, size: float,
     if s.get("max_steps"):  # the run stops there
         tokens = min(tokens, int(s["max_steps"]) * int(s.get("batch_tokens") or 4096))
     train_s = tokens / train_tps
+    if not cuda and float(s.get("question_loss_weight") or 0.0) > 0:
+        train_s *= 1.0 + QUESTION_TARGET_COST * question_tokens / max(1.0, stats.mean_tokens)
     if cuda:
         train_s = max(train_s, tokens / max(1, int(s.get("batch_tokens") or 4096)) * GPU_SECONDS_PER_STEP)
     passes = max(1, math.ceil(epochs))
