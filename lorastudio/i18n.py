@@ -344,10 +344,10 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "The model also learns your questions' own words, each counting {weight} of an answer's word, so the "
         "names and terms of your business are learnt as your customers write them. In our tests (42 runs on "
         "four files) this answered about 1 more of 32–40 facts right on every file with no loss of general "
-        "answers; on a CPU training takes about 5–10 % longer. 0 trains on the answers only.",
+        "answers; on a CPU training takes about 5–15 % longer. 0 trains on the answers only.",
         "模型也学习你的问题本身的用词，每个词按回答里一个词的 {weight} 计，让业务里的名称和术语按客户的说法学进去。"
         "我们的测试（四个文件上 42 次运行）：每个文件 32–40 条知识都多答对约 1 条，通用问题也没有变差；"
-        "在 CPU 上训练时间约多 5–10%。设为 0 则只学回答。"),
+        "在 CPU 上训练时间约多 5–15%。设为 0 则只学回答。"),
     "rec.question_loss_weight.off_style": (
         "0: copywriting rows teach how to write, so only the answers are learnt.",
         "0：文案数据教的是怎么写，只学回答。"),

@@ -118,14 +118,17 @@ def test_question_tokens_are_targets_at_their_weight_and_nothing_else_changes(sm
 
     tokenizer = AutoTokenizer.from_pretrained(small_model_dir)
     keys = KeyTokens(tokenizer, 2)
-    plain = encode_conversation(MULTI, tokenizer, system_prompt="你是客服。", key_tokens=keys)
-    asked = encode_conversation(MULTI, tokenizer, system_prompt="你是客服。", key_tokens=keys, question_weight=0.3)
+    system = "你是客服。常被问到：退款多久到账？"  # quotes a question: only the user's own turn is learnt
+    plain = encode_conversation(MULTI, tokenizer, system_prompt=system, key_tokens=keys)
+    asked = encode_conversation(MULTI, tokenizer, system_prompt=system, key_tokens=keys, question_weight=0.3)
     assert asked.input_ids == plain.input_ids  # the same tokens: only labels and weights differ
     new = [i for i, (a, b) in enumerate(zip(asked.labels, plain.labels, strict=True)) if a != b]
     assert all(plain.labels[i] == kernels.IGNORE_INDEX and asked.labels[i] == asked.input_ids[i] for i in new)
     assert all(asked.repeats[i] == 0.3 for i in new)
     # exactly the two questions' words: no system prompt, no role header, no end-of-turn token
     assert tokenizer.decode([asked.input_ids[i] for i in new]) == "退款多久到账？那运费呢？"
+    first_user = tokenizer.decode(asked.input_ids[:new[0]])
+    assert first_user.endswith("user\n") and "常被问到：退款多久到账？" in first_user
     answers = [i for i, label in enumerate(plain.labels) if label != kernels.IGNORE_INDEX]
     assert [asked.repeats[i] for i in answers] == [plain.repeats[i] for i in answers]
     assert asked.target_weight == pytest.approx(plain.target_weight + 0.3 * len(new))

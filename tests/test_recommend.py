@@ -330,11 +330,14 @@ def test_estimate_uses_the_measured_throughput_of_the_cpu_class(monkeypatch):
     assert [est[k]["seconds"] for k in order] == sorted(est[k]["seconds"] for k in order)
     assert max(est["amx-bf16"]["seconds"], est["avx512-bf16"]["seconds"]) < est["avx512-fp32"]["seconds"]
     assert all(est[k]["cpu_class"] == k and est[k]["tokens"] == est["avx2-fp32"]["tokens"] for k in CLASSES)
-    # the training stage: the class's tokens/s, and the questions' targets on top (+4 to +10 % measured)
-    rec = recommend(DEMO, "default", hardware=cpu("avx2-fp32"))
-    answers_only = rec.estimate_for({**rec.settings, "question_loss_weight": 0.0})["stages"]["train"]
-    assert answers_only == pytest.approx(est["avx2-fp32"]["tokens"] / 81, abs=1)
-    assert 1.04 * answers_only <= est["avx2-fp32"]["stages"]["train"] <= 1.10 * answers_only
+    # the training stage: the class's tokens/s, and the questions' targets on top (bf16 +4 to +10 % measured,
+    # fp32 with AVX2 approximated +16 %)
+    for cls, low, high in (("avx2-fp32", 1.12, 1.18), ("amx-bf16", 1.04, 1.10)):
+        rec = recommend(DEMO, "default", hardware=cpu(cls))
+        answers_only = rec.estimate_for({**rec.settings, "question_loss_weight": 0.0})["stages"]["train"]
+        if cls == "avx2-fp32":
+            assert answers_only == pytest.approx(est[cls]["tokens"] / 81, abs=1)
+        assert low * answers_only <= est[cls]["stages"]["train"] <= high * answers_only, cls
     def answers_only(cls: str) -> int:  # the settings those runs had: the questions not in the loss
         rec = recommend(DEMO, "default", hardware=cpu(cls))
         return rec.estimate_for({**rec.settings, "question_loss_weight": 0.0})["seconds"]

@@ -164,10 +164,12 @@ KEY_TOKEN_WEIGHT = 2
 QUESTION_LOSS_WEIGHT = 0.3
 # With the questions in the loss a CPU's training stage takes (1 + this × the questions' share of the tokens,
 # as `_estimate` counts them) as long: the LM head and its cross-entropy run on the question tokens too.
-# Session 14, 2 AMX cores, bf16, the demo rows: the questions' 12 % of the tokens became targets (+25 %
-# target rows) and the interleaved steps took 4 % and 10 % longer (median of the paired steps of two runs,
-# 24 and 10 steps: bench/results/issue13_s14_ab_qw_*); the estimate counts a 20 % share there → +7 %.
-QUESTION_TARGET_COST = 0.35
+# Session 14, the demo rows, where the questions' 12 % of the tokens became targets (+25 % target rows) and the
+# estimate counts a 20 % share, interleaved steps (bench/results/issue13_s14_ab_qw_*), medians of the paired
+# steps: bf16 on 2 AMX cores 4 % and 10 % longer (24 and 10 steps) → 0.35 (+7 %); fp32 with int8 and AVX2
+# approximated (`--emulate-avx2`, 8 steps) 16 % longer → 0.75 (+15 %): there the int8 body is cheap and the
+# fp32 head is not.
+QUESTION_TARGET_COST = {"bf16": 0.35, "fp32": 0.75}
 # Files above this many rows are counted from a sample of this many (DataStats.from_conversations).
 CONTRAST_EXACT_ROWS = 600
 # A shown example question is cut to this many characters.
@@ -1013,7 +1015,8 @@ def _estimate(s: Mapping[str, Any], stats: DataStats, hw: Hardware, size: float,
         tokens = min(tokens, int(s["max_steps"]) * int(s.get("batch_tokens") or 4096))
     train_s = tokens / train_tps
     if not cuda and float(s.get("question_loss_weight") or 0.0) > 0:
-        train_s *= 1.0 + QUESTION_TARGET_COST * question_tokens / max(1.0, stats.mean_tokens)
+        cost = QUESTION_TARGET_COST["bf16" if hw.bf16 else "fp32"]
+        train_s *= 1.0 + cost * question_tokens / max(1.0, stats.mean_tokens)
     if cuda:
         train_s = max(train_s, tokens / max(1, int(s.get("batch_tokens") or 4096)) * GPU_SECONDS_PER_STEP)
     passes = max(1, math.ceil(epochs))

@@ -167,21 +167,34 @@ class KeyTokens:
         return [self.weight if i < KEY_OPENING_TOKENS or self.has_digit(t) else 1 for i, t in enumerate(ids)]
 
 
+def _questions_by_answer(messages: Sequence[Any]) -> list[list[str]]:
+    """The user questions before each assistant turn (group k: those the k-th answer follows)."""
+    groups: list[list[str]] = [[]]
+    for message in _as_dicts(messages):
+        if message["role"] == "user" and message["content"]:
+            groups[-1].append(str(message["content"]))
+        elif message["role"] == "assistant":
+            groups.append([])
+    return groups
+
+
 def _question_pieces(text: str, questions: list[str]) -> list[tuple[str, bool]]:
-    """`text` (a context segment) cut around the user questions it holds, in order: (piece, is question)."""
+    """`text` (the context before an answer) cut around its `questions`: (piece, is question). Found from
+    the end, so a system prompt that quotes a question is never taken for it."""
+    spans: list[tuple[int, int]] = []
+    end = len(text)
+    for question in reversed(questions):
+        at = text.rfind(question, 0, end)
+        if at >= 0:
+            spans.append((at, at + len(question)))
+            end = at
     pieces: list[tuple[str, bool]] = []
     done = 0
-    while questions:
-        if not questions[0]:
-            questions.pop(0)
-            continue
-        at = text.find(questions[0], done)
-        if at < 0:
-            break
-        if at > done:
-            pieces.append((text[done:at], False))
-        pieces.append((questions.pop(0), True))
-        done = at + len(pieces[-1][0])
+    for start, stop in reversed(spans):
+        if start > done:
+            pieces.append((text[done:start], False))
+        pieces.append((text[start:stop], True))
+        done = stop
     if done < len(text):
         pieces.append((text[done:], False))
     return pieces
@@ -201,9 +214,13 @@ def encode_conversation(messages: Sequence[Any], tokenizer, system_prompt: str |
     labels: list[int] = []
     weighted = question_weight > 0 or (key_tokens is not None and key_tokens.weight > 1)
     repeats: list[float] | None = [] if weighted else None
-    questions = [str(m["content"]) for m in _as_dicts(messages) if m["role"] == "user"] if question_weight > 0 else []
+    groups = _questions_by_answer(messages) if question_weight > 0 else []
+    answers = 0  # answer segments passed: the context segment before answer k holds groups[k]
     for text, trainable in render_segments(messages, tokenizer, system_prompt):
-        pieces = [(text, False)] if trainable or not questions else _question_pieces(text, questions)
+        if trainable:
+            answers += 1
+        asked = groups[answers] if not trainable and answers < len(groups) else []
+        pieces = _question_pieces(text, asked) if asked else [(text, False)]
         for piece, question in pieces:
             ids = tokenizer(piece, add_special_tokens=False)["input_ids"]
             input_ids.extend(ids)

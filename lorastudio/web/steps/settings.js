@@ -28,7 +28,7 @@ const ADVANCED_FIELDS = [
 // The settings shown with their reasons in the summary list (the rest are in the advanced panel).
 const MAIN_SETTINGS = [
   "num_epochs", "learning_rate", "lora_r", "max_length", "batch_tokens", "augment_same_fact", "augment_contrast",
-  "key_token_weight", "augment_turns", "augment_per_epoch", "augment_paraphrases", "replay_rows", "val_fraction",
+  "key_token_weight", "question_loss_weight", "augment_turns", "augment_per_epoch", "augment_paraphrases", "replay_rows", "val_fraction",
   "device", "dtype",
 ];
 const CHOICES = { lr_scheduler: ["linear", "cosine", "constant"], quantize_base: ["auto", "none", "4bit"] };
