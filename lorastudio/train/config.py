@@ -111,7 +111,8 @@ class TrainConfig:
     loss shown is that weighted mean; validation loss counts every token once."""
     question_loss_weight: float = _resume(0.0)
     """How much each token of a user's question counts in the loss, beside the answer's (0–1; 0 = the
-    answers only, the usual assistant-only loss). The template's role headers and system text never count."""
+    answers only, the usual assistant-only loss). The template's role headers and system text never count.
+    The train loss shown includes the questions at this weight; validation loss counts the answers only."""
     neftune_alpha: float | None = _resume(None)
     seed: int = _resume(0)
 

@@ -130,7 +130,7 @@ def enable(model: Any) -> kernels.FastPath:
     return fp
 
 
-def packed_loss(model: Any, batch: dict[str, Any]) -> tuple[Any, int]:
+def packed_loss(model: Any, batch: dict[str, Any]) -> tuple[Any, float]:
     """(summed next-token CE over target tokens, number of targets) of one packed row — the same
     quantity as `device.causal_lm_loss`, on the fast path (`kernels.packed_loss`, through the levers)."""
     enable(model)

@@ -388,7 +388,7 @@ def disable(model: Any, *, keep_packs: bool = False) -> None:
             module.__dict__.pop(MARK, None)
 
 
-def packed_loss(model: Any, batch: dict[str, Any]) -> tuple[Any, int]:
+def packed_loss(model: Any, batch: dict[str, Any]) -> tuple[Any, float]:
     """`kernels.packed_loss` with the LM head + cross-entropy through `Int8LinearCrossEntropy` when
     `HEAD` asks for it (a frozen fp32 bias-free head), else exactly `kernels.packed_loss`."""
     import torch

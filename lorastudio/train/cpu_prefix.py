@@ -177,7 +177,7 @@ def enabled_on(model: Any) -> bool:
     return False
 
 
-def packed_loss(model: Any, batch: dict[str, Any], inner: Any = None) -> tuple[Any, int]:
+def packed_loss(model: Any, batch: dict[str, Any], inner: Any = None) -> tuple[Any, float]:
     """`kernels.packed_loss` (or `inner`) of the row with its shared head computed once; rows without
     one unchanged. Same value as `kernels.packed_loss(model, batch)`."""
     inner = inner or kernels.packed_loss

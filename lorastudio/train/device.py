@@ -11,7 +11,7 @@ from typing import Any
 from lorastudio.train.config import ConfigError, TrainConfig
 from lorastudio.train.tokenize import IGNORE_INDEX
 
-LossFn = Callable[[Any, dict[str, Any]], tuple[Any, int]]
+LossFn = Callable[[Any, dict[str, Any]], tuple[Any, float]]
 
 
 @dataclass
@@ -29,7 +29,7 @@ class DeviceSetup:
     quantize_4bit: bool = False        # load the base in 4-bit NF4 (QLoRA, bitsandbytes)
 
 
-def causal_lm_loss(model, batch: dict[str, Any]) -> tuple[Any, int]:
+def causal_lm_loss(model, batch: dict[str, Any]) -> tuple[Any, float]:
     """Summed next-token cross-entropy over target (assistant) tokens of one packed row.
 
     The LM head runs only on positions that have a target: with a 151k vocabulary the full logits
@@ -48,7 +48,7 @@ def causal_lm_loss(model, batch: dict[str, Any]) -> tuple[Any, int]:
     logits = causal_lm.get_output_embeddings()(hidden[:-1][keep]).float()
     if batch.get("repeats") is None:
         return F.cross_entropy(logits, targets[keep], reduction="sum"), int(keep.sum())
-    weights = batch["repeats"][0, 1:][keep]  # key-token weighting: a target's CE counted `repeats` times
+    weights = batch["repeats"][0, 1:][keep]  # loss weights (key tokens, questions): a target's CE × `repeats`
     losses = F.cross_entropy(logits, targets[keep], reduction="none")
     return (losses * weights.float()).sum(), float(weights.sum())
 

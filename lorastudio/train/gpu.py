@@ -240,7 +240,7 @@ def customize(cfg: Any, setup: Any) -> Any:
     if setup.dtype == torch.bfloat16:
         setup.autocast = False
 
-    def loss_fn(model: Any, batch: dict[str, Any]) -> tuple[Any, int]:
+    def loss_fn(model: Any, batch: dict[str, Any]) -> tuple[Any, float]:
         if getattr(model, "_lorastudio_fast_path", None) is None:
             ce = "liger" if os.environ.get("LORASTUDIO_CE") == "liger" else "chunked"
             fp = enable_fast_path(model, compile=compile_kernels, ce=ce, ce_chunk=ce_chunk)

@@ -68,7 +68,7 @@ def packed_batch(input_ids: Any, position_ids: Any, labels: Any, lengths: Any = 
     `cu_seq_lens` (int32, the tensors' device) and `lengths` (host ints) bound the documents;
     `target_index` are the positions that have a target and `target_ids` their targets: the next token
     of the same example (an example's last token predicts nothing). One device sync (the target count).
-    `repeats` (like `labels`, key-token weighting): how often each token's target counts; then
+    `repeats` (like `labels`; key tokens, questions): how much each token's target counts; then
     `target_weights` holds them per target row (the loss weighs that row's CE so), `num_targets` their sum.
     """
     import torch
@@ -648,7 +648,7 @@ def target_hidden(model: Any, batch: dict[str, Any]) -> tuple[dict[str, Any], An
     return batch, hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch["target_index"])
 
 
-def packed_loss(model: Any, batch: dict[str, Any]) -> tuple[Any, int]:
+def packed_loss(model: Any, batch: dict[str, Any]) -> tuple[Any, float]:
     """(summed next-token CE over target tokens in fp32, number of targets) of one packed row, with the
     kernels `install` chose. `batch`: `packed_batch`'s dict, or the trainer's (input_ids, position_ids,
     labels, lengths), from which it is derived."""

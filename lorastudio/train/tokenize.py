@@ -135,7 +135,7 @@ class Example:
 
     @property
     def target_weight(self) -> float:
-        """The targets as the loss counts them: `num_target_tokens`, each key token `repeats` times."""
+        """The targets as the loss counts them: `num_target_tokens`, each weighted by its `repeats`."""
         if self.repeats is None:
             return self.num_target_tokens
         return sum(r for label, r in zip(self.labels, self.repeats, strict=True) if label != IGNORE_INDEX)
@@ -311,6 +311,6 @@ def collate_packed(examples: Sequence[Example]) -> dict[str, Any]:
         "position_ids": torch.tensor([positions], dtype=torch.long),
         "lengths": [example.num_tokens for example in examples],
     }
-    if weighted:  # how often each token's target counts (`kernels.packed_batch`)
+    if weighted:  # how much each token's target counts (`kernels.packed_batch`)
         batch["repeats"] = torch.tensor([repeats], dtype=torch.float32)
     return batch
