@@ -102,8 +102,9 @@ def test_copywriting_vs_qa():
     data = rows(150)
     qa = recommend(data, "default", "qa", hardware=GPU)
     copy = recommend(data, "default", "copywriting", hardware=GPU)
-    assert qa.settings["augment_paraphrases"] >= 1
-    assert copy.settings["augment_paraphrases"] == 0
+    assert qa.settings["augment_paraphrases"] == copy.settings["augment_paraphrases"] == 0
+    assert qa.reason_codes["augment_paraphrases"]["code"] == "rec.augment_paraphrases.off_measured"
+    assert copy.reason_codes["augment_paraphrases"]["code"] == "rec.augment_paraphrases.off_style"
     assert copy.settings["num_epochs"] <= qa.settings["num_epochs"]
 
 
@@ -161,10 +162,17 @@ def test_standalone_turns_only_for_multi_turn_fact_data():
         _estimate(off.settings, stats, hw, 0.5, 0.0, "USD", "default")["tokens"]
 
 
-def test_paraphrase_generation_only_where_generation_is_cheap():
+def test_no_paraphrase_generation_on_any_device_and_the_reason_says_what_it_measured():
     data = rows(150)
-    assert recommend(data, "default", hardware=CPU).settings["augment_paraphrases"] == 0
-    assert recommend(data, "default", hardware=GPU).settings["augment_paraphrases"] > 0
+    cpu_rec, gpu_rec = recommend(data, "default", hardware=CPU), recommend(data, "default", hardware=GPU)
+    assert cpu_rec.settings["augment_paraphrases"] == gpu_rec.settings["augment_paraphrases"] == 0
+    for rec in (cpu_rec, gpu_rec):
+        reason = rec.reason_codes["augment_paraphrases"]
+        assert reason["code"] == "rec.augment_paraphrases.off_measured" and reason["params"]["minutes"] >= 0
+        assert "2 of 24" in rec.reasons["augment_paraphrases"] and "24 个" in rec.reasons_in("zh")["augment_paraphrases"]
+    # the same schedule on both devices: the measured one
+    assert {k: v for k, v in gpu_rec.settings.items() if k in ("num_epochs", "question_loss_weight", "augment_contrast")} \
+        == {k: v for k, v in cpu_rec.settings.items() if k in ("num_epochs", "question_loss_weight", "augment_contrast")}
 
 
 def test_small_data_gets_about_eight_rows_per_step():
@@ -279,12 +287,11 @@ def test_time_budget_shrinks_only_when_given_and_says_so():
     assert rec.reason_codes["num_epochs"]["code"] == "rec.num_epochs.budget"
     assert rec.alternatives["full"]["settings_changes"]["num_epochs"] == 4.0
 
-    # on a GPU the paraphrases (generation) go after the passes; each shrink has its code
+    # on a GPU the passes shrink the same way, with their code
     gpu = recommend(DataStats(rows=2000, mean_tokens=300, max_tokens=600, mean_answer_tokens=150), "default",
                     hardware=GPU, time_budget_s=60)
-    codes = {w["code"] for w in gpu.warning_codes}
-    assert {"warn.budget_epochs", "warn.budget_paraphrases"} <= codes
-    assert gpu.reason_codes["augment_paraphrases"]["code"] == "rec.augment_paraphrases.budget"
+    assert "warn.budget_epochs" in {w["code"] for w in gpu.warning_codes}
+    assert gpu.reason_codes["num_epochs"]["code"] == "rec.num_epochs.budget"
 
     # a budget nothing fits: the shortest schedule, and a warning with the real time
     hopeless = recommend(DataStats(rows=20000, mean_tokens=300, max_tokens=900), "default",
@@ -500,7 +507,7 @@ def test_every_emitted_code_exists_in_both_languages_with_all_its_params():
     # the sweep reaches the codes that matter most
     assert {"rec.num_epochs.full", "rec.num_epochs.quick", "rec.num_epochs.budget", "rec.num_epochs.small",
             "rec.num_epochs.big", "rec.num_epochs.style", "warn.quick", "warn.budget_epochs",
-            "warn.budget_paraphrases", "warn.budget_unmet", "warn.long_cpu_run", "warn.few_rows",
+            "warn.budget_unmet", "warn.long_cpu_run", "warn.few_rows",
             "warn.gpu_does_not_fit", "warn.cpu_speed_unknown", "estimate.quick_cost", "estimate.quick_same",
             "estimate.full_gain", "rec.gradient_checkpointing.auto_ckpt", "rec.gradient_checkpointing.auto_full",
             "rec.augment_turns.on", "rec.dtype.fp32_cpu", "rec.dtype.fp16_gpu", "rec.augment_contrast.on",

@@ -10,7 +10,8 @@ Sources, measured on the real default model (docs/QUALITY.md, bench/quality/swee
   trained as a question of its own, so the fact is found without the conversation before it.
 * base-model paraphrases (`augment_paraphrases` = n): the base model rewrites each question n ways;
   rewrites that are not a question, copy the original, switch language or have an odd length are
-  dropped. Costs generation time, so the recommender turns it on where generation is cheap (GPU). On a
+  dropped. Costs generation time; the recommender leaves it off since session 14 (with the questions in the
+  loss it taught no more facts and cost general answers, docs/QUALITY.md). On a
   CPU that runs the base in llama.cpp the rewrites come from it, as the replay answers do (`generation.py`).
 
 Everything generated is written to `<output_dir>/augmented.jsonl` so the user can read it.

@@ -597,10 +597,11 @@ def recommend(rows_or_stats: Any, base: str = "default", task: str = "qa", hardw
     s["lr_scheduler"] = "linear"
     s["warmup_ratio"] = 0.05
     s["weight_decay"] = 0.0
-    # Same-fact pairs cost nothing but tokens; base-model paraphrases cost generation time, so they are
-    # on where generation is cheap (a GPU).
+    # Same-fact pairs cost nothing but tokens. Base-model paraphrases are off on every device since session 14:
+    # with the questions in the loss they added no facts on the demo file and cost 2.1 ± 0.4 of 24 general
+    # answers (GPU, 10 paired seeds; without the questions in the loss they added none either, session 13).
     s["augment_same_fact"] = bool(facts_task and rows <= 5000)
-    s["augment_paraphrases"] = 2 if (facts_task and on_gpu and rows <= 2000) else 0
+    s["augment_paraphrases"] = 0
     s["augment_turns"] = bool(facts_task and multi_turn)
     # Neighbouring facts asked in one question, each part answered by its own row: +8.3 of 75 on the hard
     # held-out set over 8 seeds (docs/QUALITY.md), at the full rate (see CONTRAST_MIN_ROWS).
@@ -695,7 +696,7 @@ def recommend(rows_or_stats: Any, base: str = "default", task: str = "qa", hardw
         # questions for a quarter to a third more tokens, session 11; the demo file's 4th +4.7 of 75 for a third
         # more, session 12); then the contrastive pairs (+8 of 75 harder for +29 %, session 4; but a third pass
         # taught more per minute: +10 of 80 reworded facts for +50 %); then the passes (down to two), the
-        # paraphrases (generation time), the last pass.
+        # last pass.
         while estimate["seconds"] > budget and s["num_epochs"] > 3:
             s["num_epochs"] = float(math.ceil(s["num_epochs"]) - 1)
             estimate = estimate_of(s)
@@ -704,9 +705,6 @@ def recommend(rows_or_stats: Any, base: str = "default", task: str = "qa", hardw
             estimate = estimate_of(s)
         while estimate["seconds"] > budget and s["num_epochs"] > 2:
             s["num_epochs"] = float(math.ceil(s["num_epochs"]) - 1)
-            estimate = estimate_of(s)
-        while estimate["seconds"] > budget and s["augment_paraphrases"] > 0:
-            s["augment_paraphrases"] -= 1
             estimate = estimate_of(s)
         while estimate["seconds"] > budget and s["num_epochs"] > 1:
             s["num_epochs"] = float(math.ceil(s["num_epochs"]) - 1)
@@ -724,9 +722,6 @@ def recommend(rows_or_stats: Any, base: str = "default", task: str = "qa", hardw
             if "num_epochs" in shrunk:
                 warnings.append(_code("warn.budget_epochs", epochs=_num(s["num_epochs"]),
                                       full_epochs=_num(before["num_epochs"]), budget_minutes=budget_minutes))
-            if "augment_paraphrases" in shrunk:
-                warnings.append(_code("warn.budget_paraphrases", n=s["augment_paraphrases"],
-                                      full=before["augment_paraphrases"], budget_minutes=budget_minutes))
         if estimate["seconds"] > budget:
             warnings.append(_code("warn.budget_unmet", minutes=_minutes(estimate["seconds"]),
                                   budget_minutes=budget_minutes))
@@ -792,20 +787,14 @@ def recommend(rows_or_stats: Any, base: str = "default", task: str = "qa", hardw
     else:
         r["augment_contrast"] = _code("rec.augment_contrast.off_few", rows=rows, questions=contrast_questions,
                                       min_rows=CONTRAST_MIN_ROWS)
-    n_para = s["augment_paraphrases"]
     para_minutes = _minutes(max(0, estimate_of({**s, "augment_paraphrases": 2})["seconds"]
                                 - estimate_of({**s, "augment_paraphrases": 0})["seconds"]))
-    if "augment_paraphrases" in shrunk:
-        r["augment_paraphrases"] = _code("rec.augment_paraphrases.budget", n=n_para,
-                                         full=full["augment_paraphrases"], budget_minutes=shrunk["budget_minutes"])
-    elif n_para:
-        r["augment_paraphrases"] = _code("rec.augment_paraphrases.on", n=n_para, rows=rows, minutes=para_minutes)
-    elif not facts_task:
+    if not facts_task:
         r["augment_paraphrases"] = _code("rec.augment_paraphrases.off_style")
     elif rows > 2000:
         r["augment_paraphrases"] = _code("rec.augment_paraphrases.off_big", rows=rows)
     else:
-        r["augment_paraphrases"] = _code("rec.augment_paraphrases.off_cpu", minutes=para_minutes)
+        r["augment_paraphrases"] = _code("rec.augment_paraphrases.off_measured", minutes=para_minutes)
     if s["augment_turns"]:
         r["augment_turns"] = _code("rec.augment_turns.on", rows=rows, turns=_num(round(stats.turns, 1)))
     elif not multi_turn:
