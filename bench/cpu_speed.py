@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import functools
 import json
 import os
 import statistics
@@ -144,6 +145,14 @@ def _tokenizer_dir() -> Path | None:
     return d if (d / "tokenizer.json").exists() else None
 
 
+@functools.lru_cache(maxsize=1)
+def _tokenizer(tok_dir: str):
+    """The default model's tokenizer, loaded once for every row set (`ab` builds one per row lever)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tok_dir)
+
+
 def real_examples(path: str | None = None, key_weight: int = 1, question_weight: float = 0.0):
     """The tokenized examples of yunzhan_train.jsonl with the default model's chat template, or None;
     `key_weight`/`question_weight` as the trainer's `key_token_weight`/`question_loss_weight`."""
@@ -151,12 +160,10 @@ def real_examples(path: str | None = None, key_weight: int = 1, question_weight:
     data = Path(path) if path else next((p for p in DATA_CANDIDATES if p.exists()), None)
     if tok_dir is None or data is None:
         return None
-    from transformers import AutoTokenizer
-
     from lorastudio.data import validate
     from lorastudio.train.tokenize import KeyTokens, encode_conversation
 
-    tok = AutoTokenizer.from_pretrained(str(tok_dir))
+    tok = _tokenizer(str(tok_dir))
     keys = KeyTokens(tok, key_weight) if key_weight > 1 else None
     return [encode_conversation(getattr(c, "messages", c), tok, key_tokens=keys, question_weight=question_weight)
             for c in validate(str(data)).conversations]

@@ -1003,11 +1003,11 @@ def _estimate(s: Mapping[str, Any], stats: DataStats, hw: Hardware, size: float,
     if s.get("max_steps"):  # the run stops there
         tokens = min(tokens, int(s["max_steps"]) * int(s.get("batch_tokens") or 4096))
     train_s = tokens / train_tps
-    if not cuda and float(s.get("question_loss_weight") or 0.0) > 0:
-        cost = QUESTION_TARGET_COST["bf16" if hw.bf16 else "fp32"]
-        train_s *= 1.0 + cost * question_tokens / max(1.0, stats.mean_tokens)
     if cuda:
         train_s = max(train_s, tokens / max(1, int(s.get("batch_tokens") or 4096)) * GPU_SECONDS_PER_STEP)
+    elif float(s.get("question_loss_weight") or 0.0) > 0:
+        cost = QUESTION_TARGET_COST["bf16" if hw.bf16 else "fp32"]
+        train_s *= 1.0 + cost * question_tokens / max(1.0, stats.mean_tokens)
     passes = max(1, math.ceil(epochs))
     eval_s = (rows * val_fraction * stats.mean_tokens * passes) / train_tps * EVAL_COST_RATIO
     weights_gb = size * 2

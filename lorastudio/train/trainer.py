@@ -149,8 +149,10 @@ class Trainer:
     def run(self, checkpoint: Path | None = None) -> TrainResult:
         with self.stop.installed():
             self.setup(checkpoint)
-            steps, early_stopped = self.fit()
-            kernels.release_ce_buffers()  # the CPU loss's kept buffers (~0.5 GB): no longer needed
+            try:
+                steps, early_stopped = self.fit()
+            finally:
+                kernels.release_ce_buffers()  # the CPU loss's kept buffers (~0.5 GB), also after a stop or error
             return self.save(steps, early_stopped)
 
     # -- setup ---------------------------------------------------------------------------------
