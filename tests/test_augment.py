@@ -533,3 +533,55 @@ def test_contrast_pairs_use_every_turn_of_multi_turn_rows():
     # the single-turn file is unchanged: its rows are its questions
     single = _refund_rows()
     assert question_turns(single) == single
+
+
+def test_clause_led_moves_a_later_clause_to_the_front_and_keeps_every_clause():
+    from lorastudio.train.augment import answer_clauses, clause_led
+
+    answer = "退款审核通过后原路退回，3个工作日内到账；如果选择退到云栈钱包，2小时内到账。"
+    assert answer_clauses(answer) == ["退款审核通过后原路退回，3个工作日内到账；", "如果选择退到云栈钱包，2小时内到账。"]
+    assert clause_led(answer, 0) == "如果选择退到云栈钱包，2小时内到账。退款审核通过后原路退回，3个工作日内到账。"
+    three = "一线客服可直接发放50元以内的优惠券；50-200元需组长审批；超过200元需主管审批。"
+    led = {clause_led(three, k) for k in range(4)}
+    assert led == {"50-200元需组长审批；一线客服可直接发放50元以内的优惠券；超过200元需主管审批。",
+                   "超过200元需主管审批。一线客服可直接发放50元以内的优惠券；50-200元需组长审批。"}
+    for text in led:  # nothing lost, nothing added
+        assert sorted(text.replace("；", "。").rstrip("。").split("。")) == sorted(
+            three.replace("；", "。").rstrip("。").split("。"))
+    en = "You earn 1 point per $1 spent. Summit members earn double, 2 points per $1. Points expire after 18 months."
+    assert clause_led(en, 1) == ("Points expire after 18 months. You earn 1 point per $1 spent. "
+                                 "Summit members earn double, 2 points per $1.")
+    assert clause_led("Costs $1.50 per unit. Ships in 2 days.", 0) == "Ships in 2 days. Costs $1.50 per unit."
+
+
+def test_clause_led_leaves_what_cannot_lead():
+    from lorastudio.train.augment import clause_led
+
+    for answer in ("工单超过48小时未处理，系统会自动升级到二线护航组。",  # one clause
+                   "满意度评分≥3分才能关单；否则工单自动重开并转质检组复核。",  # leans on the clause before
+                   "Free shipping over $75. It takes 4 business days.",
+                   "Yes, you're covered! Ridge members have 60 days to return items.",  # a verdict opens it
+                   "有。价保期15天，降价差额退回云栈钱包；秒杀价不参与价保。",
+                   "P0要求10分钟响应；P1同。"):  # too short to stand alone
+        assert clause_led(answer, 0) == answer
+
+
+def test_same_fact_pairs_lead_with_each_clause_in_turn_only_when_asked():
+    convs = [qa("退款多久到账？", "原路退回3个工作日内到账；退到云栈钱包2小时内到账；超时可找人工客服催办。", row=1),
+             qa("退款几天能到？", "退款原路退回3个工作日内到账；退到云栈钱包2小时内到账；超时可找人工客服催办。", row=2)]
+    plain = same_fact_pairs(convs, cycle=3)
+    led = same_fact_pairs(convs, cycle=3, clause_lead=True)
+    # one sibling each: the plain pair trains every pass, the led one is a row per pass: the same rows trained
+    assert all(p.rotation is None for p in plain) and sorted(p.rotation for p in led) == [(e, 3) for e in (0, 0, 1, 1,
+                                                                                                           2, 2)]
+    assert sorted(p.messages[-2].content for p in plain * 3) == sorted(p.messages[-2].content for p in led)
+    assert all(p.messages[-1].content.startswith(("原路", "退款")) for p in plain)
+    openings = {p.row: [] for p in led}
+    for p in sorted(led, key=lambda p: p.rotation):
+        openings[p.row].append(p.messages[-1].content[:4])
+    for firsts in openings.values():  # the two later clauses lead in turn, pass after pass
+        assert set(firsts) == {"退到云栈", "超时可找"} and firsts[0] != firsts[1] and firsts[0] == firsts[2]
+    cfg = TrainConfig(augment_same_fact=True, augment_clause_lead=True, augment_per_epoch=True, num_epochs=3)
+    rows = augment_conversations(convs, cfg=cfg)[len(convs):]
+    assert [r.messages[-1].content for r in rows] == [p.messages[-1].content for p in led]
+    assert TrainConfig().augment_clause_lead is False

@@ -216,6 +216,12 @@ MIXES.update({  # session 14: the questions' tokens in the loss at 0.3 (the defa
     "qw100": {"question_loss_weight": 1.0},
     "qw50": {"question_loss_weight": 0.5},
 })
+MIXES.update({  # session 15: a fact told mid-answer also learnt as an answer's opening (no tokens added):
+    # the same-fact pairs' borrowed answers lead with a later clause; or the first 4 tokens of every clause key tokens
+    "cl": {"augment_clause_lead": True},
+    "kc4": {"env": {"LORASTUDIO_KEY_CLAUSE_TOKENS": "4"}},
+    "cl_kc4": {"augment_clause_lead": True, "env": {"LORASTUDIO_KEY_CLAUSE_TOKENS": "4"}},
+})
 for _name, _settings in MIXES.items():
     RECIPES[_name] = _settings
     for _seed in range(1, 30):
