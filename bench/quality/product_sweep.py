@@ -221,6 +221,7 @@ MIXES.update({  # session 15: a fact told mid-answer also learnt as an answer's 
     "cl": {"augment_clause_lead": True},
     "kc4": {"env": {"LORASTUDIO_KEY_CLAUSE_TOKENS": "4"}},
     "cl_kc4": {"augment_clause_lead": True, "env": {"LORASTUDIO_KEY_CLAUSE_TOKENS": "4"}},
+    "kc8": {"env": {"LORASTUDIO_KEY_CLAUSE_TOKENS": "8"}},
 })
 for _name, _settings in MIXES.items():
     RECIPES[_name] = _settings
