@@ -474,7 +474,8 @@ def kernels_cmd(a) -> None:
     rows = []
     print(f"# {cpu_class()}; torch {torch.__version__}; {a.threads} threads; m = {a.m} rows; "
           f"{a.rounds} rounds A B A B …, median; load {os.getloadavg()[0]:.1f}")
-    print(f"{'product':40s} {'fp32 ms':>8s} {'int8 ms':>8s} {'ratio':>6s} {'raw int8':>8s} {'fp32 GF/s':>9s} {'rel.err':>7s}")
+    print(f"{'product':40s} {'fp32 ms':>8s} {'int8 ms':>8s} {'ratio':>6s} {'raw int8':>8s} {'bf16 ms':>8s} "
+          f"{'fp32 GF/s':>9s} {'rel.err':>7s}")
     for name, (n, k) in KERNEL_SHAPES.items():
         if a.only and a.only not in name:
             continue
@@ -488,8 +489,10 @@ def kernels_cmd(a) -> None:
             cpu_int8._LAST = None  # no reuse between calls
             return cpu_int8.qmm(cpu_int8.prepare(x, x), packed, lambda idx: w.index_select(1, idx))
 
+        xb, wb = x.bfloat16(), w.bfloat16()  # bf16 as the trainer runs it where the CPU has bf16 (and where not)
         fns = {"fp32": lambda x=x, w=w: x @ w.t(), "int8": int8,
-               "raw": lambda x=x, packed=packed: torch.ops.quantized.linear_dynamic(x, packed, cpu_int8.reduce_range())}
+               "raw": lambda x=x, packed=packed: torch.ops.quantized.linear_dynamic(x, packed, cpu_int8.reduce_range()),
+               "bf16": lambda xb=xb, wb=wb: xb @ wb.t()}
         times: dict[str, list[float]] = {key: [] for key in fns}
         for f in fns.values():
             f()
@@ -503,11 +506,12 @@ def kernels_cmd(a) -> None:
         err = float((fns["int8"]() - ref).norm() / ref.norm())
         row = {"product": name, "m": m, "n": n, "k": k, "fp32_ms": round(med["fp32"] * 1e3, 2),
                "int8_ms": round(med["int8"] * 1e3, 2), "raw_int8_ms": round(med["raw"] * 1e3, 2),
+               "bf16_ms": round(med["bf16"] * 1e3, 2),
                "ratio": round(med["fp32"] / med["int8"], 2), "rel_err": round(err, 4),
                "fp32_gflops": round(2 * m * n * k / med["fp32"] / 1e9, 1)}
         rows.append(row)
         print(f"{name:40s} {row['fp32_ms']:8.1f} {row['int8_ms']:8.1f} {row['ratio']:6.2f} {row['raw_int8_ms']:8.1f} "
-              f"{row['fp32_gflops']:9.1f} {row['rel_err']:7.4f}", flush=True)
+              f"{row['bf16_ms']:8.1f} {row['fp32_gflops']:9.1f} {row['rel_err']:7.4f}", flush=True)
     if a.out:
         Path(a.out).write_text(json.dumps({"cpu": cpu_class(), "torch": torch.__version__, "rows": rows}, indent=1))
 

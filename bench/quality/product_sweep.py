@@ -222,6 +222,7 @@ MIXES.update({  # session 15: a fact told mid-answer also learnt as an answer's 
     "kc4": {"env": {"LORASTUDIO_KEY_CLAUSE_TOKENS": "4"}},
     "cl_kc4": {"augment_clause_lead": True, "env": {"LORASTUDIO_KEY_CLAUSE_TOKENS": "4"}},
     "kc8": {"env": {"LORASTUDIO_KEY_CLAUSE_TOKENS": "8"}},
+    "cld": {"augment_clause_lead": True, "env": {"LORASTUDIO_CLAUSE_LEAD_DIGITS": "1"}},  # only clauses with a number
 })
 for _name, _settings in MIXES.items():
     RECIPES[_name] = _settings

@@ -180,6 +180,7 @@ _LEANS_BACK = re.compile(r"^\s*([(（]|否则|同时|另外|此外|对比|相比
                          r"it|its|they|their|them|he|she|both|either|which|in contrast|after that|finally|instead)\b)",
                          re.IGNORECASE)
 _MIN_CLAUSE_CHARS = 6
+_CLAUSE_LEAD_DIGITS = os.environ.get("LORASTUDIO_CLAUSE_LEAD_DIGITS") == "1"  # measured variant: number clauses only
 _VERDICT_CLAUSE = re.compile(r"^\s*([^\sA-Za-z]{1,4}[。！？]|(yes|no|sure|not|correct|right)\b)", re.IGNORECASE)
 
 
@@ -199,7 +200,8 @@ def clause_led(answer: str, pick: int) -> str:
     if _VERDICT_CLAUSE.match(clauses[0]):  # "Yes, you're covered!" answers its own question only: stays first
         return answer
     movable = [i for i in range(1, len(clauses))
-               if len(clauses[i].strip()) >= _MIN_CLAUSE_CHARS and not _LEANS_BACK.match(clauses[i])]
+               if len(clauses[i].strip()) >= _MIN_CLAUSE_CHARS and not _LEANS_BACK.match(clauses[i])
+               and (not _CLAUSE_LEAD_DIGITS or any(ch.isdigit() for ch in clauses[i]))]
     if not movable:
         return answer
     i = movable[pick % len(movable)]
