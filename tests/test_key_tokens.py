@@ -189,21 +189,3 @@ def test_training_with_question_tokens_changes_what_is_learnt(tmp_path, small_mo
     for bad in (-0.1, 1.5):
         with pytest.raises(ValueError, match="question_loss_weight"):
             TrainConfig(question_loss_weight=bad)
-
-
-def test_key_clause_tokens_weight_each_clause_opening_when_set(small_model_dir, monkeypatch):
-    from transformers import AutoTokenizer
-
-    from lorastudio.train import tokenize
-
-    tokenizer = AutoTokenizer.from_pretrained(small_model_dir)
-    keys = KeyTokens(tokenizer, 2)
-    ids = tokenizer.encode("原路退回要三个工作日到账；如果选择退到云栈钱包，两小时内到账。")
-    assert tokenize.KEY_CLAUSE_TOKENS == 0  # off unless set
-    off = keys.repeats(ids)
-    monkeypatch.setattr(tokenize, "KEY_CLAUSE_TOKENS", 3)
-    on = keys.repeats(ids)
-    mark = next(i for i in range(len(ids)) if tokenizer.decode(ids[:i + 1]).endswith("；"))
-    assert mark + 3 < len(ids) and mark >= KEY_OPENING_TOKENS
-    assert [i for i in range(len(ids)) if on[i] != off[i]] == [i for i in range(mark + 1, mark + 4) if off[i] == 1]
-    assert all(on[i] == 2 for i in range(mark + 1, mark + 4))

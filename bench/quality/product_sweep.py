@@ -216,14 +216,10 @@ MIXES.update({  # session 14: the questions' tokens in the loss at 0.3 (the defa
     "qw100": {"question_loss_weight": 1.0},
     "qw50": {"question_loss_weight": 0.5},
 })
-MIXES.update({  # session 15: a fact told mid-answer also learnt as an answer's opening (no tokens added):
-    # the same-fact pairs' borrowed answers lead with a later clause; or the first 4 tokens of every clause key tokens
-    "cl": {"augment_clause_lead": True},
-    "kc4": {"env": {"LORASTUDIO_KEY_CLAUSE_TOKENS": "4"}},
-    "cl_kc4": {"augment_clause_lead": True, "env": {"LORASTUDIO_KEY_CLAUSE_TOKENS": "4"}},
-    "kc8": {"env": {"LORASTUDIO_KEY_CLAUSE_TOKENS": "8"}},
-    "cld": {"augment_clause_lead": True, "env": {"LORASTUDIO_CLAUSE_LEAD_DIGITS": "1"}},  # only clauses with a number
-})
+# Session 15 (rejected, code removed; results/product_sweep19*): "cl" = same-fact pairs whose borrowed answer leads
+# with a later clause (setting `augment_clause_lead`), "cld" = the same with number-bearing clauses only (env
+# LORASTUDIO_CLAUSE_LEAD_DIGITS=1), "kc4"/"kc8" = the first 4/8 tokens after every clause mark key tokens too (env
+# LORASTUDIO_KEY_CLAUSE_TOKENS), "cl_kc4" both: ran at commits a25f660 (cl, kc4, cl_kc4, kc8) and a3fabb3 (cld).
 for _name, _settings in MIXES.items():
     RECIPES[_name] = _settings
     for _seed in range(1, 30):

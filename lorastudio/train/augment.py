@@ -172,55 +172,12 @@ def standalone_turns(conversations: Sequence[Conversation]) -> list[Conversation
     return out
 
 
-# A clause of an answer ends at a full stop or semicolon ("。", "；", "; ", ". " before a capital, ...).
-_CLAUSE_END = re.compile(r"(?<=[。；！？;])|(?<=[.!?])(?=\s+[A-Z\d\"“(])")
-# A clause that leans on the one before it ("否则…", "同时…", "It …", "Otherwise …") cannot lead an answer.
-_LEANS_BACK = re.compile(r"^\s*([(（]|否则|同时|另外|此外|对比|相比|但|不过|而|并|且|也|还|则|因此|所以|这|那|其|它|该|此|上述|以上|即|"
-                         r"然后|之后|接着|再|最后|其次|(otherwise|also|however|but|and|so|then|this|that|these|those|"
-                         r"it|its|they|their|them|he|she|both|either|which|in contrast|after that|finally|instead)\b)",
-                         re.IGNORECASE)
-_MIN_CLAUSE_CHARS = 6
-_CLAUSE_LEAD_DIGITS = os.environ.get("LORASTUDIO_CLAUSE_LEAD_DIGITS") == "1"  # measured variant: number clauses only
-_VERDICT_CLAUSE = re.compile(r"^\s*([^\sA-Za-z]{1,4}[。！？]|(yes|no|sure|not|correct|right)\b)", re.IGNORECASE)
-
-
-def answer_clauses(answer: str) -> list[str]:
-    """An answer cut into its clauses, each with its closing mark and the space after it."""
-    return [c for c in _CLAUSE_END.split(answer) if c]
-
-
-def clause_led(answer: str, pick: int) -> str:
-    """The answer with one of its later clauses moved to the front (`augment_clause_lead`), or unchanged.
-
-    A fact stated mid-answer ("…3个工作日内到账；退到云栈钱包的，2小时内到账。") is otherwise learnt only as
-    the continuation of its first clause, so a question about that part alone does not reach it. Clauses
-    that lean on the one before them are never moved; `pick` chooses among the movable ones (modulo).
-    """
-    clauses = answer_clauses(answer)
-    if _VERDICT_CLAUSE.match(clauses[0]):  # "Yes, you're covered!" answers its own question only: stays first
-        return answer
-    movable = [i for i in range(1, len(clauses))
-               if len(clauses[i].strip()) >= _MIN_CLAUSE_CHARS and not _LEANS_BACK.match(clauses[i])
-               and (not _CLAUSE_LEAD_DIGITS or any(ch.isdigit() for ch in clauses[i]))]
-    if not movable:
-        return answer
-    i = movable[pick % len(movable)]
-    cjk = bool(_CJK.search(answer))
-    order = [clauses[i].strip()] + [c.strip() for k, c in enumerate(clauses) if k != i]
-    if order[0][-1] not in "。；！？;.!?":  # the last clause, unmarked, leads now
-        order[0] += "；" if cjk else ";"
-    if order[-1][-1] in "；;":  # a middle clause closes the answer now: it takes the answer's end
-        order[-1] = order[-1][:-1] + (answer.rstrip()[-1] if answer.rstrip()[-1] in "。！？.!?" else "")
-    return ("" if cjk else " ").join(order)
-
-
 def same_fact_pairs(conversations: Sequence[Conversation], per_row: int = 1, seed: int = 0,
-                    cycle: int = 1, clause_lead: bool = False) -> list[Conversation]:
+                    cycle: int = 1) -> list[Conversation]:
     """Each single-turn question paired with the answer(s) of other rows of the same fact.
 
     `cycle` > 1: a different sibling's answer for each of `cycle` epochs (rows carry `rotation`), as far
-    as the fact has siblings; a question with one sibling keeps that one pair every epoch. `clause_lead`:
-    the borrowed answer leads with one of its later clauses (`clause_led`), a different one each epoch.
+    as the fact has siblings; a question with one sibling keeps that one pair every epoch.
     """
     convs = list(conversations)
     single = [i for i, c in enumerate(convs) if _single_turn(c)]
@@ -232,17 +189,11 @@ def same_fact_pairs(conversations: Sequence[Conversation], per_row: int = 1, see
         if cycle > 1 and len(others) > per_row:
             picks = rng.sample(others, len(others))
             chosen = [(picks[(e * per_row + p) % len(picks)], (e, cycle)) for e in range(cycle) for p in range(per_row)]
-        elif cycle > 1 and clause_lead:  # the same sibling(s) every pass, each pass leading with another clause
-            chosen = [(j, (e, cycle)) for j in rng.sample(others, min(per_row, len(others))) for e in range(cycle)]
         else:
             chosen = [(j, None) for j in rng.sample(others, min(per_row, len(others)))]
-        offset = rng.randrange(1 << 16) if clause_lead else 0  # the epochs then take the clauses in turn
         for j, rotation in chosen:
             messages = [Message(m.role, m.content) for m in convs[i].messages[:-1]]
-            answer = strip_verdict(convs[j].messages[-1].content)
-            if clause_lead:
-                answer = clause_led(answer, offset + (rotation[0] if rotation else 0))
-            messages.append(Message("assistant", answer))
+            messages.append(Message("assistant", strip_verdict(convs[j].messages[-1].content)))
             out.append(Conversation(messages, row=convs[i].row, rotation=rotation))
     return out
 
@@ -574,9 +525,7 @@ def augment_conversations(conversations: Sequence[Conversation], *, model: Any =
     if getattr(cfg, "augment_same_fact", False):
         # the standalone turns join the pool: a fact told in a follow-up also pairs with its other askings
         pool = conversations + [c for source, c in added if source == "turn"]
-        added += [("same_fact", c) for c in same_fact_pairs(pool, seed=seed, cycle=epoch_cycle(cfg),
-                                                            clause_lead=bool(getattr(cfg, "augment_clause_lead",
-                                                                                     False)))]
+        added += [("same_fact", c) for c in same_fact_pairs(pool, seed=seed, cycle=epoch_cycle(cfg))]
     if getattr(cfg, "augment_contrast", False):
         added += [("contrast", c) for c in contrast_pairs(conversations, seed=seed, cycle=epoch_cycle(cfg),
                                                           passes=int(getattr(cfg, "contrast_passes", 0) or 0),
@@ -614,6 +563,6 @@ def write_augmented(path: Path, rows: list[tuple[str, Conversation]]) -> None:
     tmp.replace(path)
 
 
-__all__ = ["answer_clauses", "applied_cases", "augment_conversations", "case_variants", "clause_led", "contrast_pairs", "contrast_plan", "epoch_cycle",
+__all__ = ["applied_cases", "augment_conversations", "case_variants", "contrast_pairs", "contrast_plan", "epoch_cycle",
            "fact_groups", "is_good_paraphrase", "neighbour_facts", "paraphrase_questions", "parse_paraphrases",
            "question_turns", "rule_cases", "same_fact_pairs", "standalone_turns", "strip_verdict"]

@@ -134,10 +134,6 @@ class TrainConfig:
     augment_same_fact: bool = _resume(False)
     """Also train each question with the answer of another row stating the same fact (found by answer
     similarity; no generation). Added by the quality work (lorastudio/train/augment.py, docs/QUALITY.md)."""
-    augment_clause_lead: bool = _resume(False)
-    """Same-fact pairs: the borrowed answer leads with one of its later clauses, another each pass ("退到云栈钱包，
-    2小时内到账；原路退回…"), so a fact told mid-answer is also learnt as an answer's opening (no tokens added;
-    needs augment_same_fact)."""
     augment_turns: bool = _resume(False)
     """Multi-turn rows: also train each later turn as a question of its own (system message kept), so a
     fact stated in turn 3 is found by a question asked without that conversation before it."""

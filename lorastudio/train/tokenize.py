@@ -14,7 +14,6 @@ System-prompt rule (deliberate, used for training and inference alike):
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -144,9 +143,6 @@ class Example:
 
 KEY_OPENING_TOKENS = 8
 """With key-token weighting: the first this many tokens of every answer count as key tokens."""
-KEY_CLAUSE_TOKENS = int(os.environ.get("LORASTUDIO_KEY_CLAUSE_TOKENS", "0"))
-"""Measured lever (session 15, off): also the first this many tokens after each clause mark of an answer."""
-_CLAUSE_MARKS = frozenset("。；！？;.!?")
 
 
 class KeyTokens:
@@ -166,19 +162,9 @@ class KeyTokens:
             known = self._digit[token_id] = any("0" <= ch <= "9" for ch in text)
         return known
 
-    def ends_clause(self, ids: Sequence[int], i: int) -> bool:
-        """Token i completes a clause mark (a mark split into byte tokens completes at its last one)."""
-        text = self.tokenizer.decode(list(ids[max(0, i - 3):i + 1]))
-        return bool(text) and text[-1] in _CLAUSE_MARKS
-
     def repeats(self, ids: Sequence[int]) -> list[int]:
         """The weight of each token of one answer segment."""
-        out, since_clause = [], KEY_CLAUSE_TOKENS
-        for i, t in enumerate(ids):
-            key = i < KEY_OPENING_TOKENS or since_clause < KEY_CLAUSE_TOKENS or self.has_digit(t)
-            out.append(self.weight if key else 1)
-            since_clause = 0 if KEY_CLAUSE_TOKENS and self.ends_clause(ids, i) else since_clause + 1
-        return out
+        return [self.weight if i < KEY_OPENING_TOKENS or self.has_digit(t) else 1 for i, t in enumerate(ids)]
 
 
 def _questions_by_answer(messages: Sequence[Any]) -> list[list[str]]:
