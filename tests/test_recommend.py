@@ -757,3 +757,30 @@ def test_key_tokens_weigh_double_on_fact_data_only_with_their_reason_in_both_lan
     assert "0.3" in on.reasons["question_loss_weight"] and "0.3" in on.reasons_in("zh")["question_loss_weight"]
     assert off.reason_codes["question_loss_weight"]["code"] == "rec.question_loss_weight.off_style"
     TrainConfig(**{k: v for k, v in on.settings.items() if k in TrainConfig.__dataclass_fields__}).validate()
+
+
+def test_the_base_models_own_tokenizer_counts_the_tokens_when_it_is_here(tmp_path, monkeypatch, small_model_dir):
+    from transformers import AutoTokenizer
+
+    from lorastudio.data.types import Conversation, Message
+    from lorastudio.models.loading import local_tokenizer
+
+    monkeypatch.setenv("LORASTUDIO_HOME", str(tmp_path / "home"))  # nothing prepared here
+    rows = [Conversation([Message("user", f"Refund {i}: how long until the money is back?"),
+                          Message("assistant", f"Refunds reach the original card within {i % 5 + 2} business days; "
+                                               "the in-app wallet gets them within two hours.")], row=i + 1)
+            for i in range(40)]
+    hw = {"device": "cpu", "cpu_class": "avx2-fp32", "cpu_cores": 2}
+    for absent in ("default", "tiny-random", str(tmp_path / "no-such.gguf"), "nobody/no-such-model-xyz"):
+        assert local_tokenizer(absent) is None  # nothing built, dequantized or downloaded
+    assert not any((tmp_path / "home" / "models").glob("*"))
+    chars = recommend(rows, base="default", hardware=hw)  # "auto" with no tokenizer here: characters
+    assert chars.estimate == recommend(rows, base="default", hardware=hw, tokenizer=None).estimate
+    exact = recommend(rows, base=small_model_dir, hardware=hw)  # a local model folder: its own tokenizer
+    by_chars = recommend(rows, base=small_model_dir, hardware=hw, tokenizer=None)
+    given = recommend(rows, base=small_model_dir, hardware=hw,
+                      tokenizer=AutoTokenizer.from_pretrained(small_model_dir))
+    assert local_tokenizer(small_model_dir) is not None
+    assert exact.settings == by_chars.settings  # the settings keep the counts they were measured with
+    assert exact.estimate == given.estimate_for(exact.settings)  # the time: the model's own tokens
+    assert exact.estimate["tokens"] != by_chars.estimate["tokens"]

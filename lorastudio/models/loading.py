@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from lorastudio.models.cache import build_once, is_complete
-from lorastudio.models.default import dequantize_gguf, ensure_default
+from lorastudio.models.default import DEFAULT_NAME, dequantize_gguf, ensure_default
 from lorastudio.models.errors import ModelError
-from lorastudio.models.tiny import ensure_tiny
+from lorastudio.models.tiny import TINY_NAME, ensure_tiny
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
@@ -127,6 +127,39 @@ def load_tokenizer(model_id: str, *, trust_remote_code: bool = False):
         raise ModelError(f"{model_id}: could not load its tokenizer from {path} ({error})") from error
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+_LOCAL_TOKENIZERS: dict[str, Any] = {}
+
+
+def local_tokenizer(model_id: str) -> Any:
+    """The model's tokenizer when it is on this machine already, else None: nothing is built, dequantized or
+    downloaded (the recommender counts the data's tokens with it instead of estimating them from characters).
+
+    ``default`` / ``tiny-random``: their cache folders once prepared; a local model folder: itself; a hub id:
+    the Hugging Face cache only (``local_files_only``); a .gguf file: None (its tokenizer needs the file read).
+    """
+    model_id = str(model_id or "").strip()
+    from lorastudio.models.cache import models_dir
+
+    if model_id in (DEFAULT_NAME, TINY_NAME):
+        source: str | None = str(models_dir() / model_id) if is_complete(models_dir() / model_id) else None
+    elif Path(model_id).expanduser().is_dir():
+        source = str(Path(model_id).expanduser())
+    else:
+        source = model_id if _HUB_ID.match(model_id) else None
+    if source is None:
+        return None
+    if source in _LOCAL_TOKENIZERS:
+        return _LOCAL_TOKENIZERS[source]
+    try:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+    except Exception:  # noqa: BLE001 - absent, partial or unreadable: the character estimate stands in
+        return None
+    _LOCAL_TOKENIZERS[source] = tokenizer  # only a found one is kept: a model prepared later is found then
     return tokenizer
 
 
