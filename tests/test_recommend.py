@@ -784,3 +784,10 @@ def test_the_base_models_own_tokenizer_counts_the_tokens_when_it_is_here(tmp_pat
     assert exact.settings == by_chars.settings  # the settings keep the counts they were measured with
     assert exact.estimate == given.estimate_for(exact.settings)  # the time: the model's own tokens
     assert exact.estimate["tokens"] != by_chars.estimate["tokens"]
+    # a file between the two counts of the "small file" threshold gets the same passes either way
+    plain = {**by_chars.settings, "num_epochs": 1.0, "augment_contrast": False, "augment_paraphrases": 0}
+    a, b = by_chars.estimate_for(plain)["tokens"], given.estimate_for(plain)["tokens"]
+    assert a != b
+    monkeypatch.setitem(recommend.__globals__, "SMALL_EPOCH_TOKENS", (a + b) // 2)
+    assert recommend(rows, base=small_model_dir, hardware=hw).settings == recommend(
+        rows, base=small_model_dir, hardware=hw, tokenizer=None).settings

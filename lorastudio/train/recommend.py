@@ -582,7 +582,9 @@ def recommend(rows_or_stats: Any, base: str = "default", task: str = "qa", hardw
         raise ValueError(f"time_budget_s={time_budget_s!r} is invalid: must be > 0 seconds")
     auto = isinstance(tokenizer, str) and tokenizer == "auto"
     stats = DataStats.from_any(rows_or_stats, None if auto else tokenizer)
-    counted = stats  # what the estimate counts: the same stats, or with "auto" the base model's own token counts
+    # What the time estimate counts: the same stats, or with "auto" the base model's own token counts. The settings
+    # (and the "small file" threshold, in SMALL_EPOCH_TOKENS) stay on `stats`, the counts they were measured with.
+    counted = stats
     exact = _local_tokenizer(base) if auto and not isinstance(rows_or_stats, (DataStats, dict, int)) else None
     if exact is not None:
         counted = DataStats.from_any(rows_or_stats, exact)
@@ -638,10 +640,10 @@ def recommend(rows_or_stats: Any, base: str = "default", task: str = "qa", hardw
     # facts, five for a small one; one for big data (early stopping watches it).
     s["num_epochs"] = 3.0 if rows < 5000 else 1.0
     s["augment_per_epoch"] = bool(s["augment_same_fact"] or s["replay_rows"])
-    one_pass = _estimate({**s, "num_epochs": 1.0}, counted, hw, size, 0.0, currency, base)["tokens"]
+    one_pass = _estimate({**s, "num_epochs": 1.0}, stats, hw, size, 0.0, currency, base)["tokens"]
     # "small" is the file's own pass (as measured, before contrastive pairs existed), not what the pairs or a
     # GPU's paraphrases add: the same number of passes on every device
-    plain_pass = _estimate({**s, "num_epochs": 1.0, "augment_contrast": False, "augment_paraphrases": 0}, counted, hw,
+    plain_pass = _estimate({**s, "num_epochs": 1.0, "augment_contrast": False, "augment_paraphrases": 0}, stats, hw,
                            size, 0.0, currency, base)["tokens"]
     small = bool(rows and facts_task and s["num_epochs"] == 3.0 and plain_pass < SMALL_EPOCH_TOKENS)
     four_pass_file = bool(rows and facts_task and not small and s["num_epochs"] == 3.0)
