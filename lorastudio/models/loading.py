@@ -144,7 +144,8 @@ def local_tokenizer(model_id: str) -> Any:
     from lorastudio.models.cache import models_dir
 
     if model_id in (DEFAULT_NAME, TINY_NAME):
-        source: str | None = str(models_dir() / model_id) if is_complete(models_dir() / model_id) else None
+        folder = models_dir() / model_id
+        source: str | None = str(folder) if is_complete(folder) else None
     elif Path(model_id).expanduser().is_dir():
         source = str(Path(model_id).expanduser())
     else:

@@ -390,6 +390,11 @@ class DataStats:
 def _same_fact_share(answers: list[str]) -> float:
     """Share of `answers` that state the same fact as another one (lorastudio.data.facts.fact_groups,
     no model; 10,000 rows well under a second). 1.0 when it cannot be told."""
+    return _same_fact_share_of(tuple(answers))
+
+
+@functools.lru_cache(maxsize=2)  # recommend() counts the same rows twice (characters, then the tokenizer)
+def _same_fact_share_of(answers: tuple[str, ...]) -> float:
     if len(answers) < 2 or len(answers) > 20_000:
         return 1.0 if len(answers) > 20_000 else 0.0
     from collections import Counter
@@ -406,18 +411,13 @@ def _contrast_stats(rows: list[list[tuple[str, str]]], count: Any) -> dict[str, 
     """How many questions get contrastive pairs, how long a pair is, and one example pair: counted with
     `augment.contrast_plan`, the function the trainer builds the pairs from (no model; 150 rows in
     milliseconds)."""
-    from lorastudio.data.types import Conversation, Message
-    from lorastudio.train.augment import contrast_plan
-
     # Above CONTRAST_EXACT_ROWS rows an evenly spaced sample of that many is counted and scaled up (the
     # neighbour search is near-linear but slow in Python: 4999 rows took 5 s, 600 well under one).
     step = max(1.0, len(rows) / CONTRAST_EXACT_ROWS)
     picked = [rows[int(k * step)] for k in range(min(len(rows), CONTRAST_EXACT_ROWS))]
-    convs = [Conversation([Message(role, content) for role, content in messages], row=i + 1)
-             for i, messages in enumerate(picked) if messages]
-    units, candidates = contrast_plan(convs)
+    units, candidates = _contrast_plan_of(tuple(tuple(messages) for messages in picked))
 
-    def tokens(conv: Conversation) -> tuple[int, int]:  # (question + answer, system)
+    def tokens(conv: Any) -> tuple[int, int]:  # (question + answer, system)
         system = sum(count(m.content) + PER_MESSAGE_OVERHEAD for m in conv.messages if m.role == "system")
         qa = sum(count(m.content) + PER_MESSAGE_OVERHEAD for m in conv.messages[-2:])
         return qa, system
@@ -444,6 +444,15 @@ def _contrast_stats(rows: list[list[tuple[str, str]]], count: Any) -> dict[str, 
     return {"contrast_questions": int(round(len(paired) * len(rows) / max(1, len(picked)))),
             "contrast_pair_tokens": sum(pair_tokens) / len(pair_tokens) if pair_tokens else 0.0,
             "contrast_example": example}
+
+
+@functools.lru_cache(maxsize=2)  # recommend() counts the same rows twice (characters, then the tokenizer)
+def _contrast_plan_of(rows: tuple[tuple[tuple[str, str], ...], ...]) -> tuple[list[Any], list[list[int]]]:
+    from lorastudio.data.types import Conversation, Message
+    from lorastudio.train.augment import contrast_plan
+
+    return contrast_plan([Conversation([Message(role, content) for role, content in messages], row=i + 1)
+                          for i, messages in enumerate(rows) if messages])
 
 
 _FOLLOW_UP = re.compile(r"^\s*(那|那么|还有|另外|然后|所以|and\b|so\b|then\b|what about\b)", re.IGNORECASE)
@@ -586,7 +595,11 @@ def recommend(rows_or_stats: Any, base: str = "default", task: str = "qa", hardw
     # What the time estimate counts: the same stats, or with "auto" the base model's own token counts. The settings
     # (and the "small file" threshold, in SMALL_EPOCH_TOKENS) stay on `stats`, the counts they were measured with.
     counted = stats
-    exact = _local_tokenizer(base) if auto and not isinstance(rows_or_stats, (DataStats, dict, int)) else None
+    exact = None
+    if auto and not isinstance(rows_or_stats, (DataStats, Mapping, int)):
+        from lorastudio.models.loading import local_tokenizer
+
+        exact = local_tokenizer(base)  # no torch; transformers only once a tokenizer is found
     if exact is not None:
         counted = DataStats.from_any(rows_or_stats, exact)
     hw = Hardware.from_any(hardware)
@@ -966,14 +979,6 @@ def _gpu_plan(base: str, s: Mapping[str, Any], hw: Hardware, warnings: list[str]
     except MemoryError as error:
         warnings.append(f"does not fit this GPU: {error}")
         return None
-
-
-def _local_tokenizer(base: str) -> Any:
-    try:
-        from lorastudio.models.loading import local_tokenizer
-    except ImportError:  # no transformers: characters
-        return None
-    return local_tokenizer(base)
 
 
 def _default_model_cached() -> bool:
