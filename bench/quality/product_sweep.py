@@ -220,13 +220,10 @@ MIXES.update({  # session 14: the questions' tokens in the loss at 0.3 (the defa
 # with a later clause (setting `augment_clause_lead`), "cld" = the same with number-bearing clauses only (env
 # LORASTUDIO_CLAUSE_LEAD_DIGITS=1), "kc4"/"kc8" = the first 4/8 tokens after every clause mark key tokens too (env
 # LORASTUDIO_KEY_CLAUSE_TOKENS), "cl_kc4" both: ran at commits a25f660 (cl, kc4, cl_kc4, kc8) and a3fabb3 (cld).
-# Session 16: the same-fact pairs' questions asked inside everyday frames ("客户问：…", "…我该怎么回复？"), all of
-# them (qf100) or half (qf50); qfc frames the contrastive pairs' joined questions too.
-MIXES.update({
-    "qf100": {"question_frames": 1.0},
-    "qf50": {"question_frames": 0.5},
-    "qfc": {"question_frames": 1.0, "env": {"LORASTUDIO_FRAME_CONTRAST": "1"}},
-})
+# Session 16 (rejected, code removed; results/product_sweep20*): the same-fact pairs' questions asked inside
+# everyday frames ("客户问：…", "…我该怎么回复？", "Quick question: …", a frame drawn per pair; setting
+# `question_frames`, the share of pairs framed): all of them (qf100) or half (qf50); qfc framed the contrastive
+# pairs' joined questions too (env LORASTUDIO_FRAME_CONTRAST=1). Ran at commit 71d5212.
 for _name, _settings in MIXES.items():
     RECIPES[_name] = _settings
     for _seed in range(1, 30):

@@ -172,34 +172,17 @@ def standalone_turns(conversations: Sequence[Conversation]) -> list[Conversation
     return out
 
 
-FRAMES_ZH = ("请问，{q}", "客户问：{q}", "我想确认一下，{q}", "有客户在问：{q}我该怎么回复？", "同事问我：{q}",
-             "{q}谢谢！", "急，{q}")
-FRAMES_EN = ("Quick question: {q}", "A customer is asking: {q}", "Can you confirm something? {q}",
-             "A customer asked me this: {q} What should I tell them?", "My colleague wants to know: {q}",
-             "{q} Thanks!", "Hi! {q}")
-"""Everyday frames around a question (`question_frames`): how people wrap the same question in a chat."""
-
-
-def framed(question: str, frame: int) -> str:
-    """The question inside frame number `frame` of its language's `FRAMES_ZH`/`FRAMES_EN`."""
-    frames = FRAMES_ZH if _is_cjk(question) else FRAMES_EN
-    return frames[frame % len(frames)].format(q=_ends_question(question.strip()))
-
-
 def same_fact_pairs(conversations: Sequence[Conversation], per_row: int = 1, seed: int = 0,
-                    cycle: int = 1, frames: float = 0.0) -> list[Conversation]:
+                    cycle: int = 1) -> list[Conversation]:
     """Each single-turn question paired with the answer(s) of other rows of the same fact.
 
     `cycle` > 1: a different sibling's answer for each of `cycle` epochs (rows carry `rotation`), as far
-    as the fact has siblings; a question with one sibling keeps that one pair every epoch. `frames`: the
-    share of pairs (drawn per pair by a generator of its own: the pairs stay the same) whose question is
-    asked inside an everyday frame (`framed`).
+    as the fact has siblings; a question with one sibling keeps that one pair every epoch.
     """
     convs = list(conversations)
     single = [i for i, c in enumerate(convs) if _single_turn(c)]
     groups = fact_groups([convs[i] for i in single])
     rng = random.Random(seed)
-    frame_rng = random.Random(seed + 2)
     out: list[Conversation] = []
     for k, i in enumerate(single):
         others = [single[m] for m in range(len(single)) if m != k and groups[m] == groups[k]]
@@ -210,8 +193,6 @@ def same_fact_pairs(conversations: Sequence[Conversation], per_row: int = 1, see
             chosen = [(j, None) for j in rng.sample(others, min(per_row, len(others)))]
         for j, rotation in chosen:
             messages = [Message(m.role, m.content) for m in convs[i].messages[:-1]]
-            if frames > 0 and frame_rng.random() < frames:
-                messages[-1] = Message("user", framed(messages[-1].content, frame_rng.randrange(len(FRAMES_ZH))))
             messages.append(Message("assistant", strip_verdict(convs[j].messages[-1].content)))
             out.append(Conversation(messages, row=convs[i].row, rotation=rotation))
     return out
@@ -344,7 +325,7 @@ def _joined(conv: Conversation, other: Conversation, joiner: int = 0) -> tuple[s
 
 def contrast_pairs(conversations: Sequence[Conversation], seed: int = 0, cycle: int = 1,
                    k: int = 2, passes: int = 0, random_share: float = 0.0,
-                   joiners: str = "also", frames: float = 0.0) -> list[Conversation]:
+                   joiners: str = "also") -> list[Conversation]:
     """Two neighbouring facts asked in one question, each part answered with its OWN row's answer.
 
     Every other question (the other half in the next epoch) is joined with a question of a neighbouring
@@ -356,13 +337,11 @@ def contrast_pairs(conversations: Sequence[Conversation], seed: int = 0, cycle: 
     per pair) join a question of a fact that is no neighbour instead, so two unrelated facts asked at once
     are answered too. `joiners`: "also" joins every pair with "另外，" / "Also,"; "varied" draws the joiner
     per pair from `JOINERS_ZH`/`JOINERS_EN` (a separate generator: the pairs themselves stay the same).
-    `frames`: the share of pairs whose joined question is asked inside an everyday frame (`framed`).
     Nothing is generated.
     """
     convs, groups, candidates_of = _contrast_plan(conversations, k)
     rng = random.Random(seed)
     joiner_rng = random.Random(seed + 1) if joiners == "varied" else None
-    frame_rng = random.Random(seed + 3)
     out: list[Conversation] = []
     for i, conv in enumerate(convs):
         candidates = list(candidates_of[i])
@@ -380,8 +359,6 @@ def contrast_pairs(conversations: Sequence[Conversation], seed: int = 0, cycle: 
                         j = x
                         break
             question, answer = _joined(conv, convs[j], joiner_rng.randrange(len(JOINERS_ZH)) if joiner_rng else 0)
-            if frames > 0 and frame_rng.random() < frames:
-                question = framed(question, frame_rng.randrange(len(FRAMES_ZH)))
             messages = [Message(m.role, m.content) for m in conv.messages[:-2]]
             messages += [Message("user", question), Message("assistant", answer)]
             out.append(Conversation(messages, row=conv.row, rotation=(epoch, cycle) if cycle > 1 else None))
@@ -548,17 +525,14 @@ def augment_conversations(conversations: Sequence[Conversation], *, model: Any =
     if getattr(cfg, "augment_same_fact", False):
         # the standalone turns join the pool: a fact told in a follow-up also pairs with its other askings
         pool = conversations + [c for source, c in added if source == "turn"]
-        added += [("same_fact", c) for c in same_fact_pairs(pool, seed=seed, cycle=epoch_cycle(cfg),
-                                                            frames=float(getattr(cfg, "question_frames", 0.0) or 0.0))]
+        added += [("same_fact", c) for c in same_fact_pairs(pool, seed=seed, cycle=epoch_cycle(cfg))]
     if getattr(cfg, "augment_contrast", False):
         added += [("contrast", c) for c in contrast_pairs(conversations, seed=seed, cycle=epoch_cycle(cfg),
                                                           passes=int(getattr(cfg, "contrast_passes", 0) or 0),
                                                           random_share=float(getattr(cfg, "contrast_random", 0.0)
                                                                              or 0.0),
                                                           k=int(getattr(cfg, "contrast_neighbours", 2) or 2),
-                                                          joiners=str(getattr(cfg, "contrast_joiners", "varied")),
-                                                          frames=float(getattr(cfg, "question_frames", 0.0) or 0.0)
-                                                          if os.environ.get("LORASTUDIO_FRAME_CONTRAST") == "1" else 0.0)]
+                                                          joiners=str(getattr(cfg, "contrast_joiners", "varied")))]
     if getattr(cfg, "augment_cases", False):
         added += [("case", c) for c in applied_cases(conversations, seed=seed, cycle=epoch_cycle(cfg))]
     n = int(getattr(cfg, "augment_paraphrases", 0) or 0)

@@ -34,7 +34,7 @@ class ConfigError(ValueError):
 
 _FLOAT_FIELDS = {"lora_dropout", "learning_rate", "lora_plus_ratio", "warmup_ratio", "weight_decay", "num_epochs",
                  "neftune_alpha", "val_fraction", "price_per_hour", "contrast_random",
-                 "question_loss_weight", "question_frames"}
+                 "question_loss_weight"}
 _INT_FIELDS = {"lora_r", "lora_alpha", "max_steps", "batch_tokens", "gradient_accumulation", "max_length",
                "seed", "eval_every", "save_every", "keep_checkpoints", "early_stopping_patience", "augment_paraphrases",
                "replay_rows", "gpus", "contrast_passes", "key_token_weight", "contrast_neighbours"}
@@ -159,10 +159,6 @@ class TrainConfig:
     "…？顺便问下，…？" …; the default since session 10: "two facts at once" questions +1.6 of 13 on the demo
     file, +1.0 on the multi-turn one, general answers unchanged, docs/QUALITY.md) or "also" (always
     "…？另外，…？" / "… Also, …?", sessions 5–9)."""
-    question_frames: float = _resume(0.0)
-    """Share of the same-fact pairs (0–1, drawn per pair) whose question is asked inside an everyday frame
-    ("客户问：…", "…我该怎么回复？", "Quick question: …"), a frame drawn per pair, so the fact is reached from
-    wordings around the question as well as the question's own (no generation; a few tokens a pair)."""
     augment_cases: bool = _resume(False)
     """Also train new cases of the rules the rows state: a case question's amount moved within its rule's
     bounds, and rule questions framed with a concrete amount past their threshold (no generation; runs
@@ -224,7 +220,6 @@ class TrainConfig:
         need(0.0 <= self.question_loss_weight <= 1.0, "question_loss_weight", "must be between 0 and 1 (0 = off)")
         need(self.contrast_passes >= 0, "contrast_passes", "must be ≥ 0 (0 = every pass)")
         need(0.0 <= self.contrast_random <= 1.0, "contrast_random", "must be between 0 and 1 (0 = neighbours only)")
-        need(0.0 <= self.question_frames <= 1.0, "question_frames", "must be between 0 and 1 (0 = off)")
         need(1 <= self.contrast_neighbours <= 8, "contrast_neighbours", "must be 1–8 (2 = the default)")
         need(self.contrast_joiners in ("also", "varied"), "contrast_joiners", 'must be "also" or "varied"')
         need(self.device in ("auto", "cpu", "cuda"), "device", "auto, cpu or cuda")
