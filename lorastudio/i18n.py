@@ -294,11 +294,11 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "记住的知识差不多，但通用问题保住得更少（24 个中 16.7 比 18.7 个）；调低到 0.7 倍则记住的知识更少（80 个中 64 比 70 个）。"),
     "rec.learning_rate.four": (
         "{lr}: the size of each learning step, chosen so a {size}B model takes in the facts of your {rows} rows in "
-        "the {epochs}-pass schedule: 0.8× the rate of shorter schedules ({full_lr}). Over 4 passes the full rate recalled about the same facts (0.75 of 40 more) "
-        "but kept fewer general answers (1.25 of 24 fewer, 12 paired runs on our 150-row demo file); with fewer "
+        "the {epochs}-pass schedule: 0.8× the rate of shorter schedules ({full_lr}). Over 4 passes the full rate recalled about the same facts (0.8 of 40 more) "
+        "but kept fewer general answers (1.7 of 24 fewer, 16 paired runs on our 150-row demo file); with fewer "
         "passes (quick preview, a time limit) the full rate comes back.",
         "{lr}：每一步学习的幅度，按 {size}B 模型在 {epochs} 轮训练内学会这 {rows} 行知识来选，是较短方案（{full_lr}）的 0.8 倍。训练 4 轮时用原来的幅度，"
-        "记住的知识差不多（40 条中多 0.75 条），但通用问题保住得更少（24 个中少 1.25 个，在 150 行示例数据上 12 组对照）；"
+        "记住的知识差不多（40 条中多 0.8 条），但通用问题保住得更少（24 个中少 1.7 个，在 150 行示例数据上 16 组对照）；"
         "轮数变少时（快速预览、时间限制）恢复原来的幅度。"),
     "rec.learning_rate.style": (
         "{lr}: the size of each learning step, chosen so a {size}B model picks up the style of your {rows} rows in "

@@ -224,6 +224,13 @@ MIXES.update({  # session 14: the questions' tokens in the loss at 0.3 (the defa
 # everyday frames ("客户问：…", "…我该怎么回复？", "Quick question: …", a frame drawn per pair; setting
 # `question_frames`, the share of pairs framed): all of them (qf100) or half (qf50); qfc framed the contrastive
 # pairs' joined questions too (env LORASTUDIO_FRAME_CONTRAST=1). Ran at commit 71d5212.
+# Session 16: decoupled weight decay on the LoRA matrices (pulls the adapter back toward the base model where the
+# facts do not push it), at 0.8x and at the full rate.
+MIXES.update({
+    "wd2": {"weight_decay": 2.0},
+    "lr1e-3_wd2": {"learning_rate": 1e-3, "weight_decay": 2.0},
+    "lr1e-3_wd5": {"learning_rate": 1e-3, "weight_decay": 5.0},
+})
 for _name, _settings in MIXES.items():
     RECIPES[_name] = _settings
     for _seed in range(1, 30):
