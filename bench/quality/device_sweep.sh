@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run on the GPU device (the `run` tool), in the repository root, after the default model's GGUF has
-# travelled in parts (docs/QUALITY.md "Recall that generalises"): r.gguf.partNN (`split -b 28m -d -a 2`: a part
-# and the working tree, 34 MiB in session 15, must fit one call's 64 MiB) copied to /tmp/parts by earlier calls, wheels for peft
+# travelled in parts (docs/QUALITY.md "Recall that generalises"): r.gguf.partNN (`split -b 24m -d -a 2`: a part
+# and the working tree, 37 MiB in session 16, must fit one call's 64 MiB) copied to /tmp/parts by earlier calls, wheels for peft
 # and gguf installed into /tmp/site. Rebuilds the default model's bf16 cache exactly as
 # `lorastudio models --prepare default` does (sha256 checked), then runs one product sweep per SPEC, all at
 # once on the same GPUs:
@@ -26,6 +26,7 @@ sweeps=(); copiers=()
 for spec in "$@"; do
   IFS=: read -r name data per recipes <<<"$spec"
   mkdir -p "$OUT/$name"
+  rm -f "/tmp/$name/results.jsonl"  # a second call on a warm machine: its results only, not appended to the last's
   (while sleep 15; do cp "/tmp/$name/results.jsonl" "$OUT/$name/" 2>/dev/null; done) &  # partial results if cut off
   copiers+=($!)
   (timeout $((BUDGET + 250)) python3 bench/quality/product_sweep.py --data "$data" --out "/tmp/$name" --gpus "$GPUS" \
