@@ -643,6 +643,9 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "cli.train.estimate": ("estimate: about {time} on {device}", "预计：在 {device} 上约需 {time}"),
     "cli.train.estimate_changed": ("with your changes ({changes}): about {time} on {device}",
                                    "按你的修改（{changes}）：在 {device} 上约需 {time}"),
+    "cli.train.overridden": ("your settings instead of the recommended ones: {changes} (the reasons above are for "
+                             "the recommended values)",
+                             "以下设置按你的指定，不用推荐值：{changes}（上面的理由说的是推荐值）"),
     "cli.train.estimate_cost": (
         "estimate: about {time} on {device}, cost {cost} {currency}", "预计：在 {device} 上约需 {time}，费用 {cost} {currency}"),
     "cli.train.note": ("note: {text}", "提示：{text}"),

@@ -75,6 +75,9 @@ def test_changed_settings_get_their_own_estimate(tmp_path, small_model_dir, caps
     err = capsys.readouterr().err
     line = next(x for x in err.splitlines() if "with your changes" in x)
     assert "num_epochs" in line and "→ 9.0" in line and "replay_rows" in line and "lora_r" not in line
+    # a setting the time does not depend on: named as the user's, since the list shows the recommended value
+    over = next(x for x in err.splitlines() if "instead of the recommended" in x)
+    assert "lora_r 16 → 4" in over and "num_epochs" not in over and "replay_rows" not in over
     saved = TrainConfig.from_yaml(out / "train_config.yaml")
     assert saved.extra["estimate"]["tokens"] == saved.batch_tokens  # 9 passes, but --max-steps 1 stops it
     assert saved.extra["recommended_estimate"]["tokens"] > saved.extra["estimate"]["tokens"]

@@ -129,6 +129,21 @@ def _estimate_changes(cfg: Any, recommended: dict[str, Any], rec: Any, quiet: bo
     return cfg.with_overrides({"extra": extra})
 
 
+def _print_overrides(cfg: Any, recommended: dict[str, Any], quiet: bool) -> None:
+    """The user replaced a recommended setting the time does not depend on (`--set learning_rate=1e-3`): say
+    so, since the list above shows the recommended value with its reason (time-relevant changes have
+    `_estimate_changes`' line)."""
+    from lorastudio.i18n import current_lang, t
+    from lorastudio.train.recommend import ESTIMATE_SETTINGS
+
+    final = cfg.to_dict()
+    changes = {k: (v, final[k]) for k, v in recommended.items()
+               if k != "extra" and k not in ESTIMATE_SETTINGS and k in final and final[k] != v}
+    if changes and not quiet:
+        listed = ", ".join(f"{k} {before} → {after}" for k, (before, after) in changes.items())
+        print("  " + t("cli.train.overridden", current_lang(), changes=listed), file=sys.stderr)
+
+
 def _print_recommendation(rec: Any, settings: dict[str, Any], lang: str, stream=None) -> None:
     """Settings with their reasons, the estimate, the other schedule (quick preview or full) and the
     warnings, all rendered from the recommender's codes in `lang`."""
@@ -278,6 +293,7 @@ def _run(args: argparse.Namespace) -> int:
         cfg = cfg.with_overrides(args.overrides)
         if recommended is not None:
             cfg = _estimate_changes(cfg, recommended, kept["rec"], args.quiet or worker)
+            _print_overrides(cfg, recommended, args.quiet or worker)
         if worker:
             cfg = cfg.with_overrides({"gpus": int(os.environ.get("WORLD_SIZE", 1))})
     except (ConfigError, DataError) as error:
