@@ -120,9 +120,8 @@ def _estimate_changes(cfg: Any, recommended: dict[str, Any], rec: Any, quiet: bo
     new = rec.estimate_for(final)
     if not quiet:
         lang = current_lang()
-        listed = ", ".join(f"{k} {before} → {after}" for k, (before, after) in changes.items())
         device_name = render(new["device_code"], lang) if new.get("device_code") else new.get("device", "?")
-        print("  " + t("cli.train.estimate_changed", lang, changes=listed, time=_duration(new["seconds"]),
+        print("  " + t("cli.train.estimate_changed", lang, changes=_listed(changes), time=_duration(new["seconds"]),
                        device=device_name), file=sys.stderr)
     extra = dict(cfg.extra or {})
     extra.update(estimate=new, recommended_estimate=(recommended.get("extra") or {}).get("estimate"))
@@ -134,14 +133,19 @@ def _print_overrides(cfg: Any, recommended: dict[str, Any], quiet: bool) -> None
     so, since the list above shows the recommended value with its reason (time-relevant changes have
     `_estimate_changes`' line)."""
     from lorastudio.i18n import current_lang, t
-    from lorastudio.train.recommend import ESTIMATE_SETTINGS
+    from lorastudio.train.recommend import ESTIMATE_SETTINGS, changed_settings
 
-    final = cfg.to_dict()
-    changes = {k: (v, final[k]) for k, v in recommended.items()
-               if k != "extra" and k not in ESTIMATE_SETTINGS and k in final and final[k] != v}
-    if changes and not quiet:
-        listed = ", ".join(f"{k} {before} → {after}" for k, (before, after) in changes.items())
-        print("  " + t("cli.train.overridden", current_lang(), changes=listed), file=sys.stderr)
+    if quiet:
+        return
+    others = [k for k in recommended if k != "extra" and k not in ESTIMATE_SETTINGS]
+    changes = changed_settings(recommended, cfg.to_dict(), others)
+    if changes:
+        print("  " + t("cli.train.overridden", current_lang(), changes=_listed(changes)), file=sys.stderr)
+
+
+def _listed(changes: dict[str, tuple[Any, Any]]) -> str:
+    """`changed_settings`' result as the CLI prints it: "num_epochs 4.0 → 9.0, replay_rows 60 → 0"."""
+    return ", ".join(f"{k} {before} → {after}" for k, (before, after) in changes.items())
 
 
 def _print_recommendation(rec: Any, settings: dict[str, Any], lang: str, stream=None) -> None:

@@ -20,7 +20,7 @@ import functools
 import math
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -915,9 +915,10 @@ ESTIMATE_SETTINGS = ("num_epochs", "augment_same_fact", "augment_paraphrases", "
 """The settings `_estimate` reads: a user's change to any of them changes the time."""
 
 
-def changed_settings(recommended: Mapping[str, Any], final: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """{setting: (recommended, final)} for the `ESTIMATE_SETTINGS` the user changed."""
-    return {k: (recommended.get(k), final.get(k)) for k in ESTIMATE_SETTINGS
+def changed_settings(recommended: Mapping[str, Any], final: Mapping[str, Any],
+                     keys: Sequence[str] = ESTIMATE_SETTINGS) -> dict[str, tuple[Any, Any]]:
+    """{setting: (recommended, final)} for the `keys` (the `ESTIMATE_SETTINGS` unless named) the user changed."""
+    return {k: (recommended.get(k), final.get(k)) for k in keys
             if k in final and final.get(k) != recommended.get(k)}
 
 
