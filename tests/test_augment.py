@@ -533,3 +533,50 @@ def test_contrast_pairs_use_every_turn_of_multi_turn_rows():
     # the single-turn file is unchanged: its rows are its questions
     single = _refund_rows()
     assert question_turns(single) == single
+
+
+def test_asked_first_follows_the_opening_of_the_questions_own_answer():
+    from lorastudio.train.augment import _clause_idf, answer_clauses, asked_first
+
+    rows = ["退款审核通过后原路退回，3个工作日内到账；如果选择退到云栈钱包，2小时内到账。",
+            "可以建议客户选择退到云栈钱包，审核通过后2小时内到账；原路退回则需要3个工作日内到账。",
+            "原路退款在审核通过后3个工作日内到账；如果改为退到云栈钱包，2小时内就能到账。",
+            "一线客服可直接发放50元以内的优惠券；50-200元需组长审批；超过200元需主管审批。"]
+    idf = _clause_idf(rows)
+    # "客户着急用钱，有没有更快的退款方式？" is answered wallet first: a sibling borrowed for it follows that order
+    led = asked_first(rows[1], rows[0], idf)
+    assert led == "如果选择退到云栈钱包，2小时内到账。退款审核通过后原路退回，3个工作日内到账。"
+    assert sorted(answer_clauses(led.replace("；", "。"))) == sorted(answer_clauses(rows[0].replace("；", "。")))
+    assert asked_first(rows[2], rows[0], idf) == rows[0]  # already in the asked order
+    assert asked_first(rows[0], rows[1], idf).startswith("原路退回则需要3个工作日内到账。可以建议")
+    # a verdict opening the own answer is looked past; answers that cannot be reordered stay as they are
+    assert asked_first("不能。" + rows[1], rows[0], idf) == led
+    for answer in ("Nope! Express shipping is free for Summit members. It costs $129 a year.",
+                   "Unfortunately not, the minimum rental is 3 days. Tents are $18 per day.",
+                   "满意度评分≥3分才能关单；否则工单自动重开并转质检组复核。",
+                   "工单超过48小时未处理，系统会自动升级到二线护航组。"):
+        assert asked_first("Tents are $18 per day; 否则工单自动重开", answer, idf) == answer
+    assert answer_clauses("You can reach them on ext. 4410. Hours are 9-5.") == [
+        "You can reach them on ext. 4410.", " Hours are 9-5."]
+
+
+def test_same_fact_pairs_reorder_only_the_borrowed_answer_when_asked():
+    convs = [qa("退款多久到账？", "退款审核通过后原路退回，3个工作日内到账；如果选择退到云栈钱包，2小时内到账。", row=1),
+             qa("客户着急用钱，有没有更快的退款方式？", "可以建议客户选择退到云栈钱包，审核通过后2小时内到账；原路退回则需要3个工作日内到账。", row=2),
+             qa("原路退款要几天？", "原路退款在审核通过后3个工作日内到账；如果改为退到云栈钱包，2小时内就能到账。", row=3),
+             qa("云栈有价保吗？", "有。价保期15天，降价差额退回云栈钱包，每单限申请1次；秒杀价和直播间专享价不参与价保。", row=4),
+             qa("一个订单可以申请几次价保？", "每单限申请1次价保。价保期15天，差价退回云栈钱包，秒杀价和直播间专享价不参与。", row=5)]
+    plain = same_fact_pairs(convs, cycle=2)
+    asked = same_fact_pairs(convs, cycle=2, clause_lead="asked")
+    assert [(p.row, p.rotation, p.messages[-2].content) for p in plain] == [
+        (p.row, p.rotation, p.messages[-2].content) for p in asked]  # the same pairs, the same questions
+    for p in asked:
+        own = next(c for c in convs if c.row == p.row).messages[-1].content
+        assert ("钱包" in p.messages[-1].content[:15]) == ("钱包" in own[:15])
+    assert sum(a.messages[-1].content != b.messages[-1].content for a, b in zip(plain, asked, strict=True)) >= 2
+    cfg = TrainConfig(augment_same_fact=True, augment_clause_lead="asked", augment_per_epoch=True, num_epochs=2)
+    rows = augment_conversations(convs, cfg=cfg)[len(convs):]
+    assert [r.messages[-1].content for r in rows] == [p.messages[-1].content for p in asked]
+    assert TrainConfig().augment_clause_lead == "off"
+    with pytest.raises(ConfigError, match="augment_clause_lead"):
+        TrainConfig(augment_clause_lead="yes")
