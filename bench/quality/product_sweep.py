@@ -231,15 +231,10 @@ MIXES.update({
     "lr1e-3_wd2": {"learning_rate": 1e-3, "weight_decay": 2.0},
     "lr1e-3_wd5": {"learning_rate": 1e-3, "weight_decay": 5.0},
 })
-# Session 17: the same-fact pairs' borrowed answer reordered (setting `augment_clause_lead`): "asked" = led by the
-# clause closest to the opening of the question's own answer (the order the user wrote for that question);
-# "digits" = session 15's cld as a setting (a later clause with a number leads, another each pass), here stacked on
-# the full rate with decay 2.
-MIXES.update({
-    "ask": {"augment_clause_lead": "asked"},
-    "ask_lr1e-3_wd2": {"augment_clause_lead": "asked", "learning_rate": 1e-3, "weight_decay": 2.0},
-    "cld_lr1e-3_wd2": {"augment_clause_lead": "digits", "learning_rate": 1e-3, "weight_decay": 2.0},
-})
+# Session 17 (rejected, code removed; results/product_sweep21*): the same-fact pairs' borrowed answer reordered
+# (setting `augment_clause_lead`): "ask" = led by the clause closest (TF-IDF bigrams) to the opening of the question's
+# own answer; "ask_lr1e-3_wd2" the same at the full rate with decay 2; "cld_lr1e-3_wd2" = session 15's cld as a
+# setting ("digits") at the full rate with decay 2. Ran at commit dcea6ee.
 for _name, _settings in MIXES.items():
     RECIPES[_name] = _settings
     for _seed in range(1, 30):

@@ -172,107 +172,16 @@ def standalone_turns(conversations: Sequence[Conversation]) -> list[Conversation
     return out
 
 
-# A clause of an answer ends at a full stop or semicolon ("。", "；", "; ", ". " before a capital, ...).
-_CLAUSE_END = re.compile(r"(?<=[。；！？;])|(?<=[.!?])(?=\s+[A-Z\"“(])")  # not "ext. 4410"
-# A clause that leans on the one before it ("否则…", "同时…", "It …", "Otherwise …") cannot lead an answer.
-_LEANS_BACK = re.compile(r"^\s*([(（]|否则|同时|另外|此外|对比|相比|但|不过|而|并|且|也|还|则|因此|所以|这|那|其|它|该|此|上述|以上|即|"
-                         r"然后|之后|接着|再|最后|其次|(otherwise|also|however|but|and|so|then|this|that|these|those|"
-                         r"it|its|they|their|them|he|she|both|either|which|in contrast|after that|finally|instead)\b)",
-                         re.IGNORECASE)
-_MIN_CLAUSE_CHARS = 6
-_VERDICT_CLAUSE = re.compile(r"^\s*([^\sA-Za-z]{1,4}[。！？]|(yes|no|nope|yep|sure|not|correct|right|unfortunately|sadly|"
-                             r"probably|absolutely|definitely|of course|good news)\b)", re.IGNORECASE)
-
-
-def answer_clauses(answer: str) -> list[str]:
-    """An answer cut into its clauses, each with its closing mark (an English one with the space before it)."""
-    return [c for c in _CLAUSE_END.split(answer) if c]
-
-
-def _movable_clauses(clauses: Sequence[str]) -> list[int]:
-    """The later clauses that can open the answer: long enough and not leaning on the clause before them;
-    none when the answer opens with a verdict ("Yes, you're covered!", "Nope!", "不能。": its own question's only)."""
-    if _VERDICT_CLAUSE.match(clauses[0]) or (not _CJK.search(clauses[0]) and len(clauses[0].split()) <= 3):
-        return []
-    return [i for i in range(1, len(clauses))
-            if len(clauses[i].strip()) >= _MIN_CLAUSE_CHARS and not _LEANS_BACK.match(clauses[i])]
-
-
-def _led_by(answer: str, clauses: Sequence[str], i: int) -> str:
-    """The answer with clause i moved to the front, the marks mended."""
-    cjk = bool(_CJK.search(answer))
-    order = [clauses[i].strip()] + [c.strip() for k, c in enumerate(clauses) if k != i]
-    if order[0][-1] not in "。；！？;.!?":  # the last clause, unmarked, leads now
-        order[0] += "；" if cjk else ";"
-    if order[-1][-1] in "；;":  # a middle clause closes the answer now: it takes the answer's end
-        order[-1] = order[-1][:-1] + (answer.rstrip()[-1] if answer.rstrip()[-1] in "。！？.!?" else "")
-    return ("" if cjk else " ").join(order)
-
-
-def clause_led(answer: str, pick: int, digits_only: bool = False) -> str:
-    """The answer with one of its later clauses moved to the front (`augment_clause_lead="digits"`), or unchanged.
-
-    `pick` chooses among the movable clauses (modulo); `digits_only`: only clauses that carry a number move.
-    """
-    clauses = answer_clauses(answer)
-    movable = [i for i in _movable_clauses(clauses) if not digits_only or any(ch.isdigit() for ch in clauses[i])]
-    return _led_by(answer, clauses, movable[pick % len(movable)]) if movable else answer
-
-
-def asked_first(own_answer: str, answer: str, idf: dict[str, float]) -> str:
-    """A sibling's answer led by the clause that reads most like the opening of the question's own answer
-    (`augment_clause_lead="asked"`), or unchanged.
-
-    The row written for a question says what it asks about first ("原路退款要几天？" → "原路退款在审核通过后3个
-    工作日内到账；…"); a sibling's answer borrowed for that question follows the same order ("原路退回则需要3个工作日
-    内到账；可以建议客户选择退到云栈钱包…"). Similarity: TF-IDF cosine of character bigrams (`_features`) with the
-    clause frequencies `idf`; a later clause leads only when it is closer than the first one.
-    """
-    clauses = answer_clauses(answer)
-    movable = _movable_clauses(clauses)
-    if not movable:
-        return answer
-    opening = answer_clauses(strip_verdict(own_answer))[0]
-
-    def vector(text: str) -> dict[str, float]:
-        v = {g: c * idf.get(g, 0.0) for g, c in _features(text).items()}
-        norm = math.sqrt(sum(w * w for w in v.values())) or 1.0
-        return {g: w / norm for g, w in v.items()}
-
-    target = vector(opening)
-
-    def sim(clause: str) -> float:
-        return sum(w * target.get(g, 0.0) for g, w in vector(clause).items())
-
-    best = max(movable, key=lambda i: (sim(clauses[i]), -i))
-    return _led_by(answer, clauses, best) if sim(clauses[best]) > sim(clauses[0]) else answer
-
-
-def _clause_idf(answers: Sequence[str]) -> dict[str, float]:
-    """Inverse clause frequency of every bigram over the clauses of these answers."""
-    df: Counter = Counter()
-    n = 0
-    for answer in answers:
-        for clause in answer_clauses(answer):
-            df.update(set(_features(clause)))
-            n += 1
-    return {g: math.log((n + 1) / c) for g, c in df.items()}
-
-
 def same_fact_pairs(conversations: Sequence[Conversation], per_row: int = 1, seed: int = 0,
-                    cycle: int = 1, clause_lead: str = "off") -> list[Conversation]:
+                    cycle: int = 1) -> list[Conversation]:
     """Each single-turn question paired with the answer(s) of other rows of the same fact.
 
     `cycle` > 1: a different sibling's answer for each of `cycle` epochs (rows carry `rotation`), as far
-    as the fact has siblings; a question with one sibling keeps that one pair every epoch. `clause_lead`:
-    "asked" = the borrowed answer leads with the clause closest to the question's own answer's opening
-    (`asked_first`); "digits" =
-    with one of its later clauses that carry a number, another each pass (`clause_led`).
+    as the fact has siblings; a question with one sibling keeps that one pair every epoch.
     """
     convs = list(conversations)
     single = [i for i, c in enumerate(convs) if _single_turn(c)]
     groups = fact_groups([convs[i] for i in single])
-    idf = _clause_idf([convs[i].messages[-1].content for i in single]) if clause_lead == "asked" else {}
     rng = random.Random(seed)
     out: list[Conversation] = []
     for k, i in enumerate(single):
@@ -280,19 +189,11 @@ def same_fact_pairs(conversations: Sequence[Conversation], per_row: int = 1, see
         if cycle > 1 and len(others) > per_row:
             picks = rng.sample(others, len(others))
             chosen = [(picks[(e * per_row + p) % len(picks)], (e, cycle)) for e in range(cycle) for p in range(per_row)]
-        elif cycle > 1 and clause_lead == "digits":  # the same sibling(s) every pass, each leading with another clause
-            chosen = [(j, (e, cycle)) for j in rng.sample(others, min(per_row, len(others))) for e in range(cycle)]
         else:
             chosen = [(j, None) for j in rng.sample(others, min(per_row, len(others)))]
-        offset = rng.randrange(1 << 16) if clause_lead == "digits" else 0  # the passes then take the clauses in turn
         for j, rotation in chosen:
             messages = [Message(m.role, m.content) for m in convs[i].messages[:-1]]
-            answer = strip_verdict(convs[j].messages[-1].content)
-            if clause_lead == "asked":
-                answer = asked_first(convs[i].messages[-1].content, answer, idf)
-            elif clause_lead == "digits":
-                answer = clause_led(answer, offset + (rotation[0] if rotation else 0), digits_only=True)
-            messages.append(Message("assistant", answer))
+            messages.append(Message("assistant", strip_verdict(convs[j].messages[-1].content)))
             out.append(Conversation(messages, row=convs[i].row, rotation=rotation))
     return out
 
@@ -624,9 +525,7 @@ def augment_conversations(conversations: Sequence[Conversation], *, model: Any =
     if getattr(cfg, "augment_same_fact", False):
         # the standalone turns join the pool: a fact told in a follow-up also pairs with its other askings
         pool = conversations + [c for source, c in added if source == "turn"]
-        added += [("same_fact", c) for c in same_fact_pairs(pool, seed=seed, cycle=epoch_cycle(cfg),
-                                                            clause_lead=str(getattr(cfg, "augment_clause_lead",
-                                                                                    "off")))]
+        added += [("same_fact", c) for c in same_fact_pairs(pool, seed=seed, cycle=epoch_cycle(cfg))]
     if getattr(cfg, "augment_contrast", False):
         added += [("contrast", c) for c in contrast_pairs(conversations, seed=seed, cycle=epoch_cycle(cfg),
                                                           passes=int(getattr(cfg, "contrast_passes", 0) or 0),
@@ -664,7 +563,6 @@ def write_augmented(path: Path, rows: list[tuple[str, Conversation]]) -> None:
     tmp.replace(path)
 
 
-__all__ = ["answer_clauses", "applied_cases", "asked_first", "augment_conversations", "case_variants", "clause_led",
-           "contrast_pairs", "contrast_plan", "epoch_cycle",
+__all__ = ["applied_cases", "augment_conversations", "case_variants", "contrast_pairs", "contrast_plan", "epoch_cycle",
            "fact_groups", "is_good_paraphrase", "neighbour_facts", "paraphrase_questions", "parse_paraphrases",
            "question_turns", "rule_cases", "same_fact_pairs", "standalone_turns", "strip_verdict"]

@@ -134,10 +134,6 @@ class TrainConfig:
     augment_same_fact: bool = _resume(False)
     """Also train each question with the answer of another row stating the same fact (found by answer
     similarity; no generation). Added by the quality work (lorastudio/train/augment.py, docs/QUALITY.md)."""
-    augment_clause_lead: str = _resume("off")
-    """Same-fact pairs: "asked" = the borrowed answer leads with the clause the question asks about (as a row
-    written for that question would); "digits" = with one of its later clauses that carry a number, another
-    each pass; "off" = as written (measured in docs/QUALITY.md; no tokens added; needs augment_same_fact)."""
     augment_turns: bool = _resume(False)
     """Multi-turn rows: also train each later turn as a question of its own (system message kept), so a
     fact stated in turn 3 is found by a question asked without that conversation before it."""
@@ -225,7 +221,6 @@ class TrainConfig:
         need(self.contrast_passes >= 0, "contrast_passes", "must be ≥ 0 (0 = every pass)")
         need(0.0 <= self.contrast_random <= 1.0, "contrast_random", "must be between 0 and 1 (0 = neighbours only)")
         need(1 <= self.contrast_neighbours <= 8, "contrast_neighbours", "must be 1–8 (2 = the default)")
-        need(self.augment_clause_lead in ("off", "asked", "digits"), "augment_clause_lead", 'must be "off", "asked" or "digits"')
         need(self.contrast_joiners in ("also", "varied"), "contrast_joiners", 'must be "also" or "varied"')
         need(self.device in ("auto", "cpu", "cuda"), "device", "auto, cpu or cuda")
         need(self.dtype in ("auto", "bf16", "fp16", "fp32"), "dtype", "auto, bf16, fp16 or fp32")
