@@ -32,6 +32,10 @@ from pathlib import Path
 CPU_CLASSES: tuple[str, ...] = ("amx-bf16", "avx512-bf16", "avx512-fp32", "avx2-fp32", "other")
 CPUINFO = Path("/proc/cpuinfo")
 PROBE_ENV = "LORASTUDIO_CPU_PROBE"
+FLAGS_ENV = "LORASTUDIO_CPU_FLAGS"
+"""Feature flags to take instead of this CPU's ("fpu … avx2 fma"): its class, the training dtype, the int8 range and
+the time estimate follow them. For measuring another class on this machine (bench/emulate_avx2.sh), with the
+libraries' own kernels capped to match (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA, MKL_ENABLE_INSTRUCTIONS, ...)."""
 PROBE_SHAPE = (704, 896, 4864)
 """(rows, inputs, outputs) of the timed product: one default packed step (704 tokens) through the default
 model's feed-forward up-projection (896 → 4864), the shape most of a step's arithmetic has."""
@@ -74,8 +78,16 @@ def cpu_flags(cpuinfo: str | None = None) -> set[str]:
     """The feature flags of the first CPU in /proc/cpuinfo text (read from the file when not given).
 
     x86 writes them on a `flags` line; other architectures (`Features` on ARM) name other things,
-    which then give the class "other". Unreadable → empty set.
+    which then give the class "other". Unreadable → empty set. Not given and `FLAGS_ENV` set: its flags
+    instead, so that one machine can take the choices of another CPU class (`machine_flags` stays true).
     """
+    if cpuinfo is None and os.environ.get(FLAGS_ENV, "").strip():
+        return set(os.environ[FLAGS_ENV].split())
+    return machine_flags(cpuinfo)
+
+
+def machine_flags(cpuinfo: str | None = None) -> set[str]:
+    """`cpu_flags` of the CPU itself, whatever `FLAGS_ENV` says (for what the hardware must have or lack)."""
     if cpuinfo is None:
         try:
             cpuinfo = CPUINFO.read_text(encoding="utf-8", errors="replace")
@@ -177,5 +189,5 @@ def _time_product(bf16: bool, threads: int, seconds: float, warmup: float) -> fl
     return 2.0 * rows * inputs * outputs / max(sorted(times)[len(times) // 2], 1e-9) / 1e9
 
 
-__all__ = ["CPU_CLASSES", "PROBE_ENV", "PROBE_SHAPE", "allowed_cpus", "bf16_native", "clear_probe_readings",
-           "cpu_class", "cpu_flags", "matmul_gflops", "physical_cores"]
+__all__ = ["CPU_CLASSES", "FLAGS_ENV", "PROBE_ENV", "PROBE_SHAPE", "allowed_cpus", "bf16_native", "clear_probe_readings",
+           "cpu_class", "cpu_flags", "machine_flags", "matmul_gflops", "physical_cores"]

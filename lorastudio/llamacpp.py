@@ -393,9 +393,9 @@ def extra_buffer_types(flags: set[str] | None = None) -> bool:
     if env in ("0", "1"):
         return env == "1"
     if flags is None:
-        from lorastudio.hardware import cpu_flags
+        from lorastudio.hardware import machine_flags
 
-        flags = cpu_flags()
+        flags = machine_flags()  # the crash is the hardware's, whatever class the trainer is told to take
     return "amx_tile" not in flags
 
 

@@ -590,6 +590,31 @@ def test_cpu_class_of_this_machine_and_physical_cores(tmp_path):
     assert hardware.physical_cores([0, 2, 7, 8], topology=pattern) == 4  # cpu7/cpu8: unreadable → own core
 
 
+def test_cpu_flags_env_makes_the_trainer_take_another_class(monkeypatch):
+    from lorastudio import hardware, llamacpp
+    from lorastudio.models import loading
+    from lorastudio.train import cpu_int8
+    from lorastudio.train.recommend import detect_hardware
+
+    real = hardware.machine_flags()
+    monkeypatch.setenv(hardware.FLAGS_ENV, "fpu sse2 avx avx2 fma")  # an AVX2 laptop without VNNI
+    assert hardware.cpu_flags() == {"fpu", "sse2", "avx", "avx2", "fma"}
+    assert hardware.cpu_class() == "avx2-fp32"
+    assert hardware.machine_flags() == real  # what the hardware itself has stays readable
+    assert hardware.cpu_flags("flags\t: fpu avx2 avx512f\n") == {"fpu", "avx2", "avx512f"}  # text given: that text
+    monkeypatch.setattr(cpu_int8, "REDUCE_RANGE", None)
+    assert cpu_int8.reduce_range() is True  # 7-bit activations, as on a CPU without VNNI
+    loading.cpu_supports_bf16.cache_clear()
+    assert loading.cpu_supports_bf16() is False  # fp32 training
+    assert detect_hardware().bf16 is False and detect_hardware().cpu_class == "avx2-fp32"
+    monkeypatch.delenv("LORASTUDIO_LLAMACPP_EXTRA_BUFTS", raising=False)
+    assert llamacpp.extra_buffer_types() == ("amx_tile" not in real)  # llama.cpp's AMX guard reads the hardware
+    monkeypatch.setenv(hardware.FLAGS_ENV, "fpu avx2 avx512f avx512_bf16")
+    assert hardware.cpu_class() == "avx512-bf16"
+    monkeypatch.delenv(hardware.FLAGS_ENV)
+    loading.cpu_supports_bf16.cache_clear()
+    assert hardware.cpu_flags() == real
+
 # --- contrastive neighbour pairs: on where they apply, counted in the time, shrunk first (issue 13) ------
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_FILE = ROOT / "lorastudio" / "assets" / "demo"

@@ -78,9 +78,10 @@ def cpu_supports_bf16() -> bool:
     """True when a bf16 matmul works and is natively supported (AVX512-BF16 / AMX) on this CPU."""
     import torch
 
+    from lorastudio.hardware import bf16_native, cpu_class
+
     try:
-        flags = Path("/proc/cpuinfo").read_text(errors="ignore") if Path("/proc/cpuinfo").exists() else ""
-        native = any(flag in flags for flag in ("avx512_bf16", "amx_bf16"))
+        native = bf16_native(cpu_class())
         a = torch.ones(8, 8, dtype=torch.bfloat16)
         ok = bool(torch.isfinite(a @ a).all())
         # Without native bf16 the CPU emulates it, which is slower than fp32: use fp32 there.

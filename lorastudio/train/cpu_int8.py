@@ -40,12 +40,12 @@ the switch really changes the path.
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 import weakref
 from dataclasses import dataclass
 from typing import Any
 
+from lorastudio.hardware import cpu_flags
 from lorastudio.train import kernels
 from lorastudio.train.lora_patch import ORIGINAL_FORWARD
 
@@ -67,14 +67,6 @@ hidden-state gradient stay fp32 (measured: docs/BENCHMARKS.md, "The LM head and 
 MARK = "_lorastudio_int8"
 
 
-def _cpu_flags() -> set[str]:
-    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-        for line in f:
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    return set()
-
-
 def available() -> bool:
     """fbgemm is in this torch build and the CPU has AVX2 (its int8 kernels' minimum)."""
     import torch
@@ -82,7 +74,7 @@ def available() -> bool:
     engines = getattr(torch.backends.quantized, "supported_engines", [])
     if "fbgemm" not in engines and "x86" not in engines:
         return False
-    flags = _cpu_flags()
+    flags = cpu_flags()
     return not flags or "avx2" in flags  # no /proc/cpuinfo (not Linux): trust the build
 
 
@@ -90,7 +82,7 @@ def reduce_range() -> bool:
     """7-bit activations unless the CPU has VNNI (int32 accumulation, no int16 pair overflow)."""
     if REDUCE_RANGE is not None:
         return REDUCE_RANGE
-    return not ({"avx512_vnni", "avx_vnni"} & _cpu_flags())
+    return not ({"avx512_vnni", "avx_vnni"} & cpu_flags())
 
 
 def _chosen(names: frozenset[str] | None, name: str) -> bool:
