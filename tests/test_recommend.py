@@ -615,6 +615,7 @@ def test_cpu_flags_env_makes_the_trainer_take_another_class(monkeypatch):
     loading.cpu_supports_bf16.cache_clear()
     assert hardware.cpu_flags() == real
 
+
 # --- contrastive neighbour pairs: on where they apply, counted in the time, shrunk first (issue 13) ------
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_FILE = ROOT / "lorastudio" / "assets" / "demo"
