@@ -354,7 +354,22 @@ def test_the_run_re_estimates_its_time_without_the_first_steps_one_off_costs(tmp
     assert 0.3 * remaining_steps <= estimate["remaining_s"] <= 3 * remaining_steps
     metrics = {e["step"]: e for e in events if e["type"] == "metrics"}
     assert metrics[step]["eta_s"] == estimate["remaining_s"]
-    assert metrics[1]["eta_s"] > 10 * (20 - 1)  # after step 1 only the slow step is known
+    assert metrics[1]["eta_s"] > 10 * (20 - 1)  # no estimate given: after step 1 only the slow step is known
+
+    # with the recommender's estimate (as `lorastudio train` and the studio pass it), step 1's ETA is the estimate's
+    # rate over what remains (its one-off costs say nothing of the steps after), and the measurement takes over from
+    # step 2 on
+    clock.update(now=1_000.0, calls=0)
+    cfg = _config(tmp_path, small_model_dir, "eta_planned", max_steps=20, save_every=0, lora_dropout=0.0,
+                  extra={"estimate": {"seconds": 60, "tokens": 5000, "stages": {"train": 50}}})
+    train(cfg)
+    planned = [e for e in read_events(Path(cfg.output_dir) / "events.jsonl") if e["type"] == "metrics"]
+    assert planned[0]["step"] == 1 and planned[0]["tokens_per_s"] == metrics[1]["tokens_per_s"]  # the same slow step
+    # the same remaining tokens at the estimate's 5000 / 50 = 100 tok/s instead of the slow step's rate (≈ 1 tok/s,
+    # reported to 0.1: hence the tolerance)
+    assert planned[0]["eta_s"] == pytest.approx(metrics[1]["eta_s"] * metrics[1]["tokens_per_s"] / 100, rel=0.08)
+    assert planned[0]["eta_s"] < 10 * (20 - 1)
+    assert planned[1]["eta_s"] == metrics[2]["eta_s"]  # step 2 on: measured without the first step, as before
 
 
 def test_lora_plus_moves_the_b_matrices_at_ratio_times_the_rate(tmp_path, small_model_dir):

@@ -315,6 +315,9 @@ class Trainer:
             rate = (progress.session_tokens - tokens) / max(now - since, 1e-9)
         remaining_tokens = self.schedule.total_tokens - plan.tokens_done
         eta = remaining_tokens / max(rate, 1e-9)
+        planned = self._planned_rate()
+        if done == 1 and planned:  # the first step alone is mostly one-off costs: the estimate's rate until the next
+            eta = remaining_tokens / planned
         elapsed = progress.elapsed()
         metrics = {
             "step": step, "total_steps": self.total_steps, "epoch": round(plan.epoch, 4),
@@ -331,6 +334,14 @@ class Trainer:
             self.log.emit("estimate", tokens_per_s=round(rate, 1), remaining_s=round(eta, 1),
                           finish_s=round(elapsed + eta, 1), steps_measured=done - 1,
                           estimated_s=(self.cfg.extra.get("estimate") or {}).get("seconds"))
+
+    def _planned_rate(self) -> float | None:
+        """Training tokens a second in the recommender's estimate of this run (`extra["estimate"]`), if it has one."""
+        estimate = self.cfg.extra.get("estimate") or {}
+        tokens, train_s = estimate.get("tokens"), (estimate.get("stages") or {}).get("train")
+        if isinstance(tokens, (int, float)) and isinstance(train_s, (int, float)) and tokens > 0 and train_s > 0:
+            return tokens / train_s
+        return None
 
     def _forward_loss(self, indices: list[int], examples: list[Example]):
         batch = collate_packed([examples[i] for i in indices])
