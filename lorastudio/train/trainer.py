@@ -315,8 +315,7 @@ class Trainer:
             rate = (progress.session_tokens - tokens) / max(now - since, 1e-9)
         remaining_tokens = self.schedule.total_tokens - plan.tokens_done
         eta = remaining_tokens / max(rate, 1e-9)
-        planned = self._planned_rate()
-        if done == 1 and planned:  # the first step alone is mostly one-off costs: the estimate's rate until the next
+        if done == 1 and (planned := self._planned_rate()):  # step 1 is mostly one-off costs: the estimate's rate
             eta = remaining_tokens / planned
         elapsed = progress.elapsed()
         metrics = {
