@@ -742,20 +742,20 @@ def ce_cmd(a) -> None:
     print(json.dumps(result))
 
 
-AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
-            "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2"}
-"""torch's own kernels, oneDNN, MKL (fp32 GEMMs) and fbgemm (int8) each capped at AVX2."""
+EMULATE_AVX2 = REPO / "bench" / "emulate_avx2.sh"
+"""Caps torch, oneDNN, MKL and fbgemm at AVX2 and gives the product this CPU's flags without AVX-512, AMX and VNNI."""
 
 
 def emulate_avx2() -> None:
-    """Re-exec this process under AVX2_ENV (the libraries read it when loaded), then, in the re-run, take
-    the 7-bit int8 activations a CPU without VNNI gets (`cpu_int8.reduce_range`)."""
-    if any(os.environ.get(k) != v for k, v in AVX2_ENV.items()):
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **AVX2_ENV})
+    """Re-exec this process through `bench/emulate_avx2.sh` (the libraries read its settings when loaded); in the
+    re-run the int8 path takes the 7-bit activations of a CPU without VNNI (`cpu_int8.reduce_range`, by the flags)."""
+    from lorastudio.hardware import FLAGS_ENV
+
+    if os.environ.get("ATEN_CPU_CAPABILITY") != "avx2" or not os.environ.get(FLAGS_ENV):
+        os.execvp("bash", ["bash", str(EMULATE_AVX2), sys.executable, *sys.argv])
     from lorastudio.train import cpu_int8
 
-    cpu_int8.REDUCE_RANGE = True
-    print(f"# AVX2 emulated: {' '.join(f'{k}={v}' for k, v in AVX2_ENV.items())}, 7-bit int8 activations",
+    print(f"# AVX2 emulated ({EMULATE_AVX2.name}), {'7' if cpu_int8.reduce_range() else '8'}-bit int8 activations",
           flush=True)
 
 
@@ -813,8 +813,7 @@ def main() -> None:
     for p in sub.choices.values():
         p.add_argument("--emulate-avx2", action="store_true",
                        help="approximate a CPU with AVX2 only (no AVX-512, no VNNI) on a newer x86 CPU: "
-                            "re-run under " + " ".join(f"{k}={v}" for k, v in AVX2_ENV.items()) +
-                            ", 7-bit int8 activations")
+                            "re-run through bench/emulate_avx2.sh (7-bit int8 activations)")
     a = parser.parse_args()
     if a.emulate_avx2:
         emulate_avx2()

@@ -606,7 +606,8 @@ def test_cpu_flags_env_makes_the_trainer_take_another_class(monkeypatch):
     assert cpu_int8.reduce_range() is True  # 7-bit activations, as on a CPU without VNNI
     loading.cpu_supports_bf16.cache_clear()
     assert loading.cpu_supports_bf16() is False  # fp32 training
-    assert detect_hardware().bf16 is False and detect_hardware().cpu_class == "avx2-fp32"
+    hw = detect_hardware()
+    assert hw.bf16 is False and hw.cpu_class == "avx2-fp32"
     monkeypatch.delenv("LORASTUDIO_LLAMACPP_EXTRA_BUFTS", raising=False)
     assert llamacpp.extra_buffer_types() == ("amx_tile" not in real)  # llama.cpp's AMX guard reads the hardware
     monkeypatch.setenv(hardware.FLAGS_ENV, "fpu avx2 avx512f avx512_bf16")
