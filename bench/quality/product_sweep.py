@@ -235,15 +235,10 @@ MIXES.update({
 # (setting `augment_clause_lead`): "ask" = led by the clause closest (TF-IDF bigrams) to the opening of the question's
 # own answer; "ask_lr1e-3_wd2" the same at the full rate with decay 2; "cld_lr1e-3_wd2" = session 15's cld as a
 # setting ("digits") at the full rate with decay 2. Ran at commit dcea6ee.
-# Session 18: the base model's distribution (top 8) on replay rows' first answer tokens as soft targets (setting
-# `replay_kl`, its weight a token; `replay_kl_tokens`, how many), to keep general answers at the full rate, which
-# learnt +0.8 whole facts for -1.7 general (session 16).
-MIXES.update({
-    "kl1": {"replay_kl": 1.0},
-    "kl1_lr1e-3": {"replay_kl": 1.0, "learning_rate": 1e-3},
-    "kl1_lr1e-3_t64": {"replay_kl": 1.0, "replay_kl_tokens": 64, "learning_rate": 1e-3},
-    "kl2_lr1e-3_t64": {"replay_kl": 2.0, "replay_kl_tokens": 64, "learning_rate": 1e-3},
-})
+# Session 18 (rejected, code removed; results/product_sweep22*): the base model's distribution on replay rows' first
+# answer tokens as soft targets (setting `replay_kl`: its top 8 renormalised, at this weight a token, beside the
+# greedy answer's own; `replay_kl_tokens`: how many first tokens, 16 unless named): "kl1" at 0.8x, "kl1_lr1e-3" and
+# "kl1_lr1e-3_t64" (64 tokens) at the full rate. Ran at commit 6d8f243.
 for _name, _settings in MIXES.items():
     RECIPES[_name] = _settings
     for _seed in range(1, 30):

@@ -26,8 +26,6 @@ class Conversation:
     rotation: tuple[int, int] | None = None
     """(k, n): an augmented row trained only in epochs e with e % n == k (a fresh variant each epoch);
     None: every epoch."""
-    kind: str | None = None
-    """What wrote it when not the user's file: "replay" (the base model's answer to a general prompt)."""
 
     @property
     def system(self) -> str | None:

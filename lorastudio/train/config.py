@@ -34,11 +34,10 @@ class ConfigError(ValueError):
 
 _FLOAT_FIELDS = {"lora_dropout", "learning_rate", "lora_plus_ratio", "warmup_ratio", "weight_decay", "num_epochs",
                  "neftune_alpha", "val_fraction", "price_per_hour", "contrast_random",
-                 "question_loss_weight", "replay_kl"}
+                 "question_loss_weight"}
 _INT_FIELDS = {"lora_r", "lora_alpha", "max_steps", "batch_tokens", "gradient_accumulation", "max_length",
                "seed", "eval_every", "save_every", "keep_checkpoints", "early_stopping_patience", "augment_paraphrases",
-               "replay_rows", "gpus", "contrast_passes", "key_token_weight", "contrast_neighbours",
-               "replay_kl_tokens"}
+               "replay_rows", "gpus", "contrast_passes", "key_token_weight", "contrast_neighbours"}
 
 
 def _resume(default: Any) -> Any:
@@ -140,12 +139,6 @@ class TrainConfig:
     fact stated in turn 3 is found by a question asked without that conversation before it."""
     replay_rows: int = _resume(0)
     """Rows of the base model's own answers to built-in general prompts mixed in (0 = off)."""
-    replay_kl: float = _resume(0.0)
-    """Replay rows' first `replay_kl_tokens` answer tokens are also taught the base model's whole next-token
-    distribution (its top 8, renormalised), at this weight a token beside the greedy answer's own (0 = off;
-    soft targets: the cross-entropy to the base's distribution, a KL term up to a constant)."""
-    replay_kl_tokens: int = _resume(16)
-    """How many of each replay answer's first tokens `replay_kl` covers."""
     augment_per_epoch: bool = _resume(False)
     """A fresh variant each epoch instead of repeating one: same-fact pairs borrow another sibling's
     answer and replay takes new general prompts every epoch (same tokens per epoch, more variety)."""
@@ -223,8 +216,6 @@ class TrainConfig:
         need(1 <= self.keep_checkpoints <= 1000, "keep_checkpoints", "must be 1–1000")
         need(self.augment_paraphrases >= 0, "augment_paraphrases", "must be ≥ 0")
         need(self.replay_rows >= 0, "replay_rows", "must be ≥ 0")
-        need(0.0 <= self.replay_kl <= 4.0, "replay_kl", "must be 0–4 (0 = off)")
-        need(1 <= self.replay_kl_tokens <= 1024, "replay_kl_tokens", "must be 1–1024")
         need(1 <= self.key_token_weight <= 4, "key_token_weight", "must be 1–4 (1 = off)")
         need(0.0 <= self.question_loss_weight <= 1.0, "question_loss_weight", "must be between 0 and 1 (0 = off)")
         need(self.contrast_passes >= 0, "contrast_passes", "must be ≥ 0 (0 = every pass)")

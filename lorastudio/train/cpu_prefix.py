@@ -82,10 +82,8 @@ def shared_batch(batch: dict[str, Any]) -> dict[str, Any] | None:
         return None
     new_ids, new_pos, index, targets, weights = list(docs[0][:p]), list(range(p)), [], [], []
     offset = p
-    rests = []  # (start in the row, start of its rest in the new row) per example
-    for start, doc, lab, rep in zip(starts, docs, labs, reps, strict=True):
+    for doc, lab, rep in zip(docs, labs, reps, strict=True):
         n = len(doc)
-        rests.append((start, offset))
         new_ids.extend(doc[p:])
         new_pos.extend(range(p, n))
         for t in range(p, n - 1):  # position t predicts token t+1 of the same example
@@ -94,16 +92,6 @@ def shared_batch(batch: dict[str, Any]) -> dict[str, Any] | None:
                 targets.append(lab[t + 1])
                 weights.append(rep[t + 1])
         offset += n - p
-    soft = kernels.soft_targets(batch)
-    if soft is not None:  # extra target rows (`kernels.packed_batch`), at their example's new place
-        for at, token, w in zip(*(torch.as_tensor(x).reshape(-1).tolist() for x in soft), strict=True):
-            start, rest = max((r for r in rests if r[0] <= at), key=lambda r: r[0])
-            if at - 1 - start < p:
-                raise ValueError(f"a soft target at {at} lies in the shared head ({p} tokens)")
-            index.append(rest + at - 1 - start - p)
-            targets.append(int(token))
-            weights.append(w)
-    weighted = batch.get("repeats") is not None or soft is not None
     seg = [p, *(n - p for n in lengths)]
     device = ids.device
     return {"input_ids": torch.tensor([new_ids], device=device), "position_ids": torch.tensor([new_pos], device=device),
@@ -111,7 +99,7 @@ def shared_batch(batch: dict[str, Any]) -> dict[str, Any] | None:
             "max_length": max(seg), "target_index": torch.tensor(index, dtype=torch.long, device=device),
             "target_ids": torch.tensor(targets, dtype=torch.long, device=device),
             "target_weights": torch.tensor(weights, dtype=torch.float32, device=device)
-            if weighted else None, "num_targets": sum(weights),
+            if batch.get("repeats") is not None else None, "num_targets": sum(weights),
             "num_tokens": int(ids.numel()), "prefix": p}
 
 

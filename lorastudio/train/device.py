@@ -35,7 +35,6 @@ def causal_lm_loss(model, batch: dict[str, Any]) -> tuple[Any, float]:
     The LM head runs only on positions that have a target: with a 151k vocabulary the full logits
     tensor would be the largest thing in memory (4096 tokens × 151,936 × 4 bytes = 2.5 GB).
     """
-    import torch
     import torch.nn.functional as F
 
     fast = getattr(model, "_lorastudio_loss", None)  # a device fast path (lorastudio/train/cpu.py), same loss
@@ -46,20 +45,12 @@ def causal_lm_loss(model, batch: dict[str, Any]) -> tuple[Any, float]:
                                      use_cache=False).last_hidden_state[0]
     targets = batch["labels"][0, 1:]
     keep = targets != IGNORE_INDEX
-    rows, targets = hidden[:-1][keep], targets[keep]
-    soft = batch.get("soft_index")
-    if batch.get("repeats") is None and soft is None:
-        logits = causal_lm.get_output_embeddings()(rows).float()
-        return F.cross_entropy(logits, targets, reduction="sum"), int(keep.sum())
-    # loss weights (key tokens, questions): a target's CE × `repeats`
-    weights = batch["repeats"][0, 1:][keep].float() if batch.get("repeats") is not None else \
-        torch.ones(len(targets), device=rows.device)
-    if soft is not None:  # a teacher's distribution: extra rows at the positions predicting those labels
-        rows = torch.cat([rows, hidden.index_select(0, soft.reshape(-1) - 1)])
-        targets = torch.cat([targets, batch["soft_ids"].reshape(-1)])
-        weights = torch.cat([weights, batch["soft_weights"].reshape(-1).float()])
-    losses = F.cross_entropy(causal_lm.get_output_embeddings()(rows).float(), targets, reduction="none")
-    return (losses * weights).sum(), float(weights.sum())
+    logits = causal_lm.get_output_embeddings()(hidden[:-1][keep]).float()
+    if batch.get("repeats") is None:
+        return F.cross_entropy(logits, targets[keep], reduction="sum"), int(keep.sum())
+    weights = batch["repeats"][0, 1:][keep]  # loss weights (key tokens, questions): a target's CE × `repeats`
+    losses = F.cross_entropy(logits, targets[keep], reduction="none")
+    return (losses * weights.float()).sum(), float(weights.sum())
 
 
 def device_setup(cfg: TrainConfig) -> DeviceSetup:

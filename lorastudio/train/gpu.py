@@ -108,7 +108,7 @@ def batch_from_device(batch: dict[str, Any]) -> dict[str, Any]:
     """`packed_lm_loss` inputs from the trainer's packed batch (already on the GPU: input_ids, labels,
     position_ids of shape (1, T), plus `lengths`, a list of example lengths)."""
     return kernels.packed_batch(batch["input_ids"], batch["position_ids"], batch["labels"], batch.get("lengths"),
-                                batch.get("repeats"), kernels.soft_targets(batch))
+                                batch.get("repeats"))
 
 
 def packed_lm_loss(model: Any, batch: dict[str, Any], *, reduction: str = "mean") -> Any:

@@ -61,16 +61,8 @@ def document_lengths(position_ids: Any, lengths: Any = None) -> list[int]:
     return [b - a for a, b in zip(starts, [*starts[1:], total], strict=True)]
 
 
-def soft_targets(batch: dict[str, Any]) -> tuple[Any, Any, Any] | None:
-    """The trainer's extra target rows of a packed row (`tokenize.collate_packed`): (label positions,
-    token ids, weights), or None."""
-    if batch.get("soft_index") is None:
-        return None
-    return batch["soft_index"], batch["soft_ids"], batch["soft_weights"]
-
-
 def packed_batch(input_ids: Any, position_ids: Any, labels: Any, lengths: Any = None,
-                 repeats: Any = None, soft: tuple[Any, Any, Any] | None = None) -> dict[str, Any]:
+                 repeats: Any = None) -> dict[str, Any]:
     """Everything `packed_loss` reads, from one packed row (1-D or (1, T) tensors, on any device).
 
     `cu_seq_lens` (int32, the tensors' device) and `lengths` (host ints) bound the documents;
@@ -78,8 +70,6 @@ def packed_batch(input_ids: Any, position_ids: Any, labels: Any, lengths: Any = 
     of the same example (an example's last token predicts nothing). One device sync (the target count).
     `repeats` (like `labels`; key tokens, questions): how much each token's target counts; then
     `target_weights` holds them per target row (the loss weighs that row's CE so), `num_targets` their sum.
-    `soft` (`soft_targets`): extra target rows, (label position, token id, weight) each, appended after
-    the labels' own (a teacher's distribution at a position: its tokens' CE, each at its weight).
     """
     import torch
 
@@ -94,17 +84,13 @@ def packed_batch(input_ids: Any, position_ids: Any, labels: Any, lengths: Any = 
     shifted = torch.full_like(lab, IGNORE_INDEX)
     shifted[:-1] = torch.where(flat_pos[1:] == 0, shifted[1:], lab[1:])  # the next token starts another example
     index = (shifted != IGNORE_INDEX).nonzero().flatten()
-    targets = shifted.index_select(0, index)
     weights, count = None, None
-    if repeats is not None or soft is not None:
-        weights = torch.ones(index.numel(), device=index.device) if repeats is None else \
-            torch.as_tensor(repeats).reshape(-1).to(index.device).index_select(0, index + 1).float()  # t predicts t + 1
-        if soft is not None:
-            at, ids_, w = (torch.as_tensor(x).reshape(-1).to(index.device) for x in soft)
-            index, targets, weights = torch.cat([index, at - 1]), torch.cat([targets, ids_]), torch.cat([weights, w.float()])
+    if repeats is not None:
+        weights = torch.as_tensor(repeats).reshape(-1).to(index.device).index_select(0, index + 1)  # t predicts t + 1
+        weights = weights.float()
         count = float(weights.sum())
     return {"input_ids": ids, "position_ids": pos, "cu_seq_lens": cu, "lengths": lengths, "max_length": max(lengths),
-            "target_index": index, "target_ids": targets,
+            "target_index": index, "target_ids": shifted.index_select(0, index),
             "target_weights": weights, "num_targets": int(index.numel()) if count is None else count,
             "num_tokens": int(ids.shape[-1])}
 
@@ -650,7 +636,7 @@ def target_hidden(model: Any, batch: dict[str, Any]) -> tuple[dict[str, Any], An
     `packed_batch`'s dict, or the trainer's (input_ids, position_ids, labels, lengths)."""
     if "target_index" not in batch:
         batch = packed_batch(batch["input_ids"], batch["position_ids"], batch["labels"], batch.get("lengths"),
-                             batch.get("repeats"), soft_targets(batch))
+                             batch.get("repeats"))
     fp: FastPath | None = getattr(model, "_lorastudio_fast_path", None)
     backbone, _ = causal_lm_parts(model)
     cu, max_len = batch["cu_seq_lens"], batch["max_length"]

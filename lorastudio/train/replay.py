@@ -194,7 +194,7 @@ def general_replay(base: str, n: int, *, model: Any = None, tokenizer: Any = Non
             for prompt, answer in zip(missing, generated, strict=True):
                 answers[prompt] = answer
                 f.write(json.dumps({"prompt": prompt, "answer": answer, "engine": engine}, ensure_ascii=False) + "\n")
-    return [Conversation([Message("user", p), Message("assistant", trim_repetition(answers[p]))], kind="replay")
+    return [Conversation([Message("user", p), Message("assistant", trim_repetition(answers[p]))])
             for p in prompts if answers[p]]
 
 

@@ -124,9 +124,6 @@ class Example:
     row: int | None = None
     rotation: tuple[int, int] | None = None  # the conversation's: which epochs train it (None = all)
     repeats: list[float] | None = None  # how much each token's target counts in the loss (None: once each)
-    replay: bool = False  # the base model's answer to a general prompt (`replay.py`)
-    soft: list[tuple[int, int, float]] | None = None
-    """Extra targets (label position, token id, weight): a teacher's distribution there (`distill.py`)."""
 
     @property
     def num_tokens(self) -> int:
@@ -257,7 +254,6 @@ def encode_dataset(conversations: Sequence[Any], tokenizer, max_length: int, sys
         example = encode_conversation(messages, tokenizer, system_prompt, row=row, key_tokens=key_tokens,
                                       question_weight=question_weight)
         example.rotation = getattr(conversation, "rotation", None)
-        example.replay = getattr(conversation, "kind", None) == "replay"
         if example.num_tokens > max_length:
             result.too_long.append({"row": row, "tokens": example.num_tokens})
         elif example.num_target_tokens == 0:
@@ -302,10 +298,8 @@ def collate_packed(examples: Sequence[Example]) -> dict[str, Any]:
     labels: list[int] = []
     positions: list[int] = []
     repeats: list[float] = []
-    soft: list[tuple[int, int, float]] = []
-    weighted = any(example.repeats is not None or example.soft for example in examples)
+    weighted = any(example.repeats is not None for example in examples)
     for example in examples:
-        soft.extend((len(input_ids) + at, token, w) for at, token, w in example.soft or ())
         input_ids.extend(example.input_ids)
         labels.extend(example.labels)
         positions.extend(range(example.num_tokens))
@@ -319,8 +313,4 @@ def collate_packed(examples: Sequence[Example]) -> dict[str, Any]:
     }
     if weighted:  # how much each token's target counts (`kernels.packed_batch`)
         batch["repeats"] = torch.tensor([repeats], dtype=torch.float32)
-    if soft:  # extra (position, target, weight) rows: a teacher's distribution (`distill.py`)
-        batch["soft_index"] = torch.tensor([at for at, _, _ in soft], dtype=torch.long)
-        batch["soft_ids"] = torch.tensor([token for _, token, _ in soft], dtype=torch.long)
-        batch["soft_weights"] = torch.tensor([w for _, _, w in soft], dtype=torch.float32)
     return batch

@@ -208,13 +208,6 @@ class Trainer:
 
         data = dataset.tokenize(train_convs, val_convs, tokenizer=tokenizer, cfg=cfg, log=log, report=self.data_report)
         self.train_examples, self.val_examples, self.schedule = data.train, data.val, data.schedule
-        if cfg.replay_kl and cfg.replay_rows:
-            from lorastudio.train.distill import TOP_K, attach_teacher
-
-            log.stage("prepare", f"replay: the base model's top {TOP_K} next tokens on the first "
-                                 f"{cfg.replay_kl_tokens} answer tokens of each replay row (replay_kl={cfg.replay_kl:g})")
-            taught = attach_teacher(self.train_examples, self.model, weight=cfg.replay_kl, tokens=cfg.replay_kl_tokens)
-            log.stage("prepare", f"replay: {taught} rows carry the base model's distribution")
         self.total_steps = len(self.schedule)
         self.optimizer, self.scheduler, self.scaler = build_optimizer(self.trainable, cfg, self.device,
                                                                       self.total_steps, lora_b_params(self.model))
