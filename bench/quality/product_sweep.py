@@ -251,6 +251,18 @@ MIXES.update({
     "b20": {"target_modules": _mlp(range(20))},
     "b20_lr1e-3": {"target_modules": _mlp(range(20)), "learning_rate": 1e-3},
 })
+# Session 19: the learning rate's shape at the same peak (the "cyclic schedule"): "cyc" falls to zero once
+# per pass (restarts), "wsd" stays at the peak for three passes and falls over the last (both: warm-up as before).
+# And `protect_general`: LoRA's A matrices kept off the top half ("ns50") or quarter ("ns25") of each adapted
+# linear's input directions on the replay rows, so the adapter adds nothing to general text's main directions;
+# at 0.8x and at the full rate (the full rate learnt more facts but forgot general answers).
+MIXES.update({
+    "cyc": {"lr_scheduler": "cyclic"},
+    "wsd": {"lr_scheduler": "wsd"},
+    "ns50": {"protect_general": 0.5},
+    "ns50_lr1e-3": {"protect_general": 0.5, "learning_rate": 1e-3},
+    "ns25_lr1e-3": {"protect_general": 0.25, "learning_rate": 1e-3},
+})
 for _name, _settings in MIXES.items():
     RECIPES[_name] = _settings
     for _seed in range(1, 30):

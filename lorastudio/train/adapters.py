@@ -20,6 +20,14 @@ def mlp_linears(model) -> list[str]:
             if isinstance(module, torch.nn.Linear) and any(part in _MLP_BLOCKS for part in name.split(".")[:-1])]
 
 
+def lora_targets(model: Any, cfg: TrainConfig) -> list[str] | str:
+    """PEFT's `target_modules` for cfg: "all-mlp" resolved to the feed-forward linears' full names
+    ("all-linear" when the model has none), otherwise cfg's own value."""
+    if cfg.target_modules == "all-mlp":
+        return mlp_linears(model) or "all-linear"
+    return cfg.target_modules
+
+
 def wrap_lora(model: Any, cfg: TrainConfig, *, gradient_checkpointing: bool,
               note: Callable[[str], Any]) -> Any:
     """`model` wrapped by PEFT with cfg's LoRA shape; `note(text)` reports a choice the user should see."""
@@ -28,13 +36,10 @@ def wrap_lora(model: Any, cfg: TrainConfig, *, gradient_checkpointing: bool,
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
-    targets = cfg.target_modules
-    if targets == "all-mlp":
-        targets = mlp_linears(model)
-        if not targets:
-            targets = "all-linear"
-            note(f"target_modules=all-mlp: {cfg.base} has no recognisable feed-forward blocks, "
-                 "so LoRA goes on all linear layers")
+    targets = lora_targets(model, cfg)
+    if cfg.target_modules == "all-mlp" and targets == "all-linear":
+        note(f"target_modules=all-mlp: {cfg.base} has no recognisable feed-forward blocks, "
+             "so LoRA goes on all linear layers")
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=targets, task_type="CAUSAL_LM", bias="none")
     try:

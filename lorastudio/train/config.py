@@ -34,7 +34,7 @@ class ConfigError(ValueError):
 
 _FLOAT_FIELDS = {"lora_dropout", "learning_rate", "lora_plus_ratio", "warmup_ratio", "weight_decay", "num_epochs",
                  "neftune_alpha", "val_fraction", "price_per_hour", "contrast_random",
-                 "question_loss_weight"}
+                 "question_loss_weight", "protect_general"}
 _INT_FIELDS = {"lora_r", "lora_alpha", "max_steps", "batch_tokens", "gradient_accumulation", "max_length",
                "seed", "eval_every", "save_every", "keep_checkpoints", "early_stopping_patience", "augment_paraphrases",
                "replay_rows", "gpus", "contrast_passes", "key_token_weight", "contrast_neighbours"}
@@ -94,7 +94,9 @@ class TrainConfig:
     lora_plus_ratio: float = _resume(1.0)
     """LoRA+ (Hayou et al., 2024): the LoRA B matrices learn at this many times `learning_rate`, the A
     matrices at `learning_rate`; 1 = plain LoRA (one rate for both)."""
-    lr_scheduler: Literal["linear", "cosine", "constant"] = _resume("linear")
+    lr_scheduler: Literal["linear", "cosine", "constant", "cyclic", "wsd"] = _resume("linear")
+    """After warm-up: "linear" to zero, "cosine", "constant"; "cyclic" = a linear fall to zero once per pass
+    (restarts at the full rate); "wsd" = constant, then linear to zero over the last pass."""
     warmup_ratio: float = _resume(0.05)
     weight_decay: float = _resume(0.0)
     num_epochs: float = _resume(4.0)
@@ -114,6 +116,11 @@ class TrainConfig:
     answers only, the usual assistant-only loss). The template's role headers and system text never count.
     The train loss shown includes the questions at this weight; validation loss counts the answers only."""
     neftune_alpha: float | None = _resume(None)
+    protect_general: float = _resume(0.0)
+    """Keeps LoRA off the directions general text takes: for each adapted linear, this share of its input
+    dimensions (the top principal directions of its inputs on the replay rows, base model) is removed from
+    the LoRA A matrix at the start and after every step, so the adapter reads only what general text
+    barely uses (0 = off). Needs replay rows."""
     seed: int = _resume(0)
 
     # --- validation, checkpoints, early stopping ------------------------------------------------
@@ -201,7 +208,8 @@ class TrainConfig:
         need(0.0 < self.learning_rate < 1.0, "learning_rate", "must be in (0, 1) (typical: 1e-4–1e-3)")
         need(1.0 <= self.lora_plus_ratio <= 64.0, "lora_plus_ratio",
              "must be 1–64 (1 = plain LoRA; LoRA+ uses 4–16)")
-        need(self.lr_scheduler in ("linear", "cosine", "constant"), "lr_scheduler", "linear, cosine or constant")
+        need(self.lr_scheduler in ("linear", "cosine", "constant", "cyclic", "wsd"), "lr_scheduler",
+             "linear, cosine, constant, cyclic or wsd")
         need(0.0 <= self.warmup_ratio < 1.0, "warmup_ratio", "must be in [0, 1)")
         need(0 < self.num_epochs <= MAX_EPOCHS, "num_epochs", f"must be > 0 and ≤ {MAX_EPOCHS}")
         need(self.max_steps is None or 1 <= self.max_steps <= MAX_STEPS, "max_steps", f"must be 1–{MAX_STEPS:,} or unset")
@@ -217,6 +225,8 @@ class TrainConfig:
         need(self.augment_paraphrases >= 0, "augment_paraphrases", "must be ≥ 0")
         need(self.replay_rows >= 0, "replay_rows", "must be ≥ 0")
         need(1 <= self.key_token_weight <= 4, "key_token_weight", "must be 1–4 (1 = off)")
+        need(0.0 <= self.protect_general < 1.0, "protect_general", "must be in [0, 1) (0 = off)")
+        need(self.protect_general == 0 or self.replay_rows > 0, "protect_general", "needs replay_rows > 0")
         need(0.0 <= self.question_loss_weight <= 1.0, "question_loss_weight", "must be between 0 and 1 (0 = off)")
         need(self.contrast_passes >= 0, "contrast_passes", "must be ≥ 0 (0 = every pass)")
         need(0.0 <= self.contrast_random <= 1.0, "contrast_random", "must be between 0 and 1 (0 = neighbours only)")

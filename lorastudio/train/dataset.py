@@ -64,8 +64,10 @@ def load_conversations(cfg: TrainConfig, given_train: Sequence[Any] | None,
     return train, val, report
 
 
-def augment(conversations: list[Any], *, model, tokenizer, cfg: TrainConfig, log: EventLog) -> list[Any]:
-    """Same-fact pairs, paraphrases, standalone turns (augment.py) and self-replay rows (replay.py), as asked."""
+def augment(conversations: list[Any], *, model, tokenizer, cfg: TrainConfig,
+            log: EventLog) -> tuple[list[Any], list[Any]]:
+    """Same-fact pairs, paraphrases, standalone turns (augment.py) and self-replay rows (replay.py), as asked:
+    (every training conversation, the replay rows among them)."""
     from lorastudio.train.augment import augment_conversations
     from lorastudio.train.replay import replay_conversations
 
@@ -77,13 +79,16 @@ def augment(conversations: list[Any], *, model, tokenizer, cfg: TrainConfig, log
         or cfg.augment_cases
     steps = ((wanted, "augment", augment_conversations),
              (cfg.replay_rows, "replay", replay_conversations))
+    replay: list[Any] = []
     for wanted, name, func in steps:
         if not wanted:
             continue
         added = func(conversations, model=model, tokenizer=tokenizer, cfg=cfg, on_event=forward)
         log.stage("prepare", f"{name}: +{len(added) - len(conversations)} rows")
+        if name == "replay":
+            replay = list(added[len(conversations):])
         conversations = list(added)
-    return conversations
+    return conversations, replay
 
 
 @dataclass

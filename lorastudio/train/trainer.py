@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from lorastudio.train import checkpoints, dataset, kernels
-from lorastudio.train.adapters import neftune_hook, wrap_lora
+from lorastudio.train.adapters import lora_targets, neftune_hook, wrap_lora
 from lorastudio.train.card import model_card
 from lorastudio.train.config import ConfigError, TrainConfig
 from lorastudio.train.dataset import DataUnusable
@@ -183,7 +183,15 @@ class Trainer:
         model, _ = load_model(self.model_dir, dtype=self.device.dtype, device=self.device.device,
                               attn_implementation=self.device.attn_implementation,
                               quantization_config=quantization)
-        train_convs = dataset.augment(train_convs, model=model, tokenizer=tokenizer, cfg=cfg, log=log)
+        train_convs, replay_convs = dataset.augment(train_convs, model=model, tokenizer=tokenizer, cfg=cfg, log=log)
+        directions = None
+        if cfg.protect_general:
+            from lorastudio.train import protect
+
+            log.stage("prepare", f"protect_general: the top {cfg.protect_general:.0%} of each adapted linear's "
+                                 f"input directions on {len(replay_convs)} replay rows")
+            directions = protect.general_directions(model, tokenizer, replay_convs, cfg.protect_general,
+                                                    lora_targets(model, cfg), cfg.system_prompt)
         if self.device.prepare_model:
             decided = len(self.device.notes)
             model = self.device.prepare_model(model) or model
@@ -194,6 +202,14 @@ class Trainer:
                                note=lambda text: log.stage("prepare", text))
         for param in self.strategy.trainable(self.model):  # fp32 masters of the LoRA weights
             param.data = param.data.float()
+        self._protected: list = []
+        if directions is not None:
+            if self.strategy.name == "fsdp":
+                raise ConfigError("protect_general is not supported with FSDP (sharded LoRA weights); set it to 0")
+            from lorastudio.train import protect
+
+            self._protected = protect.lora_a_weights(self.model, directions)
+            protect.project(self._protected)
         self._neftune_lengths: list[list[int]] = [[]]
         if cfg.neftune_alpha:
             self.model.get_input_embeddings().register_forward_hook(
@@ -297,6 +313,10 @@ class Trainer:
             self.scaler.update()
         else:
             self.optimizer.step()
+        if self._protected:
+            from lorastudio.train import protect
+
+            protect.project(self._protected)
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss_total / group_targets, stops > 0

@@ -1,0 +1,99 @@
+"""Keep LoRA off the input directions general text takes (`TrainConfig.protect_general`, off by default).
+
+A LoRA linear adds `B A x` to `W x`. Where A is orthogonal to every direction an input x of general text
+takes, the adapter adds nothing there, whatever B learns; the facts have to be written through the
+directions general text barely uses. Per adapted linear: the inputs the base model feeds it on the replay
+rows (its own answers to general prompts) give the principal directions of that linear's input (an
+eigendecomposition of their uncentred Gram matrix); the top `protect_general` share of its input
+dimensions is removed from A's rows at the start and after every optimizer step. Measured on the real
+default model (layers 2, 12, 21): the top half of the MLP inputs' directions hold 94–95 % of held-out
+general text's energy, 89–90 % of the training rows' (the questions share the template and much
+wording), so the adapter sees the fact rows' inputs at ~2× the share of general ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+MAX_TOKENS = 4096
+"""Input rows kept per linear (the first replay rows' tokens): enough for a stable top half of 896–4864
+dimensions; the Gram matrices are formed one linear at a time."""
+
+
+def _targets(model: Any, names: Sequence[str] | str) -> list[str]:
+    """The full names of the linears LoRA will adapt (PEFT's rule: a full name or a name's last parts)."""
+    import torch
+
+    linears = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and "lm_head" not in n]
+    if isinstance(names, str):
+        return linears
+    return [n for n in linears if any(n == t or n.endswith("." + t) for t in names)]
+
+
+def general_directions(model: Any, tokenizer: Any, conversations: Sequence[Any], share: float,
+                       targets: Sequence[str] | str, system_prompt: str | None = None) -> dict[str, Any]:
+    """{linear's full name: (k × d_in) orthonormal rows}: the top `share` of each target linear's input
+    directions on `conversations` (rendered with the chat template, up to MAX_TOKENS tokens)."""
+    import torch
+
+    from lorastudio.train.tokenize import render_segments
+
+    names = _targets(model, targets)
+    rows: dict[str, list[Any]] = {n: [] for n in names}
+    counted = [0]
+
+    def hook(name: str):
+        def collect(_module: Any, inputs: tuple) -> None:
+            x = inputs[0].detach().reshape(-1, inputs[0].shape[-1])
+            rows[name].append(x.to("cpu", torch.bfloat16))  # 1 GB for 4096 tokens of a 0.5B model
+        return collect
+
+    handles = [model.get_submodule(n).register_forward_pre_hook(hook(n)) for n in names]
+    device = next(model.parameters()).device
+    try:
+        with torch.no_grad():
+            for conversation in conversations:
+                if counted[0] >= MAX_TOKENS:
+                    break
+                text = "".join(part for part, _target in render_segments(conversation.messages, tokenizer, system_prompt))
+                ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][:, :MAX_TOKENS]
+                model(input_ids=ids.to(device))
+                counted[0] += ids.shape[1]
+    finally:
+        for handle in handles:
+            handle.remove()
+    directions = {}
+    for name in names:
+        x = torch.cat(rows.pop(name))[:MAX_TOKENS].to(device, torch.float32)
+        gram = x.T @ x
+        _values, vectors = torch.linalg.eigh(gram)  # ascending
+        k = int(round(share * gram.shape[0]))
+        directions[name] = vectors[:, -k:].T.float().contiguous() if k else vectors[:, :0].T.float()
+        del x, gram, vectors
+    return directions
+
+
+def lora_a_weights(model: Any, directions: dict[str, Any]) -> list[tuple[Any, Any]]:
+    """(LoRA A weight, its directions) for every adapted linear of a PEFT model whose base linear has
+    directions (PEFT names the base `base_model.model.<name>`)."""
+    pairs = []
+    for name, module in model.named_modules():
+        lora_a = getattr(module, "lora_A", None)
+        if lora_a is None or "default" not in lora_a:
+            continue
+        base = name.removeprefix("base_model.model.")
+        if base in directions:
+            weight = lora_a["default"].weight
+            pairs.append((weight, directions[base].to(weight.device)))
+    return pairs
+
+
+def project(pairs: Sequence[tuple[Any, Any]]) -> None:
+    """Remove the protected directions from every A: A ← A − (A Vᵀ) V."""
+    import torch
+
+    with torch.no_grad():
+        for weight, v in pairs:
+            if v.shape[0]:
+                weight.sub_((weight.float() @ v.T @ v).to(weight.dtype))
