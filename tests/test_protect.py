@@ -1,4 +1,4 @@
-"""`protect_general`: LoRA's A matrices kept orthogonal to general text's input directions; the lr schedules."""
+"""`protect_general`: LoRA's A matrices kept orthogonal to general text's input directions."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import torch
 from train_fixtures import write_rows
 
 from lorastudio.train import ConfigError, TrainConfig, train
-from lorastudio.train.schedule import lr_lambda
 
 
 def _tiny_model(tiny_random_dir):
@@ -85,15 +84,3 @@ def test_protect_general_is_validated():
         TrainConfig(protect_general=1.0).validate()
     with pytest.raises(ConfigError, match="replay_rows"):
         TrainConfig(protect_general=0.5, replay_rows=0).validate()
-
-
-@pytest.mark.parametrize("kind", ["cyclic", "wsd"])
-def test_lr_schedules_cyclic_and_wsd(kind):
-    cfg = TrainConfig(lr_scheduler=kind, num_epochs=4, warmup_ratio=0.0)
-    f = lr_lambda(cfg, 100)
-    factors = [f(s) for s in range(100)]
-    if kind == "cyclic":  # four falls from 1 to near 0
-        assert [round(factors[i], 2) for i in (0, 25, 50, 75)] == [1.0] * 4
-        assert all(factors[i] < 0.05 for i in (24, 49, 74, 99))
-    else:  # stable for three passes, then the fall
-        assert all(x == 1.0 for x in factors[:75]) and factors[99] < 0.05 and factors[87] == pytest.approx(0.52)

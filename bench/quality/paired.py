@@ -35,6 +35,8 @@ def main() -> None:
     for path in a.files:
         for line in open(path, encoding="utf-8"):
             row = json.loads(line)
+            if "error" in row:  # a run that failed (out of memory, …): no scores
+                continue
             name, seed = re.match(r"(.*?)(?:_s(\d+))?$", row["recipe"]).groups()
             runs[name][int(seed or 0)] = row
     base = runs.get(a.base, {})

@@ -251,17 +251,19 @@ MIXES.update({
     "b20": {"target_modules": _mlp(range(20))},
     "b20_lr1e-3": {"target_modules": _mlp(range(20)), "learning_rate": 1e-3},
 })
-# Session 19: the learning rate's shape at the same peak (the "cyclic schedule"): "cyc" falls to zero once
-# per pass (restarts), "wsd" stays at the peak for three passes and falls over the last (both: warm-up as before).
-# And `protect_general`: LoRA's A matrices kept off the top half ("ns50") or quarter ("ns25") of each adapted
-# linear's input directions on the replay rows, so the adapter adds nothing to general text's main directions;
-# at 0.8x and at the full rate (the full rate learnt more facts but forgot general answers).
+# Session 19 (rejected, code removed; results/product_sweep23a_demo): the learning rate's shape at the same peak (the
+# issue's "cyclic schedule", setting lr_scheduler): "cyc" fell to zero once per pass (restarts), "wsd" stayed at the
+# peak for three passes and fell over the last. Ran at commit 1593ffd.
+# Session 19: `protect_general` (kept, off): LoRA's A matrices kept off the top quarter ("ns25"), half ("ns50") or
+# three quarters ("ns75") of each adapted linear's input directions on the replay rows, at 0.8x, the full rate, 1.5x,
+# and with LoRA+ 2 ("lp2"): the full rate forgot general answers; does the adapter forget less where it cannot write?
 MIXES.update({
-    "cyc": {"lr_scheduler": "cyclic"},
-    "wsd": {"lr_scheduler": "wsd"},
     "ns50": {"protect_general": 0.5},
     "ns50_lr1e-3": {"protect_general": 0.5, "learning_rate": 1e-3},
     "ns25_lr1e-3": {"protect_general": 0.25, "learning_rate": 1e-3},
+    "ns50_lr1.5e-3": {"protect_general": 0.5, "learning_rate": 1.5e-3},
+    "ns50_lr1e-3_lp2": {"protect_general": 0.5, "learning_rate": 1e-3, "lora_plus_ratio": 2.0},
+    "ns75_lr1e-3": {"protect_general": 0.75, "learning_rate": 1e-3},
 })
 for _name, _settings in MIXES.items():
     RECIPES[_name] = _settings

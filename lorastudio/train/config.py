@@ -94,9 +94,7 @@ class TrainConfig:
     lora_plus_ratio: float = _resume(1.0)
     """LoRA+ (Hayou et al., 2024): the LoRA B matrices learn at this many times `learning_rate`, the A
     matrices at `learning_rate`; 1 = plain LoRA (one rate for both)."""
-    lr_scheduler: Literal["linear", "cosine", "constant", "cyclic", "wsd"] = _resume("linear")
-    """After warm-up: "linear" to zero, "cosine", "constant"; "cyclic" = a linear fall to zero once per pass
-    (restarts at the full rate); "wsd" = constant, then linear to zero over the last pass."""
+    lr_scheduler: Literal["linear", "cosine", "constant"] = _resume("linear")
     warmup_ratio: float = _resume(0.05)
     weight_decay: float = _resume(0.0)
     num_epochs: float = _resume(4.0)
@@ -208,8 +206,7 @@ class TrainConfig:
         need(0.0 < self.learning_rate < 1.0, "learning_rate", "must be in (0, 1) (typical: 1e-4–1e-3)")
         need(1.0 <= self.lora_plus_ratio <= 64.0, "lora_plus_ratio",
              "must be 1–64 (1 = plain LoRA; LoRA+ uses 4–16)")
-        need(self.lr_scheduler in ("linear", "cosine", "constant", "cyclic", "wsd"), "lr_scheduler",
-             "linear, cosine, constant, cyclic or wsd")
+        need(self.lr_scheduler in ("linear", "cosine", "constant"), "lr_scheduler", "linear, cosine or constant")
         need(0.0 <= self.warmup_ratio < 1.0, "warmup_ratio", "must be in [0, 1)")
         need(0 < self.num_epochs <= MAX_EPOCHS, "num_epochs", f"must be > 0 and ≤ {MAX_EPOCHS}")
         need(self.max_steps is None or 1 <= self.max_steps <= MAX_STEPS, "max_steps", f"must be 1–{MAX_STEPS:,} or unset")

@@ -100,7 +100,6 @@ def build_schedule(lengths: Sequence[int], cfg: TrainConfig,
 
 def lr_lambda(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
     warmup = int(round(cfg.warmup_ratio * total_steps))
-    cycles = max(1, math.ceil(cfg.num_epochs)) if cfg.max_steps is None else 1
 
     def factor(step: int) -> float:
         if warmup and step < warmup:
@@ -110,10 +109,6 @@ def lr_lambda(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
         progress = (step - warmup) / max(1, total_steps - warmup)
         if cfg.lr_scheduler == "cosine":
             return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-        if cfg.lr_scheduler == "cyclic":  # one fall per pass: the passes' share of the steps after warm-up
-            return max(0.0, 1.0 - (progress * cycles) % 1.0) if progress < 1.0 else 0.0
-        if cfg.lr_scheduler == "wsd":  # warm-up, stable, then the decay over the last pass
-            return min(1.0, max(0.0, (1.0 - progress) * cycles))
         return max(0.0, 1.0 - progress)
 
     return factor

@@ -189,7 +189,8 @@ class Trainer:
             from lorastudio.train import protect
 
             log.stage("prepare", f"protect_general: the top {cfg.protect_general:.0%} of each adapted linear's "
-                                 f"input directions on {len(replay_convs)} replay rows")
+                                 f"input directions on {len(replay_convs)} replay rows (an eigendecomposition "
+                                 "per adapted linear: seconds on a GPU, minutes on a CPU)")
             directions = protect.general_directions(model, tokenizer, replay_convs, cfg.protect_general,
                                                     lora_targets(model, cfg), cfg.system_prompt)
         if self.device.prepare_model:
