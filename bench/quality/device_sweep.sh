@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run on the GPU device (the `run` tool), in the repository root, after the default model's GGUF has
-# travelled in parts (docs/QUALITY.md "Recall that generalises"): r.gguf.partNN (`split -b 22m -d -a 2`: a part
-# and the working tree, 41.5 MiB in session 18, must fit one call's 64 MiB; the wheels travel in a call of their
+# travelled in parts (docs/QUALITY.md "Recall that generalises"): r.gguf.partNN (`split -b 20m -d -a 2`: a part
+# and the working tree, 42 MiB in session 19, must fit one call's 64 MiB; the wheels travel in a call of their
 # own) copied to /tmp/parts by earlier calls, wheels for peft and gguf installed into /tmp/site. Rebuilds the
 # default model's bf16 cache exactly as `lorastudio models --prepare default` does (sha256 checked), then runs
 # one product sweep per SPEC, all at once on the same GPUs:
