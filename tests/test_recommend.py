@@ -317,6 +317,27 @@ def test_the_estimate_of_changed_settings_is_the_recommenders_arithmetic():
     assert changed_settings(rec.settings, dict(rec.settings)) == {}
 
 
+def test_the_estimate_counts_protect_general_before_training():
+    """`protect_general` adds its eigendecompositions to the extra-rows stage (170 s measured on 2 AMX cores for
+    the default model, session 19) and its projection to every step (0.65 s); without replay rows there is
+    nothing to protect."""
+    from lorastudio.train.recommend import PROTECT_S_05B_2CORES, PROTECT_S_PER_STEP_05B_2CORES
+
+    rec = recommend(DEMO, "default", hardware=cpu("amx-bf16"))
+    on = rec.estimate_for({**rec.settings, "protect_general": 0.5})
+    assert on["stages"]["augment"] - rec.estimate["stages"]["augment"] == pytest.approx(170, abs=1)
+    steps = rec.estimate["tokens"] / rec.settings["batch_tokens"]
+    assert on["stages"]["train"] - rec.estimate["stages"]["train"] == pytest.approx(
+        steps * PROTECT_S_PER_STEP_05B_2CORES, abs=1)
+    assert changed_settings(rec.settings, {**rec.settings, "protect_general": 0.5}) == {"protect_general": (None, 0.5)}
+    avx2 = recommend(DEMO, "default", hardware=cpu("avx2-fp32"))
+    added = avx2.estimate_for({**avx2.settings, "protect_general": 0.5})["stages"]["augment"] \
+        - avx2.estimate["stages"]["augment"]
+    assert added == pytest.approx(PROTECT_S_05B_2CORES["avx2-fp32"], abs=1)
+    no_replay = {**rec.settings, "replay_rows": 0}
+    assert rec.estimate_for({**no_replay, "protect_general": 0.5}) == rec.estimate_for(no_replay)
+
+
 # --- calibrated time per CPU class ---------------------------------------------------------------
 def test_estimate_uses_the_measured_throughput_of_the_cpu_class(monkeypatch):
     from lorastudio.train.recommend import cpu_tokens_per_s

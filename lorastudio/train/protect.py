@@ -12,8 +12,9 @@ dimensions hold 94–95 % of 60 held-out replay rows' energy and 89–92 % of th
 question and answer), so the adapter sees a fact row at about twice the share of a general one. Measured
 through `lorastudio train` on one H200 (docs/QUALITY.md, session 19): half the directions kept the base
 model's general answers (+1.1 to +2.5 of 24), but cost facts on the small multi-turn file (−3.8 of 40 whole
-facts, 4 seeds), so it stays off. Cost: the replay rows' forward passes and one eigendecomposition per
-adapted linear: seconds on a GPU, ≈ 3 min on 2 CPU cores in fp32 for the default model (24 of 4864 × 4864).
+facts, 4 seeds), so it stays off. Cost on 2 CPU cores for the default model: 170 s before the first step (the
+eigendecompositions, 24 of 4864 × 4864 in fp32, dominate) and 0.3 s a step for the projection (≈ 18 min for the
+demo file instead of 12 on an AMX Xeon); seconds on a GPU. The time estimate counts both (`recommend`).
 """
 
 from __future__ import annotations
@@ -46,7 +47,6 @@ def general_directions(model: Any, tokenizer: Any, conversations: Sequence[Any],
 
     names = _targets(model, targets)
     rows: dict[str, list[Any]] = {n: [] for n in names}
-    counted = [0]
 
     def hook(name: str):
         def collect(_module: Any, inputs: tuple) -> None:
@@ -56,15 +56,16 @@ def general_directions(model: Any, tokenizer: Any, conversations: Sequence[Any],
 
     handles = [model.get_submodule(n).register_forward_pre_hook(hook(n)) for n in names]
     device = next(model.parameters()).device
+    counted = 0
     try:
         with torch.no_grad():
             for conversation in conversations:
-                if counted[0] >= MAX_TOKENS:
+                if counted >= MAX_TOKENS:
                     break
                 text = "".join(part for part, _target in render_segments(conversation.messages, tokenizer, system_prompt))
                 ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][:, :MAX_TOKENS]
                 model(input_ids=ids.to(device))
-                counted[0] += ids.shape[1]
+                counted += ids.shape[1]
     finally:
         for handle in handles:
             handle.remove()

@@ -173,6 +173,18 @@ QUESTION_LOSS_WEIGHT = 0.3
 # approximated (`--emulate-avx2`, 8 steps) 16 % longer → 0.75 (+15 %): there the int8 body is cheap and the
 # fp32 head is not.
 QUESTION_TARGET_COST = {"bf16": 0.35, "fp32": 0.75}
+# `protect_general` (off by default): before training the replay rows' forward passes and one fp32
+# eigendecomposition per adapted linear (for the default model 24 of 4864 × 4864 dominate), counted in the "augment"
+# stage; then a projection of every LoRA A after each step, counted in "train". Session 19, 2 cores of the AMX Xeon,
+# the default model: the directions 170 s in a whole run (bf16); one 4864² eigendecomposition 5.4–6.6 s, 6.7–7.8 s
+# with AVX2 approximated (`bench/emulate_avx2.sh`) → 200 s for that class, the other AVX-512 classes taken as the
+# AMX one's, an unmeasured class 250; the projection alone 0.31 s a step (0.36 AVX2 approximated), the run's training
+# stage 900 s against 670–790 s for runs of the same schedule on this machine class: 0.65 s a step counted. Scaled by
+# (size / 0.5)^1.5 and 2 / cores; a GPU takes seconds.
+PROTECT_S_05B_2CORES = {"amx-bf16": 170.0, "avx512-bf16": 170.0, "avx512-fp32": 170.0, "avx2-fp32": 200.0,
+                        "other": 250.0}
+PROTECT_S_PER_STEP_05B_2CORES = 0.65
+PROTECT_S_GPU = 10.0
 # Files above this many rows are counted from a sample of this many (DataStats.from_conversations).
 CONTRAST_EXACT_ROWS = 600
 # A shown example question is cut to this many characters.
@@ -911,7 +923,8 @@ def recommend(rows_or_stats: Any, base: str = "default", task: str = "qa", hardw
 
 
 ESTIMATE_SETTINGS = ("num_epochs", "augment_same_fact", "augment_paraphrases", "augment_turns", "augment_contrast",
-                     "augment_per_epoch", "replay_rows", "val_fraction", "batch_tokens", "max_steps")
+                     "augment_per_epoch", "replay_rows", "val_fraction", "batch_tokens", "max_steps",
+                     "protect_general")
 """The settings `_estimate` reads: a user's change to any of them changes the time."""
 
 
@@ -1057,6 +1070,12 @@ def _estimate(s: Mapping[str, Any], stats: DataStats, hw: Hardware, size: float,
         "evaluate": eval_s,
         "save": (passes + 1) * SAVE_S_PER_CHECKPOINT * max(1.0, size / 0.5) ** 0.5,
     }
+    if replay and float(s.get("protect_general") or 0.0) > 0:
+        scaled = (max(size, 0.05) / 0.5) ** 1.5 * 2 / max(1, hw.cpu_cores)
+        stages["augment"] += PROTECT_S_GPU if cuda else (
+            PROTECT_S_05B_2CORES.get(hw.cpu_class, PROTECT_S_05B_2CORES["other"]) * scaled)
+        if not cuda:
+            stages["train"] += tokens / max(1, int(s.get("batch_tokens") or 4096)) * PROTECT_S_PER_STEP_05B_2CORES * scaled
     seconds = sum(stages.values())
     cost = round(seconds / 3600 * price, 4)
     return {"seconds": int(math.ceil(seconds)), "tokens": tokens, "device": hw.label,
