@@ -42,7 +42,8 @@ def test_directions_are_orthonormal_and_projection_removes_exactly_them(tiny_ran
     pairs = protect.lora_a_weights(peft, directions)
     assert len(pairs) == len(targets)
     weight, v = pairs[0]
-    before = weight.detach().clone()
+    weight = weight.detach()  # the same storage: project() changes it in place
+    before = weight.clone()
     protect.project(pairs)
     assert float((weight @ v.T).abs().max()) < 1e-5           # nothing left along the protected directions
     rest = before - before @ v.T @ v

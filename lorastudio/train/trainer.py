@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lorastudio.train import checkpoints, dataset, kernels
+from lorastudio.train import checkpoints, dataset, kernels, protect
 from lorastudio.train.adapters import lora_targets, neftune_hook, wrap_lora
 from lorastudio.train.card import model_card
 from lorastudio.train.config import ConfigError, TrainConfig
@@ -186,8 +186,6 @@ class Trainer:
         train_convs, replay_convs = dataset.augment(train_convs, model=model, tokenizer=tokenizer, cfg=cfg, log=log)
         directions = None
         if cfg.protect_general:
-            from lorastudio.train import protect
-
             log.stage("prepare", f"protect_general: the top {cfg.protect_general:.0%} of each adapted linear's "
                                  f"input directions on {len(replay_convs)} replay rows (an eigendecomposition "
                                  "per adapted linear: seconds on a GPU, minutes on a CPU)")
@@ -207,8 +205,6 @@ class Trainer:
         if directions is not None:
             if self.strategy.name == "fsdp":
                 raise ConfigError("protect_general is not supported with FSDP (sharded LoRA weights); set it to 0")
-            from lorastudio.train import protect
-
             self._protected = protect.lora_a_weights(self.model, directions)
             protect.project(self._protected)
         self._neftune_lengths: list[list[int]] = [[]]
@@ -315,8 +311,6 @@ class Trainer:
         else:
             self.optimizer.step()
         if self._protected:
-            from lorastudio.train import protect
-
             protect.project(self._protected)
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
