@@ -75,7 +75,7 @@ def general_directions(model: Any, tokenizer: Any, conversations: Sequence[Any],
         gram = x.T @ x
         _values, vectors = torch.linalg.eigh(gram)  # ascending
         k = int(round(share * gram.shape[0]))
-        directions[name] = vectors[:, -k:].T.float().contiguous() if k else vectors[:, :0].T.float()
+        directions[name] = vectors[:, gram.shape[0] - k:].T.contiguous()  # the k largest (none when k = 0)
         del x, gram, vectors
     return directions
 

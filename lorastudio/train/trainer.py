@@ -167,6 +167,8 @@ class Trainer:
         self.device: DeviceSetup = device_setup(cfg)
         self.strategy = strategy.for_run(*rank_and_world(), self.device.strategy)
         world_note = self.strategy.fit_config(cfg, self.device.device)
+        if cfg.protect_general and self.strategy.name == "fsdp":  # before the model loads
+            raise ConfigError("protect_general is not supported with FSDP (sharded LoRA weights); set it to 0")
         for note in self.device.notes + ([world_note] if world_note else []):
             log.stage("prepare", note)  # auto-fit plan, QLoRA, fast paths, ranks: what was decided
         log.stage("prepare", f"reading {cfg.data or 'the given conversations'} and {cfg.base}")
@@ -203,8 +205,6 @@ class Trainer:
             param.data = param.data.float()
         self._protected: list = []
         if directions is not None:
-            if self.strategy.name == "fsdp":
-                raise ConfigError("protect_general is not supported with FSDP (sharded LoRA weights); set it to 0")
             self._protected = protect.lora_a_weights(self.model, directions)
             protect.project(self._protected)
         self._neftune_lengths: list[list[int]] = [[]]
