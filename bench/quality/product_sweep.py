@@ -265,6 +265,12 @@ MIXES.update({
     "ns50_lr1e-3_lp2": {"protect_general": 0.5, "learning_rate": 1e-3, "lora_plus_ratio": 2.0},
     "ns75_lr1e-3": {"protect_general": 0.75, "learning_rate": 1e-3},
 })
+# Session 20: the lp2 candidate on more seeds and files; beside it LoRA+ 3, and LoRA+ 2 at the full rate unprotected
+# (does the protection earn its CPU minutes?).
+MIXES.update({
+    "ns50_lr1e-3_lp3": {"protect_general": 0.5, "learning_rate": 1e-3, "lora_plus_ratio": 3.0},
+    "lr1e-3_lp2": {"learning_rate": 1e-3, "lora_plus_ratio": 2.0},
+})
 for _name, _settings in MIXES.items():
     RECIPES[_name] = _settings
     for _seed in range(1, 30):
