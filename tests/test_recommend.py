@@ -315,6 +315,9 @@ def test_the_estimate_of_changed_settings_is_the_recommenders_arithmetic():
     changes = changed_settings(rec.settings, {**more, "lora_r": 64, "seed": 5, "max_steps": None})
     assert changes == {"num_epochs": (rec.settings["num_epochs"], more["num_epochs"])}  # only what moves the time
     assert changed_settings(rec.settings, dict(rec.settings)) == {}
+    # the run's whole config, built from the recommendation unchanged: settings the recommendation leaves out
+    # stand at their defaults, so no change is reported (it printed "with your changes (protect_general None → 0.0)")
+    assert changed_settings(rec.settings, TrainConfig.from_dict(rec.settings).to_dict()) == {}
 
 
 def test_the_estimate_counts_protect_general_before_training():
@@ -329,7 +332,7 @@ def test_the_estimate_counts_protect_general_before_training():
     steps = rec.estimate["tokens"] / rec.settings["batch_tokens"]
     assert on["stages"]["train"] - rec.estimate["stages"]["train"] == pytest.approx(
         steps * PROTECT_S_PER_STEP_05B_2CORES, abs=1)
-    assert changed_settings(rec.settings, {**rec.settings, "protect_general": 0.5}) == {"protect_general": (None, 0.5)}
+    assert changed_settings(rec.settings, {**rec.settings, "protect_general": 0.5}) == {"protect_general": (0.0, 0.5)}
     avx2 = recommend(DEMO, "default", hardware=cpu("avx2-fp32"))
     added = avx2.estimate_for({**avx2.settings, "protect_general": 0.5})["stages"]["augment"] \
         - avx2.estimate["stages"]["augment"]
@@ -466,7 +469,9 @@ def test_cpu_speed_scales_the_class_figure_by_the_probe(monkeypatch):
         return reference / 2 * threads * 0.5  # half the reference machine's speed per core: a Zen 4
 
     monkeypatch.setattr(hardware, "matmul_gflops", probe)
-    assert rec_mod.cpu_speed("avx512-bf16", 4) == 0.5 and seen == [(True, 4)]  # per core, in bf16
+    # per core, in bf16; training follows the GEMM probe less than in proportion (a Zen 4: probe 0.41×, training 0.49×)
+    assert rec_mod.cpu_speed("avx512-bf16", 4) == round(0.5 ** rec_mod.CPU_SPEED_EXPONENT, 2) == 0.57
+    assert seen == [(True, 4)]
     assert rec_mod.cpu_speed("avx2-fp32", 2) == 1.0 and len(seen) == 1  # no reference machine probed: as measured
     monkeypatch.setattr(hardware, "matmul_gflops", lambda bf16, threads: reference * 100)
     assert rec_mod.cpu_speed("avx512-bf16", 2) == rec_mod.CPU_SPEED_LIMITS[1]  # a wild reading is clamped

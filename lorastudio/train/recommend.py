@@ -21,13 +21,14 @@ import math
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from lorastudio import hardware as _hardware
 from lorastudio.data.checks import PER_MESSAGE_OVERHEAD, estimate_tokens
 from lorastudio.i18n import t as _t
+from lorastudio.train.config import TrainConfig
 
 TASKS = ("qa", "copywriting", "consulting")
 
@@ -41,7 +42,8 @@ TASKS = ("qa", "copywriting", "consulting")
 #   after 0.5 s of warm-up) read 775–935 on that machine within the hour, so an estimate carries ±10 % of
 #   probe noise. A second whole run (seed 1): 5 min 56 s, 320 tok/s. A Zen 4 (AVX-512 in two 256-bit
 #   halves) ran 136–167 before the shared template head (README "CPU training speed", docs/QUALITY.md
-#   session 3): one class, 2× apart, which is why the probe scales the figure (`cpu_speed`).
+#   session 3): one class, 2× apart, which is why the probe scales the figure (`cpu_speed`). Session 20, an
+#   idle 2-core Zen 4 (EPYC family 25 model 17), today's defaults whole: 153 tok/s, 16 min 39 s.
 # - avx512-fp32: int8 frozen-base GEMMs on (the fp32 default since session 6, `train/cpu.py`): 135, the
 #   lower of two figures: an AVX-512 Xeon with VNNI (the GPU device's host) ran `bench/cpu_calibrate.py`
 #   --set dtype=fp32 at 170 tok/s with int8, 137.5 without (2 pinned cores, 2026-11-30, session 6); the
@@ -79,9 +81,16 @@ device's Xeon host, 2 pinned cores, session 10: fp32 probe 203–229 around `ben
 dtype=fp32` at 143–148 tok/s (the figure, 135, is session 6's lower reading of the same host). amx-bf16
 has none: its bf16 probe read 540–1,660 GFLOP/s on that host within minutes (AMX tiles' start-up), while
 training ran a steady 228–237 tok/s. avx2-fp32: its Zen 3 was not at hand to probe."""
+CPU_SPEED_EXPONENT = 0.8
+"""Training speed follows the probe's ratio to this power, not in proportion: part of a step (attention, the
+elementwise work, the optimizer, Python) does not run at the probed GEMM's speed. Fitted on a 2-core AMD EPYC Zen 4
+(avx512-bf16, no AMX; session 20): its bf16 probe read 0.39–0.43× the Zen 5 reference per core (311–358 GFLOP/s
+on 2 cores, one cold reading 207) while the whole `lorastudio train yunzhan_train.jsonl --base default` trained at
+153 tok/s, 0.49× the reference's 315 (ln 0.49 / ln 0.41 = 0.81). In proportion the estimate was 20 min 33 s for a
+16 min 39 s run (seed 0, 23 % long); to this power 17 min 25 s for 17 min 23 s (seed 1, 145 tok/s)."""
 CPU_SPEED_LIMITS = (0.33, 3.0)
-"""The probe's ratio is clamped to this range: a probe run while the machine is busy must not turn a
-half-hour estimate into ten minutes (or the reverse)."""
+"""The speed (the probe's ratio to the power `CPU_SPEED_EXPONENT`) is clamped to this range: a probe run while
+the machine is busy must not turn a half-hour estimate into ten minutes (or the reverse)."""
 GPU_TOKENS_PER_S_05B = 20_000.0
 # Small steps on a GPU are bound by kernel launches, not arithmetic: 141 steps of 640 tokens took
 # 25–30 s on an H200 (three runs sharing it), so a step costs at least this much.
@@ -226,15 +235,16 @@ def cpu_tokens_per_s(cpu_class: str, cores: int, size_b: float = 0.5, speed: flo
 
 def cpu_speed(cpu_class: str, cores: int) -> float:
     """This CPU's matmul speed per core (`hardware.matmul_gflops` on `cores` threads, in the class's
-    training dtype) over the class's reference machine's (`CPU_PROBE_REFERENCE_GFLOPS`), clamped to
-    `CPU_SPEED_LIMITS`; 1.0 where the class has no reference or the probe cannot run."""
+    training dtype) over the class's reference machine's (`CPU_PROBE_REFERENCE_GFLOPS`), to the power
+    `CPU_SPEED_EXPONENT`, clamped to `CPU_SPEED_LIMITS`; 1.0 where the class has no reference or the probe
+    cannot run."""
     reference = CPU_PROBE_REFERENCE_GFLOPS.get(cpu_class)
     cores = max(1, int(cores))
     measured = _hardware.matmul_gflops(_hardware.bf16_native(cpu_class), cores) if reference else None
     if not measured:
         return 1.0
     low, high = CPU_SPEED_LIMITS
-    return round(min(high, max(low, (measured / cores) / (reference / 2))), 2)
+    return round(min(high, max(low, ((measured / cores) / (reference / 2)) ** CPU_SPEED_EXPONENT)), 2)
 
 
 @dataclass
@@ -930,9 +940,11 @@ ESTIMATE_SETTINGS = ("num_epochs", "augment_same_fact", "augment_paraphrases", "
 
 def changed_settings(recommended: Mapping[str, Any], final: Mapping[str, Any],
                      keys: Sequence[str] = ESTIMATE_SETTINGS) -> dict[str, tuple[Any, Any]]:
-    """{setting: (recommended, final)} for the `keys` (the `ESTIMATE_SETTINGS` unless named) the user changed."""
-    return {k: (recommended.get(k), final.get(k)) for k in keys
-            if k in final and final.get(k) != recommended.get(k)}
+    """{setting: (recommended, final)} for the `keys` (the `ESTIMATE_SETTINGS` unless named) the user changed.
+    A setting the recommendation leaves out stands at TrainConfig's default (`protect_general`'s 0.0 is no change)."""
+    defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
+    return {k: (recommended.get(k, defaults.get(k)), final.get(k)) for k in keys
+            if k in final and final.get(k) != recommended.get(k, defaults.get(k))}
 
 
 def _contrast_questions(stats: DataStats) -> int:
