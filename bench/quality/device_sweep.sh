@@ -6,6 +6,8 @@
 # default model's bf16 cache exactly as `lorastudio models --prepare default` does (sha256 checked), then runs
 # one product sweep per SPEC, all at once on the same GPUs:
 #   bash bench/quality/device_sweep.sh BUDGET_S GPUS NAME:DATA:PER_GPU:RECIPES [NAME:DATA:PER_GPU:RECIPES ...]
+# BUDGET_S: start no recipe after this many seconds (0: none); each sweep is stopped BUDGET_S + 250 s in (560 s with
+# no budget: under the device's 600 s a call).
 # NAME's results (every answer) and log come back in $OUT/NAME/.
 set -u
 BUDGET=$1; GPUS=$2; shift 2
@@ -29,7 +31,7 @@ for spec in "$@"; do
   rm -f "/tmp/$name/results.jsonl"  # a second call on a warm machine: its results only, not appended to the last's
   (while sleep 15; do cp "/tmp/$name/results.jsonl" "$OUT/$name/" 2>/dev/null; done) &  # partial results if cut off
   copiers+=($!)
-  (timeout $((BUDGET + 250)) python3 bench/quality/product_sweep.py --data "$data" --out "/tmp/$name" --gpus "$GPUS" \
+  (timeout $((BUDGET > 0 ? BUDGET + 250 : 560)) python3 bench/quality/product_sweep.py --data "$data" --out "/tmp/$name" --gpus "$GPUS" \
      --per-gpu "$per" --budget-s "$BUDGET" --recipes "$recipes" > "$OUT/$name/sweep.log" 2>&1
    cp "/tmp/$name/results.jsonl" "$OUT/$name/results.jsonl") &
   sweeps+=($!)
