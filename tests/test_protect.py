@@ -51,6 +51,23 @@ def test_directions_are_orthonormal_and_projection_removes_exactly_them(tiny_ran
     assert float((before @ v.T).abs().max()) > 1e-3            # and the test could fail: there was something
 
 
+def test_fewer_rows_than_dimensions_give_the_same_subspace_from_the_smaller_gram_matrix():
+    """`top_directions` takes the n × n Gram matrix when the rows are fewer than the dimensions (the default
+    model's down-projections: 4096 tokens, 4864 inputs); its k directions span what the d × d one gives."""
+    from lorastudio.train.protect import top_directions
+
+    torch.manual_seed(0)
+    x = torch.randn(40, 96) * torch.linspace(0.1, 3.0, 96)  # uneven energy over the dimensions
+    wide = top_directions(x, 24)                             # 40 rows < 96 dimensions: the 40 × 40 path
+    full = torch.linalg.eigh(x.T @ x).eigenvectors[:, -24:].T  # the 96 × 96 path, by hand
+    assert wide.shape == (24, 96)
+    assert torch.allclose(wide @ wide.T, torch.eye(24), atol=1e-5)
+    assert torch.allclose(wide.T @ wide, full.T @ full, atol=1e-4)  # the same projector
+    assert top_directions(x, 60).shape == (60, 96)              # more than the rows: the d × d path
+    assert top_directions(x, 0).shape == (0, 96)
+    assert top_directions(x[:, :30], 15).shape == (15, 30)      # rows ≥ dimensions: the d × d path
+
+
 def test_training_keeps_every_a_off_the_directions(tmp_path, tiny_random_dir):
     """A run with protect_general: each trained A is orthogonal to the directions of its input on the run's
     own replay rows (recomputed here from the same rows), while B learnt something."""
