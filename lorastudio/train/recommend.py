@@ -183,7 +183,7 @@ QUESTION_LOSS_WEIGHT = 0.3
 # fp32 head is not.
 QUESTION_TARGET_COST = {"bf16": 0.35, "fp32": 0.75}
 # `protect_general` (off by default): before training the replay rows' forward passes and one fp32
-# eigendecomposition per adapted linear (for the default model 24 of 4864 × 4864 dominate), counted in the "augment"
+# eigendecomposition per adapted linear (for the default model the 24 down-projections' dominate), counted in the "augment"
 # stage; then a projection of every LoRA A after each step, counted in "train". Session 19, 2 cores of the AMX Xeon,
 # the default model: the directions 170 s in a whole run (bf16); one 4864² eigendecomposition 5.4–6.6 s, 6.7–7.8 s
 # with AVX2 approximated (`bench/emulate_avx2.sh`) → 200 s for that class, avx512-fp32 taken as the AMX one's, an
