@@ -21,7 +21,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -945,9 +945,8 @@ def changed_settings(recommended: Mapping[str, Any], final: Mapping[str, Any],
                      keys: Sequence[str] = ESTIMATE_SETTINGS) -> dict[str, tuple[Any, Any]]:
     """{setting: (recommended, final)} for the `keys` (the `ESTIMATE_SETTINGS` unless named) the user changed.
     A setting the recommendation leaves out stands at TrainConfig's default (`protect_general`'s 0.0 is no change)."""
-    defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
-    return {k: (recommended.get(k, defaults.get(k)), final.get(k)) for k in keys
-            if k in final and final.get(k) != recommended.get(k, defaults.get(k))}
+    base = {**TrainConfig().to_dict(), **recommended}
+    return {k: (base.get(k), final.get(k)) for k in keys if k in final and final.get(k) != base.get(k)}
 
 
 def _contrast_questions(stats: DataStats) -> int:
