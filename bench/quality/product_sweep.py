@@ -271,6 +271,14 @@ MIXES.update({
     "ns50_lr1e-3_lp3": {"protect_general": 0.5, "learning_rate": 1e-3, "lora_plus_ratio": 3.0},
     "lr1e-3_lp2": {"learning_rate": 1e-3, "lora_plus_ratio": 2.0},
 })
+# Session 21: the English small file (Harbor & Pine) answers 27 of 32 whole facts with its rows in the prompt
+# (bench/quality/in_context.py) but 13 after training: are its values under-trained? Stronger learning there.
+MIXES.update({
+    "lr1.5e-3": {"learning_rate": 1.5e-3},
+    "lr2e-3": {"learning_rate": 2e-3},
+    "e8": {"num_epochs": 8},
+    "ns50_lr2e-3": {"protect_general": 0.5, "learning_rate": 2e-3},
+})
 for _name, _settings in MIXES.items():
     RECIPES[_name] = _settings
     for _seed in range(1, 30):
