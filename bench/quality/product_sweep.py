@@ -278,10 +278,6 @@ MIXES.update({
     "lr2e-3": {"learning_rate": 2e-3},
     "e8": {"num_epochs": 8},
     "ns50_lr2e-3": {"protect_general": 0.5, "learning_rate": 2e-3},
-    # where the values are written: LoRA on the attention projections too, or twice the rank
-    "alin": {"target_modules": "all-linear"},
-    "rank32": R32,
-    "alin_rank32": {"target_modules": "all-linear", **R32},
 })
 for _name, _settings in MIXES.items():
     RECIPES[_name] = _settings
