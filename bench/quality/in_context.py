@@ -118,6 +118,9 @@ def main(argv: list[str] | None = None) -> None:
     for item in read_jsonl(set_file("facts", args.evals)):
         fact_items.setdefault(item["fact"], []).append(item)
     items = {name: read_jsonl(set_file(name, args.evals)) for name in args.sets.split(",")}
+    if args.mode == "oracle" and any("fact" not in item for questions in items.values() for item in questions):
+        raise SystemExit("in_context.py: --mode oracle needs sets whose questions name their fact (facts, hard), "
+                         "not general")
     prompts, caps, sizes = [], [], []
     for name, questions in items.items():
         for item in questions:
