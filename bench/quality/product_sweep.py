@@ -46,7 +46,6 @@ RECIPES: dict[str, dict] = {
     "e3_lr1.5e-3": {"num_epochs": 3, "learning_rate": 1.5e-3},
     "e3_cosine": {"num_epochs": 3, "lr_scheduler": "cosine"},
     "e3_bt1280": {"num_epochs": 3, "batch_tokens": 1280},
-    "lr2e-3": {"learning_rate": 2e-3},
     "default_s1": {"seed": 1},
     "e3_s1": {"num_epochs": 3, "seed": 1},
     "r32_e3_s1": {**R32, "num_epochs": 3, "seed": 1},

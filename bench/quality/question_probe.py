@@ -12,18 +12,20 @@ would have to work with.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 PROMPT = ("下面是一条客服知识库里的回答。请写出{n}个客户可能会问、并且这条回答能够回答的问题。每个问题问回答里不同的要点，"
           "用客户自己的说法，不要照抄原问题，不要回答。每行写一个问题，不要编号，不要其他内容。\n原问题：{q}\n回答：{a}")
 
 
 def main() -> None:
+    from sweep import read_jsonl
+
     from lorastudio.engines.batch import run_llamacpp_batch
 
     ap = argparse.ArgumentParser()
@@ -32,7 +34,7 @@ def main() -> None:
     ap.add_argument("--rows", default="16,32,44,47,117,5,24,60,100,140", help="0-based rows of --data")
     ap.add_argument("--n", type=int, default=3)
     args = ap.parse_args()
-    rows = [json.loads(line) for line in Path(args.data).read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = read_jsonl(args.data)
     picked = [int(x) for x in args.rows.split(",")]
     prompts = [[{"role": "user", "content": PROMPT.format(n=args.n, q=rows[i]["instruction"], a=rows[i]["response"])}]
                for i in picked]
