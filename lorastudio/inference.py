@@ -51,6 +51,7 @@ from lorastudio.engines.common import (
     normalize_messages,
     render_prompt,
 )
+from lorastudio.knowledge import grounded
 
 _IncrementalDecoder = IncrementalDecoder  # the old private name, kept for callers
 
@@ -181,11 +182,14 @@ class ChatEngine:
 
     def __init__(self, base: str = "default", max_adapters: int = 4, *, dtype: Any = None,
                  device: str | None = None, model: Any = None, tokenizer: Any = None,
-                 engine: str | None = None):
+                 engine: str | None = None, knowledge: bool = True):
         if max_adapters < 1:
             raise ValueError("max_adapters must be at least 1")
         self.base_id = base
         self.max_adapters = max_adapters
+        self.knowledge = knowledge
+        """Put an adapter's closest training rows beside each question (`lorastudio.knowledge`); False = the
+        weights alone. Adapters without a knowledge file answer from their weights either way."""
         choice = choose_engine(base, engine=engine, device=device, dtype=dtype, model_given=model is not None)
         llama = None
         if choice.name == "llama.cpp":
@@ -334,6 +338,8 @@ class ChatEngine:
 
     def _encode(self, msgs: list[dict[str, str]], adapter_path: Path | None = None) -> list[int]:
         system = adapter_system_prompt(adapter_path) if adapter_path is not None else None
+        if self.knowledge and adapter_path is not None:
+            msgs = grounded(msgs, adapter_path, system)
         prompt = render_prompt(msgs, self.tokenizer, system_prompt=system)
         if isinstance(prompt, str):
             # The template already contains any BOS the model wants; adding one would double it.

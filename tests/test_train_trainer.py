@@ -44,8 +44,11 @@ def test_end_to_end_on_tiny_random_loads_in_plain_peft(tmp_path, tiny_random_dir
     result = train(cfg, on_event=events.append)
     out = Path(result.adapter_dir)
     for name in ("adapter_config.json", "adapter_model.safetensors", "train_config.yaml", "events.jsonl",
-                 "README.md", "data_report.json"):
+                 "README.md", "data_report.json", "knowledge.jsonl"):
         assert (out / name).is_file(), name
+    # every row of the file, as written (validation rows too): what the engine reads beside each question
+    knowledge = [json.loads(line) for line in (out / "knowledge.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert sorted((k["question"], k["answer"]) for k in knowledge) == sorted(ROWS)
     assert result.steps == 3 and result.metrics["train_loss"] is not None
 
     # Plain PEFT + transformers, no lorastudio: base_model_name_or_path is a loadable directory.

@@ -21,21 +21,13 @@ Engines: llama.cpp on a CPU (as `score.py`), transformers where CUDA is (`--engi
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-HEADER = {"zh": "以下是公司内部资料（问答形式）。请根据资料回答用户的问题。\n\n",
-          "en": "Below is the company's internal knowledge (questions and answers). Answer the user's question "
-                "from it.\n\n"}
-ROW = {"zh": "问：{q}\n答：{a}", "en": "Q: {q}\nA: {a}"}
-
 
 def _keys(items: list[dict]) -> list[list[str]]:
     return [key if isinstance(key, list) else [key] for item in items for key in item["must_contain"]]
@@ -63,31 +55,6 @@ def oracle_rows(facts: list, fact_items: dict, answers: list[str], groups: list[
     return chosen[:cap]
 
 
-def _bigrams(text: str) -> Counter:
-    text = text.lower()
-    return Counter(text[i:i + 2] for i in range(len(text) - 1))
-
-
-class Retriever:
-    """TF-IDF cosine of character bigrams between a question and each row's question + answer."""
-
-    def __init__(self, rows: list[tuple[str, str]]) -> None:
-        grams = [_bigrams(q + " " + a) for q, a in rows]
-        df = Counter(g for x in grams for g in x)
-        self.idf = {g: math.log((len(rows) + 1) / n) for g, n in df.items()}
-        self.vecs = [self._vec(x) for x in grams]
-
-    def _vec(self, grams: Counter) -> dict[str, float]:
-        vec = {g: v * self.idf.get(g, 0.0) for g, v in grams.items()}
-        norm = math.sqrt(sum(v * v for v in vec.values())) or 1.0
-        return {g: v / norm for g, v in vec.items()}
-
-    def top(self, question: str, k: int) -> list[int]:
-        q = self._vec(_bigrams(question))
-        sims = [sum(w * vec.get(g, 0.0) for g, w in q.items()) for vec in self.vecs]
-        return sorted(range(len(sims)), key=lambda i: -sims[i])[:k]
-
-
 def main(argv: list[str] | None = None) -> None:
     from score import SETS, set_file, write
     from sweep import read_jsonl
@@ -95,6 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     from lorastudio.data.facts import fact_groups
     from lorastudio.data.types import Conversation, Message
     from lorastudio.engines.batch import run_llamacpp_batch
+    from lorastudio.knowledge import HEADER, ROW, Retriever, language
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--base", default="default")
@@ -105,13 +73,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sets", default="facts,hard")
     ap.add_argument("--engine", choices=("auto", "llama.cpp", "transformers"), default="auto")
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--adapter", default=None, help="a trained adapter to read the rows with (default: the base model)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
-    args.adapter, args.limit = None, None
+    args.limit = None
 
     rows = [(r["instruction"], r["response"]) for r in read_jsonl(args.data)]
     answers = [a for _, a in rows]
-    lang = "zh" if sum("\u4e00" <= ch <= "\u9fff" for ch in "".join(answers)) > len(answers) else "en"
+    lang = language(answers)
     groups = fact_groups([Conversation([Message("user", q), Message("assistant", a)]) for q, a in rows])
     retriever = Retriever(rows)
     fact_items: dict = {}
@@ -144,12 +113,17 @@ def main(argv: list[str] | None = None) -> None:
         engine = "transformers" if torch.cuda.is_available() else "llama.cpp"
     t0 = time.time()
     if engine == "llama.cpp":
-        flat = run_llamacpp_batch(args.base, prompts, max_new_tokens=caps, batch_size=min(8, args.batch_size))
+        flat = run_llamacpp_batch(args.base, prompts, max_new_tokens=caps, batch_size=min(8, args.batch_size),
+                                  adapter=args.adapter, knowledge=False)
     else:
         from lorastudio.models import load_model
         from lorastudio.train.generation import generate_batch
 
         model, tok = load_model(args.base)
+        if args.adapter:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, args.adapter)
         model.eval()
         flat = []
         for cap in sorted(set(caps)):  # one call per answer cap, answers put back in order

@@ -62,6 +62,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--system", default=None,
                     help="ask every question under this system message (default: none, so the model's "
                          "template adds its own, as the product does without one)")
+    ap.add_argument("--no-knowledge", dest="knowledge", action="store_false",
+                    help="answer from the adapter's weights alone, without its training rows beside each question "
+                         "(lorastudio/knowledge.py; the product puts them there by default)")
     args = ap.parse_args(argv)
     sets = [s.strip() for s in args.sets.split(",") if s.strip()]
     unknown = [s for s in sets if s not in SETS]
@@ -131,6 +134,17 @@ def chats(questions: list[dict], system: str | None = None) -> list[list[dict[st
     return [head + [{"role": "user", "content": q["question"]}] for q in questions]
 
 
+def grounded_chats(args: argparse.Namespace, questions: list[dict]) -> list[list[dict[str, str]]]:
+    """`chats` as the product's engine sends them: with the adapter's knowledge rows unless --no-knowledge."""
+    from lorastudio.engines.common import adapter_system_prompt
+    from lorastudio.knowledge import grounded
+
+    if not (args.adapter and args.knowledge):
+        return chats(questions, args.system)
+    system = adapter_system_prompt(Path(args.adapter))
+    return [grounded(chat, args.adapter, system) for chat in chats(questions, args.system)]
+
+
 def answer_llamacpp(args: argparse.Namespace, items: dict[str, list[dict]]) -> tuple[dict[str, list[str]], float]:
     """Every set's greedy answers from one llama.cpp child (model, tokenizer and adapter loaded once)."""
     from lorastudio.engines.batch import run_llamacpp_batch
@@ -141,7 +155,7 @@ def answer_llamacpp(args: argparse.Namespace, items: dict[str, list[dict]]) -> t
         caps += [SETS[name][1]] * len(questions)
     t0 = time.time()  # the child's start and model load included (transformers' eval_s excludes its load)
     flat = run_llamacpp_batch(args.base, prompts, max_new_tokens=caps, batch_size=min(8, args.batch_size),
-                              adapter=args.adapter)
+                              adapter=args.adapter, knowledge=args.knowledge)
     seconds = time.time() - t0
     out, at = {}, 0
     for name, questions in items.items():
@@ -169,7 +183,7 @@ def answer_transformers(args: argparse.Namespace, items: dict[str, list[dict]], 
             m.scaling = {k: v * scale for k, v in orig.items()}
         out = Path(args.out)
         t0 = time.time()
-        answers = {name: generate_batch(model, tok, chats(questions, args.system), max_new_tokens=SETS[name][1],
+        answers = {name: generate_batch(model, tok, grounded_chats(args, questions), max_new_tokens=SETS[name][1],
                                         batch_size=args.batch_size) if questions else []
                    for name, questions in items.items()}
         write(args, items, answers, out if i == 0 else out.with_name(f"{out.stem}_x{scale:g}.json"), scale,
@@ -182,7 +196,7 @@ def write(args: argparse.Namespace, items: dict[str, list[dict]], answers: dict[
     from sweep import fact_score, score  # the sweep's scoring, unchanged
 
     res = {"base": args.base, "adapter": args.adapter, "evals": args.evals, "scale": scale, "engine": engine,
-           "engine_reason": reason, "eval_s": round(seconds, 1)}
+           "engine_reason": reason, "eval_s": round(seconds, 1), "knowledge": bool(getattr(args, "knowledge", False))}
     if args.limit is not None:
         res["limit"] = args.limit
     parts = []

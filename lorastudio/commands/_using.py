@@ -53,13 +53,19 @@ def base_for(base: str | None, adapter: str | None) -> str:
     return "default"
 
 
-def load_engine(base: str, max_adapters: int = 4) -> Any:
+def add_knowledge_flag(parser: Any) -> None:
+    parser.add_argument("--no-knowledge", dest="knowledge", action="store_false",
+                        help="answer from the adapter's weights alone: without its closest training rows beside each "
+                             "question (as an exported GGUF answers; docs/QUALITY.md says what the rows add)")
+
+
+def load_engine(base: str, max_adapters: int = 4, knowledge: bool = True) -> Any:
     """A ChatEngine, or raise `UsageError` with a one-line reason (unknown model, broken files)."""
     from lorastudio.inference import ChatEngine
 
     print(text("loading", base=base), file=sys.stderr, flush=True)
     try:
-        return ChatEngine(base, max_adapters=max_adapters)
+        return ChatEngine(base, max_adapters=max_adapters, knowledge=knowledge)
     except (OSError, ValueError, RuntimeError) as exc:
         # models.ModelError is a RuntimeError; a bad local directory is an OSError/ValueError.
         raise UsageError(f"cannot load base model {base!r}: {str(exc).splitlines()[0]}") from None

@@ -13,6 +13,8 @@ import os
 import sys
 from collections.abc import Iterator
 
+from lorastudio.commands._using import add_knowledge_flag
+
 HELP = "Ask the base model and the fine-tuned model the same question, side by side."
 ORDER = 42
 
@@ -28,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layout", choices=("auto", "stream", "columns"), default="auto",
                         help="stream: answers printed as they are generated, one after the other; columns: "
                              "side by side when both are done; auto (default): stream at a terminal")
+    add_knowledge_flag(parser)
     parser.add_argument("--engine", choices=("auto", "llama.cpp", "transformers"), default=None,
                         help="inference engine (default: llama.cpp on a CPU for GGUF bases, else transformers; "
                              "also LORASTUDIO_ENGINE)")
@@ -44,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         check_adapter_dir(args.adapter)
         # One base model in memory: the adapter is switched off for the base answer, on for the tuned.
         with engine_choice(args.engine):
-            engine = load_engine(base_for(args.base, args.adapter), max_adapters=1)
+            engine = load_engine(base_for(args.base, args.adapter), max_adapters=1, knowledge=args.knowledge)
     except (AdapterError, UsageError, ValueError) as exc:
         return fail(str(exc))
     print(engine_line(engine), file=sys.stderr, flush=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from lorastudio.commands._using import add_knowledge_flag
+
 HELP = "Score a question file before vs after fine-tuning (key facts, exact match, similarity)."
 ORDER = 44
 
@@ -19,6 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--details", action="store_true", help="print every question with both answers")
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=8)
+    add_knowledge_flag(parser)
     parser.add_argument("--engine", choices=("auto", "llama.cpp", "transformers"), default=None,
                         help="inference engine (default: llama.cpp on a CPU for GGUF bases, else transformers; "
                              "also LORASTUDIO_ENGINE)")
@@ -43,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         if args.adapter:
             check_adapter_dir(args.adapter)
         with engine_choice(args.engine):
-            engine = load_engine(base_for(args.base, args.adapter), max_adapters=1)
+            engine = load_engine(base_for(args.base, args.adapter), max_adapters=1, knowledge=args.knowledge)
         print(engine_line(engine), file=sys.stderr, flush=True)
 
         def progress(done: int, total: int) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from lorastudio.commands._using import add_knowledge_flag
+
 HELP = "Answer a JSONL file of questions (base model, optionally with a LoRA adapter)."
 ORDER = 40
 
@@ -18,6 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--batch-size", type=int, default=8, help="prompts generated together")
+    add_knowledge_flag(parser)
     parser.add_argument("--engine", choices=("auto", "llama.cpp", "transformers"), default=None,
                         help="inference engine (default: llama.cpp on a CPU for GGUF bases, else transformers; "
                              "also LORASTUDIO_ENGINE)")
@@ -36,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         if args.adapter:
             check_adapter_dir(args.adapter)  # fail before the slow model load
         with engine_choice(args.engine):
-            engine = load_engine(base_for(args.base, args.adapter))
+            engine = load_engine(base_for(args.base, args.adapter), knowledge=args.knowledge)
         print(engine_line(engine), file=sys.stderr, flush=True)
         progress = _progress if sys.stderr.isatty() else None
         result = generate_file(engine, args.input, args.output, args.adapter,

@@ -32,10 +32,11 @@ class BatchError(RuntimeError):
 
 
 def run_llamacpp_batch(base: str, prompts: Sequence[Any], *, max_new_tokens: int | Sequence[int],
-                       batch_size: int = 8, adapter: str | os.PathLike | None = None,
+                       batch_size: int = 8, adapter: str | os.PathLike | None = None, knowledge: bool = True,
                        on_progress: Callable[[int, int], None] | None = None) -> list[str]:
     """Greedy answers (stripped, end-of-turn excluded) to `prompts` (messages lists) from the llama.cpp
-    engine on `base` (with the LoRA `adapter` when given), computed in a child process.
+    engine on `base` (with the LoRA `adapter` when given, and its knowledge rows unless `knowledge` is False),
+    computed in a child process.
     `max_new_tokens`: one cap, or one per prompt. Raises `BatchError` if the child fails."""
     if not isinstance(max_new_tokens, int) and len(max_new_tokens) != len(prompts):
         raise ValueError(f"{len(max_new_tokens)} max_new_tokens for {len(prompts)} prompts")
@@ -43,7 +44,8 @@ def run_llamacpp_batch(base: str, prompts: Sequence[Any], *, max_new_tokens: int
         request, answers = Path(tmp) / "request.json", Path(tmp) / "answers.json"
         budget = max_new_tokens if isinstance(max_new_tokens, int) else [int(x) for x in max_new_tokens]
         request.write_text(json.dumps({"base": base, "prompts": list(prompts), "max_new_tokens": budget,
-                                       "batch_size": batch_size, "adapter": None if adapter is None else str(adapter)},
+                                       "batch_size": batch_size, "adapter": None if adapter is None else str(adapter),
+                                       "knowledge": knowledge},
                                       ensure_ascii=False), encoding="utf-8")
         proc = subprocess.Popen([sys.executable, "-m", "lorastudio.engines.batch", str(request), str(answers)],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, encoding="utf-8",
@@ -72,7 +74,7 @@ def main(argv: Sequence[str]) -> int:
     request = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
     from lorastudio.inference import ChatEngine
 
-    engine = ChatEngine(request["base"], engine="llama.cpp")
+    engine = ChatEngine(request["base"], engine="llama.cpp", knowledge=bool(request.get("knowledge", True)))
     prompts, batch = request["prompts"], max(1, int(request.get("batch_size", 8)))
     budget = request["max_new_tokens"]
     budgets = [int(x) for x in budget] if isinstance(budget, list) else [int(budget)] * len(prompts)

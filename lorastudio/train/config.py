@@ -37,7 +37,7 @@ _FLOAT_FIELDS = {"lora_dropout", "learning_rate", "lora_plus_ratio", "warmup_rat
                  "question_loss_weight", "protect_general"}
 _INT_FIELDS = {"lora_r", "lora_alpha", "max_steps", "batch_tokens", "gradient_accumulation", "max_length",
                "seed", "eval_every", "save_every", "keep_checkpoints", "early_stopping_patience", "augment_paraphrases",
-               "replay_rows", "gpus", "contrast_passes", "key_token_weight", "contrast_neighbours"}
+               "replay_rows", "gpus", "contrast_passes", "key_token_weight", "contrast_neighbours", "knowledge_rows"}
 
 
 def _resume(default: Any) -> Any:
@@ -168,6 +168,10 @@ class TrainConfig:
     """Also train new cases of the rules the rows state: a case question's amount moved within its rule's
     bounds, and rule questions framed with a concrete amount past their threshold (no generation; runs
     with the augmentation hook like augment_contrast)."""
+    knowledge_rows: int = _resume(6)
+    """Rows of the training file put beside each question when the tuned model answers (the closest by
+    wording, from `<adapter>/knowledge.jsonl`; lorastudio/knowledge.py): the model reads the facts as well as
+    remembers them; 0 = answers from the weights alone. Exported GGUFs always answer from the weights alone."""
     replay_prompts: str | None = _resume(None)
     """Your own general prompts for replay instead of the built-in set: a .txt (one per line) or .jsonl
     (`prompt` per line), the first `replay_rows` used; answers cached per base model like the built-in ones."""
@@ -221,6 +225,7 @@ class TrainConfig:
         need(1 <= self.keep_checkpoints <= 1000, "keep_checkpoints", "must be 1–1000")
         need(self.augment_paraphrases >= 0, "augment_paraphrases", "must be ≥ 0")
         need(self.replay_rows >= 0, "replay_rows", "must be ≥ 0")
+        need(0 <= self.knowledge_rows <= 32, "knowledge_rows", "must be 0–32 (0 = answers from the weights alone)")
         need(1 <= self.key_token_weight <= 4, "key_token_weight", "must be 1–4 (1 = off)")
         need(0.0 <= self.protect_general < 1.0, "protect_general", "must be in [0, 1) (0 = off)")
         need(self.protect_general == 0 or self.replay_rows > 0, "protect_general", "needs replay_rows > 0")

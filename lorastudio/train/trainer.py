@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lorastudio.knowledge import write_knowledge
 from lorastudio.train import checkpoints, dataset, kernels, protect
 from lorastudio.train.adapters import lora_targets, neftune_hook, wrap_lora
 from lorastudio.train.card import model_card
@@ -175,6 +176,7 @@ class Trainer:
         self.model_dir = resolve_model(cfg.base)
         # Data first: bad data fails in seconds, not after a model load.
         train_convs, val_convs, self.data_report = dataset.load_conversations(cfg, *self._given)
+        self._knowledge = train_convs + val_convs  # the user's rows as written, before augmentation
         tokenizer = load_tokenizer(self.model_dir)
         log.stage("prepare", f"loading {cfg.base} on {self.device.device} ({_dtype_name(self.device)})")
         quantization = None
@@ -451,6 +453,8 @@ class Trainer:
         config_path.write_text(json.dumps(adapter_config, indent=2, ensure_ascii=False), encoding="utf-8")
         metrics = final_metrics(self, steps, early_stopped, use_best)
         cfg.to_yaml(out / "train_config.yaml")
+        if cfg.knowledge_rows:
+            write_knowledge(out, self._knowledge)
         (out / "data_report.json").write_text(
             json.dumps(self.data_report, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
         (out / "README.md").write_text(model_card(cfg, self.data_report, metrics), encoding="utf-8")

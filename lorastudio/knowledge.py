@@ -1,0 +1,218 @@
+"""The training file's own rows beside each question: what a tuned model reads as well as remembers.
+
+A LoRA adapter learns a business's facts into its weights, but a small model finds a fact asked in new words
+less reliably than it reads one put in front of it. So training writes the rows it learnt from to
+`<adapter>/knowledge.jsonl` (every user → assistant turn of the training file, as the user wrote it), and at
+inference the engine (`lorastudio.inference.ChatEngine`: CLI, HTTP API, studio, `bench/quality/score.py`) puts the
+`knowledge_rows` rows most like the question into the system message, after any system prompt. Measured on
+the demo file with the default model (docs/QUALITY.md, "The tuned model reading its own rows"): the same
+adapters answer more whole facts with their rows than from their weights alone, with no general answer lost.
+
+Retrieval: TF-IDF cosine of character bigrams between the question (with the user's previous question, for
+follow-ups) and each row's question + answer; it needs no model, no word splitter (Chinese and English alike)
+and no files beyond the rows; an inverted index keeps a query over thousands of rows in milliseconds. Rows that
+share no bigram with the question are never sent. `knowledge_rows: 0` (train config) or
+`ChatEngine(knowledge=False)` / `lorastudio generate --no-knowledge` answer from the weights alone, as an exported
+GGUF does in llama.cpp or Ollama.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lorastudio.engines.common import AdapterError
+
+KNOWLEDGE_FILE = "knowledge.jsonl"
+DEFAULT_ROWS = 6
+MAX_CHARS = 4000  # rows past this much text are left out (the closest row always goes): a long file's rows fit
+
+HEADER = {"zh": "以下是公司内部资料（问答形式）。请根据资料回答用户的问题。\n\n",
+          "en": "Below is the company's internal knowledge (questions and answers). Answer the user's question "
+                "from it.\n\n"}
+ROW = {"zh": "问：{q}\n答：{a}", "en": "Q: {q}\nA: {a}"}
+
+
+class KnowledgeError(AdapterError):
+    """An adapter's knowledge file cannot be read; the message names the file, the line and what to do."""
+
+
+def _bigrams(text: str) -> Counter:
+    text = text.lower()
+    return Counter(text[i:i + 2] for i in range(len(text) - 1))
+
+
+def language(texts: Iterable[str]) -> str:
+    """"zh" when the texts hold more CJK characters than there are texts, else "en"."""
+    texts = list(texts)
+    return "zh" if sum("\u4e00" <= ch <= "\u9fff" for ch in "".join(texts)) > len(texts) else "en"
+
+
+class Retriever:
+    """TF-IDF cosine of character bigrams between a question and each row's question + answer."""
+
+    def __init__(self, rows: Sequence[tuple[str, str]]) -> None:
+        grams = [_bigrams(q + " " + a) for q, a in rows]
+        df = Counter(g for x in grams for g in x)
+        self.idf = {g: math.log((len(rows) + 1) / n) for g, n in df.items()}
+        self.postings: dict[str, list[tuple[int, float]]] = {}
+        for i, x in enumerate(grams):
+            for g, w in self._vec(x).items():
+                self.postings.setdefault(g, []).append((i, w))
+
+    def _vec(self, grams: Counter) -> dict[str, float]:
+        vec = {g: v * self.idf.get(g, 0.0) for g, v in grams.items()}
+        norm = math.sqrt(sum(v * v for v in vec.values())) or 1.0
+        return {g: v / norm for g, v in vec.items() if v}
+
+    def scores(self, question: str) -> dict[int, float]:
+        """Cosine of `question` with every row that shares a bigram with it (the others score 0)."""
+        sims: dict[int, float] = {}
+        for g, w in self._vec(_bigrams(question)).items():
+            for i, v in self.postings.get(g, ()):
+                sims[i] = sims.get(i, 0.0) + w * v
+        return sims
+
+    def top(self, question: str, k: int) -> list[int]:
+        """The `k` rows most like `question`, best first (ties by row order); only rows scoring above 0."""
+        sims = self.scores(question)
+        return sorted((i for i in sims if sims[i] > 0), key=lambda i: (-sims[i], i))[:k]
+
+
+def rows_of(conversations: Iterable[Any]) -> list[tuple[str, str]]:
+    """Every user → assistant turn of `conversations` (`Conversation`s or lists of messages), once each."""
+    rows: list[tuple[str, str]] = []
+    seen: set[tuple[str, str]] = set()
+    for conv in conversations:
+        messages = getattr(conv, "messages", conv)
+        for m, reply in zip(messages, messages[1:], strict=False):
+            role, text = _role(m), _content(m)
+            if role == "user" and _role(reply) == "assistant" and text.strip() and _content(reply).strip():
+                row = (text.strip(), _content(reply).strip())
+                if row not in seen:
+                    seen.add(row)
+                    rows.append(row)
+    return rows
+
+
+def _role(m: Any) -> str:
+    return m["role"] if isinstance(m, dict) else m.role
+
+
+def _content(m: Any) -> str:
+    return m["content"] if isinstance(m, dict) else m.content
+
+
+def write_knowledge(directory: str | os.PathLike, conversations: Iterable[Any]) -> int:
+    """Write `<directory>/knowledge.jsonl` (one `{"question", "answer"}` per row); returns the row count."""
+    rows = rows_of(conversations)
+    path = Path(directory) / KNOWLEDGE_FILE
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text("".join(json.dumps({"question": q, "answer": a}, ensure_ascii=False) + "\n" for q, a in rows),
+                   encoding="utf-8")
+    tmp.replace(path)
+    return len(rows)
+
+
+@dataclass(frozen=True)
+class Knowledge:
+    """An adapter's rows and how many of them go with each question."""
+
+    rows: list[tuple[str, str]]
+    k: int = DEFAULT_ROWS
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "lang", language(a for _, a in self.rows))
+        object.__setattr__(self, "retriever", Retriever(self.rows))
+
+    def block(self, question: str) -> str | None:
+        """The text put before the question: a header and the closest rows, or None when none is close."""
+        picked = self.retriever.top(question, self.k) if self.k > 0 else []
+        texts: list[str] = []
+        for i in picked:
+            text = ROW[self.lang].format(q=self.rows[i][0], a=self.rows[i][1])
+            if texts and sum(map(len, texts)) + len(text) > MAX_CHARS:
+                break
+            texts.append(text)
+        return HEADER[self.lang] + "\n\n".join(texts) if texts else None
+
+    def ground(self, messages: list[dict[str, str]], system_prompt: str | None = None) -> list[dict[str, str]]:
+        """`messages` with the rows closest to the last user question (and the one before it) in the system
+        message: appended to the messages' own system message, else to `system_prompt` (the adapter's
+        training default), else alone. Unchanged when no row is close or there is no user message."""
+        asked = [m["content"] for m in messages if m["role"] == "user"]
+        block = self.block("\n".join(asked[-2:])) if asked else None
+        if block is None:
+            return messages
+        if messages and messages[0]["role"] == "system":
+            return [{"role": "system", "content": messages[0]["content"] + "\n\n" + block}] + messages[1:]
+        head = system_prompt + "\n\n" + block if system_prompt else block
+        return [{"role": "system", "content": head}] + messages
+
+
+_CACHE: dict[tuple[str, int, int], Knowledge | None] = {}
+_LOCK = threading.Lock()
+
+
+def load_knowledge(adapter_dir: str | os.PathLike) -> Knowledge | None:
+    """The adapter's `knowledge.jsonl` with its `knowledge_rows` (train_config.yaml), or None when the adapter
+    has no such file (trained before it existed, or not by LoRA Studio) or was trained with `knowledge_rows: 0`.
+    Cached per file version. A file that cannot be read raises `KnowledgeError` saying which line and why."""
+    path = Path(adapter_dir) / KNOWLEDGE_FILE
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    with _LOCK:
+        if key in _CACHE:
+            return _CACHE[key]
+    k = _rows_setting(Path(adapter_dir))
+    knowledge = Knowledge(_read_rows(path), k) if k > 0 else None
+    with _LOCK:
+        _CACHE[key] = knowledge
+    return knowledge
+
+
+def grounded(messages: list[dict[str, str]], adapter_dir: str | os.PathLike,
+             system_prompt: str | None = None) -> list[dict[str, str]]:
+    """`messages` grounded in the adapter's knowledge (`Knowledge.ground`), unchanged when it has none."""
+    knowledge = load_knowledge(adapter_dir)
+    return knowledge.ground(messages, system_prompt) if knowledge is not None else messages
+
+
+def _read_rows(path: Path) -> list[tuple[str, str]]:
+    rows = []
+    fix = "repair or delete that line (deleting the file makes the adapter answer from its weights alone)"
+    for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as exc:
+            raise KnowledgeError(f"{path}, line {n}: not valid JSON ({exc.msg}); {fix}") from None
+        if not (isinstance(obj, dict) and isinstance(obj.get("question"), str) and isinstance(obj.get("answer"), str)):
+            raise KnowledgeError(f'{path}, line {n}: needs a "question" and an "answer" string; {fix}')
+        rows.append((obj["question"], obj["answer"]))
+    return rows
+
+
+def _rows_setting(adapter_dir: Path) -> int:
+    cfg = adapter_dir / "train_config.yaml"
+    if not cfg.is_file():
+        return DEFAULT_ROWS
+    import yaml
+
+    try:
+        data = yaml.safe_load(cfg.read_text(encoding="utf-8")) or {}
+    except (OSError, ValueError):
+        return DEFAULT_ROWS
+    value = data.get("knowledge_rows", DEFAULT_ROWS) if isinstance(data, dict) else DEFAULT_ROWS
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else DEFAULT_ROWS
