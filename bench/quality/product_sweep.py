@@ -370,6 +370,15 @@ def run_recipe(name: str, settings: dict, args: argparse.Namespace, gpu: str | N
                   general_n=q["general_n"], eval_s=q["eval_s"],
                   **{k: q[k] for k in ("fact_ok", "general_ok", "fact_answers", "general_answers")},
                   **{k: q[k] for k in HARD_KEYS if k in q})
+    if (out / "knowledge.jsonl").is_file():  # the same adapter from its weights alone (as an exported GGUF answers)
+        with open(out / "score_weights.log", "w") as log:
+            code = subprocess.call(score_cmd[:score_cmd.index("--out") + 1] + [str(out / "quality_weights.json")]
+                                   + score_cmd[score_cmd.index("--out") + 2:] + ["--scales", "1", "--no-knowledge"],
+                                   env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        if code == 0:
+            q = json.loads((out / "quality_weights.json").read_text())
+            record["weights_only"] = {k: q[k] for k in ("facts", "facts_by_fact", "general", "hard", "fact_ok",
+                                                        "general_ok", "hard_ok") if k in q}
     added = out / "augmented.jsonl"
     if added.is_file():  # how many rows each augmentation source added (all epochs)
         sources: dict[str, int] = {}
