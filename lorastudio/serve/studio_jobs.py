@@ -18,7 +18,7 @@ from lorastudio.serve.store import TERMINAL_STATUSES
 from lorastudio.serve.studio_forgetting import summary as forgetting_summary
 
 # The files of the training report (beside the attempts' event logs, events.attempt-N.jsonl).
-REPORT_FILES = ("events.jsonl", "augmented.jsonl", "data_report.json", "train_config.yaml")
+REPORT_FILES = ("events.jsonl", "augmented.jsonl", "knowledge.jsonl", "data_report.json", "train_config.yaml")
 # TrainConfig fields that name paths on the server: left out of the adapter's copy of the settings.
 _PATH_FIELDS = ("data", "validation_data", "output_dir", "extra")
 
@@ -162,6 +162,10 @@ def adapter_card(job: dict, base: str, hub: str | None, template: str, settings:
         "Ask it through `tokenizer.apply_chat_template(messages, add_generation_prompt=True)`, as in training.",
         "With LoRA Studio: `lorastudio compare --base " + base + " --adapter path/to/this/folder`.", "",
         "The training data and the training log are not part of this download (see the training report).", "",
+        "In LoRA Studio the tuned model also reads the training rows closest to each question (`knowledge.jsonl`, "
+        "in the training report): put that file in this folder to answer the same way there; loaded as above, "
+        "or exported to GGUF, the adapter answers from its weights alone." if settings.get("knowledge_rows") else None,
+        "" if settings.get("knowledge_rows") else None,
     ]
     return "\n".join(line for line in lines if line is not None)
 
