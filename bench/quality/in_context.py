@@ -1,6 +1,7 @@
 """The base model with the facts in front of it: how many of the eval questions can it answer at all?
 
-A ceiling for what LoRA can teach the same model. No training: each question is asked with training rows
+A ceiling for what LoRA can teach the same model. No training (or, with `--adapter`, a trained adapter reading the
+rows; its own knowledge file is not used): each question is asked with training rows
 of the data file pasted into a system message, then scored exactly as `score.py` scores an adapter
 (same sets, caps, greedy llama.cpp answers on a CPU, the same JSON). Two ways to pick the rows:
 
@@ -8,7 +9,8 @@ of the data file pasted into a system message, then scored exactly as `score.py`
   paraphrase set's questions about each fact (the `fact_groups` groups whose answers hold them): the right
   fact is always there, so a miss is the model failing to read or apply it, not to remember it.
 - `retrieve`: the `--k` rows most like the question (TF-IDF cosine of character bigrams over question +
-  answer), as a plain retrieval would give it: the right fact may be missing, neighbours are present.
+  answer: `lorastudio.knowledge.Retriever`, the product's own), as a plain retrieval would give it: the right
+  fact may be missing, neighbours are present.
 - `whole`: every row of the file (about 10,000 tokens for the demo file; meant for a GPU).
 
 Engines: llama.cpp on a CPU (as `score.py`), transformers where CUDA is (`--engine` to choose).

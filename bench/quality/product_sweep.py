@@ -278,6 +278,13 @@ MIXES.update({
     "e8": {"num_epochs": 8},
     "ns50_lr2e-3": {"protect_general": 0.5, "learning_rate": 2e-3},
 })
+# Session 22: with the knowledge rows beside each question (lorastudio/knowledge.py), what do fewer passes keep?
+# p1 is the quick preview as `recommend(quick=True)` builds it (one pass, the full rate, one variant).
+MIXES.update({
+    "p1": {"num_epochs": 1, "learning_rate": 1e-3, "augment_per_epoch": False},
+    "p2": {"num_epochs": 2, "learning_rate": 1e-3},
+    "p3": {"num_epochs": 3, "learning_rate": 1e-3},
+})
 for _name, _settings in MIXES.items():
     RECIPES[_name] = _settings
     for _seed in range(1, 30):
