@@ -158,6 +158,7 @@ class Knowledge:
 
 
 _CACHE: dict[tuple[str, int, int], Knowledge | None] = {}
+_CACHE_SIZE = 32
 _LOCK = threading.Lock()
 
 
@@ -177,6 +178,8 @@ def load_knowledge(adapter_dir: str | os.PathLike) -> Knowledge | None:
     k = _rows_setting(Path(adapter_dir))
     knowledge = Knowledge(_read_rows(path), k) if k > 0 else None
     with _LOCK:
+        if len(_CACHE) >= _CACHE_SIZE:  # the oldest file versions go first (a retrained adapter's old rows)
+            del _CACHE[next(iter(_CACHE))]
         _CACHE[key] = knowledge
     return knowledge
 

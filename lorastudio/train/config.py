@@ -168,7 +168,7 @@ class TrainConfig:
     """Also train new cases of the rules the rows state: a case question's amount moved within its rule's
     bounds, and rule questions framed with a concrete amount past their threshold (no generation; runs
     with the augmentation hook like augment_contrast)."""
-    knowledge_rows: int = _resume(6)
+    knowledge_rows: int = 6
     """Rows of the training file put beside each question when the tuned model answers (the closest by
     wording, from `<adapter>/knowledge.jsonl`; lorastudio/knowledge.py): the model reads the facts as well as
     remembers them; 0 = answers from the weights alone. Exported GGUFs always answer from the weights alone."""
