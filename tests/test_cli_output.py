@@ -95,9 +95,29 @@ def test_compare_prints_each_answer_as_it_is_generated(tmp_path, monkeypatch):
     for layout, stdout in (("auto", _Terminal()), ("stream", io.StringIO())):
         monkeypatch.setattr(sys, "stdout", stdout)
         engine = _Engine(stdout)
-        monkeypatch.setattr(_using, "load_engine", lambda base, max_adapters=4, e=engine: e)
+        monkeypatch.setattr(_using, "load_engine", lambda base, max_adapters=4, knowledge=True, e=engine: e)
         assert main(["compare", "--base", "x", "--adapter", str(adapter), "--question", "hi?",
                      "--layout", layout]) == 0
         # each piece was on stdout before the engine was asked for the next one
         assert [s.rsplit("──\n", 1)[-1] for s in engine.seen] == ["base ", "base answer", "tuned ", "tuned answer"]
         assert "(" in stdout.getvalue().rsplit("tuned answer", 1)[-1]  # the time it took, after the answer
+
+
+def test_no_knowledge_reaches_the_engine_of_compare_generate_and_eval(tmp_path, monkeypatch):
+    from lorastudio.commands import _using
+
+    adapter, asked = _adapter(tmp_path), []
+
+    def load(base, max_adapters=4, knowledge=True):
+        asked.append(knowledge)
+        raise _using.UsageError("stop here")  # the flag is what this test is about, not the answers
+
+    monkeypatch.setattr(_using, "load_engine", load)
+    questions = tmp_path / "q.jsonl"
+    questions.write_text('{"question": "hi?"}\n', encoding="utf-8")
+    for argv in (["compare", "--adapter", str(adapter), "--question", "hi?"],
+                 ["generate", "--adapter", str(adapter), "--input", str(questions), "--output", str(tmp_path / "a")],
+                 ["eval", "--adapter", str(adapter), "--questions", str(questions)]):
+        assert main(argv + ["--no-knowledge"]) == 2
+        assert main(argv) == 2
+    assert asked == [False, True] * 3
