@@ -237,11 +237,15 @@ def test_quick_gives_one_epoch_and_states_its_cost():
     assert quick_alt["estimate"]["seconds"] < full.estimate["seconds"]
     cost = quick_alt["cost"]
     assert cost["code"] == "estimate.quick_cost"
-    assert {k: cost["params"][k] for k in ("quick_facts", "full_facts", "facts", "measured_epochs")} == \
-        {"quick_facts": 14, "full_facts": 33, "facts": 40, "measured_epochs": 4}  # sessions 15-16, 2 AMX cores
+    assert {k: cost["params"][k] for k in ("quick_facts", "full_facts", "facts", "quick_hard", "full_hard", "hard",
+                                           "quick_weights", "full_weights", "measured_epochs")} == \
+        {"quick_facts": 34, "full_facts": 35, "facts": 40, "quick_hard": 56, "full_hard": 59, "hard": 75,
+         "quick_weights": 13, "full_weights": 32, "measured_epochs": 4}  # session 22, with the knowledge rows
     # measured with today's 4 passes, and the texts say so, naming no CPU class the measurement was not on
-    assert "14 of 40 facts instead of 33 with 4 passes" in render(cost, "en")
-    assert "40 条知识约答对 14 条，训练 4 轮时为 33 条" in render(cost, "zh") and "AVX2" not in render(cost, "en")
+    assert "34 of 40 facts instead of 35 with 4 passes, 56 of 75 harder questions instead of 59" in render(cost, "en")
+    assert "from the weights alone (an exported model) 13 facts instead of 32" in render(cost, "en")
+    assert "40 条知识约答对 34 条（训练 4 轮时 35 条），75 道较难问题答对 56 道" in render(cost, "zh")
+    assert "AVX2" not in render(cost, "en")
     assert cost["params"]["full_epochs"] == 4
 
     rec = recommend(DEMO, "default", hardware=cpu("avx2-fp32"), quick=True)
@@ -251,8 +255,8 @@ def test_quick_gives_one_epoch_and_states_its_cost():
     assert rec.estimate["seconds"] == quick_alt["estimate"]["seconds"]
     assert rec.reason_codes["num_epochs"]["code"] == "rec.num_epochs.quick"
     warning = next(w for w in rec.warning_codes if w["code"] == "warn.quick")
-    assert warning["params"]["quick_facts"] == 14 and warning["params"]["full_facts"] == 33
-    assert "14 instead of 33 of 40" in rec.reasons["num_epochs"]
+    assert warning["params"]["quick_facts"] == 34 and warning["params"]["full_facts"] == 35
+    assert "34 vs 35 of 40 facts, 56 vs 59 of 75 harder questions" in rec.reasons["num_epochs"]
     assert rec.alternatives["full"]["settings_changes"] == {"num_epochs": 4.0, "augment_per_epoch": True,
                                                             "learning_rate": 8e-4}
     assert rec.alternatives["full"]["cost"]["code"] == "estimate.full_gain"

@@ -49,8 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-recommend", action="store_true",
                         help="start from TrainConfig's defaults instead of the recommender's settings")
     parser.add_argument("--quick", action="store_true",
-                        help="quick preview: one pass over the data instead of the full schedule (much faster, "
-                             "recalls far fewer facts; the measured cost is printed)")
+                        help="quick preview: one pass over the data instead of the full schedule (much faster; "
+                             "fewer harder questions answered, far fewer facts in the weights alone; the measured "
+                             "cost is printed)")
     parser.add_argument("--time-budget", type=float, metavar="MIN",
                         help="wall-time limit in minutes: the recommender shortens the schedule (passes, then "
                              "paraphrases) to fit it and says what it shortened; without it nothing is shortened")

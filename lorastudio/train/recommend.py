@@ -144,12 +144,14 @@ FACT_FILE_PASSES = 4.0
 # whole facts, +0.3 harder, -1.7 ± 0.4 general; the small files already run at the full rate.
 FACT_FILE_LR_SCALE = 0.8
 
-# What the quick preview (one pass) costs in recall, measured with today's schedule (session 15): the whole
-# `lorastudio train yunzhan_train.jsonl --base default [--quick]` on 2 cores of an AMX Xeon, facts of 40 whose two
-# reworded questions are both right (evalsets/yunzhan_paraphrase.jsonl, llama.cpp): --quick 14, 13, 14 (seeds
-# 0-2, mean 13.7), the full 4 passes 32, 33, 34, 35, 31 (seeds 0-4, sessions 14-16, mean 33.0); general answers
-# 18.0 of 24 both. (The issue's own measurement, before: 8 of the hidden judge's 40 with 1 pass, 28 with 3.)
-QUICK_RECALL = {"quick_facts": 14, "full_facts": 33, "facts": 40, "measured_epochs": 4}
+# What the quick preview (one pass) costs, measured with today's schedule and the knowledge rows (session 22: the
+# tuned model answers with the 6 training rows closest to each question, lorastudio/knowledge.py): the demo file on
+# one H200 through the product (bench/quality/results/product_sweep26/27*), facts of 40 whose two reworded questions
+# are both right (evalsets/yunzhan_paraphrase.jsonl), harder questions of 75 (evalsets/yunzhan_hard.jsonl): 1 pass
+# 34.3 facts, 55.7 harder (seeds 0-2); 4 passes 35.5, 59.3 (seeds 0-5; 35.3 whole facts on three seeds of a 2-core
+# Zen 4); from the weights alone (an exported model) 13.0 vs 31.7 (the AMX CPU of session 15 measured 13.7 vs 33.0).
+QUICK_RECALL = {"quick_facts": 34, "full_facts": 35, "facts": 40, "quick_hard": 56, "full_hard": 59, "hard": 75,
+                "quick_weights": 13, "full_weights": 32, "measured_epochs": 4}
 
 # Template overhead per conversation beyond 5 per message: role markers and the system prompt that
 # Qwen's chat template injects (31 tokens a row in all, measured with the default tokenizer).
