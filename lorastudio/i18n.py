@@ -432,6 +432,14 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "(17 vs 15 of 24) with the same facts learnt; more than that did not help and cost time.",
         "在这 {rows} 行之外混入 {n} 个通用问题（由基础模型自己作答），让模型学你的知识时不丢掉原有的常识。"
         "我们测试中混入 60 个比 40 个保住的通用回答更多（24 个中 17 比 15 个），记住的知识一样多；再多则没有帮助，还费时间。"),
+    "rec.knowledge_rows": (
+        "When the tuned model answers, the {n} rows of your file closest to the question are put beside it (not in "
+        "training): it reads your facts as well as remembering them. In our tests the same adapters answered 3.8 more "
+        "of 40 facts with them (35.5 vs 31.7) and 7–10 more on smaller files, with no general answer lost; on a 2-core "
+        "CPU the first word comes about 1.6 s later. 0 answers from the weights alone, as an exported model does.",
+        "微调后的模型回答时，会把你资料中与问题最相近的 {n} 行放在问题旁边（训练时不用）：既靠记忆，也查阅你的资料。我们测试中，"
+        "同一个适配器这样多答对 3.8 条知识（40 条中 35.5 比 31.7），在更小的文件上多 7–10 条，通用回答没有变少；在 2 核 CPU 上"
+        "第一个字约晚 1.6 秒出现。设为 0 则只靠模型权重回答（导出的模型就是这样）。"),
     "rec.replay_rows.off": (
         "Off: there are no rows of yours to balance.",
         "关闭：没有需要平衡的数据。"),

@@ -57,6 +57,14 @@ def test_settings_are_valid_and_every_one_has_a_reason(n, task, hardware):
     json.dumps(d)  # the API returns it as is
 
 
+def test_the_knowledge_rows_are_recommended_with_their_measured_gain():
+    rec = recommend(rows(150), "default", "qa", hardware=CPU)
+    assert rec.settings["knowledge_rows"] == 6
+    assert "the 6 rows of your file closest to the question" in rec.reasons["knowledge_rows"]
+    assert "35.5 vs 31.7" in rec.reasons["knowledge_rows"]
+    assert "与问题最相近的 6 行" in render(rec.reason_codes["knowledge_rows"], "zh")
+
+
 def test_no_torch_import():
     sys.modules.pop("lorastudio.train.recommend", None)
     had_torch = "torch" in sys.modules

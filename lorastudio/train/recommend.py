@@ -144,6 +144,11 @@ FACT_FILE_PASSES = 4.0
 # whole facts, +0.3 harder, -1.7 ± 0.4 general; the small files already run at the full rate.
 FACT_FILE_LR_SCALE = 0.8
 
+# The rows of the user's file put beside each question when the tuned model answers (lorastudio/knowledge.py): the
+# same adapters answered +3.8 ± 1.1 of 40 whole facts on the demo file with 6 (35.5 vs 31.7), +6.8 to +9.5 of 32-40 on
+# three smaller files, general answers -0.8 to +0.5 of 24 (session 22, one H200, 6 paired seeds a file).
+KNOWLEDGE_ROWS = 6
+
 # What the quick preview (one pass) costs, measured with today's schedule and the knowledge rows (session 22: the
 # tuned model answers with the 6 training rows closest to each question, lorastudio/knowledge.py): the demo file on
 # one H200 through the product (bench/quality/results/product_sweep26/27*), facts of 40 whose two reworded questions
@@ -671,6 +676,7 @@ def recommend(rows_or_stats: Any, base: str = "default", task: str = "qa", hardw
     # ≈ 40 % of the answers taught (60 for 150 rows, as swept), so replay never outweighs the user's data.
     replay = int(min(REPLAY_PROMPTS, max(8, round(0.4 * rows * max(1.0, stats.turns))))) if rows else 0
     s["replay_rows"] = replay
+    s["knowledge_rows"] = KNOWLEDGE_ROWS
     max_len = 256
     while max_len < min(stats.max_tokens * 1.25, 8192):
         max_len *= 2
@@ -866,6 +872,7 @@ def recommend(rows_or_stats: Any, base: str = "default", task: str = "qa", hardw
                                  else _code("rec.question_loss_weight.off_style"))
     r["replay_rows"] = (_code("rec.replay_rows.on", n=replay, rows=rows) if replay else
                         _code("rec.replay_rows.off"))
+    r["knowledge_rows"] = _code("rec.knowledge_rows", n=KNOWLEDGE_ROWS)
     r["max_length"] = _code("rec.max_length", max_length=max_len, longest=stats.max_tokens)
     r["batch_tokens"] = _code("rec.batch_tokens", tokens=s["batch_tokens"], rows_per_step=rows_per_step,
                               steps=steps_per_pass)
