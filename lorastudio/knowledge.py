@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lorastudio.engines.common import AdapterError
+from lorastudio.engines.common import AdapterError, adapter_setting
 
 KNOWLEDGE_FILE = "knowledge.jsonl"
 DEFAULT_ROWS = 6
@@ -208,14 +208,5 @@ def _read_rows(path: Path) -> list[tuple[str, str]]:
 
 
 def _rows_setting(adapter_dir: Path) -> int:
-    cfg = adapter_dir / "train_config.yaml"
-    if not cfg.is_file():
-        return DEFAULT_ROWS
-    import yaml
-
-    try:
-        data = yaml.safe_load(cfg.read_text(encoding="utf-8")) or {}
-    except (OSError, ValueError):
-        return DEFAULT_ROWS
-    value = data.get("knowledge_rows", DEFAULT_ROWS) if isinstance(data, dict) else DEFAULT_ROWS
+    value = adapter_setting(adapter_dir, "knowledge_rows")
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else DEFAULT_ROWS

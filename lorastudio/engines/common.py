@@ -83,8 +83,8 @@ def render_prompt(messages: list[dict[str, str]], tokenizer: Any, system_prompt:
         raise PromptError(str(exc)) from None
 
 
-def adapter_system_prompt(path: Path) -> str | None:
-    """The `system_prompt` an adapter was trained with (None when it had none or no config is saved)."""
+def adapter_setting(path: Path, key: str) -> Any:
+    """One setting of the `train_config.yaml` saved beside an adapter (None when absent or unreadable)."""
     cfg = path / "train_config.yaml"
     if not cfg.is_file():
         return None
@@ -94,7 +94,12 @@ def adapter_system_prompt(path: Path) -> str | None:
         data = yaml.safe_load(cfg.read_text(encoding="utf-8")) or {}
     except (OSError, ValueError):
         return None
-    value = data.get("system_prompt") if isinstance(data, dict) else None
+    return data.get(key) if isinstance(data, dict) else None
+
+
+def adapter_system_prompt(path: Path) -> str | None:
+    """The `system_prompt` an adapter was trained with (None when it had none or no config is saved)."""
+    value = adapter_setting(path, "system_prompt")
     return value if isinstance(value, str) and value.strip() else None
 
 
