@@ -24,7 +24,6 @@ import os
 import threading
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -121,24 +120,23 @@ def write_knowledge(directory: str | os.PathLike, conversations: Iterable[Any]) 
     return len(rows)
 
 
-@dataclass(frozen=True)
 class Knowledge:
     """An adapter's rows and how many of them go with each question."""
 
-    rows: list[tuple[str, str]]
-    k: int = DEFAULT_ROWS
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "lang", language(a for _, a in self.rows))
-        object.__setattr__(self, "retriever", Retriever(self.rows))
+    def __init__(self, rows: list[tuple[str, str]], k: int = DEFAULT_ROWS) -> None:
+        self.rows, self.k = rows, k
+        self.lang = language(a for _, a in rows)
+        self.retriever = Retriever(rows)
 
     def block(self, question: str) -> str | None:
         """The text put before the question: a header and the closest rows, or None when none is close."""
         picked = self.retriever.top(question, self.k) if self.k > 0 else []
         texts: list[str] = []
+        size = 0
         for i in picked:
             text = ROW[self.lang].format(q=self.rows[i][0], a=self.rows[i][1])
-            if texts and sum(map(len, texts)) + len(text) > MAX_CHARS:
+            size += len(text)
+            if texts and size > MAX_CHARS:
                 break
             texts.append(text)
         return HEADER[self.lang] + "\n\n".join(texts) if texts else None

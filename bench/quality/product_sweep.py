@@ -379,8 +379,8 @@ def run_recipe(name: str, settings: dict, args: argparse.Namespace, gpu: str | N
                   **{k: q[k] for k in HARD_KEYS if k in q})
     if (out / "knowledge.jsonl").is_file():  # the same adapter from its weights alone (as an exported GGUF answers)
         with open(out / "score_weights.log", "w") as log:
-            code = subprocess.call(score_cmd[:score_cmd.index("--out") + 1] + [str(out / "quality_weights.json")]
-                                   + score_cmd[score_cmd.index("--out") + 2:] + ["--scales", "1", "--no-knowledge"],
+            code = subprocess.call([*score_cmd, "--out", str(out / "quality_weights.json"), "--scales", "1",
+                                    "--no-knowledge"],  # the later --out and --scales win
                                    env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         if code == 0:
             q = json.loads((out / "quality_weights.json").read_text())

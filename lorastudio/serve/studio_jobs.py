@@ -162,10 +162,10 @@ def adapter_card(job: dict, base: str, hub: str | None, template: str, settings:
         "Ask it through `tokenizer.apply_chat_template(messages, add_generation_prompt=True)`, as in training.",
         "With LoRA Studio: `lorastudio compare --base " + base + " --adapter path/to/this/folder`.", "",
         "The training data and the training log are not part of this download (see the training report).", "",
-        "In LoRA Studio the tuned model also reads the training rows closest to each question (`knowledge.jsonl`, "
-        "in the training report): put that file in this folder to answer the same way there; loaded as above, "
-        "or exported to GGUF, the adapter answers from its weights alone." if settings.get("knowledge_rows") else None,
-        "" if settings.get("knowledge_rows") else None,
+        *(["In LoRA Studio the tuned model also reads the training rows closest to each question (`knowledge.jsonl`, "
+           "in the training report): put that file in this folder to answer the same way there; loaded as above, "
+           "or exported to GGUF, the adapter answers from its weights alone.", ""]
+          if settings.get("knowledge_rows") else []),
     ]
     return "\n".join(line for line in lines if line is not None)
 
