@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import threading
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -86,18 +87,24 @@ class Retriever:
 
 
 def rows_of(conversations: Iterable[Any]) -> list[tuple[str, str]]:
-    """Every user → assistant turn of `conversations` (`Conversation`s or lists of messages), once each."""
+    """Every user → assistant turn of `conversations` (`Conversation`s or lists of messages), once each. A later
+    turn's question carries the user's question before it (one per line): a follow-up such as "审批通过后多久到账？"
+    is found, and read, with the topic its conversation gave it ("客户申请退款2600元…")."""
     rows: list[tuple[str, str]] = []
     seen: set[tuple[str, str]] = set()
     for conv in conversations:
         messages = getattr(conv, "messages", conv)
+        asked = ""  # the user's previous question in this conversation
         for m, reply in zip(messages, messages[1:], strict=False):
-            role, text = _role(m), _content(m)
-            if role == "user" and _role(reply) == "assistant" and text.strip() and _content(reply).strip():
-                row = (text.strip(), _content(reply).strip())
+            role, text = _role(m), _content(m).strip()
+            if role != "user" or not text:
+                continue
+            if _role(reply) == "assistant" and _content(reply).strip():
+                row = (f"{asked}\n{text}" if asked else text, _content(reply).strip())
                 if row not in seen:
                     seen.add(row)
                     rows.append(row)
+            asked = text
     return rows
 
 
@@ -128,9 +135,12 @@ class Knowledge:
         self.lang = language(a for _, a in rows)
         self.retriever = Retriever(rows)
 
-    def block(self, question: str) -> str | None:
-        """The text put before the question: a header and the closest rows, or None when none is close."""
+    def block(self, question: str, shuffle: random.Random | None = None) -> str | None:
+        """The text put before the question: a header and the closest rows, or None when none is close.
+        The closest row first, or in `shuffle`'s order (training copies: the right row anywhere)."""
         picked = self.retriever.top(question, self.k) if self.k > 0 else []
+        if shuffle is not None:
+            shuffle.shuffle(picked)
         texts: list[str] = []
         size = 0
         for i in picked:
@@ -141,12 +151,13 @@ class Knowledge:
             texts.append(text)
         return HEADER[self.lang] + "\n\n".join(texts) if texts else None
 
-    def ground(self, messages: list[dict[str, str]], system_prompt: str | None = None) -> list[dict[str, str]]:
+    def ground(self, messages: list[dict[str, str]], system_prompt: str | None = None,
+               shuffle: random.Random | None = None) -> list[dict[str, str]]:
         """`messages` with the rows closest to the last user question (and the one before it) in the system
         message: appended to the messages' own system message, else to `system_prompt` (the adapter's
         training default), else alone. Unchanged when no row is close or there is no user message."""
         asked = [m["content"] for m in messages if m["role"] == "user"]
-        block = self.block("\n".join(asked[-2:])) if asked else None
+        block = self.block("\n".join(asked[-2:]), shuffle) if asked else None
         if block is None:
             return messages
         if messages and messages[0]["role"] == "system":

@@ -533,3 +533,35 @@ def test_contrast_pairs_use_every_turn_of_multi_turn_rows():
     # the single-turn file is unchanged: its rows are its questions
     single = _refund_rows()
     assert question_turns(single) == single
+
+
+def test_grounded_copies_put_the_rows_the_engine_reads_beside_each_turn():
+    """augment_grounded: each copy is what `Knowledge.ground` gives the engine for that turn (the rows in a
+    shuffled order), its own row among them; later turns keep their conversation; a share per pass."""
+    from lorastudio.data import validate
+    from lorastudio.knowledge import HEADER, ROW
+    from lorastudio.train.augment import grounded_copies
+
+    convs = validate(str(DEMO)).conversations
+    every = grounded_copies(convs, 1.0, 6, "你是客服。", seed=0)
+    assert len(every) == len(convs)  # each demo row shares bigrams with itself: one copy per row
+    firsts = 0
+    for conv, copy in zip(convs, every, strict=True):
+        system, question, answer = (m.content for m in copy.messages)
+        assert system.startswith("你是客服。\n\n" + HEADER["zh"]) and copy.row == conv.row
+        own = ROW["zh"].format(q=conv.messages[-2].content.strip(), a=conv.messages[-1].content.strip())
+        assert own in system and (question, answer) == (conv.messages[-2].content, conv.messages[-1].content)
+        firsts += system.startswith("你是客服。\n\n" + HEADER["zh"] + own)
+    assert firsts < len(convs) / 2  # shuffled: the right row is not always the first
+    per_pass = grounded_copies(convs, 0.5, 6, seed=1, cycle=4)
+    assert 0.4 * 4 * len(convs) < len(per_pass) < 0.6 * 4 * len(convs)
+    assert {c.rotation for c in per_pass} == {(e, 4) for e in range(4)}
+    multi = [Conversation.from_messages([{"role": r, "content": c} for r, c in (
+        ("system", "s"), ("user", "退款2600元能直接通过吗？"), ("assistant", "不能，需双签。"),
+        ("user", "审批后多久到账？"), ("assistant", "3个工作日内。"))])]
+    turns = grounded_copies(multi, 1.0, 6)
+    assert [len(c.messages) for c in turns] == [3, 5]  # the second turn's copy is its conversation so far
+    assert turns[1].messages[0].content.startswith("s\n\n") and "退款2600元能直接通过吗？\n审批后多久到账？" in \
+        turns[1].messages[0].content
+    with pytest.raises(ConfigError, match="augment_grounded"):
+        TrainConfig(augment_grounded=1.5).validate()

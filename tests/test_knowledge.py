@@ -81,11 +81,11 @@ def test_rows_of_reads_every_turn_once_and_write_knowledge_round_trips(tmp_path)
                            Message("user", "问二"), Message("assistant", "答二")]),
              Conversation([Message("user", "问一"), Message("assistant", "答一")]),  # the same row again
              [{"role": "user", "content": " "}, {"role": "assistant", "content": "无问"}]]
-    assert rows_of(convs) == [("问一", "答一"), ("问二", "答二")]
+    assert rows_of(convs) == [("问一", "答一"), ("问一\n问二", "答二")]  # a follow-up carries the question before it
     (tmp_path / "train_config.yaml").write_text("knowledge_rows: 3\n", encoding="utf-8")
     assert write_knowledge(tmp_path, convs) == 2
     k = load_knowledge(tmp_path)
-    assert k is not None and k.k == 3 and k.rows == [("问一", "答一"), ("问二", "答二")] and k.lang == "zh"
+    assert k is not None and k.k == 3 and k.rows == [("问一", "答一"), ("问一\n问二", "答二")] and k.lang == "zh"
     (tmp_path / "train_config.yaml").write_text("knowledge_rows: 0\n", encoding="utf-8")
     write_knowledge(tmp_path, convs[:1])  # a new file version: the cache does not answer with the old one
     assert load_knowledge(tmp_path) is None

@@ -61,10 +61,11 @@ def main(argv: list[str] | None = None) -> None:
     from score import SETS, set_file, write
     from sweep import read_jsonl
 
+    from lorastudio.data import validate
     from lorastudio.data.facts import fact_groups
     from lorastudio.data.types import Conversation, Message
     from lorastudio.engines.batch import run_llamacpp_batch
-    from lorastudio.knowledge import HEADER, ROW, Retriever, language
+    from lorastudio.knowledge import HEADER, ROW, Retriever, language, rows_of
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--base", default="default")
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     args.limit = None
 
-    rows = [(r["instruction"], r["response"]) for r in read_jsonl(args.data)]
+    rows = rows_of(validate(args.data).conversations)  # the product's rows (a follow-up turn with its context)
     answers = [a for _, a in rows]
     lang = language(answers)
     groups = fact_groups([Conversation([Message("user", q), Message("assistant", a)]) for q, a in rows])

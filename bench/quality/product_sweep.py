@@ -285,6 +285,13 @@ MIXES.update({
     "p2": {"num_epochs": 2, "learning_rate": 1e-3},
     "p3": {"num_epochs": 3, "learning_rate": 1e-3},
 })
+# Session 23: the rows in training too (augment_grounded): copies of the user's turns with their closest rows in the
+# system message, as the engine answers; max_length raised so the copies fit (the rows themselves are ≤ 120 tokens).
+MIXES.update({
+    "g50": {"augment_grounded": 0.5, "max_length": 704},
+    "g100": {"augment_grounded": 1.0, "max_length": 704},
+    "p2g50": {"num_epochs": 2, "learning_rate": 1e-3, "augment_grounded": 0.5, "max_length": 704},
+})
 for _name, _settings in MIXES.items():
     RECIPES[_name] = _settings
     for _seed in range(1, 30):

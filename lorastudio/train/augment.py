@@ -509,6 +509,39 @@ def applied_cases(conversations: Sequence[Conversation], seed: int = 0, cycle: i
 
 
 # --------------------------------------------------------------------------------------------------
+# the rows beside the question (augment_grounded)
+# --------------------------------------------------------------------------------------------------
+def grounded_copies(conversations: Sequence[Conversation], share: float, k: int, system_prompt: str | None = None,
+                    seed: int = 0, cycle: int = 1) -> list[Conversation]:
+    """Copies of the user's turns with their `k` closest rows in the system message, built by the same
+    `Knowledge.ground` the engine answers with (lorastudio/knowledge.py), the rows shuffled. A later turn's copy
+    is its conversation up to that answer. Each turn gets a copy in `share` of the passes (rows carry `rotation`
+    under `cycle` > 1; with one variant for every pass, in `share` of the turns)."""
+    from lorastudio.knowledge import Knowledge, rows_of
+
+    knowledge = Knowledge(rows_of(conversations), k)
+    rng = random.Random(seed * 7919 + 17)
+    out: list[Conversation] = []
+    for conv in conversations:
+        messages = [{"role": m.role, "content": m.content} for m in conv.messages]
+        for end, m in enumerate(messages):
+            if m["role"] != "assistant" or end == 0 or messages[end - 1]["role"] != "user":
+                continue
+            for epoch in range(cycle):
+                if rng.random() >= share:
+                    continue
+                prefix = messages[:end + 1]
+                grounded = knowledge.ground(prefix, system_prompt, shuffle=rng)
+                if grounded is prefix:  # no row shares a bigram with the question
+                    continue
+                copy = Conversation([Message(x["role"], x["content"]) for x in grounded], row=conv.row)
+                if cycle > 1:
+                    copy.rotation = (epoch, cycle)
+                out.append(copy)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
 # the trainer's hook
 # --------------------------------------------------------------------------------------------------
 def augment_conversations(conversations: Sequence[Conversation], *, model: Any = None, tokenizer: Any = None,
@@ -535,6 +568,12 @@ def augment_conversations(conversations: Sequence[Conversation], *, model: Any =
                                                           joiners=str(getattr(cfg, "contrast_joiners", "varied")))]
     if getattr(cfg, "augment_cases", False):
         added += [("case", c) for c in applied_cases(conversations, seed=seed, cycle=epoch_cycle(cfg))]
+    share = float(getattr(cfg, "augment_grounded", 0.0) or 0.0)
+    if share:
+        added += [("grounded", c) for c in grounded_copies(conversations, share,
+                                                           int(getattr(cfg, "knowledge_rows", 6) or 6),
+                                                           getattr(cfg, "system_prompt", None), seed=seed,
+                                                           cycle=epoch_cycle(cfg))]
     n = int(getattr(cfg, "augment_paraphrases", 0) or 0)
     if n and model is not None:
         def progress(done: int, total: int) -> None:
@@ -564,5 +603,5 @@ def write_augmented(path: Path, rows: list[tuple[str, Conversation]]) -> None:
 
 
 __all__ = ["applied_cases", "augment_conversations", "case_variants", "contrast_pairs", "contrast_plan", "epoch_cycle",
-           "fact_groups", "is_good_paraphrase", "neighbour_facts", "paraphrase_questions", "parse_paraphrases",
+           "fact_groups", "grounded_copies", "is_good_paraphrase", "neighbour_facts", "paraphrase_questions", "parse_paraphrases",
            "question_turns", "rule_cases", "same_fact_pairs", "standalone_turns", "strip_verdict"]

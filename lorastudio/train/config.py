@@ -168,6 +168,11 @@ class TrainConfig:
     """Also train new cases of the rules the rows state: a case question's amount moved within its rule's
     bounds, and rule questions framed with a concrete amount past their threshold (no generation; runs
     with the augmentation hook like augment_contrast)."""
+    augment_grounded: float = _resume(0.0)
+    """Share of the user's turns also trained, each pass, with their closest rows in the system message
+    (0–1; 0 = off): exactly what the tuned model reads when it answers with `knowledge_rows`, the rows in a
+    shuffled order, so it learns to find the one the question asks about among its neighbours. Each such
+    copy is a few hundred tokens longer (raise max_length to fit them; copies that do not fit are skipped)."""
     knowledge_rows: int = 6
     """Rows of the training file put beside each question when the tuned model answers (the closest by
     wording, from `<adapter>/knowledge.jsonl`; lorastudio/knowledge.py): the model reads the facts as well as
@@ -225,6 +230,7 @@ class TrainConfig:
         need(1 <= self.keep_checkpoints <= 1000, "keep_checkpoints", "must be 1–1000")
         need(self.augment_paraphrases >= 0, "augment_paraphrases", "must be ≥ 0")
         need(self.replay_rows >= 0, "replay_rows", "must be ≥ 0")
+        need(0 <= self.augment_grounded <= 1, "augment_grounded", "must be 0–1 (a share of the rows)")
         need(0 <= self.knowledge_rows <= 32, "knowledge_rows", "must be 0–32 (0 = answers from the weights alone)")
         need(1 <= self.key_token_weight <= 4, "key_token_weight", "must be 1–4 (1 = off)")
         need(0.0 <= self.protect_general < 1.0, "protect_general", "must be in [0, 1) (0 = off)")

@@ -76,7 +76,7 @@ def augment(conversations: list[Any], *, model, tokenizer, cfg: TrainConfig,
             log.emit(**event)
 
     wanted = cfg.augment_paraphrases or cfg.augment_same_fact or cfg.augment_turns or cfg.augment_contrast \
-        or cfg.augment_cases
+        or cfg.augment_cases or cfg.augment_grounded
     steps = ((wanted, "augment", augment_conversations),
              (cfg.replay_rows, "replay", replay_conversations))
     replay: list[Any] = []
