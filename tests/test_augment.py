@@ -565,3 +565,5 @@ def test_grounded_copies_put_the_rows_the_engine_reads_beside_each_turn():
         turns[1].messages[0].content
     with pytest.raises(ConfigError, match="augment_grounded"):
         TrainConfig(augment_grounded=1.5).validate()
+    with pytest.raises(ConfigError, match="knowledge_rows > 0"):
+        TrainConfig(augment_grounded=0.5, knowledge_rows=0).validate()

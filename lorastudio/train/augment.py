@@ -570,8 +570,7 @@ def augment_conversations(conversations: Sequence[Conversation], *, model: Any =
         added += [("case", c) for c in applied_cases(conversations, seed=seed, cycle=epoch_cycle(cfg))]
     share = float(getattr(cfg, "augment_grounded", 0.0) or 0.0)
     if share:
-        added += [("grounded", c) for c in grounded_copies(conversations, share,
-                                                           int(getattr(cfg, "knowledge_rows", 6) or 6),
+        added += [("grounded", c) for c in grounded_copies(conversations, share, int(getattr(cfg, "knowledge_rows", 6)),
                                                            getattr(cfg, "system_prompt", None), seed=seed,
                                                            cycle=epoch_cycle(cfg))]
     n = int(getattr(cfg, "augment_paraphrases", 0) or 0)

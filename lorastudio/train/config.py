@@ -172,7 +172,9 @@ class TrainConfig:
     """Share of the user's turns also trained, each pass, with their closest rows in the system message
     (0–1; 0 = off): exactly what the tuned model reads when it answers with `knowledge_rows`, the rows in a
     shuffled order, so it learns to find the one the question asks about among its neighbours. Each such
-    copy is a few hundred tokens longer (raise max_length to fit them; copies that do not fit are skipped)."""
+    copy is a few hundred tokens longer (raise max_length to fit them; copies that do not fit are skipped).
+    Measured (docs/QUALITY.md, session 23): +3.5 of 40 whole facts on a conversations-only file, but −2.8 whole
+    and −6.5 of 75 harder on the demo fact file at twice the tokens: off by default."""
     knowledge_rows: int = 6
     """Rows of the training file put beside each question when the tuned model answers (the closest by
     wording, from `<adapter>/knowledge.jsonl`; lorastudio/knowledge.py): the model reads the facts as well as
@@ -231,6 +233,8 @@ class TrainConfig:
         need(self.augment_paraphrases >= 0, "augment_paraphrases", "must be ≥ 0")
         need(self.replay_rows >= 0, "replay_rows", "must be ≥ 0")
         need(0 <= self.augment_grounded <= 1, "augment_grounded", "must be 0–1 (a share of the rows)")
+        need(not self.augment_grounded or self.knowledge_rows > 0, "augment_grounded",
+             "trains with the rows the model answers with: needs knowledge_rows > 0")
         need(0 <= self.knowledge_rows <= 32, "knowledge_rows", "must be 0–32 (0 = answers from the weights alone)")
         need(1 <= self.key_token_weight <= 4, "key_token_weight", "must be 1–4 (1 = off)")
         need(0.0 <= self.protect_general < 1.0, "protect_general", "must be in [0, 1) (0 = off)")
