@@ -242,20 +242,22 @@ class ChatEngine:
 
     def complete(self, messages: Messages, adapter: str | os.PathLike | None = None,
                  max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
-                 seed: int | None = None, *, cancel: threading.Event | None = None) -> Completion:
+                 seed: int | None = None, *, cancel: threading.Event | None = None,
+                 knowledge: bool | None = None) -> Completion:
         """Like `generate`, plus token counts and why it stopped (for the OpenAI API's usage).
 
         `cancel`: setting it stops the generation at the next token (finish_reason "cancelled").
+        `knowledge`: this request's choice of the adapter's rows (None: the engine's `knowledge`).
         """
         stats: dict[str, Any] = {}
         text = "".join(self.stream(messages, adapter, max_new_tokens, temperature, top_p, seed,
-                                   stats=stats, cancel=cancel))
+                                   stats=stats, cancel=cancel, knowledge=knowledge))
         return Completion(text, stats["prompt_tokens"], stats["completion_tokens"], stats["finish_reason"])
 
     def stream(self, messages: Messages, adapter: str | os.PathLike | None = None,
                max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
                seed: int | None = None, *, stats: dict | None = None,
-               cancel: threading.Event | None = None) -> Iterator[str]:
+               cancel: threading.Event | None = None, knowledge: bool | None = None) -> Iterator[str]:
         """Yield the answer as text pieces. If `stats` is given it is filled in at the end.
 
         Generation runs in a worker thread that holds the engine lock; closing the iterator early
@@ -265,7 +267,7 @@ class ChatEngine:
         """
         msgs = normalize_messages(messages)
         adapter_path = check_adapter_dir(adapter) if adapter is not None else None
-        prompt_ids = self._encode(msgs, adapter_path)
+        prompt_ids = self._encode(msgs, adapter_path, knowledge)
         max_new_tokens = self._budget(len(prompt_ids), max_new_tokens)
         q: queue.Queue = queue.Queue()
         stop = cancel if cancel is not None else threading.Event()
@@ -336,9 +338,10 @@ class ChatEngine:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _encode(self, msgs: list[dict[str, str]], adapter_path: Path | None = None) -> list[int]:
+    def _encode(self, msgs: list[dict[str, str]], adapter_path: Path | None = None,
+                knowledge: bool | None = None) -> list[int]:
         system = adapter_system_prompt(adapter_path) if adapter_path is not None else None
-        if self.knowledge and adapter_path is not None:
+        if (self.knowledge if knowledge is None else knowledge) and adapter_path is not None:
             msgs = grounded(msgs, adapter_path, system)
         prompt = render_prompt(msgs, self.tokenizer, system_prompt=system)
         if isinstance(prompt, str):

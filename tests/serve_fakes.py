@@ -84,22 +84,24 @@ class FakeEngine:
         self.base = base
         FakeEngine.loads.append(base)
 
-    def _answer(self, messages, adapter) -> str:
+    def _answer(self, messages, adapter, knowledge=None) -> str:
         from lorastudio.inference import normalize_messages
 
         question = normalize_messages(messages)[-1]["content"]
-        return f"{self.base}|{Path(adapter).name if adapter else 'base'}: {question}"
+        rows = "" if knowledge is None else f" [knowledge={knowledge}]"  # a request's own choice, when it made one
+        return f"{self.base}|{Path(adapter).name if adapter else 'base'}: {question}{rows}"
 
-    def complete(self, messages, adapter=None, max_new_tokens=256, temperature=0.0, top_p=1.0, seed=None):
-        text = self._answer(messages, adapter)[:max_new_tokens]
+    def complete(self, messages, adapter=None, max_new_tokens=256, temperature=0.0, top_p=1.0, seed=None,
+                 knowledge=None):
+        text = self._answer(messages, adapter, knowledge)[:max_new_tokens]
         return FakeCompletion(text, 7, len(text.split()), "stop")
 
     def generate(self, messages, adapter=None, **kw) -> str:
         return self.complete(messages, adapter, **kw).text
 
     def stream(self, messages, adapter=None, max_new_tokens=256, temperature=0.0, top_p=1.0, seed=None, *,
-               stats=None):
-        text = self._answer(messages, adapter)
+               stats=None, knowledge=None):
+        text = self._answer(messages, adapter, knowledge)
         for word in text.split(" "):
             yield word + " "
         if stats is not None:

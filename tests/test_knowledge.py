@@ -120,6 +120,12 @@ def test_the_engine_puts_the_adapters_rows_in_the_prompt_only_for_that_adapter(t
     assert "售价299元" not in decode(eng._encode([{"role": "user", "content": question}]))  # the base model
     off = ChatEngine(str(base), knowledge=False)
     assert "售价299元" not in decode(off._encode([{"role": "user", "content": question}], adapter))
+    # a request's own choice wins over the engine's, both ways (the HTTP API's `knowledge` field)
+    assert decode(eng._encode([{"role": "user", "content": question}], adapter, False)) == \
+        decode(off._encode([{"role": "user", "content": question}], adapter))
+    assert off.complete(question, adapter, max_new_tokens=2, knowledge=True).prompt_tokens == \
+        eng.complete(question, adapter, max_new_tokens=2).prompt_tokens > \
+        eng.complete(question, adapter, max_new_tokens=2, knowledge=False).prompt_tokens
     # and the answers go through it: rows in the prompt change what the adapter says
     assert eng.generate(question, adapter=adapter, max_new_tokens=8) != off.generate(question, adapter=adapter,
                                                                                       max_new_tokens=8)

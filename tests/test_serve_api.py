@@ -650,6 +650,27 @@ def test_stop_sequences_plain_and_streamed(client):
                         "invalid_value", "stop")
 
 
+def test_a_request_chooses_whether_the_tuned_model_reads_its_rows(client):
+    """`knowledge` (the SDK's extra_body) reaches the engine for this request only, plain and streamed; left out,
+    the engine's own choice; anything but a boolean is a 400 naming the field."""
+    openai = pytest.importorskip("openai")
+    msg = [{"role": "user", "content": "q"}]
+    plain = client.post("/v1/chat/completions", json={"model": "tiny-random", "messages": msg, "knowledge": False})
+    assert plain.json()["choices"][0]["message"]["content"] == "tiny-random|base: q [knowledge=False]"
+    default = client.post("/v1/chat/completions", json={"model": "tiny-random", "messages": msg})
+    assert default.json()["choices"][0]["message"]["content"] == "tiny-random|base: q"
+    with client.stream("POST", "/v1/chat/completions", json={"model": "tiny-random", "messages": msg,
+                                                             "stream": True, "knowledge": True}) as resp:
+        chunks = [json.loads(ln[6:]) for ln in resp.iter_lines() if ln.startswith("data: {")]
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks).strip() == \
+        "tiny-random|base: q [knowledge=True]"
+    sdk = openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=client, max_retries=0)
+    answer = sdk.chat.completions.create(model="tiny-random", messages=msg, extra_body={"knowledge": False})
+    assert answer.choices[0].message.content == "tiny-random|base: q [knowledge=False]"
+    bad = client.post("/v1/chat/completions", json={"model": "tiny-random", "messages": msg, "knowledge": "maybe"})
+    assert bad.status_code == 400 and "knowledge" in bad.text
+
+
 def test_pause_and_resume_with_the_sdk(client, monkeypatch):
     """The SDK's pause/resume verbs: the trainer checkpoints, the device is freed, resume continues."""
     openai = pytest.importorskip("openai")

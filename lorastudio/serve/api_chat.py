@@ -44,14 +44,18 @@ class ChatRequest(BaseModel):
     n: int = Field(1, ge=1)
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     stop: str | list[str] | None = None
+    knowledge: bool | None = None
+    """LoRA Studio's own field (the openai SDK sends it with `extra_body={"knowledge": false}`): whether a tuned
+    model reads its closest training rows for this request; left out, the server's choice (on)."""
 
 
 def _sampling(body: ChatRequest) -> dict[str, Any]:
     if body.n != 1:
         raise APIError(400, "Only n=1 is supported: one answer per request.", param="n", code="invalid_value")
     max_tokens = body.max_completion_tokens or body.max_tokens or 256
-    return {"max_new_tokens": min(max_tokens, MAX_NEW_TOKENS), "temperature": body.temperature or 0.0,
-            "top_p": body.top_p if body.top_p is not None else 1.0, "seed": body.seed}
+    sampling = {"max_new_tokens": min(max_tokens, MAX_NEW_TOKENS), "temperature": body.temperature or 0.0,
+                "top_p": body.top_p if body.top_p is not None else 1.0, "seed": body.seed}
+    return sampling if body.knowledge is None else {**sampling, "knowledge": body.knowledge}
 
 
 def _stops(body: ChatRequest) -> list[str]:
