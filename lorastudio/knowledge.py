@@ -135,29 +135,46 @@ class Knowledge:
         self.lang = language(a for _, a in rows)
         self.retriever = Retriever(rows)
 
-    def block(self, question: str, shuffle: random.Random | None = None) -> str | None:
-        """The text put before the question: a header and the closest rows, or None when none is close.
-        The closest row first, or in `shuffle`'s order (training copies: the right row anywhere)."""
+    def picked(self, question: str, shuffle: random.Random | None = None) -> list[int]:
+        """The rows put before `question`: the closest first (or in `shuffle`'s order, for training copies:
+        the right row anywhere), as many as fit the text budget (the first always does)."""
         picked = self.retriever.top(question, self.k) if self.k > 0 else []
         if shuffle is not None:
             shuffle.shuffle(picked)
-        texts: list[str] = []
+        kept: list[int] = []
         size = 0
         for i in picked:
-            text = ROW[self.lang].format(q=self.rows[i][0], a=self.rows[i][1])
-            size += len(text)
-            if texts and size > MAX_CHARS:
+            size += len(ROW[self.lang].format(q=self.rows[i][0], a=self.rows[i][1]))
+            if kept and size > MAX_CHARS:
                 break
-            texts.append(text)
+            kept.append(i)
+        return kept
+
+    def block(self, question: str, shuffle: random.Random | None = None) -> str | None:
+        """The text put before the question: a header and the `picked` rows, or None when none is close."""
+        texts = [ROW[self.lang].format(q=self.rows[i][0], a=self.rows[i][1]) for i in self.picked(question, shuffle)]
         return HEADER[self.lang] + "\n\n".join(texts) if texts else None
+
+    @staticmethod
+    def query(messages: list[dict[str, str]]) -> str | None:
+        """What the rows are retrieved for: the last user question and the one before it (follow-ups)."""
+        asked = [m["content"] for m in messages if m["role"] == "user"]
+        return "\n".join(asked[-2:]) if asked else None
+
+    def read(self, messages: list[dict[str, str]]) -> list[dict[str, str]]:
+        """The rows `ground` puts beside `messages`, closest first, as `{"question", "answer"}` (what the studio
+        shows under an answer)."""
+        query = self.query(messages)
+        return [] if query is None else [{"question": self.rows[i][0], "answer": self.rows[i][1]}
+                                         for i in self.picked(query)]
 
     def ground(self, messages: list[dict[str, str]], system_prompt: str | None = None,
                shuffle: random.Random | None = None) -> list[dict[str, str]]:
         """`messages` with the rows closest to the last user question (and the one before it) in the system
         message: appended to the messages' own system message, else to `system_prompt` (the adapter's
         training default), else alone. Unchanged when no row is close or there is no user message."""
-        asked = [m["content"] for m in messages if m["role"] == "user"]
-        block = self.block("\n".join(asked[-2:]), shuffle) if asked else None
+        query = self.query(messages)
+        block = self.block(query, shuffle) if query is not None else None
         if block is None:
             return messages
         if messages and messages[0]["role"] == "system":
@@ -198,6 +215,12 @@ def grounded(messages: list[dict[str, str]], adapter_dir: str | os.PathLike,
     """`messages` grounded in the adapter's knowledge (`Knowledge.ground`), unchanged when it has none."""
     knowledge = load_knowledge(adapter_dir)
     return knowledge.ground(messages, system_prompt) if knowledge is not None else messages
+
+
+def rows_read(messages: list[dict[str, str]], adapter_dir: str | os.PathLike) -> list[dict[str, str]]:
+    """The rows the adapter reads beside `messages` (`Knowledge.read`); [] when it has none."""
+    knowledge = load_knowledge(adapter_dir)
+    return knowledge.read(messages) if knowledge is not None else []
 
 
 def _read_rows(path: Path) -> list[tuple[str, str]]:

@@ -84,16 +84,20 @@ class FakeEngine:
         self.base = base
         FakeEngine.loads.append(base)
 
-    def _answer(self, messages, adapter, knowledge=None) -> str:
+    def _answer(self, messages, adapter) -> str:
         from lorastudio.inference import normalize_messages
 
         question = normalize_messages(messages)[-1]["content"]
-        rows = "" if knowledge is None else f" [knowledge={knowledge}]"  # a request's own choice, when it made one
-        return f"{self.base}|{Path(adapter).name if adapter else 'base'}: {question}{rows}"
+        return f"{self.base}|{Path(adapter).name if adapter else 'base'}: {question}"
+
+    @staticmethod
+    def _rows(knowledge) -> str:
+        """A request's own choice of the adapter's rows, when it made one, at the end of the answer."""
+        return "" if knowledge is None else f" [knowledge={knowledge}]"
 
     def complete(self, messages, adapter=None, max_new_tokens=256, temperature=0.0, top_p=1.0, seed=None,
                  knowledge=None):
-        text = self._answer(messages, adapter, knowledge)[:max_new_tokens]
+        text = (self._answer(messages, adapter) + self._rows(knowledge))[:max_new_tokens]
         return FakeCompletion(text, 7, len(text.split()), "stop")
 
     def generate(self, messages, adapter=None, **kw) -> str:
@@ -101,7 +105,7 @@ class FakeEngine:
 
     def stream(self, messages, adapter=None, max_new_tokens=256, temperature=0.0, top_p=1.0, seed=None, *,
                stats=None, knowledge=None):
-        text = self._answer(messages, adapter, knowledge)
+        text = self._answer(messages, adapter) + self._rows(knowledge)
         for word in text.split(" "):
             yield word + " "
         if stats is not None:

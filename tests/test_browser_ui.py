@@ -306,8 +306,9 @@ class FakeStudio:
             for side in ("a", "b") if body.get("b") else ("a",):
                 events.append({"type": "start", "side": side})
                 events += [{"type": "delta", "side": side, "delta": d} for d in answers[side]]
+                rows = [{"question": "工单多久没人处理会升级？", "answer": "超过48小时自动升级到护航组。"}] if side == "b" else []
                 events.append({"type": "done", "side": side, "text": "".join(answers[side]), "first_token_s": 0.42,
-                               "total_s": 1.5, "tokens": 7, "tokens_per_s": 4.7})
+                               "total_s": 1.5, "tokens": 7, "tokens_per_s": 4.7, "rows": rows})
             events.append({"type": "end"})
             return route.fulfill(status=200, headers={"content-type": "text/event-stream"},
                                  body="".join(f"data: {json.dumps(e)}\n\n" for e in events))
@@ -486,6 +487,14 @@ def test_every_state_renders_translated_and_fits(browser, static_server, lang, t
     timing = {"en": "First word after 0.42 s", "zh": "0.42"}[lang]
     expect(page.get_by_test_id("compare-base-timing")).to_contain_text(timing)
     expect(page.get_by_test_id("compare-tuned-timing")).to_contain_text(timing)
+    # the rows the tuned model read beside the question, folded under its timing; none under the base model's
+    read = page.locator("#compare-tuned-timing + details.rows-read")
+    expect(read).to_have_attribute("data-rows", "1")
+    expect(read.locator("summary")).to_contain_text({"en": "Read 1 of your training rows", "zh": "1 条资料"}[lang])
+    expect(read.locator(".rows-read-a")).to_be_hidden()
+    read.locator("summary").click()
+    expect(read.locator(".rows-read-a")).to_have_text("超过48小时自动升级到护航组。")
+    expect(page.locator("#compare-base-timing + details.rows-read")).to_have_count(0)
     assert fake.compared[0]["a"] == {"model": "default"} and fake.compared[0]["b"] == {"model": "ft:default:studio:ftjob-1"}
     page.locator("#question-set summary").click()
     page.locator("#question-set-input").fill("退款多久到账？\n\n栈台Max多少钱？")

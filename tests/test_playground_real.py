@@ -69,6 +69,10 @@ def sse(response) -> list[dict]:
 
 def test_two_real_adapters_stream_side_by_side(client, tiny):
     one, two = (finished_job_with(client, a) for a in tiny["adapters"])
+    rows = [{"question": "工单多久没处理会升级？", "answer": "超过48小时未处理自动升级到护航组。"},
+            {"question": "观星3.2卖多少钱？", "answer": "售价299元。"}]
+    (Path(client.app.state.store.get_job(one["id"])["job_dir"]) / "knowledge.jsonl").write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     events = sse(client.post("/studio/playground/stream", json={
         "a": {"model": one["fine_tuned_model"]}, "b": {"model": two["fine_tuned_model"]},
         "question": "工单超过48小时未处理会怎样？", "max_tokens": 24}))
@@ -81,11 +85,13 @@ def test_two_real_adapters_stream_side_by_side(client, tiny):
         if done[side]["tokens"] > 1:
             assert done[side]["tokens_per_s"] > 0
     assert done["a"]["text"] != done["b"]["text"]  # two different adapters, greedy
+    # what each side read beside the question: the closest of its own rows (only rows sharing words), none without
+    assert done["a"]["rows"] == rows[:1] and done["b"]["rows"] == []
     # the base alone, greedy twice: the same answer; with a system prompt: the prompt reaches the model
     ask = {"question": "Hello world, how are you today?", "max_tokens": 16}
-    plain = [sse(client.post("/studio/playground/stream", json={"a": {"model": "tiny-random"}, **ask}))[-2]["text"]
+    plain = [sse(client.post("/studio/playground/stream", json={"a": {"model": "tiny-random"}, **ask}))[-2]
              for _ in range(2)]
-    assert plain[0] == plain[1]
+    assert plain[0]["text"] == plain[1]["text"] and plain[0]["rows"] == []
 
 
 def test_question_set_and_forgetting_check_with_real_generation(client, tiny):

@@ -170,6 +170,7 @@ export function sideRenderer(out, timing) {
     if (ev.type === "start") {
       out.dataset.state = "streaming";
       timing.textContent = t("pg.writing");
+      showRowsRead(timing, []);
     } else if (ev.type === "delta") {
       text += ev.delta;
       out.textContent = text.replace(/\n{3,}/g, "\n\n").replace(/^\s+/, "");
@@ -177,11 +178,26 @@ export function sideRenderer(out, timing) {
       showAnswer(out, text);
       out.dataset.state = "done";
       timing.textContent = timingText(ev);
+      showRowsRead(timing, ev.rows);
     } else if (ev.type === "error") {
       out.dataset.state = "error";
       timing.textContent = "";
     }
   };
+}
+
+/**
+ * The training rows a tuned model read beside the question (the done event's `rows`), folded under its timing
+ * line: "read 3 rows of your data", each row's question and answer when opened. Nothing for none (a base model).
+ */
+export function showRowsRead(timing, rows) {
+  const old = timing.nextElementSibling;
+  if (old && old.classList.contains("rows-read")) old.remove();
+  if (!rows || !rows.length) return;
+  const items = rows.map((r) => node("li", {}, node("div", { class: "rows-read-q", text: r.question }),
+    node("div", { class: "rows-read-a", text: r.answer })));
+  timing.after(node("details", { class: "rows-read", "data-rows": String(rows.length) },
+    node("summary", { text: t("pg.rows_read", { n: rows.length }) }), node("ol", { class: "data", translate: "no" }, ...items)));
 }
 
 /** Ask the service for a CSV/XLSX of `rows` under `columns` and save it as `filename.format`. */
