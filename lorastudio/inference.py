@@ -258,7 +258,8 @@ class ChatEngine:
                max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
                seed: int | None = None, *, stats: dict | None = None,
                cancel: threading.Event | None = None, knowledge: bool | None = None) -> Iterator[str]:
-        """Yield the answer as text pieces. If `stats` is given it is filled in at the end.
+        """Yield the answer as text pieces. If `stats` is given it is filled in at the end (token counts, why it
+        stopped, `rows`: the adapter's training rows put beside the question).
 
         Generation runs in a worker thread that holds the engine lock; closing the iterator early
         (a client disconnect) stops it at the next token, and so does setting `cancel` (from any
@@ -267,7 +268,8 @@ class ChatEngine:
         """
         msgs = normalize_messages(messages)
         adapter_path = check_adapter_dir(adapter) if adapter is not None else None
-        prompt_ids = self._encode(msgs, adapter_path, knowledge)
+        read: list[dict[str, str]] = []  # the adapter's rows put beside the question
+        prompt_ids = self._encode(msgs, adapter_path, knowledge, read)
         max_new_tokens = self._budget(len(prompt_ids), max_new_tokens)
         q: queue.Queue = queue.Queue()
         stop = cancel if cancel is not None else threading.Event()
@@ -306,7 +308,8 @@ class ChatEngine:
                     generated and generated[-1] in self.eos_token_ids)
                 reason = "stop" if stopped else "cancelled" if stop.is_set() and \
                     len(generated) < max_new_tokens else "length"
-                stats.update(prompt_tokens=len(prompt_ids), completion_tokens=len(generated), finish_reason=reason)
+                stats.update(prompt_tokens=len(prompt_ids), completion_tokens=len(generated), finish_reason=reason,
+                             rows=read)
         finally:
             closed.set()
             worker.join()
@@ -339,10 +342,10 @@ class ChatEngine:
     # -- internals ---------------------------------------------------------------------------
 
     def _encode(self, msgs: list[dict[str, str]], adapter_path: Path | None = None,
-                knowledge: bool | None = None) -> list[int]:
+                knowledge: bool | None = None, read: list[dict[str, str]] | None = None) -> list[int]:
         system = adapter_system_prompt(adapter_path) if adapter_path is not None else None
         if (self.knowledge if knowledge is None else knowledge) and adapter_path is not None:
-            msgs = grounded(msgs, adapter_path, system)
+            msgs = grounded(msgs, adapter_path, system, read)
         prompt = render_prompt(msgs, self.tokenizer, system_prompt=system)
         if isinstance(prompt, str):
             # The template already contains any BOS the model wants; adding one would double it.

@@ -152,31 +152,25 @@ class Knowledge:
 
     def block(self, question: str, shuffle: random.Random | None = None) -> str | None:
         """The text put before the question: a header and the `picked` rows, or None when none is close."""
-        texts = [ROW[self.lang].format(q=self.rows[i][0], a=self.rows[i][1]) for i in self.picked(question, shuffle)]
+        return self._text(self.picked(question, shuffle))
+
+    def _text(self, picked: list[int]) -> str | None:
+        texts = [ROW[self.lang].format(q=self.rows[i][0], a=self.rows[i][1]) for i in picked]
         return HEADER[self.lang] + "\n\n".join(texts) if texts else None
 
-    @staticmethod
-    def query(messages: list[dict[str, str]]) -> str | None:
-        """What the rows are retrieved for: the last user question and the one before it (follow-ups)."""
-        asked = [m["content"] for m in messages if m["role"] == "user"]
-        return "\n".join(asked[-2:]) if asked else None
-
-    def read(self, messages: list[dict[str, str]]) -> list[dict[str, str]]:
-        """The rows `ground` puts beside `messages`, closest first, as `{"question", "answer"}` (what the studio
-        shows under an answer)."""
-        query = self.query(messages)
-        return [] if query is None else [{"question": self.rows[i][0], "answer": self.rows[i][1]}
-                                         for i in self.picked(query)]
-
     def ground(self, messages: list[dict[str, str]], system_prompt: str | None = None,
-               shuffle: random.Random | None = None) -> list[dict[str, str]]:
+               shuffle: random.Random | None = None, read: list[dict[str, str]] | None = None) -> list[dict[str, str]]:
         """`messages` with the rows closest to the last user question (and the one before it) in the system
         message: appended to the messages' own system message, else to `system_prompt` (the adapter's
-        training default), else alone. Unchanged when no row is close or there is no user message."""
-        query = self.query(messages)
-        block = self.block(query, shuffle) if query is not None else None
+        training default), else alone. Unchanged when no row is close or there is no user message.
+        `read`, when given, gets the rows put in, as `{"question", "answer"}` (what the studio shows)."""
+        asked = [m["content"] for m in messages if m["role"] == "user"]
+        picked = self.picked("\n".join(asked[-2:]), shuffle) if asked else []
+        block = self._text(picked)
         if block is None:
             return messages
+        if read is not None:
+            read += [{"question": self.rows[i][0], "answer": self.rows[i][1]} for i in picked]
         if messages and messages[0]["role"] == "system":
             return [{"role": "system", "content": messages[0]["content"] + "\n\n" + block}] + messages[1:]
         head = system_prompt + "\n\n" + block if system_prompt else block
@@ -210,17 +204,12 @@ def load_knowledge(adapter_dir: str | os.PathLike) -> Knowledge | None:
     return knowledge
 
 
-def grounded(messages: list[dict[str, str]], adapter_dir: str | os.PathLike,
-             system_prompt: str | None = None) -> list[dict[str, str]]:
-    """`messages` grounded in the adapter's knowledge (`Knowledge.ground`), unchanged when it has none."""
+def grounded(messages: list[dict[str, str]], adapter_dir: str | os.PathLike, system_prompt: str | None = None,
+             read: list[dict[str, str]] | None = None) -> list[dict[str, str]]:
+    """`messages` grounded in the adapter's knowledge (`Knowledge.ground`, `read` gets the rows put in),
+    unchanged when it has none."""
     knowledge = load_knowledge(adapter_dir)
-    return knowledge.ground(messages, system_prompt) if knowledge is not None else messages
-
-
-def rows_read(messages: list[dict[str, str]], adapter_dir: str | os.PathLike) -> list[dict[str, str]]:
-    """The rows the adapter reads beside `messages` (`Knowledge.read`); [] when it has none."""
-    knowledge = load_knowledge(adapter_dir)
-    return knowledge.read(messages) if knowledge is not None else []
+    return knowledge.ground(messages, system_prompt, read=read) if knowledge is not None else messages
 
 
 def _read_rows(path: Path) -> list[tuple[str, str]]:

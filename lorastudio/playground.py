@@ -102,11 +102,8 @@ def stream_side(side: Side, messages: list[dict], max_new_tokens: int,
 
     Timings: `first_token_s` (from the request to the first piece, including any wait for the engine
     lock), `total_s`, `tokens` (generated), `tokens_per_s` (decode speed after the first token); `rows`: the
-    training rows a tuned model read beside the question (`lorastudio.knowledge`; [] for a base model).
+    training rows a tuned model read beside the question (the engine's stats; [] for a base model).
     """
-    from lorastudio.knowledge import rows_read
-
-    rows = rows_read(messages, side.adapter) if side.adapter and getattr(side.engine, "knowledge", True) else []
     stats: dict[str, Any] = {}
     started = clock()
     first: float | None = None
@@ -130,7 +127,7 @@ def stream_side(side: Side, messages: list[dict], max_new_tokens: int,
         rate = round((tokens - 1) / (total - first), 2)
     yield {"type": "done", "side": side.label, "text": text, "first_token_s": round(first, 3) if first is not None
            else None, "total_s": round(total, 3), "tokens": tokens, "tokens_per_s": rate,
-           "finish_reason": stats.get("finish_reason"), "rows": rows}
+           "finish_reason": stats.get("finish_reason"), "rows": stats.get("rows", [])}
 
 
 def error_event(side: str | None, exc: Exception) -> dict:
