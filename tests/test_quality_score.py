@@ -123,6 +123,35 @@ def test_engine_rules(tiny, short, monkeypatch):
         score.parse_args(["--out", "x", "--evals", "nobody"])
 
 
+def test_rows_and_their_order_are_varied_for_the_scoring_only(tmp_path, tiny):
+    rows = [("退款多久到账？", "3个工作日内到账。"), ("退款要审批吗？", "超过2000元需主管审批。"),
+            ("会员怎么评级？", "每年1月1日重新评级。")]
+    (tmp_path / "knowledge.jsonl").write_text(
+        "".join(json.dumps({"question": q, "answer": a}, ensure_ascii=False) + "\n" for q, a in rows), "utf-8")
+    question = [{"question": "退款多久能到账？审批要多久？"}]
+
+    def system(*extra):
+        args = score.parse_args(["--base", "b", "--adapter", str(tmp_path), "--out", "x.json", *extra])
+        return args, score.grounded_chats(args, question)[0][0]["content"]
+
+    args, product = system()
+    assert not score.rows_changed(args) and product.index("3个工作日") < product.index("2000元")
+    assert "评级" not in product  # shares no bigram with the question: never sent
+    args, last = system("--row-order", "closest-last")
+    assert score.rows_changed(args) and last.index("2000元") < last.index("3个工作日")  # the closest next to the question
+    _, one = system("--rows", "1")
+    assert "3个工作日" in one and "2000元" not in one
+    args, none = system("--rows", "1", "--no-knowledge")
+    assert none == question[0]["question"]  # no rows at all: the question alone
+    args = score.parse_args(["--base", str(tiny["gguf"]), "--adapter", str(tmp_path), "--out", "x.json", "--rows", "4"])
+    assert score.pick_engine(args)[0] == "transformers"
+    args.engine = "llama.cpp"
+    with pytest.raises(SystemExit, match="--rows and --row-order need --engine transformers"):
+        score.pick_engine(args)
+    with pytest.raises(SystemExit):
+        score.parse_args(["--out", "x", "--rows", "-1"])
+
+
 @pytest.mark.parametrize("evals", ["yunzhan", "beichen", "harborpine"])
 def test_scoring_is_the_sweeps(tmp_path, evals):
     from sweep import fact_score, read_jsonl

@@ -292,6 +292,13 @@ MIXES.update({
     "g100": {"augment_grounded": 1.0, "max_length": 704},
     "p2g50": {"num_epochs": 2, "learning_rate": 1e-3, "augment_grounded": 0.5, "max_length": 704},
 })
+# Session 24: the same defaults' adapters read their rows another way (answer time only): 4 rows instead of 6, the
+# closest row last (next to the question), both, and the adapter at 0.7 of its strength while it reads.
+READING = {"k4": ["--rows", "4"], "last": ["--row-order", "closest-last"],
+           "k4last": ["--rows", "4", "--row-order", "closest-last"]}
+MIXES.update({
+    "rd": {"score_variants": READING, "score_scales": [1, 0.7]},
+})
 for _name, _settings in MIXES.items():
     RECIPES[_name] = _settings
     for _seed in range(1, 30):
@@ -344,6 +351,7 @@ def run_recipe(name: str, settings: dict, args: argparse.Namespace, gpu: str | N
     settings = dict(settings)
     env.update(settings.pop("env", {}))  # a lever that is no setting (yet): an environment variable
     scales = [float(x) for x in settings.pop("score_scales", [1.0])]
+    variants = settings.pop("score_variants", {})  # tag → score.py options: the same adapter scored another way
     share = settings.pop("replay_fact_share", None)
     if share is not None:  # a replay mix other than the built-in one: its prompts as a file of their own
         from lorastudio.train.replay import ordered_prompts
@@ -400,10 +408,19 @@ def run_recipe(name: str, settings: dict, args: argparse.Namespace, gpu: str | N
             source = json.loads(line).get("source", "?")
             sources[source] = sources.get(source, 0) + 1
         record["augmented"] = sources
+    kept = ("facts", "facts_by_fact", "general", "hard", "fact_ok", "general_ok", "hard_ok")
     for scale in scales[1:]:  # the same adapter at a lower LoRA strength
         q = json.loads((out / f"quality_x{scale:g}.json").read_text())
-        record.setdefault("scaled", {})[f"{scale:g}"] = {
-            k: q[k] for k in ("facts", "facts_by_fact", "general", "fact_ok", "general_ok")}
+        record.setdefault("scaled", {})[f"{scale:g}"] = {k: q[k] for k in kept if k in q}
+    for tag, options in variants.items():
+        with open(out / f"score_{tag}.log", "w") as log:
+            code = subprocess.call([*score_cmd, "--out", str(out / f"quality_{tag}.json"), "--scales", "1", *options],
+                                   env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        if code != 0:
+            record.setdefault("variants", {})[tag] = {"error": (out / f"score_{tag}.log").read_text()[-800:]}
+            continue
+        q = json.loads((out / f"quality_{tag}.json").read_text())
+        record.setdefault("variants", {})[tag] = {k: q[k] for k in kept if k in q}
     return record
 
 

@@ -65,7 +65,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--no-knowledge", dest="knowledge", action="store_false",
                     help="answer from the adapter's weights alone, without its training rows beside each question "
                          "(lorastudio/knowledge.py; the product puts them there by default)")
+    ap.add_argument("--rows", type=int, default=None,
+                    help="put this many knowledge rows beside each question instead of the adapter's knowledge_rows")
+    ap.add_argument("--row-order", choices=("closest-first", "closest-last"), default="closest-first",
+                    help="the rows' order in the prompt: the closest first (the product's) or last, next to the question")
     args = ap.parse_args(argv)
+    if args.rows is not None and args.rows < 0:
+        ap.error(f"--rows {args.rows}: give 0 or more")
     sets = [s.strip() for s in args.sets.split(",") if s.strip()]
     unknown = [s for s in sets if s not in SETS]
     if unknown:
@@ -92,6 +98,11 @@ def pick_engine(args: argparse.Namespace) -> tuple[str, str]:
             raise SystemExit("score.py: --scales other than 1 need --engine transformers "
                              "(the llama.cpp engine applies an adapter at its trained strength)")
         return "transformers", f"--scales {args.scales} (LoRA strengths are set on the transformers model)"
+    if rows_changed(args):
+        if args.engine == "llama.cpp":
+            raise SystemExit("score.py: --rows and --row-order need --engine transformers "
+                             "(the llama.cpp child grounds its prompts as the product does)")
+        return "transformers", "--rows/--row-order (the prompts are grounded in this process)"
     try:
         choice = choose_engine(args.base, engine=args.engine)
     except ValueError as exc:  # --engine llama.cpp on a base or machine it cannot serve
@@ -134,15 +145,36 @@ def chats(questions: list[dict], system: str | None = None) -> list[list[dict[st
     return [head + [{"role": "user", "content": q["question"]}] for q in questions]
 
 
+def rows_changed(args: argparse.Namespace) -> bool:
+    return args.rows is not None or args.row_order != "closest-first"
+
+
+def knowledge_for(args: argparse.Namespace):
+    """The adapter's rows as the product reads them (`load_knowledge`), with --rows and --row-order applied;
+    None when it has none or --no-knowledge."""
+    from lorastudio.knowledge import Knowledge, load_knowledge
+
+    if not (args.adapter and args.knowledge):
+        return None
+    knowledge = load_knowledge(args.adapter)
+    if knowledge is None or not rows_changed(args):
+        return knowledge
+    varied = Knowledge(knowledge.rows, knowledge.k if args.rows is None else args.rows)
+    if args.row_order == "closest-last":
+        picked = varied.picked
+        varied.picked = lambda question, shuffle=None: picked(question, shuffle)[::-1]  # type: ignore[method-assign]
+    return varied
+
+
 def grounded_chats(args: argparse.Namespace, questions: list[dict]) -> list[list[dict[str, str]]]:
     """`chats` as the product's engine sends them: with the adapter's knowledge rows unless --no-knowledge."""
     from lorastudio.engines.common import adapter_system_prompt
-    from lorastudio.knowledge import grounded
 
-    if not (args.adapter and args.knowledge):
+    knowledge = knowledge_for(args)
+    if knowledge is None:
         return chats(questions, args.system)
     system = adapter_system_prompt(Path(args.adapter))
-    return [grounded(chat, args.adapter, system) for chat in chats(questions, args.system)]
+    return [knowledge.ground(chat, system) for chat in chats(questions, args.system)]
 
 
 def answer_llamacpp(args: argparse.Namespace, items: dict[str, list[dict]]) -> tuple[dict[str, list[str]], float]:
@@ -196,7 +228,8 @@ def write(args: argparse.Namespace, items: dict[str, list[dict]], answers: dict[
     from sweep import fact_score, score  # the sweep's scoring, unchanged
 
     res = {"base": args.base, "adapter": args.adapter, "evals": args.evals, "scale": scale, "engine": engine,
-           "engine_reason": reason, "eval_s": round(seconds, 1), "knowledge": bool(getattr(args, "knowledge", False))}
+           "engine_reason": reason, "eval_s": round(seconds, 1), "knowledge": bool(getattr(args, "knowledge", False)),
+           "rows": getattr(args, "rows", None), "row_order": getattr(args, "row_order", "closest-first")}
     if args.limit is not None:
         res["limit"] = args.limit
     parts = []
