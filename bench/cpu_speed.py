@@ -61,6 +61,8 @@ def cpu_class() -> str:
         flags = next((ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")), "")
     isa = ("AVX-512-bf16" if "avx512_bf16" in flags else "AVX-512" if "avx512f" in flags
            else "AVX2" if "avx2" in flags else "no AVX2")
+    if os.environ.get("ATEN_CPU_CAPABILITY") == "avx2" and os.environ.get(hardware.FLAGS_ENV):
+        isa += " capped at AVX2 (bench/emulate_avx2.sh)"
     return f"{name}, {isa}, {hardware.physical_cores()} physical cores"
 
 
@@ -517,6 +519,115 @@ def kernels_cmd(a) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
+# floor: how fast a step could be if it were its frozen GEMMs alone
+# ------------------------------------------------------------------------------------------------
+def _default_shape() -> dict[str, int]:
+    """The default model's dimensions (its cached config when here, else Qwen2.5-0.5B's)."""
+    shape = {"hidden": 896, "intermediate": 4864, "kv": 128, "layers": 24, "vocab": 151936}
+    tok_dir = _tokenizer_dir()
+    if tok_dir is not None and (tok_dir / "config.json").is_file():
+        c = json.loads((tok_dir / "config.json").read_text())
+        heads = c["num_attention_heads"]
+        shape = {"hidden": c["hidden_size"], "intermediate": c["intermediate_size"],
+                 "kv": c["num_key_value_heads"] * c.get("head_dim", c["hidden_size"] // heads),
+                 "layers": c["num_hidden_layers"], "vocab": c["vocab_size"]}
+    return shape
+
+
+def floor_products(m: int, t: int, shape: dict[str, int]) -> list[tuple[str, int, int, int, int]]:
+    """The frozen-weight GEMMs of one CPU training step under `all-mlp` LoRA as (what, count, m, n, k): act (m × k)
+    times a frozen (n × k) weight transposed. `m` computed tokens (after the shared template head), `t` target rows
+    of the LM head. Forward: every decoder linear; backward: the input gradient of every decoder linear except in
+    layer 0, where only down_proj's is needed (its gate/up LoRA take their gradient from it; nothing below them
+    trains); the LM head's logits and hidden-state gradient for the target rows. LoRA, attention, norms and the
+    optimizer are left out: the floor is what the step cannot go below on this arithmetic."""
+    h, i, kv, n_layers, v = shape["hidden"], shape["intermediate"], shape["kv"], shape["layers"], shape["vocab"]
+    forward = [("q/o forward", 2, m, h, h), ("k/v forward", 2, m, kv, h), ("gate/up forward", 2, m, i, h),
+               ("down forward", 1, m, h, i)]
+    grads = [("q/o input grad", 2, m, h, h), ("k/v input grad", 2, m, h, kv), ("gate/up input grad", 2, m, h, i)]
+    down_grad = ("down input grad", 1, m, i, h)
+    out = [(w, c * n_layers, mm, n, k) for w, c, mm, n, k in forward]
+    out += [(w, c * (n_layers - 1), mm, n, k) for w, c, mm, n, k in grads]
+    out += [(down_grad[0], n_layers, m, i, h), ("LM head logits", 1, t, v, h), ("LM head hidden gradient", 1, t, h, v)]
+    return out
+
+
+def floor_cmd(a) -> None:
+    """Time the frozen GEMMs of real packed steps of the demo file in this CPU class's precision and scale them
+    to a whole schedule: the training stage's lower bound on this CPU, beside the measured rate."""
+    import torch
+
+    from lorastudio.train import cpu_int8, cpu_prefix
+
+    torch.set_num_threads(a.threads)
+    dtype = torch.bfloat16 if a.dtype == "bf16" else torch.float32
+    int8 = a.dtype == "fp32" and a.int8
+    shape = _default_shape()
+    rows, source = bench_rows(a.tokens, a.rows, key_weight=2, question_weight=0.3)
+    gen = torch.Generator().manual_seed(0)
+    weights: dict[tuple[int, int], object] = {}
+    packed: dict[tuple[int, int], object] = {}
+    int8_products = {"gate/up forward", "q/o input grad", "k/v input grad", "gate/up input grad", "down input grad"}
+
+    def product(what: str, m: int, n: int, k: int):
+        if (n, k) not in weights:
+            weights[(n, k)] = (torch.randn(n, k, generator=gen) * 0.02).to(dtype)
+        w = weights[(n, k)]
+        x = torch.randn(m, k, generator=gen).to(dtype)
+        if int8 and what in int8_products:  # the product's int8 path (cpu_int8), as the fp32 classes train
+            if (n, k) not in packed:
+                packed[(n, k)] = cpu_int8._prepack(w)
+
+            def run(x=x, w=w, pk=packed[(n, k)]):
+                cpu_int8._LAST = None
+                return cpu_int8.qmm(cpu_int8.prepare(x, x), pk, lambda idx: w.index_select(1, idx))
+            return run
+        return lambda x=x, w=w: x @ w.t()
+
+    per_row = []
+    for row in rows:
+        shared = cpu_prefix.shared_batch(row)
+        m = int(shared["input_ids"].numel()) if shared is not None else int(row["input_ids"].numel())
+        t = int((row["labels"] != -100).sum())
+        tokens = int(row["input_ids"].numel())
+        total, flops, parts = 0.0, 0.0, {}
+        for what, count, mm, n, k in floor_products(m, t, shape):
+            f = product(what, mm, n, k)
+            f()
+            times = []
+            for _ in range(a.rounds):
+                t0 = time.perf_counter()
+                f()
+                times.append(time.perf_counter() - t0)
+            s = statistics.median(times) * count
+            parts[what] = parts.get(what, 0.0) + s
+            total += s
+            flops += 2.0 * mm * n * k * count
+        per_row.append({"tokens": tokens, "computed": m, "targets": t, "floor_s": round(total, 3),
+                        "gflops": round(flops / 1e9, 1), "rate_gflops": round(flops / total / 1e9, 1),
+                        "parts_s": {w: round(v, 3) for w, v in parts.items()}})
+        print(f"row of {tokens} tokens ({m} computed, {t} targets): GEMMs {flops / 1e9:.0f} GFLOP in {total:.2f} s "
+              f"= {flops / total / 1e9:.0f} GFLOP/s → at most {tokens / total:.0f} tok/s", flush=True)
+    tokens = sum(r["tokens"] for r in per_row)
+    floor_s = sum(r["floor_s"] for r in per_row)
+    ceiling = tokens / floor_s
+    train_floor = a.schedule_tokens / ceiling
+    print(f"# {cpu_class()}; torch {torch.__version__}; {a.threads} threads; {a.dtype}{' + int8' if int8 else ''}; "
+          f"rows: {source}; load {os.getloadavg()[0]:.1f}")
+    print(f"frozen GEMMs alone: at most {ceiling:.0f} tok/s; {a.schedule_tokens:,} trained tokens (the demo file's "
+          f"default schedule) take at least {train_floor / 60:.1f} min of training on this CPU")
+    if a.measured:
+        print(f"measured whole steps: {a.measured:.0f} tok/s = {a.measured / ceiling:.0%} of the floor's rate; "
+              f"the training stage at that rate: {a.schedule_tokens / a.measured / 60:.1f} min")
+    if a.out:
+        Path(a.out).write_text(json.dumps({"cpu": cpu_class(), "torch": torch.__version__, "threads": a.threads,
+                                           "dtype": a.dtype, "int8": int8, "shape": shape, "rows": per_row,
+                                           "ceiling_tok_s": round(ceiling, 1), "schedule_tokens": a.schedule_tokens,
+                                           "training_floor_min": round(train_floor / 60, 2),
+                                           "measured_tok_s": a.measured}, indent=1))
+
+
+# ------------------------------------------------------------------------------------------------
 # ab: every lever on the same rows from the same weights, interleaved step by step
 # ------------------------------------------------------------------------------------------------
 def _state(model, opt):
@@ -782,6 +893,17 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--only", default="")
     p.add_argument("--out")
+    p = sub.add_parser("floor")
+    p.add_argument("--rows", type=int, default=3, help="real packed rows of the demo file to time")
+    p.add_argument("--tokens", type=int, default=704, help="tokens a packed row (the trainer's batch_tokens)")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--no-int8", dest="int8", action="store_false", help="fp32 without the int8 frozen-base GEMMs")
+    p.add_argument("--schedule-tokens", type=int, default=149_000,
+                   help="tokens the schedule trains (the demo file's default: 4 passes, about 149,000)")
+    p.add_argument("--measured", type=float, default=None, help="the whole run's training tok/s on this CPU, to compare")
+    p.add_argument("--out")
+    _dtype_arg(p)
     p = sub.add_parser("ab")
     p.add_argument("--levers", default="base,int8,prefix,int8+prefix")
     p.add_argument("--steps", type=int, default=4, help="timed steps (one more runs first, untimed)")
@@ -821,7 +943,8 @@ def main() -> None:
     from lorastudio.train import cpu_int8
 
     SHIPPED_FORWARD, SHIPPED_BACKWARD = cpu_int8.FORWARD, cpu_int8.BACKWARD
-    {"profile": profile_cmd, "parity": parity_cmd, "ab": ab_cmd, "kernels": kernels_cmd, "ce": ce_cmd}[a.mode](a)
+    {"profile": profile_cmd, "parity": parity_cmd, "ab": ab_cmd, "kernels": kernels_cmd, "ce": ce_cmd,
+     "floor": floor_cmd}[a.mode](a)
 
 
 if __name__ == "__main__":

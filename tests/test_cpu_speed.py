@@ -258,3 +258,27 @@ def test_no_shared_head_under_gradient_checkpointing(small_model_dir, monkeypatc
     model, tokenizer = _lora_model(small_model_dir, "sdpa")
     setup.prepare_model(model.get_base_model())
     assert cpu.levers(model)["prefix"] is False
+
+
+def test_the_floor_counts_every_frozen_product_of_a_step_once():
+    """bench/cpu_speed.py floor: forward through every decoder linear, input gradients above layer 0 (only
+    down_proj's in layer 0), the LM head both ways for the target rows; FLOPs = 2 × rows × weights."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("bench_cpu_speed",
+                                                  Path(__file__).resolve().parents[1] / "bench" / "cpu_speed.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    shape = {"hidden": 8, "intermediate": 20, "kv": 4, "layers": 3, "vocab": 50}
+    m, t = 7, 5
+    products = bench.floor_products(m, t, shape)
+    flops = sum(2 * count * mm * n * k for _, count, mm, n, k in products)
+    attention, mlp = 2 * 8 * 8 + 2 * 4 * 8, 3 * 8 * 20
+    layer = attention + mlp
+    forward = 2 * m * layer * 3
+    backward = 2 * m * layer * 2 + 2 * m * 8 * 20  # layers 1-2 whole, layer 0 down_proj only
+    head = 2 * 2 * t * 50 * 8
+    assert flops == forward + backward + head
+    assert {w for w, *_ in products if w.startswith("LM head")} == {"LM head logits", "LM head hidden gradient"}
+    assert all(mm == t for w, _, mm, _, _ in products if w.startswith("LM head"))
