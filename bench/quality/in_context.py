@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--evals", default="yunzhan")
     ap.add_argument("--mode", choices=("oracle", "retrieve", "whole"), default="oracle")
     ap.add_argument("--k", type=int, default=6, help="rows retrieved per question (--mode retrieve)")
+    ap.add_argument("--order", choices=("closest-first", "closest-last"), default="closest-first",
+                    help="the retrieved rows' order (--mode retrieve): the closest first, as the product, or last")
     ap.add_argument("--sets", default="facts,hard")
     ap.add_argument("--engine", choices=("auto", "llama.cpp", "transformers"), default="auto")
     ap.add_argument("--batch-size", type=int, default=8)
@@ -100,6 +102,8 @@ def main(argv: list[str] | None = None) -> None:
                 picked = oracle_rows(item.get("facts") or [item["fact"]], fact_items, answers, groups)
             elif args.mode == "retrieve":
                 picked = retriever.top(item["question"], args.k)
+                if args.order == "closest-last":
+                    picked = picked[::-1]
             else:
                 picked = list(range(len(rows)))
             sizes.append(len(picked))
