@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--evals", default="yunzhan")
     ap.add_argument("--mode", choices=("oracle", "retrieve", "whole"), default="oracle")
     ap.add_argument("--k", type=int, default=6, help="rows retrieved per question (--mode retrieve)")
-    ap.add_argument("--order", choices=("closest-first", "closest-last"), default="closest-first",
+    ap.add_argument("--order", dest="row_order", choices=("closest-first", "closest-last"), default="closest-first",
                     help="the retrieved rows' order (--mode retrieve): the closest first, as the product, or last")
     ap.add_argument("--sets", default="facts,hard")
     ap.add_argument("--engine", choices=("auto", "llama.cpp", "transformers"), default="auto")
@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     args.limit = None
+    args.rows = args.k if args.mode == "retrieve" else None  # recorded beside the scores (score.write)
 
     rows = rows_of(validate(args.data).conversations)  # the product's rows (a follow-up turn with its context)
     answers = [a for _, a in rows]
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
                 picked = oracle_rows(item.get("facts") or [item["fact"]], fact_items, answers, groups)
             elif args.mode == "retrieve":
                 picked = retriever.top(item["question"], args.k)
-                if args.order == "closest-last":
+                if args.row_order == "closest-last":
                     picked = picked[::-1]
             else:
                 picked = list(range(len(rows)))
