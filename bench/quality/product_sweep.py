@@ -294,10 +294,10 @@ MIXES.update({
 })
 # Session 24: the same defaults' adapters read their rows another way (answer time only): the closest row last, next to
 # the question (the base model reading the multi-turn rows: +8 of 75 harder, -1 whole fact on the Zen 4; 4 rows instead
-# of 6 lost 5 whole facts there), and the adapter at 0.7 of its strength while it reads.
+# of 6 lost 5 whole facts there). Session 25 ran it without the 0.7-strength scoring first planned (one call's time).
 READING = {"last": ["--row-order", "closest-last"]}
 MIXES.update({
-    "rd": {"score_variants": READING, "score_scales": [1, 0.7]},
+    "rd": {"score_variants": READING},
 })
 for _name, _settings in MIXES.items():
     RECIPES[_name] = _settings
