@@ -57,6 +57,26 @@ def oracle_rows(facts: list, fact_items: dict, answers: list[str], groups: list[
     return chosen[:cap]
 
 
+def scaled_copy(adapter: str, scale: float) -> str:
+    """A copy of `adapter` (its config and weights, in a temporary folder) whose LoRA B matrices are multiplied by
+    `scale`: the adapter at that strength for an engine that applies adapters as trained (llama.cpp)."""
+    import shutil
+    import tempfile
+
+    from safetensors.torch import load_file, save_file
+
+    src = Path(adapter)
+    dst = Path(tempfile.mkdtemp(prefix=f"lora-x{scale:g}-"))
+    shutil.copy(src / "adapter_config.json", dst)
+    weights = load_file(src / "adapter_model.safetensors")
+    scaled = sum(".lora_B." in name for name in weights)
+    if not scaled:
+        raise SystemExit(f"in_context.py: {src / 'adapter_model.safetensors'} holds no lora_B matrices to scale")
+    save_file({k: v * scale if ".lora_B." in k else v for k, v in weights.items()}, dst / "adapter_model.safetensors")
+    print(f"adapter at x{scale:g}: {scaled} B matrices scaled, in {dst}", flush=True)
+    return str(dst)
+
+
 def main(argv: list[str] | None = None) -> None:
     from score import SETS, set_file, write
     from sweep import read_jsonl
@@ -79,8 +99,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--engine", choices=("auto", "llama.cpp", "transformers"), default="auto")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--adapter", default=None, help="a trained adapter to read the rows with (default: the base model)")
+    ap.add_argument("--lora-scale", type=float, default=1.0,
+                    help="the adapter at this strength (its LoRA B matrices scaled in a copy; any engine)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
+    if args.lora_scale != 1.0 and not args.adapter:
+        ap.error("--lora-scale needs --adapter")
+    reader = scaled_copy(args.adapter, args.lora_scale) if args.lora_scale != 1.0 else args.adapter
     args.limit = None
     args.rows = args.k if args.mode == "retrieve" else None  # recorded beside the scores (score.write)
 
@@ -122,16 +147,16 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.time()
     if engine == "llama.cpp":
         flat = run_llamacpp_batch(args.base, prompts, max_new_tokens=caps, batch_size=min(8, args.batch_size),
-                                  adapter=args.adapter, knowledge=False)
+                                  adapter=reader, knowledge=False)
     else:
         from lorastudio.models import load_model
         from lorastudio.train.generation import generate_batch
 
         model, tok = load_model(args.base)
-        if args.adapter:
+        if reader:
             from peft import PeftModel
 
-            model = PeftModel.from_pretrained(model, args.adapter)
+            model = PeftModel.from_pretrained(model, reader)
         model.eval()
         flat = []
         for cap in sorted(set(caps)):  # one call per answer cap, answers put back in order
@@ -142,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     out, at = {}, 0
     for name, questions in items.items():
         out[name], at = flat[at:at + len(questions)], at + len(questions)
-    write(args, items, out, Path(args.out), 1.0, time.time() - t0, engine, f"in context: {args.mode}")
+    write(args, items, out, Path(args.out), args.lora_scale, time.time() - t0, engine, f"in context: {args.mode}")
 
 
 if __name__ == "__main__":
