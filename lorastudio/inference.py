@@ -51,7 +51,7 @@ from lorastudio.engines.common import (
     normalize_messages,
     render_prompt,
 )
-from lorastudio.knowledge import grounded
+from lorastudio.knowledge import grounded, reading_strength
 
 _IncrementalDecoder = IncrementalDecoder  # the old private name, kept for callers
 
@@ -270,6 +270,7 @@ class ChatEngine:
         adapter_path = check_adapter_dir(adapter) if adapter is not None else None
         read: list[dict[str, str]] = []  # the adapter's rows put beside the question
         prompt_ids = self._encode(msgs, adapter_path, knowledge, read)
+        strength = self._strength(adapter_path, knowledge)
         max_new_tokens = self._budget(len(prompt_ids), max_new_tokens)
         q: queue.Queue = queue.Queue()
         stop = cancel if cancel is not None else threading.Event()
@@ -278,7 +279,8 @@ class ChatEngine:
         def work() -> None:
             try:
                 ids = self.backend.generate_ids(prompt_ids, adapter_path, max_new_tokens, temperature, top_p,
-                                                seed, lambda new: q.put(("ids", new)), _Either(stop, closed))
+                                                seed, lambda new: q.put(("ids", new)), _Either(stop, closed),
+                                                strength=strength)
                 q.put(("done", ids))
             except BaseException as exc:  # re-raised in the consumer's thread
                 q.put(("error", exc))
@@ -324,7 +326,8 @@ class ChatEngine:
         adapter_path = check_adapter_dir(adapter) if adapter is not None else None
         encoded = [self._encode(m, adapter_path) for m in all_msgs]
         outs = self.backend.generate_many(encoded, adapter_path, lambda n: self._budget(n, max_new_tokens),
-                                          temperature, top_p, seed, batch_size)
+                                          temperature, top_p, seed, batch_size,
+                                          strength=self._strength(adapter_path))
         return [self.tokenizer.decode(self.backend.until_eos(out), skip_special_tokens=True) for out in outs]
 
     def loaded_adapters(self) -> list[str]:
@@ -351,6 +354,12 @@ class ChatEngine:
             # The template already contains any BOS the model wants; adding one would double it.
             return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
         return list(prompt)
+
+    def _strength(self, adapter_path: Path | None, knowledge: bool | None = None) -> float:
+        """The adapter's strength for this request: its `knowledge_strength` while it reads its rows, else 1."""
+        if adapter_path is None or not (self.knowledge if knowledge is None else knowledge):
+            return 1.0
+        return reading_strength(adapter_path)
 
     def _budget(self, prompt_len: int, max_new_tokens: int) -> int:
         if max_new_tokens < 1:

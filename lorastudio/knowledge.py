@@ -130,8 +130,9 @@ def write_knowledge(directory: str | os.PathLike, conversations: Iterable[Any]) 
 class Knowledge:
     """An adapter's rows and how many of them go with each question."""
 
-    def __init__(self, rows: list[tuple[str, str]], k: int = DEFAULT_ROWS) -> None:
+    def __init__(self, rows: list[tuple[str, str]], k: int = DEFAULT_ROWS, strength: float = 1.0) -> None:
         self.rows, self.k = rows, k
+        self.strength = strength  # the adapter's strength while it reads these rows (`knowledge_strength`)
         self.lang = language(a for _, a in rows)
         self.retriever = Retriever(rows)
 
@@ -177,26 +178,31 @@ class Knowledge:
         return [{"role": "system", "content": head}] + messages
 
 
-_CACHE: dict[tuple[str, int, int], Knowledge | None] = {}
+_CACHE: dict[tuple[str, int, int, int | None], Knowledge | None] = {}
 _CACHE_SIZE = 32
 _LOCK = threading.Lock()
 
 
 def load_knowledge(adapter_dir: str | os.PathLike) -> Knowledge | None:
-    """The adapter's `knowledge.jsonl` with its `knowledge_rows` (train_config.yaml), or None when the adapter
-    has no such file (trained before it existed, or not by LoRA Studio) or was trained with `knowledge_rows: 0`.
-    Cached per file version. A file that cannot be read raises `KnowledgeError` saying which line and why."""
+    """The adapter's `knowledge.jsonl` with its `knowledge_rows` and `knowledge_strength` (train_config.yaml), or
+    None when the adapter has no such file (trained before it existed, or not by LoRA Studio) or was trained with
+    `knowledge_rows: 0`. Cached per version of both files. A file that cannot be read raises `KnowledgeError`
+    saying which line and why."""
     path = Path(adapter_dir) / KNOWLEDGE_FILE
     try:
         stat = path.stat()
     except OSError:
         return None
-    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    try:
+        config = (Path(adapter_dir) / "train_config.yaml").stat().st_mtime_ns
+    except OSError:
+        config = None
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, config)
     with _LOCK:
         if key in _CACHE:
             return _CACHE[key]
     k = _rows_setting(Path(adapter_dir))
-    knowledge = Knowledge(_read_rows(path), k) if k > 0 else None
+    knowledge = Knowledge(_read_rows(path), k, _strength_setting(Path(adapter_dir))) if k > 0 else None
     with _LOCK:
         if len(_CACHE) >= _CACHE_SIZE:  # the oldest file versions go first (a retrained adapter's old rows)
             del _CACHE[next(iter(_CACHE))]
@@ -226,6 +232,18 @@ def _read_rows(path: Path) -> list[tuple[str, str]]:
             raise KnowledgeError(f'{path}, line {n}: needs a "question" and an "answer" string; {fix}')
         rows.append((obj["question"], obj["answer"]))
     return rows
+
+
+def reading_strength(adapter_dir: str | os.PathLike) -> float:
+    """The adapter's strength while it reads its rows (`knowledge_strength`); 1.0 when it has no rows."""
+    knowledge = load_knowledge(adapter_dir)
+    return knowledge.strength if knowledge is not None else 1.0
+
+
+def _strength_setting(adapter_dir: Path) -> float:
+    value = adapter_setting(adapter_dir, "knowledge_strength")
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0
+    return float(value) if ok else 1.0
 
 
 def _rows_setting(adapter_dir: Path) -> int:

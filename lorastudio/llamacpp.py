@@ -457,7 +457,7 @@ class LlamaCppModel:
         self._lib = lib
         self._model = self._ctx = self._batch = None
         self._loras: dict[Path, Any] = {}  # GGUF LoRA path → llama_adapter_lora pointer
-        self._active: Path | None = None
+        self._active: tuple[Path, float] | None = None  # the adapter on the context and its scale
         self._cache: list[int] = []  # tokens of sequence 0 whose keys/values are in the cache
         self.path = Path(gguf_path)
         if not self.path.is_file():
@@ -542,7 +542,7 @@ class LlamaCppModel:
         ptr = self._loras.pop(path, None)
         if ptr is None:
             return False
-        if self._active == path:
+        if self._active is not None and self._active[0] == path:
             self._set_lora(None)
         self._lib.llama_adapter_lora_free(ptr)
         return True
@@ -550,19 +550,20 @@ class LlamaCppModel:
     def loaded_loras(self) -> list[Path]:
         return list(self._loras)
 
-    def _set_lora(self, lora: Path | None) -> None:
-        if lora == self._active:
+    def _set_lora(self, lora: Path | None, scale: float = 1.0) -> None:
+        active = (lora, float(scale)) if lora is not None else None
+        if active == self._active:
             return
         lib = self._lib
         if lora is None:
             rc = lib.llama_set_adapters_lora(self._ctx, None, 0, None)
         else:
             arr = (lib.llama_adapter_lora_p_ctypes * 1)(self._loras[lora])
-            scales = (ctypes.c_float * 1)(1.0)
+            scales = (ctypes.c_float * 1)(float(scale))
             rc = lib.llama_set_adapters_lora(self._ctx, arr, 1, scales)
         if rc != 0:
             raise LlamaCppError(f"llama.cpp refused to switch adapters (code {rc})")
-        self._active = lora
+        self._active = active
         self._forget()  # keys/values computed under another adapter are wrong for this one
 
     # -- decoding -------------------------------------------------------------------------------
@@ -613,18 +614,18 @@ class LlamaCppModel:
             raise ValueError(f"prompt ({len(prompt_ids)}) + max_new_tokens ({max_new_tokens}) exceed the "
                              f"context of {self.n_ctx} tokens")
 
-    def generate(self, prompt_ids: Sequence[int], *, lora: str | os.PathLike | None = None,
+    def generate(self, prompt_ids: Sequence[int], *, lora: str | os.PathLike | None = None, lora_scale: float = 1.0,
                  max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
                  seed: int | None = None, stop_ids: Iterable[int] = (),
                  cancel: threading.Event | None = None) -> Iterator[int]:
         """Yield generated token ids; a stop id is yielded too, and ends the generation.
 
-        `lora`: a GGUF LoRA path (loaded on first use) or None for the base model. The prompt's
+        `lora`: a GGUF LoRA path (loaded on first use) or None for the base model, applied at `lora_scale`. The prompt's
         longest common prefix with the previous call's tokens (same adapter) is not evaluated again.
         """
         prompt = [int(t) for t in prompt_ids]
         self._check(prompt, max_new_tokens)
-        self._set_lora(self.load_lora(lora) if lora is not None else None)
+        self._set_lora(self.load_lora(lora) if lora is not None else None, lora_scale)
         stops = set(stop_ids)
         lib = self._lib
         keep = 0
@@ -650,7 +651,7 @@ class LlamaCppModel:
             lib.llama_sampler_free(chain)
 
     def generate_many(self, prompts: Sequence[Sequence[int]], *, lora: str | os.PathLike | None = None,
-                      max_new_tokens: int | Sequence[int] = 256, temperature: float = 0.0, top_p: float = 1.0,
+                      lora_scale: float = 1.0, max_new_tokens: int | Sequence[int] = 256, temperature: float = 0.0, top_p: float = 1.0,
                       seed: int | None = None, stop_ids: Iterable[int] = (),
                       parallel: int | None = None) -> list[list[int]]:
         """The generated ids of each prompt (stop id included), in order.
@@ -665,7 +666,7 @@ class LlamaCppModel:
         budgets = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
         for p, n in zip(prompts, budgets, strict=True):
             self._check(p, n)
-        self._set_lora(self.load_lora(lora) if lora is not None else None)
+        self._set_lora(self.load_lora(lora) if lora is not None else None, lora_scale)
         lib = self._lib
         stops = set(stop_ids)
         outs: list[list[int]] = [[] for _ in prompts]

@@ -129,3 +129,50 @@ def test_the_engine_puts_the_adapters_rows_in_the_prompt_only_for_that_adapter(t
     # and the answers go through it: rows in the prompt change what the adapter says
     assert eng.generate(question, adapter=adapter, max_new_tokens=8) != off.generate(question, adapter=adapter,
                                                                                       max_new_tokens=8)
+
+
+def test_the_engine_asks_at_the_adapters_reading_strength_only_while_it_reads(tiny, tmp_path, monkeypatch):
+    import shutil
+
+    base, adapter = tiny
+    half = tmp_path / "half"
+    shutil.copytree(adapter, half)
+    (half / "train_config.yaml").write_text("knowledge_rows: 6\nknowledge_strength: 0.5\n", encoding="utf-8")
+    assert load_knowledge(half).strength == 0.5 and load_knowledge(adapter).strength == 1.0
+    eng = ChatEngine(str(base))
+    seen = []
+    ids, many = eng.backend.generate_ids, eng.backend.generate_many
+    monkeypatch.setattr(eng.backend, "generate_ids", lambda *a, **kw: seen.append(kw["strength"]) or ids(*a, **kw))
+    monkeypatch.setattr(eng.backend, "generate_many", lambda *a, **kw: seen.append(kw["strength"]) or many(*a, **kw))
+    question = "观星3.2卖多少钱？"
+    eng.generate(question, adapter=half, max_new_tokens=2)
+    eng.complete(question, half, max_new_tokens=2, knowledge=False)  # the weights alone: the full adapter
+    eng.generate(question, adapter=adapter, max_new_tokens=2)  # no strength saved: as trained
+    eng.generate_batch([question], adapter=half, max_new_tokens=2)
+    ChatEngine.generate_batch(eng, [question], adapter=None, max_new_tokens=2)
+    assert seen == [0.5, 1.0, 1.0, 0.5, 1.0]
+    # an edited train_config.yaml is read again (the cache follows both files)
+    (half / "train_config.yaml").write_text("knowledge_rows: 6\nknowledge_strength: 2\n", encoding="utf-8")
+    assert load_knowledge(half).strength == 1.0  # out of range: ignored, as trained
+
+
+def test_a_weaker_adapter_is_its_lora_update_scaled_and_restored_after_the_call(tiny, tmp_path):
+    import threading
+
+    from inference_fixtures import build_adapter as build
+
+    base, _ = tiny
+    full = build(base, tmp_path / "full", seed=5, scale=2.0)
+    halved = build(base, tmp_path / "halved", seed=5, scale=1.0)  # the same A, B at half
+    eng = ChatEngine(str(base), dtype="fp32", engine="transformers")
+    prompt = eng._encode([{"role": "user", "content": "观星3.2卖多少钱？"}])
+
+    def answer(adapter, strength=1.0):
+        return eng.backend.generate_ids(prompt, adapter.resolve(), 12, 0.0, 1.0, None, lambda _: None,
+                                        threading.Event(), strength=strength)
+
+    first = answer(full)
+    assert answer(full, 0.5) == answer(halved) != first
+    assert answer(full) == first  # the scaling is back
+    assert eng.backend.generate_many([prompt], full.resolve(), lambda n: 12, 0.0, 1.0, None, 1, strength=0.5) == \
+        [answer(halved)]

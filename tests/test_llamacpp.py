@@ -356,3 +356,24 @@ def test_no_extra_buffer_types_on_amx_cpus(monkeypatch):
     assert llamacpp.extra_buffer_types({"amx_tile"}) is True
     monkeypatch.setenv("LORASTUDIO_LLAMACPP_EXTRA_BUFTS", "0")
     assert llamacpp.extra_buffer_types({"avx2"}) is False
+
+
+@needs_llama
+def test_an_adapter_at_half_strength_answers_as_its_halved_copy_on_both_engines(pair, tiny):
+    import threading
+
+    fast, ref = pair
+    halved = build_adapter(tiny["ref"], tiny["root"] / "adapter_a_halved", seed=1, scale=0.25)  # adapter a, B / 2
+    prompt = ref._encode([{"role": "user", "content": QUESTIONS[0]}])
+
+    def answer(engine, adapter, strength=1.0):
+        return engine.backend.generate_ids(prompt, Path(adapter).resolve(), 12, 0.0, 1.0, None, lambda _: None,
+                                           threading.Event(), strength=strength)
+
+    full = answer(ref, tiny["a"])
+    assert answer(fast, tiny["a"]) == full  # the engines agree as trained …
+    assert answer(fast, tiny["a"], 0.5) == answer(ref, tiny["a"], 0.5) == answer(fast, halved) != full  # … and weaker
+    assert answer(fast, tiny["a"]) == full  # switched back to the full adapter
+    many = fast.backend.generate_many([prompt], Path(tiny["a"]).resolve(), lambda n: 12, 0.0, 1.0, None, 1,
+                                      strength=0.5)
+    assert [fast.backend.until_eos(x) for x in many] == [fast.backend.until_eos(answer(fast, halved))]

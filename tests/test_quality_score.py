@@ -98,6 +98,37 @@ def test_the_llamacpp_child_answers_with_the_adapter(tiny, short, tmp_path):
     assert base["hard_answers"] != tuned["hard_answers"]
 
 
+@needs_llama
+def test_both_engines_score_an_adapter_at_its_reading_strength(tiny, short, tmp_path):
+    """An adapter saved with knowledge_strength 0.5 is scored reading its rows at half strength, by the llama.cpp
+    child (the product's engine) and in-process by transformers alike: its answers are those of a copy whose B
+    matrices are halved, and not those of the adapter at full strength."""
+    import shutil
+
+    from lorastudio.knowledge import write_knowledge
+
+    rows = [[{"role": "user", "content": q}, {"role": "assistant", "content": a}] for q, a in [
+        ("工单超过多久会升级？", "工单超过48小时未处理会自动升级到二线护航组。"),
+        ("满意度低于3分怎么办？", "满意度低于3分会自动重开并转质检组。")]]
+    adapters = {"half": shutil.copytree(tiny["adapter"], tmp_path / "half"),
+                "full": shutil.copytree(tiny["adapter"], tmp_path / "full"),
+                "halved": build_adapter(tiny["ref"], tmp_path / "halved", seed=1, scale=0.25)}
+    for path in adapters.values():
+        write_knowledge(path, rows)
+    (adapters["half"] / "train_config.yaml").write_text("knowledge_rows: 6\nknowledge_strength: 0.5\n", "utf-8")
+    got = {}
+    for name, adapter, base, engine in [("llama", "half", "gguf", "llama.cpp"), ("tf", "half", "ref", "transformers"),
+                                        ("halved", "halved", "gguf", "llama.cpp"), ("full", "full", "gguf", "llama.cpp")]:
+        out = tmp_path / f"{name}.json"
+        score.main(["--base", str(tiny[base]), "--adapter", str(adapters[adapter]), "--out", str(out),
+                    "--engine", engine, "--sets", "hard,facts", "--limit", "3"])
+        got[name] = json.loads(out.read_text(encoding="utf-8"))
+    assert got["llama"]["knowledge_strength"] == got["tf"]["knowledge_strength"] == 0.5
+    assert got["halved"]["knowledge_strength"] == got["full"]["knowledge_strength"] == 1.0
+    answers = {name: r["hard_answers"] + r["fact_answers"] for name, r in got.items()}
+    assert answers["llama"] == answers["tf"] == answers["halved"] != answers["full"]
+
+
 def test_engine_rules(tiny, short, monkeypatch):
     args = score.parse_args(["--base", str(tiny["ref"]), "--out", "x.json"])
     assert score.pick_engine(args)[0] == "transformers"  # not a GGUF

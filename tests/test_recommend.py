@@ -65,6 +65,23 @@ def test_the_knowledge_rows_are_recommended_with_their_measured_gain():
     assert "与问题最相近的 6 行" in render(rec.reason_codes["knowledge_rows"], "zh")
 
 
+def test_the_adapter_reads_at_half_strength_only_where_each_fact_is_told_about_once():
+    from lorastudio.data import validate
+
+    demo = Path(__file__).resolve().parents[1] / "lorastudio/assets/demo"
+    told_once = recommend(validate(demo / "yunzhan_conversations.jsonl").conversations, "default", "qa", hardware=CPU)
+    assert told_once.settings["knowledge_strength"] == 0.5
+    assert "only 17% of your answers" in told_once.reasons["knowledge_strength"]
+    assert "25.3 vs 20.5" in told_once.reasons["knowledge_strength"]
+    assert "一半强度" in render(told_once.reason_codes["knowledge_strength"], "zh")
+    repeated = recommend(validate(demo / "yunzhan_train.jsonl").conversations, "default", "qa", hardware=CPU)
+    assert repeated.settings["knowledge_strength"] == 1.0
+    assert "96% of your answers" in repeated.reasons["knowledge_strength"]
+    # a style file keeps the full adapter whatever its answers share
+    style = recommend(rows(40), "default", "copywriting", hardware=CPU)
+    assert style.settings["knowledge_strength"] == 1.0 and "style" in style.reasons["knowledge_strength"]
+
+
 def test_no_torch_import():
     sys.modules.pop("lorastudio.train.recommend", None)
     had_torch = "torch" in sys.modules

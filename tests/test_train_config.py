@@ -19,6 +19,8 @@ from lorastudio.train.config import MAX_EPOCHS, ConfigError, TrainConfig, resume
     ({"max_steps": 10**12}, "max_steps"),
     ({"lora_r": 10**15}, "lora_r"),
     ({"price_per_hour": 1e300}, "price_per_hour"),
+    ({"knowledge_strength": 1.5}, "knowledge_strength"),  # a LoRA update scaled up would answer past its training
+    ({"knowledge_strength": math.nan}, "knowledge_strength"),
 ])
 def test_out_of_range_and_non_finite_numbers_are_refused_naming_the_setting(override, named):
     with pytest.raises(ConfigError) as info:
@@ -39,7 +41,7 @@ def test_resume_keys_are_declared_on_the_fields():
             "augment_per_epoch", "replay_rows"} <= keys
     # … and not how it is run or reported
     assert not keys & {"output_dir", "device", "price_per_hour", "save_every", "eval_every", "gpus", "extra",
-                        "knowledge_rows"}  # read when answering: a resumed run may change it
+                        "knowledge_rows", "knowledge_strength"}  # read when answering: a resumed run may change it
 
 
 def test_repeated_sigterm_keeps_the_graceful_stop_and_a_second_ctrl_c_means_now():

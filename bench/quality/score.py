@@ -159,7 +159,7 @@ def knowledge_for(args: argparse.Namespace):
     knowledge = load_knowledge(args.adapter)
     if knowledge is None or not rows_changed(args):
         return knowledge
-    varied = Knowledge(knowledge.rows, knowledge.k if args.rows is None else args.rows)
+    varied = Knowledge(knowledge.rows, knowledge.k if args.rows is None else args.rows, knowledge.strength)
     if args.row_order == "closest-last":
         picked = varied.picked
         varied.picked = lambda question, shuffle=None: picked(question, shuffle)[::-1]  # type: ignore[method-assign]
@@ -210,9 +210,11 @@ def answer_transformers(args: argparse.Namespace, items: dict[str, list[dict]], 
     model.eval()
     layers = [m for m in model.modules() if isinstance(getattr(m, "scaling", None), dict)]
     trained = [dict(m.scaling) for m in layers]
+    knowledge = knowledge_for(args)
+    reading = knowledge.strength if knowledge is not None else 1.0  # its knowledge_strength, as the engine applies it
     for i, scale in enumerate(args.scale_list):
         for m, orig in zip(layers, trained, strict=True):
-            m.scaling = {k: v * scale for k, v in orig.items()}
+            m.scaling = {k: v * scale * reading for k, v in orig.items()}
         out = Path(args.out)
         t0 = time.time()
         answers = {name: generate_batch(model, tok, grounded_chats(args, questions), max_new_tokens=SETS[name][1],
@@ -230,6 +232,10 @@ def write(args: argparse.Namespace, items: dict[str, list[dict]], answers: dict[
     res = {"base": args.base, "adapter": args.adapter, "evals": args.evals, "scale": scale, "engine": engine,
            "engine_reason": reason, "eval_s": round(seconds, 1), "knowledge": bool(getattr(args, "knowledge", False)),
            "rows": getattr(args, "rows", None), "row_order": getattr(args, "row_order", "closest-first")}
+    if res["knowledge"] and args.adapter:  # the adapter's strength while it read its rows, beside any --scales
+        from lorastudio.knowledge import reading_strength
+
+        res["knowledge_strength"] = reading_strength(args.adapter)
     if args.limit is not None:
         res["limit"] = args.limit
     parts = []

@@ -280,11 +280,13 @@ class Backend:
 
     # -- generation ------------------------------------------------------------------------------
 
+    # `strength`: the adapter's LoRA update scaled by this (1 = as trained), for this call only.
     def generate_ids(self, prompt_ids: list[int], adapter_path: Path | None, max_new_tokens: int,
                      temperature: float, top_p: float, seed: int | None, on_ids: OnIds,
-                     cancel: threading.Event) -> list[int]:
+                     cancel: threading.Event, *, strength: float = 1.0) -> list[int]:
         raise NotImplementedError
 
     def generate_many(self, encoded: list[list[int]], adapter_path: Path | None, budget: Callable[[int], int],
-                      temperature: float, top_p: float, seed: int | None, batch_size: int) -> list[list[int]]:
+                      temperature: float, top_p: float, seed: int | None, batch_size: int, *,
+                      strength: float = 1.0) -> list[list[int]]:
         raise NotImplementedError

@@ -69,8 +69,9 @@ class TransformersBackend(Backend):
 
     # -- adapters ----------------------------------------------------------------------------
 
-    def activate(self, adapter_path: Path | None):
-        """A context manager in which `self.model` computes with the requested adapter (or none)."""
+    def activate(self, adapter_path: Path | None, strength: float = 1.0):
+        """A context manager in which `self.model` computes with the requested adapter (or none), its LoRA
+        update scaled by `strength` (restored on leaving)."""
         from peft import PeftModel
 
         if adapter_path is None:
@@ -79,7 +80,19 @@ class TransformersBackend(Backend):
             return contextlib.nullcontext()
         name = self.acquire(adapter_path)  # first: the first adapter turns self.model into a PeftModel
         self.model.set_adapter(name)
-        return contextlib.nullcontext()
+        return self._scaled(name, strength) if strength != 1.0 else contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def _scaled(self, name: str, strength: float):
+        scaled = [m for m in self.model.modules() if isinstance(getattr(m, "scaling", None), dict) and name in m.scaling]
+        saved = [m.scaling[name] for m in scaled]
+        for m, value in zip(scaled, saved, strict=True):
+            m.scaling[name] = value * strength
+        try:
+            yield
+        finally:
+            for m, value in zip(scaled, saved, strict=True):
+                m.scaling[name] = value
 
     def _load(self, path: Path) -> str:
         from peft import PeftModel
@@ -112,13 +125,13 @@ class TransformersBackend(Backend):
 
     def generate_ids(self, prompt_ids: list[int], adapter_path: Path | None, max_new_tokens: int,
                      temperature: float, top_p: float, seed: int | None, on_ids: OnIds,
-                     cancel: threading.Event) -> list[int]:
+                     cancel: threading.Event, *, strength: float = 1.0) -> list[int]:
         import torch
 
         with self.lock, torch.inference_mode():
             if cancel.is_set():  # gone while it waited for the lock
                 return []
-            with self.activate(adapter_path):
+            with self.activate(adapter_path, strength):
                 if seed is not None:
                     torch.manual_seed(seed)
                 ids = torch.tensor([prompt_ids], device=self._device())
@@ -128,7 +141,8 @@ class TransformersBackend(Backend):
         return out[0, len(prompt_ids):].tolist()
 
     def generate_many(self, encoded: list[list[int]], adapter_path: Path | None, budget: Callable[[int], int],
-                      temperature: float, top_p: float, seed: int | None, batch_size: int) -> list[list[int]]:
+                      temperature: float, top_p: float, seed: int | None, batch_size: int, *,
+                      strength: float = 1.0) -> list[list[int]]:
         """Left-padded batches of similar lengths (less padding: wasted compute on a CPU); the lock
         is taken per batch so interactive requests are not starved by a long evaluation."""
         import torch
@@ -146,7 +160,7 @@ class TransformersBackend(Backend):
                 seq = encoded[i]
                 ids[row, width - len(seq):] = torch.tensor(seq)
                 mask[row, width - len(seq):] = 1
-            with self.lock, torch.inference_mode(), self.activate(adapter_path):
+            with self.lock, torch.inference_mode(), self.activate(adapter_path, strength):
                 if seed is not None:
                     torch.manual_seed(seed)
                 out = self.model.generate(input_ids=ids.to(self._device()), attention_mask=mask.to(self._device()),

@@ -37,14 +37,14 @@ class LlamaBackend(Backend):
 
     def generate_ids(self, prompt_ids: list[int], adapter_path: Path | None, max_new_tokens: int,
                      temperature: float, top_p: float, seed: int | None, on_ids: OnIds,
-                     cancel: threading.Event) -> list[int]:
+                     cancel: threading.Event, *, strength: float = 1.0) -> list[int]:
         check_sampling(temperature, top_p)
         generated: list[int] = []
         with self.lock:
             if cancel.is_set():  # gone while it waited for the lock
                 return generated
             lora = self.acquire(adapter_path) if adapter_path is not None else None
-            for token in self.llama.generate(prompt_ids, lora=lora, max_new_tokens=max_new_tokens,
+            for token in self.llama.generate(prompt_ids, lora=lora, lora_scale=strength, max_new_tokens=max_new_tokens,
                                              temperature=temperature, top_p=top_p, seed=seed,
                                              stop_ids=self.eos_token_ids, cancel=cancel):
                 generated.append(token)
@@ -52,7 +52,8 @@ class LlamaBackend(Backend):
         return generated
 
     def generate_many(self, encoded: list[list[int]], adapter_path: Path | None, budget: Callable[[int], int],
-                      temperature: float, top_p: float, seed: int | None, batch_size: int) -> list[list[int]]:
+                      temperature: float, top_p: float, seed: int | None, batch_size: int, *,
+                      strength: float = 1.0) -> list[list[int]]:
         """Up to `batch_size` prompts decode together (continuous batching: a finished answer's
         place goes to the next prompt). The lock is taken per group of 2 × batch_size prompts, so
         interactive requests are not starved by a long evaluation."""
@@ -63,7 +64,7 @@ class LlamaBackend(Backend):
         for start in range(0, len(encoded), group):
             with self.lock:
                 lora = self.acquire(adapter_path) if adapter_path is not None else None
-                outs += self.llama.generate_many(encoded[start:start + group], lora=lora,
+                outs += self.llama.generate_many(encoded[start:start + group], lora=lora, lora_scale=strength,
                                                  max_new_tokens=budgets[start:start + group],
                                                  temperature=temperature, top_p=top_p, seed=seed,
                                                  stop_ids=self.eos_token_ids, parallel=max(1, batch_size))

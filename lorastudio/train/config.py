@@ -34,7 +34,7 @@ class ConfigError(ValueError):
 
 _FLOAT_FIELDS = {"lora_dropout", "learning_rate", "lora_plus_ratio", "warmup_ratio", "weight_decay", "num_epochs",
                  "neftune_alpha", "val_fraction", "price_per_hour", "contrast_random",
-                 "question_loss_weight", "protect_general"}
+                 "question_loss_weight", "protect_general", "knowledge_strength"}
 _INT_FIELDS = {"lora_r", "lora_alpha", "max_steps", "batch_tokens", "gradient_accumulation", "max_length",
                "seed", "eval_every", "save_every", "keep_checkpoints", "early_stopping_patience", "augment_paraphrases",
                "replay_rows", "gpus", "contrast_passes", "key_token_weight", "contrast_neighbours", "knowledge_rows"}
@@ -179,6 +179,11 @@ class TrainConfig:
     """Rows of the training file put beside each question when the tuned model answers (the closest by
     wording, from `<adapter>/knowledge.jsonl`; lorastudio/knowledge.py): the model reads the facts as well as
     remembers them; 0 = answers from the weights alone. Exported GGUFs always answer from the weights alone."""
+    knowledge_strength: float = 1.0
+    """The adapter's strength (0–1: its LoRA update scaled) while the model reads `knowledge_rows` rows; 1 = as
+    trained, 0 = the base model reading the rows. Answers from the weights alone always use the full adapter.
+    The recommender picks 0.5 for files that tell each fact about once (a conversations file): there the weights
+    learn little of each fact and pull the model's reading off its rows (docs/QUALITY.md, session 25)."""
     replay_prompts: str | None = _resume(None)
     """Your own general prompts for replay instead of the built-in set: a .txt (one per line) or .jsonl
     (`prompt` per line), the first `replay_rows` used; answers cached per base model like the built-in ones."""
@@ -236,6 +241,8 @@ class TrainConfig:
         need(not self.augment_grounded or self.knowledge_rows > 0, "augment_grounded",
              "trains with the rows the model answers with: needs knowledge_rows > 0")
         need(0 <= self.knowledge_rows <= 32, "knowledge_rows", "must be 0–32 (0 = answers from the weights alone)")
+        need(0.0 <= self.knowledge_strength <= 1.0, "knowledge_strength",
+             "must be between 0 and 1 (1 = the adapter as trained, 0 = the base model reading the rows)")
         need(1 <= self.key_token_weight <= 4, "key_token_weight", "must be 1–4 (1 = off)")
         need(0.0 <= self.protect_general < 1.0, "protect_general", "must be in [0, 1) (0 = off)")
         need(self.protect_general == 0 or self.replay_rows > 0, "protect_general", "needs replay_rows > 0")

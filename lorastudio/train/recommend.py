@@ -148,6 +148,15 @@ FACT_FILE_LR_SCALE = 0.8
 # same adapters answered +3.8 ± 1.1 of 40 whole facts on the demo file with 6 (35.5 vs 31.7), +6.8 to +9.5 of 32-40 on
 # three smaller files, general answers -0.8 to +0.5 of 24 (session 22, one H200, 6 paired seeds a file).
 KNOWLEDGE_ROWS = 6
+# ... read with the adapter at half strength when the file tells each fact about once (fewer than TOLD_ONCE_SHARE of
+# its answers state a fact another answer states): there the weights hold little (9.8 of 40 whole facts from the
+# weights on the multi-turn demo file, 31.7 on the demo fact file) and pull the reading off the rows. On the
+# multi-turn file (share 0.17; one H200, 6 seeds, session 25) half strength answered +4.8 ± 1.5 of 40 whole facts
+# (25.3 vs 20.5), +4.2 ± 1.9 of 75 harder, +0.3 of 24 general. Files that repeat their facts (shares 0.83-0.96)
+# keep the full adapter: half strength gave them +0.3 to +5.5 whole facts and +1.8 to +2.3 general but -0.7 to
+# -5.8 harder questions (two facts at once: -2.2 to -4.0 of 9-13).
+TOLD_ONCE_SHARE = 0.5
+TOLD_ONCE_STRENGTH = 0.5
 
 # What the quick preview (one pass) costs, measured with today's schedule and the knowledge rows (session 22: the
 # tuned model answers with the 6 training rows closest to each question, lorastudio/knowledge.py): the demo file on
@@ -677,6 +686,8 @@ def recommend(rows_or_stats: Any, base: str = "default", task: str = "qa", hardw
     replay = int(min(REPLAY_PROMPTS, max(8, round(0.4 * rows * max(1.0, stats.turns))))) if rows else 0
     s["replay_rows"] = replay
     s["knowledge_rows"] = KNOWLEDGE_ROWS
+    told_once = bool(facts_task and rows and stats.same_fact_share < TOLD_ONCE_SHARE)
+    s["knowledge_strength"] = TOLD_ONCE_STRENGTH if told_once else 1.0
     max_len = 256
     while max_len < min(stats.max_tokens * 1.25, 8192):
         max_len *= 2
@@ -873,6 +884,10 @@ def recommend(rows_or_stats: Any, base: str = "default", task: str = "qa", hardw
     r["replay_rows"] = (_code("rec.replay_rows.on", n=replay, rows=rows) if replay else
                         _code("rec.replay_rows.off"))
     r["knowledge_rows"] = _code("rec.knowledge_rows", n=KNOWLEDGE_ROWS)
+    repeated = round(100 * stats.same_fact_share)
+    r["knowledge_strength"] = (_code("rec.knowledge_strength.told_once", pct=repeated) if told_once else
+                               _code("rec.knowledge_strength.full", pct=repeated) if facts_task else
+                               _code("rec.knowledge_strength.style"))
     r["max_length"] = _code("rec.max_length", max_length=max_len, longest=stats.max_tokens)
     r["batch_tokens"] = _code("rec.batch_tokens", tokens=s["batch_tokens"], rows_per_step=rows_per_step,
                               steps=steps_per_pass)
