@@ -180,8 +180,9 @@ class TrainConfig:
     wording, from `<adapter>/knowledge.jsonl`; lorastudio/knowledge.py): the model reads the facts as well as
     remembers them; 0 = answers from the weights alone. Exported GGUFs always answer from the weights alone."""
     knowledge_strength: float = 1.0
-    """The adapter's strength (0–1: its LoRA update scaled) while the model reads `knowledge_rows` rows; 1 = as
-    trained, 0 = the base model reading the rows. Answers from the weights alone always use the full adapter.
+    """The adapter's strength (0–1: its LoRA update scaled) whenever it answers with its rows on (`knowledge_rows`;
+    also for a question no row is close to, as measured); 1 = as trained, 0 = the base model reading the rows.
+    Answers from the weights alone (`--no-knowledge`, exports) always use the full adapter.
     The recommender picks 0.5 for files that tell each fact about once (a conversations file): there the weights
     learn little of each fact and pull the model's reading off its rows (docs/QUALITY.md, session 25)."""
     replay_prompts: str | None = _resume(None)
