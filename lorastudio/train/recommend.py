@@ -59,10 +59,11 @@ TASKS = ("qa", "copywriting", "consulting")
 #   default; 79 over the last third, 24 min 54 s with ≈ 70 s of other work in it), 62.8 exact fp32
 #   (29 min 38 s); session 7, the same command on the same class another hour: 84.8 over the training
 #   stage (21 min 59 s). 81 = the two int8 runs' mean; 41–46 before the shared template head (issue 13).
-#   Session 26, an idle 2-core AMD EPYC Zen 3 (family 25 model 1, AVX2 only), today's defaults whole (4 passes,
-#   the questions in the loss): 27 min 50 s, the training stage 1,653 s where 81 estimated 2,149 (36 min 21 s
-#   printed, 31 % long); 105 = the figure that puts this run's training stage right with the questions' cost
-#   counted on top (`QUESTION_TARGET_COST`). The trainer reported 91 tok/s throughout (the questions included).
+#   Session 26, an idle 2-core AMD EPYC Zen 3 (family 25 model 1, AVX2 only), today's defaults whole: the demo
+#   file 27 min 50 s (81 printed 36 min 21 s, 31 % long; the trainer ran 91 tok/s on 704-token packs), the
+#   multi-turn demo file 16 min 55 s (81: 18 min 00 s, 6 % long; 62 tok/s on 1,280-token packs of longer
+#   conversations). One figure cannot fit both files' per-token speeds; 95 prints 31 min 06 s and 15 min 25 s
+#   (+12 %, −9 %), the questions' cost counted on top (`QUESTION_TARGET_COST`).
 # - other (no AVX2, another architecture): not measured; taken as the slowest figure ever measured
 #   (AVX2 before the head lever), and the recommendation says the time is a guess (warn.cpu_speed_unknown).
 # Other core counts scale per core; other model sizes by 0.5B / size; where the class has a reference
@@ -72,20 +73,21 @@ CPU_TOKENS_PER_S_05B_2CORES: dict[str, float] = {
     "amx-bf16": 235.0,
     "avx512-bf16": 315.0,
     "avx512-fp32": 135.0,
-    "avx2-fp32": 105.0,
+    "avx2-fp32": 95.0,
     "other": 43.0,
 }
 CPU_TOKENS_PER_S_05B_2CORES_EXACT_FP32: dict[str, float] = {"avx512-fp32": 110.0, "avx2-fp32": 62.0}
 """The fp32 classes with int8 switched off (`LORASTUDIO_CPU_INT8=0`): exact fp32 products."""
 MEASURED_CPU_CLASSES = ("amx-bf16", "avx512-bf16", "avx512-fp32", "avx2-fp32")
-CPU_PROBE_REFERENCE_GFLOPS: dict[str, float] = {"avx512-bf16": 870.0, "avx512-fp32": 215.0, "avx2-fp32": 69.7}
+CPU_PROBE_REFERENCE_GFLOPS: dict[str, float] = {"avx512-bf16": 870.0, "avx512-fp32": 215.0, "avx2-fp32": 115.0}
 """`lorastudio.hardware.matmul_gflops` (bf16 for the bf16 classes, fp32 for the others) on 2 cores of the
 machine a class's figure above was measured on; a class without one is not scaled. avx512-fp32: the GPU
 device's Xeon host, 2 pinned cores, session 10: fp32 probe 203–229 around `bench/cpu_calibrate.py --set
 dtype=fp32` at 143–148 tok/s (the figure, 135, is session 6's lower reading of the same host). amx-bf16
 has none: its bf16 probe read 540–1,660 GFLOP/s on that host within minutes (AMX tiles' start-up), while
-training ran a steady 228–237 tok/s. avx2-fp32: the session-26 Zen 3 of its figure, idle right after that run:
-fp32 probe 66.1–69.8, median 69.7 of 12 readings."""
+training ran a steady 228–237 tok/s. avx2-fp32: the session-26 Zen 3 of its figure, idle between its runs: fp32
+probe 102–144, median 115 of 42 single readings (bench/results/issue13_s26_probe_zen3_avx2.json; 12 readings taken
+with a paused scoring process on the machine read 66–70)."""
 CPU_SPEED_EXPONENT = 0.8
 """Training speed follows the probe's ratio to this power, not in proportion: part of a step (attention, the
 elementwise work, the optimizer, Python) does not run at the probed GEMM's speed. Fitted on a 2-core AMD EPYC Zen 4
