@@ -59,7 +59,9 @@ def oracle_rows(facts: list, fact_items: dict, answers: list[str], groups: list[
 
 def scaled_copy(adapter: str, scale: float) -> str:
     """A copy of `adapter` (its config and weights, in a temporary folder) whose LoRA B matrices are multiplied by
-    `scale`: the adapter at that strength for an engine that applies adapters as trained (llama.cpp)."""
+    `scale`: the adapter at that strength for an engine that applies adapters as trained (llama.cpp). Removed when
+    this process ends."""
+    import atexit
     import shutil
     import tempfile
 
@@ -67,6 +69,7 @@ def scaled_copy(adapter: str, scale: float) -> str:
 
     src = Path(adapter)
     dst = Path(tempfile.mkdtemp(prefix=f"lora-x{scale:g}-"))
+    atexit.register(shutil.rmtree, dst, ignore_errors=True)
     shutil.copy(src / "adapter_config.json", dst)
     weights = load_file(src / "adapter_model.safetensors")
     scaled = sum(".lora_B." in name for name in weights)
