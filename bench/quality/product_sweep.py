@@ -301,6 +301,11 @@ MIXES.update({
     # the multi-turn file's adapters read worse than the base model (20.7 vs 23 whole facts): weaker while reading?
     "rdx": {"score_variants": {**READING, "last_x0.7": ["--row-order", "closest-last", "--scales", "0.7"]}},
     "rs": {"score_scales": [1, 0.7, 0.5]},  # every file's adapters weaker while reading, the closest row first
+    # Session 27: below half strength for files told once (scales multiply the adapter's knowledge_strength, 0.5
+    # there: 0.5, 0.3, 0.15, 0 = the base model reading the rows), and 10 rows instead of 6 at the trained strength
+    "rlow": {"score_scales": [1, 0.6, 0.3, 0]},
+    "rlow10": {"score_scales": [1, 0.6], "score_variants": {"rows10": ["--rows", "10"],
+                                                            "rows10_x0.6": ["--rows", "10", "--scales", "0.6"]}},
 })
 for _name, _settings in MIXES.items():
     RECIPES[_name] = _settings
