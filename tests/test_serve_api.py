@@ -611,27 +611,37 @@ def test_cancel_a_queued_job_never_starts_it(client, monkeypatch):
     assert client.get(f"/v1/fine_tuning/jobs/{second['id']}").json()["status"] == "cancelled"
 
 
-class _SlowEngine(FakeEngine):
-    def complete(self, *args, **kw):
-        time.sleep(2.0)
-        return super().complete(*args, **kw)
+class _HeldEngine(FakeEngine):
+    """Generates "slow" only once the test lets it (or after 30 s): while it waits, the server must still answer."""
+
+    generating = release = expired = None
+
+    def complete(self, messages, *args, **kw):
+        if messages[-1]["content"] == "slow":
+            self.generating.set()
+            if not self.release.wait(30.0):
+                self.expired.set()
+        return super().complete(messages, *args, **kw)
 
 
 def test_generation_does_not_block_the_server(tmp_path):
     import threading
 
-    with TestClient(create_app(make_settings(tmp_path, engine_factory=_SlowEngine))) as c:
+    _HeldEngine.generating, _HeldEngine.release, _HeldEngine.expired = (threading.Event(), threading.Event(),
+                                                                        threading.Event())
+    with TestClient(create_app(make_settings(tmp_path, engine_factory=_HeldEngine))) as c:
         c.post("/v1/chat/completions", json={"model": "tiny-random", "messages": [{"role": "user", "content": "warm"}]})
         result = {}
         worker = threading.Thread(target=lambda: result.setdefault("r", c.post("/v1/chat/completions", json={
             "model": "tiny-random", "messages": [{"role": "user", "content": "slow"}]})))
         worker.start()
-        time.sleep(0.3)  # the slow request is now generating
-        t0 = time.monotonic()
-        assert c.get("/health").status_code == 200
-        assert c.get("/v1/models").status_code == 200
-        assert time.monotonic() - t0 < 1.0
+        assert _HeldEngine.generating.wait(30.0)  # the slow request is now generating, and waits for us
+        health, models = c.get("/health"), c.get("/v1/models")
+        answered_while_generating = not _HeldEngine.expired.is_set()  # a blocked server answers after the 30 s wait
+        _HeldEngine.release.set()
         worker.join()
+        assert health.status_code == 200 and models.status_code == 200
+        assert answered_while_generating
         assert result["r"].json()["choices"][0]["message"]["content"] == "tiny-random|base: slow"
 
 
