@@ -21,7 +21,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "bench/quality")]
+
+from paired import _delta  # noqa: E402  (mean ± standard error, as the paired tables print it)
+from sweep import fact_score  # noqa: E402  (whole facts, as score.py counts them)
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -30,17 +33,9 @@ def read_jsonl(path: str | Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def whole_facts(ok: list[bool], items: list[dict]) -> int:
-    facts: dict = {}
-    for good, item in zip(ok, items, strict=True):
-        facts.setdefault(item.get("fact"), []).append(good)
-    return sum(all(v) for v in facts.values())
-
-
-def mean_se(xs: list[float]) -> str:
-    if len(xs) < 2:
-        return f"{xs[0]:+.2f}" if xs else "-"
-    return f"{statistics.mean(xs):+.2f} ± {statistics.stdev(xs) / len(xs) ** 0.5:.2f}"
+def routed(full: list[bool], weak: list[bool], tops: list[float], tau: float | None) -> list[bool]:
+    """Per question: the weaker reading's result where its top score is below `tau` (every question when None)."""
+    return [w if tau is None or t < tau else f for f, w, t in zip(full, weak, tops, strict=True)]
 
 
 def main() -> int:
@@ -76,18 +71,15 @@ def main() -> int:
         deltas: dict[str, list[float]] = {"whole": [], "hard": [], "general": []}
         for r in records:
             weak = r["scaled"][args.scale]
-
-            def pick(name: str, key: str, r=r, weak=weak, tau=tau) -> list[bool]:
-                return [w if tau is None or t < tau else f for f, w, t in zip(r[key], weak[key], tops[name], strict=True)]
-
-            deltas["whole"].append(whole_facts(pick("fact", "fact_ok"), sets["fact"]) - r["whole_facts"])
-            deltas["hard"].append(sum(pick("hard", "hard_ok")) - r["hard"])
-            deltas["general"].append(sum(pick("general", "general_ok")) - r["general"])
+            facts = routed(r["fact_ok"], weak["fact_ok"], tops["fact"], tau)
+            deltas["whole"].append(fact_score(facts, sets["fact"]) - r["whole_facts"])
+            deltas["hard"].append(sum(routed(r["hard_ok"], weak["hard_ok"], tops["hard"], tau)) - r["hard"])
+            deltas["general"].append(sum(routed(r["general_ok"], weak["general_ok"], tops["general"], tau)) - r["general"])
         facts_tops = tops["fact"] + tops["hard"]
         weak_general = 1.0 if tau is None else sum(t < tau for t in tops["general"]) / len(tops["general"])
         weak_facts = 1.0 if tau is None else sum(t < tau for t in facts_tops) / len(facts_tops)
-        print(f"{'all' if tau is None else tau} | {weak_general:.0%} | {weak_facts:.0%} | {mean_se(deltas['whole'])} | "
-              f"{mean_se(deltas['hard'])} | {mean_se(deltas['general'])}")
+        print(f"{'all' if tau is None else tau} | {weak_general:.0%} | {weak_facts:.0%} | {_delta(deltas['whole'])} | "
+              f"{_delta(deltas['hard'])} | {_delta(deltas['general'])}")
     return 0
 
 
