@@ -379,10 +379,11 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "（18.0 比 18.8）。这里会多花约 {minutes} 分钟（训练量多 {pct}%）。"
         "关掉可以省下这段时间，但相似的知识更容易被混淆。"),
     "rec.augment_contrast.budget": (
-        "Off to fit your {budget_minutes}-minute limit (it would add about {minutes} min). It is the first thing "
-        "left out because a full pass teaches more per minute; without it similar facts get mixed up more often.",
-        "为了控制在你设定的 {budget_minutes} 分钟内而关闭（它会多花约 {minutes} 分钟）。它最先被省掉，因为完整训练一轮每分钟学到的更多；"
-        "关掉后相似的知识更容易被混淆。"),
+        "Off to fit your {budget_minutes}-minute limit (it would add about {minutes} min). It is the last thing "
+        "left out, after the passes down to one: a pass fewer costs fewer right answers than this does, above all to "
+        "questions that ask about two similar facts at once; without it similar facts get mixed up more often.",
+        "为了控制在你设定的 {budget_minutes} 分钟内而关闭（它会多花约 {minutes} 分钟）。它最后才被省掉（先把训练轮数减到 1 轮）："
+        "少训练一轮损失的正确回答比关掉它更少，尤其是同时问到两个相近知识的问题；关掉后相似的知识更容易被混淆。"),
     "rec.augment_contrast.off_style": (
         "Off: copywriting rows teach a style, not facts that could be confused with each other.",
         "关闭：文案数据教的是文风，不存在容易混淆的相邻知识。"),

@@ -751,7 +751,7 @@ def test_small_files_get_more_passes_and_say_why(path, passes):
         assert code["params"]["epochs"] == passes and f"{passes:g}-pass schedule" in rec.reasons["learning_rate"]
 
 
-def test_a_time_budget_takes_a_small_files_extra_passes_before_its_pairs():
+def test_a_time_budget_takes_a_small_files_passes_before_its_pairs():
     from lorastudio.data import validate
 
     rows = list(validate(str(ROOT / "bench/quality/data/beichen_train.jsonl")).conversations)
@@ -761,7 +761,7 @@ def test_a_time_budget_takes_a_small_files_extra_passes_before_its_pairs():
     assert four.settings["num_epochs"] == 4.0 and four.settings["augment_contrast"] is True
     assert [w["code"] for w in four.warning_codes if w["code"].startswith("warn.budget")] == ["warn.budget_epochs"]
     tight = recommend(rows, "default", hardware=cpu("avx2-fp32"), time_budget_s=full.estimate["seconds"] * 0.55)
-    assert tight.settings["num_epochs"] == 3.0 and tight.settings["augment_contrast"] is False
+    assert tight.settings["num_epochs"] == 2.0 and tight.settings["augment_contrast"] is True
 
 
 def _trained_tokens(conversations) -> int:
@@ -793,7 +793,7 @@ def test_the_estimate_counts_the_contrastive_pairs_the_trainer_builds(name):
     assert with_pairs - without == pytest.approx(built, rel=0.03)
 
 
-def test_a_time_budget_takes_the_fourth_pass_then_the_pairs_before_the_first_three():
+def test_a_time_budget_takes_the_passes_down_to_one_before_the_pairs():
     data = list(demo_rows())
     full = recommend(data, "default", hardware=cpu("avx2-fp32"))
     assert full.settings["num_epochs"] == 4.0 and full.settings["augment_contrast"] is True
@@ -802,31 +802,36 @@ def test_a_time_budget_takes_the_fourth_pass_then_the_pairs_before_the_first_thr
     from lorastudio.train.recommend import Hardware, _estimate
 
     stats, hw = DataStats.from_conversations(data), Hardware.from_any(cpu("avx2-fp32"))
-    three_s = _estimate({**full.settings, "num_epochs": 3.0}, stats, hw, 0.5, 0.0, "USD")["seconds"]
+
+    def seconds(**changes) -> float:
+        return _estimate({**full.settings, **changes}, stats, hw, 0.5, 0.0, "USD")["seconds"]
+
+    three_s, no_pairs_three_s, two_s = seconds(num_epochs=3.0), seconds(num_epochs=3.0, augment_contrast=False), \
+        seconds(num_epochs=2.0)
+    assert two_s < no_pairs_three_s < three_s < full.estimate["seconds"]
     three = recommend(data, "default", hardware=cpu("avx2-fp32"), time_budget_s=three_s + 30)
     assert three.settings["num_epochs"] == 3.0 and three.settings["augment_contrast"] is True
-    assert three.settings["learning_rate"] == 1e-3
+    assert three.settings["learning_rate"] == 1e-3  # 3 passes: the full rate again
     assert [w["code"] for w in three.warning_codes if w["code"].startswith("warn.budget")] == ["warn.budget_epochs"]
-    no_pairs_s = _estimate({**full.settings, "num_epochs": 3.0, "augment_contrast": False}, stats, hw, 0.5, 0.0,
-                           "USD")["seconds"]
-    assert no_pairs_s < three_s < full.estimate["seconds"]
-    rec = recommend(data, "default", hardware=cpu("avx2-fp32"), time_budget_s=no_pairs_s + 30)
-    assert rec.schedule == "budget"
-    assert rec.settings["augment_contrast"] is False and rec.settings["num_epochs"] == 3.0  # three passes kept
-    assert rec.settings["learning_rate"] == 1e-3  # 3 passes: the full rate again
-    assert rec.estimate["seconds"] <= no_pairs_s + 30
-    warning = next(w for w in rec.warning_codes if w["code"] == "warn.budget_contrast")
-    assert warning["params"]["minutes"] >= 1
-    assert rec.reason_codes["augment_contrast"]["code"] == "rec.augment_contrast.budget"
-    assert rec.reason_codes["learning_rate"]["code"] == "rec.learning_rate"
-    assert rec.alternatives["full"]["settings_changes"] == {"augment_contrast": True, "num_epochs": 4.0,
-                                                             "learning_rate": 8e-4}
-    # a tighter budget then takes passes too, each shrink said
-    tight = recommend(data, "default", hardware=cpu("avx2-fp32"), time_budget_s=15 * 60)
-    codes = [w["code"] for w in tight.warning_codes]
+    # a budget that 3 passes without the pairs would fit: 2 passes with them (measured better, and shorter)
+    two = recommend(data, "default", hardware=cpu("avx2-fp32"), time_budget_s=no_pairs_three_s + 30)
+    assert two.schedule == "budget"
+    assert two.settings["num_epochs"] == 2.0 and two.settings["augment_contrast"] is True
+    assert two.estimate["seconds"] <= no_pairs_three_s + 30
+    assert two.reason_codes["augment_contrast"]["code"] == "rec.augment_contrast.on_example"
+    assert two.alternatives["full"]["settings_changes"] == {"num_epochs": 4.0, "learning_rate": 8e-4}
+    # the pairs go only when one pass with them does not fit, each shrink said
+    one_s, bare_s = seconds(num_epochs=1.0, augment_per_epoch=False), \
+        seconds(num_epochs=1.0, augment_per_epoch=False, augment_contrast=False)
+    bare = recommend(data, "default", hardware=cpu("avx2-fp32"), time_budget_s=(one_s + bare_s) / 2)
+    codes = [w["code"] for w in bare.warning_codes]
     assert "warn.budget_contrast" in codes and "warn.budget_epochs" in codes
-    assert tight.settings["augment_contrast"] is False and tight.settings["num_epochs"] < 3
-    assert tight.estimate["seconds"] <= 15 * 60
+    assert bare.settings["augment_contrast"] is False and bare.settings["num_epochs"] == 1.0
+    assert bare.estimate["seconds"] <= (one_s + bare_s) / 2
+    warning = next(w for w in bare.warning_codes if w["code"] == "warn.budget_contrast")
+    assert warning["params"]["minutes"] >= 1
+    assert bare.reason_codes["augment_contrast"]["code"] == "rec.augment_contrast.budget"
+    assert bare.reason_codes["learning_rate"]["code"] == "rec.learning_rate"
 
 
 def test_key_tokens_weigh_double_on_fact_data_only_with_their_reason_in_both_languages():

@@ -307,6 +307,13 @@ MIXES.update({
     "rlow10": {"score_scales": [1, 0.6], "score_variants": {"rows10": ["--rows", "10"],
                                                             "rows10_x0.6": ["--rows", "10", "--scales", "0.6"]}},
 })
+# Session 28: what `--time-budget` should cut first. The neighbour pairs cost ~28 % of the tokens of a pass schedule
+# on the demo file, about one pass of four: 4 passes without them (`n_nocontrast`) against 3 with them (`p3`), and 3
+# without against 2 with, each at the rate its pass count gets (`rate_for`: 0.8x for 4, the full rate otherwise).
+MIXES.update({
+    "p3nc": {"num_epochs": 3, "learning_rate": 1e-3, "augment_contrast": False},
+    "p2nc": {"num_epochs": 2, "learning_rate": 1e-3, "augment_contrast": False},
+})
 for _name, _settings in MIXES.items():
     RECIPES[_name] = _settings
     for _seed in range(1, 30):

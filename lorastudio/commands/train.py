@@ -6,7 +6,7 @@ interrupted run's own `train_config.yaml` is the starting point instead.
 
 The recommender's schedule is the one that measured best for quality, on every device; it is never
 shortened unasked. `--quick` asks for a one-pass preview (its measured cost in recall is printed) and
-`--time-budget MIN` lets it shrink passes, then paraphrases, to fit; each shrink is printed. Reasons
+`--time-budget MIN` lets it shrink passes (down to one), then the neighbour pairs, to fit; each shrink is printed. Reasons
 and warnings print in the user's language (lorastudio.i18n).
 Exit codes: 0 done, 2 unusable input, 130 interrupted (checkpoint saved), 1 anything else.
 
@@ -54,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "cost is printed)")
     parser.add_argument("--time-budget", type=float, metavar="MIN",
                         help="wall-time limit in minutes: the recommender shortens the schedule (passes, then "
-                             "paraphrases) to fit it and says what it shortened; without it nothing is shortened")
+                             "the neighbour pairs) to fit it and says what it shortened; without it nothing is shortened")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress output (events.jsonl is still written)")
 
 

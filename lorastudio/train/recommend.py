@@ -630,8 +630,8 @@ def recommend(rows_or_stats: Any, base: str = "default", task: str = "qa", hardw
     `hardware`: a `Hardware`, a dict (`device`, `cpu_cores`, `cpu_class`, `bf16`, `gpu_memory_gb`, …),
     "cpu"/"cuda", or None to look at this machine.
     `quick`: the user asked for a quick preview: one pass (the measured cost in recall is stated).
-    `time_budget_s`: the user's wall-time limit: epochs, then paraphrases shrink until the estimate
-    fits it, each shrink stated; without it nothing is shortened, whatever the device.
+    `time_budget_s`: the user's wall-time limit: passes (down to one), then the neighbour pairs shrink until the
+    estimate fits it, each shrink stated; without it nothing is shortened, whatever the device.
     `tokenizer`: counts the rows' tokens; None = estimated from characters (5–15 % high on our files);
     "auto" = the settings from the character counts they were measured with, and the time estimate from the
     base model's own tokenizer when it is on this machine (`models.local_tokenizer`: nothing downloaded or built).
@@ -775,22 +775,17 @@ def recommend(rows_or_stats: Any, base: str = "default", task: str = "qa", hardw
         budget = float(time_budget_s)
         budget_minutes = _minutes(budget)
         before = dict(s)
-        # The passes beyond three first (a small file's 4th and 5th each bought about 2 of 48-75 harder
-        # questions for a quarter to a third more tokens, session 11; the demo file's 4th +4.7 of 75 for a third
-        # more, session 12); then the contrastive pairs (+8 of 75 harder for +29 %, session 4; but a third pass
-        # taught more per minute: +10 of 80 reworded facts for +50 %); then the passes (down to two), the
-        # last pass.
-        while estimate["seconds"] > budget and s["num_epochs"] > 3:
+        # Passes first, down to one; the neighbour pairs only when one pass with them does not fit. Measured on one
+        # H200, paired seeds (docs/QUALITY.md, session 28): at about the same tokens 3 passes with the pairs answer
+        # 8.2 ± 1.6 more of 75 harder questions than 4 without them (the two-fact ones: 9.0 against 2.1 of 13) for
+        # 2.2 ± 0.8 fewer whole facts; 2 passes with them beat 3 without (+6.6 ± 2.2 harder, −0.4 ± 0.9 whole facts)
+        # on fewer tokens, and one pass with them (the quick preview: 34.3 whole, 55.7 harder) 2 passes without
+        # (34.5, 51.1).
+        while estimate["seconds"] > budget and s["num_epochs"] > 1:
             s["num_epochs"] = float(math.ceil(s["num_epochs"]) - 1)
             estimate = estimate_of(s)
         if estimate["seconds"] > budget and s["augment_contrast"]:
             s["augment_contrast"] = False
-            estimate = estimate_of(s)
-        while estimate["seconds"] > budget and s["num_epochs"] > 2:
-            s["num_epochs"] = float(math.ceil(s["num_epochs"]) - 1)
-            estimate = estimate_of(s)
-        while estimate["seconds"] > budget and s["num_epochs"] > 1:
-            s["num_epochs"] = float(math.ceil(s["num_epochs"]) - 1)
             estimate = estimate_of(s)
         s["augment_per_epoch"] = bool(s["augment_per_epoch"] and s["num_epochs"] > 1)
         s["learning_rate"] = rate_for(s["num_epochs"])
