@@ -28,6 +28,7 @@ from typing import Any
 from lorastudio import hardware as _hardware
 from lorastudio.data.checks import PER_MESSAGE_OVERHEAD, estimate_tokens
 from lorastudio.i18n import t as _t
+from lorastudio.train import speeds
 from lorastudio.train.config import TrainConfig
 
 TASKS = ("qa", "copywriting", "consulting")
@@ -292,6 +293,8 @@ class Hardware:
     cpu_speed: float = 1.0
     """This CPU against the machine its class's throughput was measured on (`cpu_speed`, a quick matmul
     probe in `detect_hardware`); 1.0: the class's figure as measured."""
+    this_machine: bool = False
+    """The CPU this process runs on (`detect_hardware`): its remembered training speeds (`speeds`) count."""
 
     def __post_init__(self) -> None:
         if self.cpu_class not in _hardware.CPU_CLASSES:
@@ -338,7 +341,19 @@ def _this_cpu() -> Hardware:
     """This machine's CPU: its class, physical cores and probed speed (`cpu_speed`)."""
     cores = _hardware.physical_cores()
     klass = _hardware.cpu_class()
-    return Hardware(device="cpu", cpu_cores=cores, cpu_class=klass, cpu_speed=cpu_speed(klass, cores))
+    return Hardware(device="cpu", cpu_cores=cores, cpu_class=klass, cpu_speed=cpu_speed(klass, cores), this_machine=True)
+
+
+def remembered_speed(s: Mapping[str, Any], hw: Hardware, base: str) -> speeds.Remembered | None:
+    """What runs of this model with these settings' dtype, packing and question loss trained at on this CPU
+    (`speeds.recall`); None on a GPU, for hardware described rather than detected, or with nothing remembered."""
+    if hw.device == "cuda" or not hw.this_machine:
+        return None
+    dtype = str(s.get("dtype") or "fp32")
+    return speeds.recall(machine=speeds.machine_id(hw.cpu_class, hw.cpu_cores), base=base, dtype=dtype,
+                         int8=dtype == "fp32" and not int8_switched_off(),
+                         question_loss=float(s.get("question_loss_weight") or 0.0) > 0,
+                         batch_tokens=int(s.get("batch_tokens") or 4096))
 
 
 def detect_hardware() -> Hardware:
@@ -933,10 +948,16 @@ def recommend(rows_or_stats: Any, base: str = "default", task: str = "qa", hardw
     if on_gpu:
         r["device"] = _code("rec.device.cuda", gpus=hw.gpus, name=hw.gpu_name or "GPU", gb=round(hw.gpu_memory_gb))
     else:
-        code = ("rec.device.cpu_unmeasured" if hw.cpu_class not in MEASURED_CPU_CLASSES else
-                "rec.device.cpu_probed" if hw.cpu_speed != 1.0 else "rec.device.cpu")
-        r["device"] = _code(code, cores=hw.cpu_cores, cpu_class=hw.cpu_class, speed=_num(hw.cpu_speed),
-                            tokens_per_s=round(cpu_tokens_per_s(hw.cpu_class, hw.cpu_cores, size, hw.cpu_speed)))
+        remembered = remembered_speed(s, hw, base)
+        if remembered:
+            r["device"] = _code("rec.device.cpu_remembered" if remembered.same_packs else
+                                "rec.device.cpu_remembered_other_packs", cores=hw.cpu_cores, cpu_class=hw.cpu_class,
+                                tokens_per_s=round(remembered.tokens_per_s), runs=remembered.runs)
+        else:
+            code = ("rec.device.cpu_unmeasured" if hw.cpu_class not in MEASURED_CPU_CLASSES else
+                    "rec.device.cpu_probed" if hw.cpu_speed != 1.0 else "rec.device.cpu")
+            r["device"] = _code(code, cores=hw.cpu_cores, cpu_class=hw.cpu_class, speed=_num(hw.cpu_speed),
+                                tokens_per_s=round(cpu_tokens_per_s(hw.cpu_class, hw.cpu_cores, size, hw.cpu_speed)))
     r["price_per_hour"] = (_code("rec.price_per_hour.set", price=_num(price), currency=currency) if price else
                            _code("rec.price_per_hour.none"))
     if s["augment_per_epoch"]:
@@ -1058,7 +1079,10 @@ def _estimate(s: Mapping[str, Any], stats: DataStats, hw: Hardware, size: float,
         train_tps = GPU_TOKENS_PER_S_05B * scale * max(1, hw.gpus)
         gen_tps = GPU_GEN_TOKENS_PER_S_05B * scale
     else:
-        train_tps = cpu_tokens_per_s(hw.cpu_class, hw.cpu_cores, size, hw.cpu_speed)
+        # this machine's own runs where it has some (their rate includes the questions' cost), else the class figure
+        remembered = remembered_speed(s, hw, base)
+        train_tps = (remembered.tokens_per_s if remembered else
+                     cpu_tokens_per_s(hw.cpu_class, hw.cpu_cores, size, hw.cpu_speed))
         gen_tps = CPU_GEN_TOKENS_PER_S_05B / 2 * max(1, hw.cpu_cores) * scale
     epochs = float(s.get("num_epochs") or 1)
     val_fraction = float(s.get("val_fraction") or 0.0)
@@ -1091,7 +1115,7 @@ def _estimate(s: Mapping[str, Any], stats: DataStats, hw: Hardware, size: float,
     train_s = tokens / train_tps
     if cuda:
         train_s = max(train_s, tokens / max(1, int(s.get("batch_tokens") or 4096)) * GPU_SECONDS_PER_STEP)
-    elif float(s.get("question_loss_weight") or 0.0) > 0:
+    elif float(s.get("question_loss_weight") or 0.0) > 0 and not remembered:
         cost = QUESTION_TARGET_COST["bf16" if hw.bf16 else "fp32"]
         train_s *= 1.0 + cost * question_tokens / max(1.0, stats.mean_tokens)
     passes = max(1, math.ceil(epochs))

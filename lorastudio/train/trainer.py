@@ -231,6 +231,7 @@ class Trainer:
         self.progress = Progress()
         self.calibrated = False
         self._after_first: tuple[float, int] | None = None  # (time, tokens) at the end of the first step
+        self._timed = [0.0, 0, 0]  # seconds, tokens and steps of the optimizer steps after this session's first
         self.start_step = self._restore(checkpoint) if checkpoint else 0
 
     # -- fit -----------------------------------------------------------------------------------
@@ -245,7 +246,12 @@ class Trainer:
         self.model.train()
         early_stopped, last_saved, step = False, self.start_step, self.start_step
         for step, plan in self.schedule.iterate(self.start_step):
+            began, tokens_before = time.time(), progress.session_tokens
             train_loss, stop_now = self._step(step, plan, last_saved)
+            if step - self.start_step > 1:  # the first step is mostly one-off costs (`_report` says the same)
+                self._timed[0] += time.time() - began
+                self._timed[1] += progress.session_tokens - tokens_before
+                self._timed[2] += 1
             self._report(step, plan, train_loss)
             valid_loss = None
             at_eval = (step % cfg.eval_every == 0) if cfg.eval_every else plan.epoch_end
@@ -266,7 +272,23 @@ class Trainer:
                 self._interrupt(step, last_saved, train_loss, valid_loss)
             if early_stopped:
                 break
+        self._remember_speed()
         return step, early_stopped
+
+    def _remember_speed(self) -> None:
+        """What this CPU trained at, for the next estimate here (`speeds`); one process on the CPU only."""
+        if self.device.device != "cpu" or self.strategy.world != 1:
+            return
+        from lorastudio import hardware
+        from lorastudio.train import speeds
+        from lorastudio.train.recommend import int8_switched_off
+
+        seconds, tokens, steps = self._timed
+        dtype = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(_dtype_name(self.device), "fp32")
+        speeds.record(machine=speeds.machine_id(hardware.cpu_class(), hardware.physical_cores()), base=self.cfg.base,
+                      dtype=dtype, int8=dtype == "fp32" and not int8_switched_off(),
+                      question_loss=self.cfg.question_loss_weight > 0, batch_tokens=self.cfg.batch_tokens,
+                      tokens=tokens, seconds=seconds, steps=steps)
 
     def _step(self, step: int, plan: Step, last_saved: int) -> tuple[float, bool]:
         """One optimizer step over this rank's micro-batches; (train loss, stop requested on any rank)."""
