@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from train_fixtures import write_rows
+from train_fixtures import fake_step_clock, write_rows
 
 from lorastudio.train import TrainConfig, read_events, recommend, speeds, train
 from lorastudio.train.recommend import Hardware, int8_switched_off
@@ -100,26 +100,9 @@ def test_the_estimate_uses_this_machines_remembered_speed_and_says_so(speed_file
 def test_a_cpu_run_remembers_its_speed_without_its_first_step(tmp_path, small_model_dir, monkeypatch):
     """A fake clock: the first step takes 100 s, every later one 10 s. The remembered speed is the later steps'
     tokens over their seconds; a short run (fewer steps than `MIN_STEPS`) is not remembered."""
-    from lorastudio.train import device, trainer
-
     path = tmp_path / "speeds.json"
     monkeypatch.setenv(speeds.ENV, str(path))
-    clock = {"now": 1_000.0, "calls": 0}
-
-    class FakeTime:
-        @staticmethod
-        def time() -> float:
-            return clock["now"]
-
-    real_loss = device.causal_lm_loss
-
-    def timed_loss(model, batch):
-        clock["calls"] += 1
-        clock["now"] += 100.0 if clock["calls"] == 1 else 10.0
-        return real_loss(model, batch)
-
-    monkeypatch.setattr(trainer, "time", FakeTime)
-    monkeypatch.setattr(device, "causal_lm_loss", timed_loss)
+    clock = fake_step_clock(monkeypatch, 100.0, 10.0)
     data = write_rows(tmp_path / "faq.jsonl")
     cfg = TrainConfig(data=str(data), base=small_model_dir, output_dir=str(tmp_path / "run"), max_steps=20,
                       batch_tokens=128, max_length=128, learning_rate=5e-3, lora_r=4, lora_alpha=8, save_every=0,

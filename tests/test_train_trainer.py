@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_fixtures import ROWS, write_rows
+from train_fixtures import ROWS, fake_step_clock, write_rows
 
 from lorastudio.train import (
     ConfigError,
@@ -328,24 +328,9 @@ def test_the_run_re_estimates_its_time_without_the_first_steps_one_off_costs(tmp
     """The first step pays one-off costs (the CPU path's int8 weight packs, lazy kernel set-up): the
     re-estimate and the ETA measure from the end of the first step. A fake clock: the first step takes
     100 s, every later one 1 s; with the first step counted the ETA would be ~13× too long."""
-    from lorastudio.train import device, trainer
+    from lorastudio.train import trainer
 
-    clock = {"now": 1_000.0, "calls": 0}
-
-    class FakeTime:
-        @staticmethod
-        def time() -> float:
-            return clock["now"]
-
-    real_loss = device.causal_lm_loss
-
-    def timed_loss(model, batch):
-        clock["calls"] += 1
-        clock["now"] += 100.0 if clock["calls"] == 1 else 1.0
-        return real_loss(model, batch)
-
-    monkeypatch.setattr(trainer, "time", FakeTime)
-    monkeypatch.setattr(device, "causal_lm_loss", timed_loss)
+    clock = fake_step_clock(monkeypatch, 100.0, 1.0)
     cfg = _config(tmp_path, small_model_dir, "eta", max_steps=20, save_every=0, lora_dropout=0.0)
     train(cfg)
     events = read_events(Path(cfg.output_dir) / "events.jsonl")

@@ -1,4 +1,4 @@
-"""A handful of company Q&A rows for the trainer tests (one process and torchrun), and a writer."""
+"""A handful of company Q&A rows for the trainer tests (one process and torchrun), a writer, and a fake step clock."""
 
 from __future__ import annotations
 
@@ -19,3 +19,27 @@ def write_rows(path: Path, rows=ROWS) -> Path:
     path.write_text("\n".join(json.dumps({"instruction": q, "response": a}, ensure_ascii=False) for q, a in rows)
                     + "\n", encoding="utf-8")
     return path
+
+
+def fake_step_clock(monkeypatch, first_s: float, later_s: float) -> dict:
+    """The trainer's clock (`trainer.time`) made to move only in the loss: `first_s` seconds for the first call (a
+    step's one-off costs), `later_s` for each later one. Returns the clock's state (`now`, `calls`) to read or reset."""
+    from lorastudio.train import device, trainer
+
+    clock = {"now": 1_000.0, "calls": 0}
+
+    class FakeTime:
+        @staticmethod
+        def time() -> float:
+            return clock["now"]
+
+    real_loss = device.causal_lm_loss
+
+    def timed_loss(model, batch):
+        clock["calls"] += 1
+        clock["now"] += first_s if clock["calls"] == 1 else later_s
+        return real_loss(model, batch)
+
+    monkeypatch.setattr(trainer, "time", FakeTime)
+    monkeypatch.setattr(device, "causal_lm_loss", timed_loss)
+    return clock

@@ -36,7 +36,7 @@ MIN_SECONDS = 60.0
 PACK_EXPONENT = 0.23
 """Real tokens a second fall with the pack's length to this power (attention and activations grow with it). Measured
 on a 2-core AMD EPYC Zen 3 (AVX2, fp32 + int8), session 28, the default model: the demo file 98.5 tok/s in 704-token
-packs and 87 in 1,280-token ones (exponent 0.20), the multi-turn file 86.6 and 73.5 (0.27). Used only to carry a
+packs and 87.6 in 1,280-token ones (exponent 0.20), the multi-turn file 86.6 and 73.5 (0.27). Used only to carry a
 remembered speed to another pack size."""
 
 
