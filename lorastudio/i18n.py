@@ -598,10 +598,10 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "再按对这颗 CPU 的快速测试换算（每核是我们实测那颗的 {speed} 倍）。用 GPU 会快很多倍。"),
     "rec.device.cpu_remembered": (
         "Trains on this computer's CPU ({cores} cores, {cpu_class}): about {tokens_per_s} tokens per second with this "
-        "model — what your last {runs} run(s) here trained at with the same settings' packing, so the time is this "
-        "machine's own. A GPU would be many times faster.",
+        "model — what your last {runs} run(s) here trained at with this batch size, so the time is this machine's own. "
+        "A GPU would be many times faster.",
         "在这台电脑的 CPU 上训练（{cores} 核，{cpu_class}）：这个模型每秒约 {tokens_per_s} 个 token——这是你在这台电脑上最近 {runs} 次"
-        "同样打包方式的训练实际跑出的速度，所以时间按这台机器自己的速度估算。用 GPU 会快很多倍。"),
+        "同样批大小的训练实际跑出的速度，所以时间按这台机器自己的速度估算。用 GPU 会快很多倍。"),
     "rec.device.cpu_remembered_other_packs": (
         "Trains on this computer's CPU ({cores} cores, {cpu_class}): about {tokens_per_s} tokens per second with this "
         "model — what your last {runs} run(s) here trained at, converted to this batch size. A GPU would be many times "
