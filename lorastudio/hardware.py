@@ -14,7 +14,6 @@ trainer's calibration all ask here, so they cannot disagree.
   * ``"avx512-fp32"``: AVX-512 without native bf16: fp32 training;
   * ``"avx2-fp32"``: AVX2 only (most laptops and desktops): fp32 training;
   * ``"other"``: anything else (no AVX2, another architecture, flags unreadable): not measured.
-- `cpu_model()`: the CPU's model name (what a remembered training speed is kept under, `train/speeds.py`).
 - `matmul_gflops()`: how fast this CPU runs the product that dominates a training step, timed here
   (a fraction of a second, at most every `PROBE_REFRESH_S`): CPUs of one class differ by 2× (an AMD Zen 5
   runs AVX-512 at full width, a Zen 4 in two halves), so the recommender scales its class figure by it.
@@ -24,9 +23,7 @@ trainer's calibration all ask here, so they cannot disagree.
 
 from __future__ import annotations
 
-import functools
 import os
-import platform
 import threading
 import time
 from collections.abc import Iterable
@@ -87,26 +84,6 @@ def cpu_flags(cpuinfo: str | None = None) -> set[str]:
     if cpuinfo is None and os.environ.get(FLAGS_ENV, "").strip():
         return set(os.environ[FLAGS_ENV].split())
     return machine_flags(cpuinfo)
-
-
-def cpu_model(cpuinfo: str | None = None) -> str:
-    """The CPU's model name (`model name` in /proc/cpuinfo, read once when not given; the platform's processor name
-    elsewhere)."""
-    if cpuinfo is None:
-        return _this_cpu_model()
-    for line in cpuinfo.splitlines():
-        key, sep, value = line.partition(":")
-        if sep and key.strip().lower() == "model name":
-            return value.strip()
-    return platform.processor() or platform.machine() or "unknown"
-
-
-@functools.cache
-def _this_cpu_model() -> str:
-    try:
-        return cpu_model(CPUINFO.read_text(encoding="utf-8", errors="replace"))
-    except OSError:
-        return cpu_model("")
 
 
 def machine_flags(cpuinfo: str | None = None) -> set[str]:
@@ -213,4 +190,4 @@ def _time_product(bf16: bool, threads: int, seconds: float, warmup: float) -> fl
 
 
 __all__ = ["CPU_CLASSES", "FLAGS_ENV", "PROBE_ENV", "PROBE_SHAPE", "allowed_cpus", "bf16_native", "clear_probe_readings",
-           "cpu_class", "cpu_flags", "cpu_model", "machine_flags", "matmul_gflops", "physical_cores"]
+           "cpu_class", "cpu_flags", "machine_flags", "matmul_gflops", "physical_cores"]

@@ -69,11 +69,6 @@ def switch(env: str) -> bool | None:
     return value not in ("0", "false", "no", "off")
 
 
-def int8_switched_off() -> bool:
-    """`LORASTUDIO_CPU_INT8=0` (or false/no/off): fp32 CPU training without its int8 default."""
-    return switch(cpu_int8.ENV) is False
-
-
 def physical_cores() -> int:
     """Physical cores among the CPUs this process may run on (hyper-thread siblings counted once).
     The one count used everywhere: `lorastudio.hardware.physical_cores`."""

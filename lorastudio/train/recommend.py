@@ -245,10 +245,10 @@ def render(entry: Mapping[str, Any], lang: str = "en") -> str:
 
 def int8_switched_off() -> bool:
     """`LORASTUDIO_CPU_INT8=0` (or false/no/off): fp32 CPU training without its int8 default; read by the
-    trainer's own switch parser (`cpu.int8_switched_off`), whose modules import torch only when they run."""
-    from lorastudio.train import cpu
+    trainer's own switch parser (`cpu.switch`), whose modules import torch only when they run."""
+    from lorastudio.train import cpu, cpu_int8
 
-    return cpu.int8_switched_off()
+    return cpu.switch(cpu_int8.ENV) is False
 
 
 def cpu_tokens_per_s(cpu_class: str, cores: int, size_b: float = 0.5, speed: float = 1.0) -> float:
@@ -349,9 +349,10 @@ def remembered_speed(s: Mapping[str, Any], hw: Hardware, base: str) -> speeds.Re
     (`speeds.recall`); None on a GPU, for hardware described rather than detected, or with nothing remembered."""
     if hw.device == "cuda" or not hw.this_machine:
         return None
-    return speeds.recall(**speeds.kind(cpu_class=hw.cpu_class, cores=hw.cpu_cores, base=base,
-                                       dtype=str(s.get("dtype") or "fp32"),
-                                       question_loss_weight=float(s.get("question_loss_weight") or 0.0)),
+    dtype = str(s.get("dtype") or "fp32")
+    return speeds.recall(machine=speeds.machine_id(hw.cpu_class, hw.cpu_cores), base=base, dtype=dtype,
+                         int8=dtype == "fp32" and not int8_switched_off(),
+                         question_loss=float(s.get("question_loss_weight") or 0.0) > 0,
                          batch_tokens=int(s.get("batch_tokens") or 4096))
 
 

@@ -9,22 +9,21 @@ class figure and the probe.
 
 One JSON file, `$LORASTUDIO_HOME/speeds.json` (`LORASTUDIO_SPEED_FILE` names another; `LORASTUDIO_SPEED_FILE=off`
 switches remembering off): `{"version": 1, "runs": [{"machine", "base", "dtype", "int8", "question_loss",
-"batch_tokens", "tokens_per_s", "tokens", "seconds", "time"}, …]}`, the last `KEEP` runs of each kind (`kind`: the one
-key both sides build). No torch here: the recommender imports it; the file is read again only when it changed.
+"batch_tokens", "tokens_per_s", "tokens", "seconds", "time"}, …]}`, the last `KEEP` runs of each kind. No torch here:
+the recommender imports it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import platform
 import statistics
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from lorastudio import hardware
 
 ENV = "LORASTUDIO_SPEED_FILE"
 VERSION = 1
@@ -64,35 +63,27 @@ def speed_file() -> Path | None:
 
 def machine_id(cpu_class: str, cores: int) -> str:
     """This CPU as a remembered speed knows it: its class, the physical cores used, and its model name."""
-    return f"{cpu_class}|{int(cores)}|{hardware.cpu_model()}"
+    return f"{cpu_class}|{int(cores)}|{_cpu_model()}"
 
 
-def kind(*, cpu_class: str, cores: int, base: str, dtype: str, question_loss_weight: float) -> dict[str, Any]:
-    """What a run's speed is remembered and recalled by (`record`, `recall`): the trainer and the estimate both ask
-    here. int8 frozen products run on the fp32 path unless switched off (`cpu.int8_switched_off`)."""
-    from lorastudio.train import cpu
-
-    return {"machine": machine_id(cpu_class, cores), "base": base, "dtype": dtype,
-            "int8": dtype == "fp32" and not cpu.int8_switched_off(), "question_loss": float(question_loss_weight) > 0}
-
-
-_read: dict[Path, tuple[tuple[int, int], list[dict[str, Any]]]] = {}  # path → ((mtime_ns, size), runs)
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
 
 
 def _load(path: Path) -> list[dict[str, Any]]:
-    """The remembered runs; read again only when the file changed (an estimate asks many times per recommendation)."""
     try:
-        stat = path.stat()
-        version = (stat.st_mtime_ns, stat.st_size)
-        if path in _read and _read[path][0] == version:
-            return _read[path][1]
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):  # none yet, or unreadable: nothing remembered (the estimate falls back)
         return []
     runs = data.get("runs") if isinstance(data, dict) and data.get("version") == VERSION else None
-    runs = [r for r in runs if isinstance(r, dict)] if isinstance(runs, list) else []
-    _read[path] = (version, runs)
-    return runs
+    return [r for r in runs if isinstance(r, dict)] if isinstance(runs, list) else []
 
 
 def _kind(run: dict[str, Any]) -> tuple:
@@ -110,7 +101,7 @@ def record(*, machine: str, base: str, dtype: str, int8: bool, question_loss: bo
     entry = {"machine": machine, "base": base, "dtype": dtype, "int8": bool(int8), "question_loss": bool(question_loss),
              "batch_tokens": int(batch_tokens), "tokens_per_s": round(tokens / seconds, 2), "tokens": int(tokens),
              "seconds": round(seconds, 1), "time": round(time.time())}
-    runs = list(_load(path)) + [entry]
+    runs = _load(path) + [entry]
     same = [r for r in runs if _kind(r) == _kind(entry) and r.get("batch_tokens") == entry["batch_tokens"]]
     drop = {id(r) for r in same[:-KEEP]}
     runs = [r for r in runs if id(r) not in drop]
@@ -143,5 +134,5 @@ def recall(*, machine: str, base: str, dtype: str, int8: bool, question_loss: bo
     return Remembered(tokens_per_s=round(rate, 1), runs=len(chosen), same_packs=closest == batch_tokens)
 
 
-__all__ = ["ENV", "KEEP", "MIN_SECONDS", "MIN_STEPS", "PACK_EXPONENT", "Remembered", "kind", "machine_id", "recall",
-           "record", "speed_file"]
+__all__ = ["ENV", "KEEP", "MIN_SECONDS", "MIN_STEPS", "PACK_EXPONENT", "Remembered", "machine_id", "recall", "record",
+           "speed_file"]

@@ -281,12 +281,14 @@ class Trainer:
             return
         from lorastudio import hardware
         from lorastudio.train import speeds
+        from lorastudio.train.recommend import int8_switched_off
 
         seconds, tokens, steps = self._timed
         dtype = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(_dtype_name(self.device), "fp32")
-        speeds.record(**speeds.kind(cpu_class=hardware.cpu_class(), cores=hardware.physical_cores(), base=self.cfg.base,
-                                    dtype=dtype, question_loss_weight=self.cfg.question_loss_weight),
-                      batch_tokens=self.cfg.batch_tokens, tokens=tokens, seconds=seconds, steps=steps)
+        speeds.record(machine=speeds.machine_id(hardware.cpu_class(), hardware.physical_cores()), base=self.cfg.base,
+                      dtype=dtype, int8=dtype == "fp32" and not int8_switched_off(),
+                      question_loss=self.cfg.question_loss_weight > 0, batch_tokens=self.cfg.batch_tokens,
+                      tokens=tokens, seconds=seconds, steps=steps)
 
     def _step(self, step: int, plan: Step, last_saved: int) -> tuple[float, bool]:
         """One optimizer step over this rank's micro-batches; (train loss, stop requested on any rank)."""
